@@ -1,0 +1,5 @@
+import sys
+
+from largemeta.cli import main
+
+sys.exit(main())
