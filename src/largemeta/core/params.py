@@ -1,0 +1,55 @@
+"""Parameters as plain ``dict[str, Tensor]`` and the few operations the algorithms need on them.
+
+φ (the shared initialization) is such a dict. A task's parameters are a dict holding every key of φ (its
+*shared* part, which meta-learning moves) plus task-private keys (e.g. a classification head), which are never
+meta-updated, shifted or reset into φ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor
+
+Params = dict[str, Tensor]
+
+
+def clone(params: Mapping[str, Tensor]) -> Params:
+    """Detached copies of every tensor."""
+    return {k: v.detach().clone() for k, v in params.items()}
+
+
+def zeros_like(params: Mapping[str, Tensor]) -> Params:
+    return {k: torch.zeros_like(v) for k, v in params.items()}
+
+
+def subset(params: Mapping[str, Tensor], keys: Iterable[str]) -> Params:
+    """The entries of ``params`` named by ``keys`` (same tensors, not copies)."""
+    return {k: params[k] for k in keys}
+
+
+def sq_norm(params: Mapping[str, Tensor]) -> Tensor:
+    """Squared Euclidean norm of all tensors together (a 0-d tensor)."""
+    return sum((v.detach().double().pow(2).sum() for v in params.values()), torch.zeros((), dtype=torch.float64))
+
+
+def norm(params: Mapping[str, Tensor]) -> float:
+    return float(sq_norm(params).sqrt())
+
+
+def flatten(params: Mapping[str, Tensor], keys: Iterable[str] | None = None) -> Tensor:
+    """All tensors (in ``keys`` order, default dict order) as one 1-d tensor."""
+    keys = list(params) if keys is None else list(keys)
+    return torch.cat([params[k].reshape(-1) for k in keys])
+
+
+def unflatten(flat: Tensor, like: Mapping[str, Tensor]) -> Params:
+    """Inverse of :func:`flatten`: views of ``flat`` shaped like ``like`` (dict order)."""
+    out, offset = {}, 0
+    for k, v in like.items():
+        out[k] = flat[offset : offset + v.numel()].view_as(v)
+        offset += v.numel()
+    if offset != flat.numel():
+        raise ValueError(f"flat tensor has {flat.numel()} elements, parameters need {offset}")
+    return out
