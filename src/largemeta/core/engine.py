@@ -79,6 +79,11 @@ def algorithm(name: str, k: int, meta_every: int = 1, **meta_kwargs: Any) -> tup
     return make_meta_gradient(grad_name, **meta_kwargs), schedule
 
 
+def loop_executor(learner: MetaLearner) -> Tensor:
+    """The plain loop: one :meth:`MetaLearner.task_inner_step` per task, in order."""
+    return torch.stack([learner.task_inner_step(t) for t in range(len(learner.tasks))])
+
+
 class MetaLearner:
     """Runs inner steps on all tasks and the meta-updates, shifts and restarts a :class:`Schedule` asks for.
 
@@ -95,6 +100,9 @@ class MetaLearner:
             synthetic code) instead of keeping it (its image code).
         group: a ``torch.distributed`` process group whose ranks hold the other tasks; the meta-gradient is
             averaged over all tasks of all ranks with one flattened all-reduce.
+        executor: how one inner step of all tasks is carried out: a callable ``executor(learner) -> losses``
+            (a 1-d tensor, one loss per task). Default: the plain loop over :meth:`task_inner_step`. Fast
+            paths (batched tasks, mixed precision, graph capture) plug in here and are tested against it.
 
     Example (CTS on Reptile)::
 
@@ -116,6 +124,7 @@ class MetaLearner:
         meta_lr: float = 0.01,
         reset_inner_state: bool = False,
         group: Any = None,
+        executor: Callable[[MetaLearner], Tensor] | None = None,
     ) -> None:
         if schedule.shift and not meta_gradient.supports_cts:
             raise UserError(f"{meta_gradient.name} has no CTS form (valid with CTS: reptile, fomaml, leap)")
@@ -128,6 +137,7 @@ class MetaLearner:
         self.schedule = schedule
         self.reset_inner_state = reset_inner_state
         self.group = group
+        self.executor = executor or loop_executor
         if outer is None:
             check_positive("meta learning rate", meta_lr)
             outer = torch.optim.SGD(list(phi.values()), lr=meta_lr)
@@ -169,7 +179,7 @@ class MetaLearner:
 
     def inner_step(self) -> Tensor:
         """One inner step on every task, then whatever the schedule asks; returns the tasks' losses."""
-        losses = torch.stack([self.task_inner_step(t) for t in range(len(self.tasks))])
+        losses = self.executor(self)
         self.step += 1
         if self.step % self.schedule.meta_every == 0:
             self.meta_update()
