@@ -13,7 +13,6 @@ resized, centre crop) so the variable-size sets fit one uint8 array; tasks resiz
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,9 +125,13 @@ class _Vision:
                 return src.load(self.name, downloads.parent / "torchvision", download=True)
             except SourceUnavailable as err:
                 tried.append(f"{src.describe()} ({err})")
+        if any(isinstance(s, TorchvisionSource) for s in self.sources):
+            how = (f"when online run 'pip install largemeta[vision]' and 'largemeta data fetch {self.name}', "
+                   f"or pass --root pointing at a local copy (torchvision layout)")
+        else:
+            how = "download it from its authors and pass --root pointing at the folder of class subfolders"
         raise UserError(f"cannot get {self.name}: tried {'; '.join(tried)}. It is not in any package registry: "
-                        f"when online run 'pip install largemeta[vision]' and 'largemeta data fetch {self.name}', "
-                        f"or pass --root pointing at a local copy")
+                        f"{how}")
 
 
 def _tv(cls: str, train: dict[str, Any], test: dict[str, Any], store: int) -> TorchvisionSource:
@@ -158,7 +161,6 @@ _VISION = [
     _Vision("cub200", "Caltech-UCSD Birds 200-2011", 200, 84, 11_788, (FolderSource("CUB_200_2011/images", 84),)),
 ]
 
-_build: Callable[[Path, Path | None], ArrayDataset]
 for _v in _VISION:
     DATASETS.add(_v.name, DatasetSpec(_v.name, _v.description, _v.classes, (_v.store, _v.store, 3), _v.images,
                                       _v.sources, _v.build, suites=("paper",)))
