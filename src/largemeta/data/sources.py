@@ -102,7 +102,11 @@ class _Archive(Source):
     def _download(self, downloads: Path) -> Path:
         final = downloads / self.archive_name
         if final.is_file():
-            check_sha256(str(final), sha256_file(final), self.sha256)
+            try:
+                check_sha256(str(final), sha256_file(final), self.sha256)
+            except UserError:
+                final.unlink()  # a corrupt archive must not be found again next time
+                raise
             return final
         downloads.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=downloads))
