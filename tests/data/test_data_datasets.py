@@ -27,7 +27,12 @@ def test_builtin_figures(builtin, name):
     ds = builtin(name)
     train, test, classes, shape = FIGURES[name]
     info = ds.info()
-    assert (info["train"], info["test"], info["classes"], tuple(info["shape"])) == (train, test, classes, shape)
+    assert (info["train"], info["test"], info["classes"], tuple(info["shape"])) == (
+        train,
+        test,
+        classes,
+        shape,
+    )
     assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int64
     assert sorted(np.unique(ds.y_train)) == list(range(classes))
     spec = DATASETS.get(name)

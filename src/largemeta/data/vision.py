@@ -60,7 +60,9 @@ class TorchvisionSource(Source):
             arrays += [np.stack(xs), np.asarray(ys, np.int64)]
         n = int(max(arrays[1].max(), arrays[3].max())) + 1
         names = tuple(classes) if classes and len(classes) == n else tuple(str(i) for i in range(n))
-        return ArrayDataset(name, *arrays, class_names=names, notes=f"via {self.describe()}, stored at {self.store} px")
+        return ArrayDataset(
+            name, *arrays, class_names=names, notes=f"via {self.describe()}, stored at {self.store} px"
+        )
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,18 @@ class FolderSource(Source):
         if not folder.is_dir():
             raise SourceUnavailable(f"{folder} is not a folder")
         ds = load_folder(folder)
-        x_tr = np.stack([_square(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a), self.store)
-                         for a in ds.x_train])
-        x_te = np.stack([_square(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a), self.store)
-                         for a in ds.x_test])
+        x_tr = np.stack(
+            [
+                _square(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a), self.store)
+                for a in ds.x_train
+            ]
+        )
+        x_te = np.stack(
+            [
+                _square(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a), self.store)
+                for a in ds.x_test
+            ]
+        )
         return ArrayDataset(name, x_tr, ds.y_train, x_te, ds.y_test, ds.class_names, notes=ds.notes)
 
 
@@ -126,12 +136,15 @@ class _Vision:
             except SourceUnavailable as err:
                 tried.append(f"{src.describe()} ({err})")
         if any(isinstance(s, TorchvisionSource) for s in self.sources):
-            how = (f"when online run 'pip install largemeta[vision]' and 'largemeta data fetch {self.name}', "
-                   f"or pass --root pointing at a local copy (torchvision layout)")
+            how = (
+                f"when online run 'pip install largemeta[vision]' and 'largemeta data fetch {self.name}', "
+                f"or pass --root pointing at a local copy (torchvision layout)"
+            )
         else:
             how = "download it from its authors and pass --root pointing at the folder of class subfolders"
-        raise UserError(f"cannot get {self.name}: tried {'; '.join(tried)}. It is not in any package registry: "
-                        f"{how}")
+        raise UserError(
+            f"cannot get {self.name}: tried {'; '.join(tried)}. It is not in any package registry: {how}"
+        )
 
 
 def _tv(cls: str, train: dict[str, Any], test: dict[str, Any], store: int) -> TorchvisionSource:
@@ -141,26 +154,82 @@ def _tv(cls: str, train: dict[str, Any], test: dict[str, Any], store: int) -> To
 _SPLIT = ({"train": True}, {"train": False})
 _VISION = [
     _Vision("cifar100", "CIFAR-100", 100, 32, 60_000, (_tv("CIFAR100", *_SPLIT, 32),)),
-    _Vision("svhn", "Street View House Numbers", 10, 32, 99_289, (_tv("SVHN", {"split": "train"},
-                                                                         {"split": "test"}, 32),)),
-    _Vision("stl10", "STL-10 (labelled part)", 10, 96, 13_000, (_tv("STL10", {"split": "train"},
-                                                                     {"split": "test"}, 96),)),
-    _Vision("flowers102", "VGG Flowers 102", 102, 84, 8_189, (_tv("Flowers102", {"split": "train"},
-                                                                   {"split": "test"}, 84),)),
-    _Vision("pets", "Oxford-IIIT Pets", 37, 84, 7_349, (_tv("OxfordIIITPet", {"split": "trainval"},
-                                                            {"split": "test"}, 84),)),
-    _Vision("aircraft", "FGVC Aircraft (variants)", 100, 84, 10_000, (_tv("FGVCAircraft", {"split": "trainval"},
-                                                                          {"split": "test"}, 84),)),
-    _Vision("cars", "Stanford Cars", 196, 84, 16_185, (_tv("StanfordCars", {"split": "train"},
-                                                           {"split": "test"}, 84),)),
-    _Vision("food101", "Food-101", 101, 84, 101_000, (_tv("Food101", {"split": "train"},
-                                                          {"split": "test"}, 84),)),
-    _Vision("tiny_imagenet", "Tiny ImageNet (train folder)", 200, 64, 100_000,
-            (FolderSource("tiny-imagenet-200/train", 64),)),
+    _Vision(
+        "svhn",
+        "Street View House Numbers",
+        10,
+        32,
+        99_289,
+        (_tv("SVHN", {"split": "train"}, {"split": "test"}, 32),),
+    ),
+    _Vision(
+        "stl10",
+        "STL-10 (labelled part)",
+        10,
+        96,
+        13_000,
+        (_tv("STL10", {"split": "train"}, {"split": "test"}, 96),),
+    ),
+    _Vision(
+        "flowers102",
+        "VGG Flowers 102",
+        102,
+        84,
+        8_189,
+        (_tv("Flowers102", {"split": "train"}, {"split": "test"}, 84),),
+    ),
+    _Vision(
+        "pets",
+        "Oxford-IIIT Pets",
+        37,
+        84,
+        7_349,
+        (_tv("OxfordIIITPet", {"split": "trainval"}, {"split": "test"}, 84),),
+    ),
+    _Vision(
+        "aircraft",
+        "FGVC Aircraft (variants)",
+        100,
+        84,
+        10_000,
+        (_tv("FGVCAircraft", {"split": "trainval"}, {"split": "test"}, 84),),
+    ),
+    _Vision(
+        "cars",
+        "Stanford Cars",
+        196,
+        84,
+        16_185,
+        (_tv("StanfordCars", {"split": "train"}, {"split": "test"}, 84),),
+    ),
+    _Vision(
+        "food101", "Food-101", 101, 84, 101_000, (_tv("Food101", {"split": "train"}, {"split": "test"}, 84),)
+    ),
+    _Vision(
+        "tiny_imagenet",
+        "Tiny ImageNet (train folder)",
+        200,
+        64,
+        100_000,
+        (FolderSource("tiny-imagenet-200/train", 64),),
+    ),
     _Vision("stanford_dogs", "Stanford Dogs", 120, 84, 20_580, (FolderSource("Images", 84),)),
-    _Vision("cub200", "Caltech-UCSD Birds 200-2011", 200, 84, 11_788, (FolderSource("CUB_200_2011/images", 84),)),
+    _Vision(
+        "cub200", "Caltech-UCSD Birds 200-2011", 200, 84, 11_788, (FolderSource("CUB_200_2011/images", 84),)
+    ),
 ]
 
 for _v in _VISION:
-    DATASETS.add(_v.name, DatasetSpec(_v.name, _v.description, _v.classes, (_v.store, _v.store, 3), _v.images,
-                                      _v.sources, _v.build, suites=("paper",)))
+    DATASETS.add(
+        _v.name,
+        DatasetSpec(
+            _v.name,
+            _v.description,
+            _v.classes,
+            (_v.store, _v.store, 3),
+            _v.images,
+            _v.sources,
+            _v.build,
+            suites=("paper",),
+        ),
+    )
