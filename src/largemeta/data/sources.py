@@ -152,7 +152,7 @@ class NpmPackage(_Archive):
 
 @dataclass(frozen=True)
 class DebianPackage(_Archive):
-    """A ``.deb`` fetched by ``apt-get download NAME=VERSION`` (installs nothing; needs ``apt-get update``)."""
+    """A ``.deb`` from ``apt-get download NAME=VERSION`` (installs nothing; needs ``apt-get update`` once)."""
 
     def describe(self) -> str:
         return f"Debian package {self.package}={self.version}"
