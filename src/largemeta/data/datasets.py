@@ -237,7 +237,7 @@ def load_dataset(
 ) -> ArrayDataset:
     """A registered dataset by name, or a bring-your-own folder / ``.npz`` by path.
 
-    A registered name wins over a same-named folder in the working directory; write ``./mnist`` for the folder.
+    A registered name wins over a same-named folder in the working directory (write ``./mnist`` for that).
     """
     name = os.fspath(name_or_path)
     if name not in DATASETS and looks_like_path(name):
