@@ -1,17 +1,15 @@
 """Benchmark: minibatch draw + augment time relative to one inner SGD step; offline-suite fetch time.
 
-    python benchmarks/data_sampling.py [--device cpu] [--batch 128] [--reps 200] [--step-reps 30]
-        [--skip-fetch]
+    python benchmarks/data_sampling.py [--device cpu] [--batch 128] [--rounds 100] [--skip-fetch]
 
 Prints one JSON object:
-  * ``sample_ms``: ``TaskData.sample_train(batch)`` at 28 px (MNIST, crop padding 4, flip on) — index draw,
+  * ``sample_ms_*``: ``TaskData.sample_train(batch)`` at 28 px (MNIST, crop padding 4, flip on) — index draw,
     gather, crop, flip, normalize — on ``--device``;
-  * ``step_ms``: one SGD step (forward + backward + update) of a 4-layer ConvNet (32 channels, 3x3 conv, BN,
+  * ``step_ms_*``: one SGD step (forward + backward + update) of a 4-layer ConvNet (32 channels, 3x3 conv, BN,
     ReLU, 2x2 max-pool; linear head) on the same batch;
-  * ``sample_over_step``: their ratio (goal <= 0.10);
+  * ``sample_over_step``: ratio of the medians (goal <= 0.10); the two are timed in alternation;
   * ``fetch_s``: seconds to fetch and convert each dataset of the ``offline`` suite into an empty temporary
-    cache
-    (registry clients keep their own caches, e.g. ~/.npm, so a second run downloads less).
+    cache (registry clients keep their own caches, e.g. ~/.npm, so a second run downloads less).
 """
 
 from __future__ import annotations
@@ -22,7 +20,9 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,18 +48,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_per_call(fn, reps: int, device: torch.device) -> float:
-    for _ in range(max(3, reps // 10)):  # warm-up
-        fn()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - t0) / reps
+def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int, device: torch.device) -> dict:
+    """Per-call seconds of each ``fn``, timed in alternation so that a noisy machine (shared cores) slows
+    all of them alike; medians are robust to the stalls such machines show."""
+    for fn in fns.values():  # warm-up: allocator, kernels, autograd graph
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: np.asarray(t) for name, t in times.items()}
 
 
-def bench_sampling(device: torch.device, batch: int, reps: int, step_reps: int) -> dict[str, float]:
+def bench_sampling(device: torch.device, batch: int, rounds: int) -> dict[str, float]:
     spec = TaskSpec("mnist", "mnist", image_size=28, channels=1, crop_padding=4, flip=True)
     task = TaskData.from_spec(spec, device=device, dataset=load_dataset("mnist"))
     model = convnet(1, task.num_classes).to(device)
@@ -71,9 +77,15 @@ def bench_sampling(device: torch.device, batch: int, reps: int, step_reps: int) 
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
 
-    sample_s = time_per_call(lambda: task.sample_train(batch), reps, device)
-    step_s = time_per_call(step, step_reps, device)
-    return {"sample_ms": sample_s * 1e3, "step_ms": step_s * 1e3, "sample_over_step": sample_s / step_s}
+    t = interleaved_times({"sample": lambda: task.sample_train(batch), "step": step}, rounds, device)
+    out = {}
+    for name in ("sample", "step"):
+        out[f"{name}_ms_median"] = round(float(np.median(t[name])) * 1e3, 3)
+        out[f"{name}_ms_p10_p90"] = [round(float(np.percentile(t[name], q)) * 1e3, 3) for q in (10, 90)]
+    out["sample_over_step"] = round(out["sample_ms_median"] / out["step_ms_median"], 4)
+    # Per-round ratio too: both calls of a round met the same machine load.
+    out["sample_over_step_p90"] = round(float(np.percentile(t["sample"] / t["step"], 90)), 4)
+    return out
 
 
 def bench_fetch() -> dict[str, float]:
@@ -91,8 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--reps", type=int, default=200, help="timed sampling calls")
-    parser.add_argument("--step-reps", type=int, default=30, help="timed SGD steps")
+    parser.add_argument("--rounds", type=int, default=100, help="timed (sample, step) pairs")
     parser.add_argument("--skip-fetch", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -104,9 +115,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "batch": args.batch,
     }
-    result.update(
-        {k: round(v, 4) for k, v in bench_sampling(device, args.batch, args.reps, args.step_reps).items()}
-    )
+    result.update(bench_sampling(device, args.batch, args.rounds))
     if not args.skip_fetch:
         result["fetch_s"] = bench_fetch()
     print(json.dumps(result, indent=1))
