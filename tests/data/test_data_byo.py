@@ -41,6 +41,17 @@ def test_skip_bad_images_counts_them(image_folder):
     assert ds.extra["skipped_images"] == 1 and len(ds.y_train) + len(ds.y_test) == 15
 
 
+def test_truncated_image_with_valid_header(image_folder, make_image):
+    path = image_folder / "circle" / "cut.png"
+    make_image(path, size=(64, 64))
+    path.write_bytes(path.read_bytes()[:60])  # header parses, pixel data is cut off
+    with pytest.raises(UserError, match=r"cannot read image .*cut\.png"):
+        load_dataset(str(image_folder))
+    with pytest.warns(UserWarning, match="skipped 1"):
+        ds = load_dataset(str(image_folder), skip_bad_images=True)
+    assert len(ds.y_train) + len(ds.y_test) == 15
+
+
 def test_empty_class_folder(image_folder):
     (image_folder / "empty").mkdir()
     with pytest.raises(UserError, match=r"class folder .*empty has no images"):

@@ -61,61 +61,70 @@ def _class_dirs(root: Path) -> list[Path]:
     return dirs
 
 
-def _read_image(path: Path) -> Image.Image:
+_GREY_MODES = ("1", "L", "I", "I;16", "F")
+
+
+def _probe(path: Path) -> tuple[tuple[int, int], bool]:
+    """(width, height) and whether the image is grey, from the header only (no pixel decoding)."""
     with Image.open(path) as im:
-        im.load()
-        grey = im.mode in ("1", "L", "I", "I;16", "F") or (im.mode == "P" and _palette_is_grey(im))
-        return im.convert("L" if grey else "RGB")
+        if im.mode == "P":
+            pal = im.getpalette() or []
+            grey = all(pal[i] == pal[i + 1] == pal[i + 2] for i in range(0, len(pal) - 2, 3))
+        else:
+            grey = im.mode in _GREY_MODES
+        return im.size, grey
 
 
-def _palette_is_grey(im: Image.Image) -> bool:
-    return all(r == g == b for r, g, b in im.convert("RGB").getdata())
+def square_resize(im: Image.Image, side: int) -> Image.Image:
+    """Shorter side resized to ``side`` (bilinear), then the centred ``side`` x ``side`` crop."""
+    if im.size == (side, side):
+        return im
+    w, h = im.size
+    scale = side / min(w, h)
+    im = im.resize((max(side, round(w * scale)), max(side, round(h * scale))), Image.Resampling.BILINEAR)
+    left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
+    return im.crop((left, top, left + side, top + side))
 
 
-def _read_classes(
-    root: Path, class_dirs: list[Path], skip_bad: bool, bad: list[Path]
-) -> tuple[list[Image.Image], list[int]]:
+def _decode(path: Path, side: int | None, rgb: bool) -> np.ndarray:
+    with Image.open(path) as im:
+        im = im.convert("RGB" if rgb else "L")
+    if side is not None:
+        im = square_resize(im, side)
+    a = np.asarray(im, dtype=np.uint8)
+    return a if a.ndim == 3 else a[..., None]
+
+
+def _list_images(class_dirs: list[Path]) -> list[tuple[Path, int]]:
     files: list[tuple[Path, int]] = []
     for label, d in enumerate(class_dirs):
         found = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not found:
             raise UserError(f"class folder {d} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         files += [(p, label) for p in found]
-    images, labels = [], []
-    for p, label in progress(files, desc=f"read {root.name}", unit="img"):
-        try:
-            images.append(_read_image(p))
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            if not skip_bad:
-                raise UserError(
-                    f"cannot read image {p}: {err} (pass --skip-bad-images to skip such files)"
-                ) from None
-            bad.append(p)
-            continue
-        labels.append(label)
-    return images, labels
+    return files
 
 
-def _to_array(images: list[Image.Image], side: int | None, rgb: bool) -> np.ndarray:
-    out = []
-    for im in images:
-        im = im.convert("RGB" if rgb else "L")
-        if side is not None and im.size != (side, side):
-            w, h = im.size
-            scale = side / min(w, h)
-            im = im.resize(
-                (max(side, round(w * scale)), max(side, round(h * scale))), Image.Resampling.BILINEAR
-            )
-            left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
-            im = im.crop((left, top, left + side, top + side))
-        a = np.asarray(im, dtype=np.uint8)
-        out.append(a if a.ndim == 3 else a[..., None])
-    return np.stack(out)
+def _bad_image(path: Path, err: Exception, skip: bool, bad: list[Path]) -> None:
+    if not skip:
+        raise UserError(
+            f"cannot read image {path}: {err} (pass --skip-bad-images to skip such files)"
+        ) from None
+    bad.append(path)
 
 
-def load_folder(root: Path, skip_bad_images: bool = False) -> ArrayDataset:
-    """Read ``root/<class>/**/<image>`` (or ``root/{train,test}/<class>/...``) as an ArrayDataset."""
-    bad: list[Path] = []
+_READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)  # SyntaxError: PIL's broken headers
+
+
+def load_folder(
+    root: Path, skip_bad_images: bool = False, side: int | None = None, rgb: bool | None = None
+) -> ArrayDataset:
+    """Read ``root/<class>/**/<image>`` (or ``root/{train,test}/<class>/...``) as an ArrayDataset.
+
+    ``side`` forces square images of that size and ``rgb`` the channel count; by default both follow the
+    images (see the module docstring). Headers are read first, then each image is decoded straight into
+    its final size, so a folder of large photos never sits in memory at full resolution.
+    """
     split_dirs = [root / "train", root / "test"]
     if all(d.is_dir() for d in split_dirs):
         train_classes, test_classes = _class_dirs(split_dirs[0]), _class_dirs(split_dirs[1])
@@ -124,40 +133,55 @@ def load_folder(root: Path, skip_bad_images: bool = False) -> ArrayDataset:
         if unknown:
             raise UserError(f"{root}/test has classes not in {root}/train: {', '.join(unknown)}")
         index = {n: i for i, n in enumerate(names)}
-        tr_img, tr_y = _read_classes(root, train_classes, skip_bad_images, bad)
-        te_img, te_y = _read_classes(root, test_classes, skip_bad_images, bad)
-        te_y = [index[test_classes[i].name] for i in te_y]
+        splits = {
+            "train": _list_images(train_classes),
+            "test": [(p, index[test_classes[c].name]) for p, c in _list_images(test_classes)],
+        }
     else:
-        names = [d.name for d in _class_dirs(root)]
-        tr_img, tr_y = _read_classes(root, _class_dirs(root), skip_bad_images, bad)
-        te_img, te_y = [], []
-    all_images = tr_img + te_img
-    if not all_images:
+        class_dirs = _class_dirs(root)
+        names = [d.name for d in class_dirs]
+        splits = {"train": _list_images(class_dirs), "test": []}
+
+    bad: list[Path] = []
+    probes: dict[Path, tuple[tuple[int, int], bool]] = {}
+    for path, _ in progress([f for files in splits.values() for f in files], desc=f"scan {root.name}"):
+        try:
+            probes[path] = _probe(path)
+        except _READ_ERRORS as err:
+            _bad_image(path, err, skip_bad_images, bad)
+    if not probes:
         raise UserError(f"{root} has no readable images")
-    rgb = any(im.mode == "RGB" for im in all_images)
-    sizes = Counter(im.size for im in all_images)
-    side = None
-    if len(sizes) > 1:
-        side = min(MAX_FOLDER_SIDE, int(np.median([min(s) for s in (im.size for im in all_images)])))
-    x_tr, y_tr = _to_array(tr_img, side, rgb), np.asarray(tr_y, np.int64)
+    if rgb is None:
+        rgb = not all(grey for _, grey in probes.values())
+    sizes = Counter(size for size, _ in probes.values())
+    if side is None and len(sizes) > 1:
+        side = min(MAX_FOLDER_SIDE, int(np.median([min(size) for size, _ in probes.values()])))
+
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split, files in splits.items():
+        xs, ys = [], []
+        for path, label in progress(files, desc=f"read {root.name} {split}", unit="img"):
+            if path not in probes:
+                continue
+            try:
+                xs.append(_decode(path, side, rgb))
+            except _READ_ERRORS as err:
+                _bad_image(path, err, skip_bad_images, bad)
+                continue
+            ys.append(label)
+        h, w = (side, side) if side is not None else next(iter(sizes))[::-1]
+        empty = np.zeros((0, h, w, 3 if rgb else 1), np.uint8)
+        arrays[split] = (np.stack(xs) if xs else empty, np.asarray(ys, np.int64))
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image(s) in {root}, e.g. {bad[0]}", stacklevel=2)
     extra = {"source": str(root), "skipped_images": len(bad)}
-    if te_img:
-        ds = ArrayDataset(
-            root.name,
-            x_tr,
-            y_tr,
-            _to_array(te_img, side, rgb),
-            np.asarray(te_y, np.int64),
-            tuple(names),
-            notes=f"folder {root} with its train/test split",
-            extra=extra,
-        )
+    (x_tr, y_tr), (x_te, y_te) = arrays["train"], arrays["test"]
+    if splits["test"]:
+        notes = f"folder {root} with its train/test split"
+        ds = ArrayDataset(root.name, x_tr, y_tr, x_te, y_te, tuple(names), notes=notes, extra=extra)
     else:
-        ds = split_off_test(
-            root.name, x_tr, y_tr, names, test_fraction=TEST_FRACTION, seed=0, what=f" (folder {root})"
-        )
+        what = f" (folder {root})"
+        ds = split_off_test(root.name, x_tr, y_tr, names, test_fraction=TEST_FRACTION, seed=0, what=what)
         ds.extra.update(extra)
     return ds.validate(str(root))
 

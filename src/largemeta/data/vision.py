@@ -84,30 +84,17 @@ class FolderSource(Source):
         folder = root / self.layout if (root / self.layout).is_dir() else root
         if not folder.is_dir():
             raise SourceUnavailable(f"{folder} is not a folder")
-        ds = load_folder(folder)
-        x_tr = np.stack(
-            [
-                _square(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a), self.store)
-                for a in ds.x_train
-            ]
+        ds = load_folder(folder, side=self.store, rgb=True)
+        return ArrayDataset(
+            name, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.class_names, notes=ds.notes
         )
-        x_te = np.stack(
-            [
-                _square(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a), self.store)
-                for a in ds.x_test
-            ]
-        )
-        return ArrayDataset(name, x_tr, ds.y_train, x_te, ds.y_test, ds.class_names, notes=ds.notes)
 
 
 def _square(img: Image.Image, side: int) -> np.ndarray:
     """RGB uint8 (side, side, 3): shorter side resized to ``side``, then a centre crop."""
-    img = img.convert("RGB")
-    w, h = img.size
-    s = side / min(w, h)
-    img = img.resize((max(side, round(w * s)), max(side, round(h * s))), Image.Resampling.BILINEAR)
-    left, top = (img.size[0] - side) // 2, (img.size[1] - side) // 2
-    return np.asarray(img.crop((left, top, left + side, top + side)), dtype=np.uint8)
+    from largemeta.data.byo import square_resize
+
+    return np.asarray(square_resize(img.convert("RGB"), side), dtype=np.uint8)
 
 
 @dataclass(frozen=True)
