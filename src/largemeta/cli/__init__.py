@@ -16,7 +16,8 @@ from largemeta import __version__
 from largemeta.errors import UserError
 
 # Command-group modules, in the order their help lists them.
-COMMAND_MODULES = ("largemeta.cli.synthetic",)
+# largemeta.cli.synthetic is added on the main branch; this branch does not have it yet.
+COMMAND_MODULES = ("largemeta.cli.data",)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -1,0 +1,252 @@
+"""Device-resident task data: what the trainer draws minibatches from.
+
+A :class:`TaskData` keeps one task's images as uint8 tensors (N, C, H, W) on the training device, already
+resized to the task's size and restricted to its classes (labels renumbered 0..k-1). Minibatches are
+drawn and augmented on that device with a per-task ``torch.Generator`` living there too, so no host work
+and no host-device copy happens per step. Grey images stay 1 channel in memory and become 3 only in the
+batch when the task asks for 3.
+
+Trainer API::
+
+    task = TaskData.from_spec(spec, device="cuda", seed=0)   # spec: largemeta.data.tasks.TaskSpec
+    task.num_classes          # k, labels are 0..k-1
+    task.image_shape          # (C, H, W) of the batches
+    x, y = task.sample_train(128)        # x float32 (B, C, H, W) in [-1, 1], augmented; y int64 (B,)
+    for x, y in task.iter_eval(512):     # the eval split in order, no augmentation
+        ...
+    small = task.subsample(n_per_class=50, seed=1)   # limited-data experiments; or total=500
+    state = task.state_dict()            # generator state; checkpoint it with the model
+    task.load_state_dict(state)          # the next batches are exactly those that followed the save
+
+To build many tasks, loading each dataset once (e.g. QuickDraw for several class groups)::
+
+    train_tasks = build_tasks(suite.meta_train, device="cuda", seed=0)
+
+Minibatches are drawn uniformly with replacement (``torch.randint``), so the generator state is the whole
+sampling state: restoring it resumes the identical stream.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from largemeta.data.augment import augment, normalize, resize_uint8, to_grey
+from largemeta.data.datasets import ArrayDataset, load_dataset
+from largemeta.data.tasks import TaskSpec
+from largemeta.errors import UserError
+
+
+def _to_device_images(x: np.ndarray, size: int, channels: int, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, C) host array -> uint8 (N, C', size, size) on ``device`` (C' = 1 if grey or asked)."""
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(device).permute(0, 3, 1, 2)
+    if channels == 1 and t.shape[1] == 3:
+        t = to_grey(t)
+    return resize_uint8(t.contiguous(), size)
+
+
+class TaskData:
+    """One task's train and eval images on a device, with a checkpointable sampling generator."""
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        x_eval: torch.Tensor,
+        y_eval: torch.Tensor,
+        class_names: Sequence[str],
+        *,
+        seed: int = 0,
+    ) -> None:
+        if x_train.dtype != torch.uint8 or x_train.ndim != 4:
+            raise ValueError(
+                f"x_train must be uint8 (N, C, H, W), got {x_train.dtype} {tuple(x_train.shape)}"
+            )
+        if len(y_train) == 0:
+            raise UserError(f"task {spec.name!r} has no training images")
+        self.spec = spec
+        self.x_train, self.y_train = x_train, y_train
+        self.x_eval, self.y_eval = x_eval, y_eval
+        self.class_names = tuple(class_names)
+        self.seed = seed
+        self.device = x_train.device
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    # ------------------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: TaskSpec,
+        *,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        data_dir: str | os.PathLike[str] | None = None,
+        root: str | os.PathLike[str] | None = None,
+        dataset: ArrayDataset | None = None,
+    ) -> TaskData:
+        """Load ``spec.dataset`` (or use the already loaded ``dataset``) and build the task on ``device``."""
+        ds = dataset if dataset is not None else load_dataset(spec.dataset, data_dir=data_dir, root=root)
+        return cls.from_arrays(spec, ds, device=device, seed=seed)
+
+    @classmethod
+    def from_arrays(
+        cls, spec: TaskSpec, ds: ArrayDataset, *, device: str | torch.device = "cpu", seed: int = 0
+    ) -> TaskData:
+        """Select the task's classes from ``ds``, resize once, and move to ``device``."""
+        dev = torch.device(device)
+        classes = spec.resolve_classes(ds.class_names)
+        # old label -> new label (-1 for classes outside the subset)
+        remap = np.full(ds.num_classes, -1, np.int64)
+        remap[classes] = np.arange(len(classes))
+        parts = {}
+        for role, split in (("train", spec.train_split), ("eval", spec.eval_split)):
+            x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+            keep = remap[y] >= 0
+            parts[role] = (
+                _to_device_images(x[keep], spec.image_size, spec.channels, dev),
+                torch.from_numpy(remap[y[keep]]).to(dev),
+            )
+        names = [ds.class_names[c] for c in classes]
+        return cls(spec, *parts["train"], *parts["eval"], names, seed=seed)
+
+    # ------------------------------------------------------------------------------- properties
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the batches this task yields."""
+        return (self.spec.channels, self.spec.image_size, self.spec.image_size)
+
+    @property
+    def num_train(self) -> int:
+        return int(self.y_train.shape[0])
+
+    @property
+    def num_eval(self) -> int:
+        return int(self.y_eval.shape[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"TaskData({self.name!r}, classes={self.num_classes}, train={self.num_train}, "
+            f"eval={self.num_eval}, shape={self.image_shape}, device={self.device})"
+        )
+
+    # -------------------------------------------------------------------------------- sampling
+
+    def sample_indices(self, batch_size: int) -> torch.Tensor:
+        """Indices of a minibatch, uniform with replacement, from the task's generator."""
+        return torch.randint(self.num_train, (batch_size,), device=self.device, generator=self.generator)
+
+    def sample_train(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """An augmented training minibatch: x float32 (B, C, H, W) in [-1, 1], y int64 (B,)."""
+        idx = self.sample_indices(batch_size)
+        x = augment(
+            self.x_train[idx],
+            padding=self.spec.crop_padding,
+            flip=self.spec.flip,
+            generator=self.generator,
+            channels=self.spec.channels,
+        )
+        return x, self.y_train[idx]
+
+    def iter_eval(self, batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The eval split in order, normalized, without augmentation."""
+        for i in range(0, self.num_eval, batch_size):
+            yield (
+                normalize(self.x_eval[i : i + batch_size], self.spec.channels),
+                self.y_eval[i : i + batch_size],
+            )
+
+    def subsample(self, n_per_class: int | None = None, total: int | None = None, seed: int = 0) -> TaskData:
+        """A copy training on a class-balanced subset: ``n_per_class`` per class, or ``total`` images.
+
+        With ``total`` the classes take turns (a seeded shuffle within each class), so per-class counts differ
+        by at most one where classes are large enough. The eval split and the sampling seed are unchanged.
+        """
+        if (n_per_class is None) == (total is None):
+            raise UserError("subsample needs exactly one of n_per_class and total")
+        limit = n_per_class if n_per_class is not None else total
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise UserError(f"subsample size must be a positive integer, got {limit!r}")
+        rng = np.random.default_rng(seed)
+        y = self.y_train.cpu().numpy()
+        per_class = [np.flatnonzero(y == c) for c in range(self.num_classes)]
+        per_class = [idx[rng.permutation(len(idx))] for idx in per_class]
+        if n_per_class is not None:
+            smallest = min(len(p) for p in per_class)
+            if n_per_class > smallest:
+                raise UserError(
+                    f"task {self.name!r}: n_per_class={n_per_class} exceeds its smallest class "
+                    f"({smallest} training images)"
+                )
+            chosen = np.concatenate([p[:n_per_class] for p in per_class])
+        else:
+            if total > self.num_train:
+                raise UserError(
+                    f"task {self.name!r}: total={total} exceeds its {self.num_train} training images"
+                )
+            # Round-robin over classes: rank of each image within its class, then stable sort by rank.
+            ranks = np.concatenate([np.arange(len(p)) for p in per_class])
+            order = np.concatenate(per_class)
+            chosen = order[np.argsort(ranks, kind="stable")][:total]
+        keep = torch.from_numpy(np.sort(chosen)).to(self.device)
+        return TaskData(
+            self.spec,
+            self.x_train[keep],
+            self.y_train[keep],
+            self.x_eval,
+            self.y_eval,
+            self.class_names,
+            seed=self.seed,
+        )
+
+    # ---------------------------------------------------------------------------- checkpointing
+
+    def state_dict(self) -> dict[str, Any]:
+        """Sampling state to checkpoint: the generator state (a CPU uint8 tensor) and the seed."""
+        return {"generator": self.generator.get_state(), "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume sampling exactly where :meth:`state_dict` was taken."""
+        self.generator.set_state(state["generator"])
+        self.seed = int(state.get("seed", self.seed))
+
+
+def task_seed(seed: int, index: int) -> int:
+    """Independent per-task seed derived from a run's ``seed`` and the task's position."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def build_tasks(
+    specs: Sequence[TaskSpec],
+    *,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    data_dir: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
+) -> list[TaskData]:
+    """:class:`TaskData` for each spec, loading every distinct dataset once; task ``i`` gets
+    ``task_seed(seed, i)``."""
+    datasets: dict[str, ArrayDataset] = {}
+    tasks = []
+    for i, spec in enumerate(specs):
+        if spec.dataset not in datasets:
+            datasets[spec.dataset] = load_dataset(spec.dataset, data_dir=data_dir, root=root)
+        tasks.append(
+            TaskData.from_arrays(spec, datasets[spec.dataset], device=device, seed=task_seed(seed, i))
+        )
+    return tasks

@@ -1,0 +1,222 @@
+"""The paper's datasets, for users who are online (torchvision) or hold a local copy (``--root``).
+
+None of these ships inside a package registry, so offline and without ``--root`` they fail with one line
+saying what was tried and how to get the data. Images are stored in the cache at ``store`` px (shorter side
+resized, centre crop) so the variable-size sets fit one uint8 array; tasks resize again to their own size.
+
+``--root DIR``:
+  * torchvision datasets: ``DIR`` is torchvision's ``root`` for that class (read with ``download=False``);
+  * folder datasets (Tiny ImageNet, Stanford Dogs, CUB-200, which torchvision lacks): ``DIR`` is, or contains
+    ``layout``, a folder of class subfolders (read like a bring-your-own folder; 20 % of each class held out).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from largemeta.data.cache import progress
+from largemeta.data.datasets import DATASETS, ArrayDataset, DatasetSpec
+from largemeta.data.sources import Source, SourceUnavailable, offline
+from largemeta.errors import UserError
+
+
+@dataclass(frozen=True)
+class TorchvisionSource(Source):
+    """A ``torchvision.datasets`` class; ``splits`` gives the constructor keywords of train and test."""
+
+    cls: str
+    splits: tuple[dict[str, Any], dict[str, Any]]
+    store: int
+
+    def describe(self) -> str:
+        return f"torchvision.datasets.{self.cls}"
+
+    def fetch(self, downloads: Path) -> dict[str, bytes]:  # pragma: no cover - interface only
+        raise NotImplementedError("use load()")
+
+    def load(self, name: str, root: Path, download: bool) -> ArrayDataset:
+        try:
+            tv = importlib.import_module("torchvision.datasets")
+        except Exception as err:  # torchvision missing, or built against another torch
+            raise SourceUnavailable(f"torchvision does not import: {str(err).splitlines()[0]}") from None
+        arrays = []
+        classes: list[str] | None = None
+        for kwargs in self.splits:
+            try:
+                ds = getattr(tv, self.cls)(root=str(root), download=download, **kwargs)
+            except Exception as err:  # torchvision raises RuntimeError/URLError/OSError for missing data
+                raise SourceUnavailable(f"{self.cls}({root}): {str(err).splitlines()[0]}") from None
+            classes = classes or [str(c) for c in getattr(ds, "classes", [])]
+            xs, ys = [], []
+            for img, label in progress(ds, desc=f"convert {name}", unit="img"):
+                xs.append(_square(img, self.store))
+                ys.append(int(label))
+            arrays += [np.stack(xs), np.asarray(ys, np.int64)]
+        n = int(max(arrays[1].max(), arrays[3].max())) + 1
+        names = tuple(classes) if classes and len(classes) == n else tuple(str(i) for i in range(n))
+        return ArrayDataset(
+            name, *arrays, class_names=names, notes=f"via {self.describe()}, stored at {self.store} px"
+        )
+
+
+@dataclass(frozen=True)
+class FolderSource(Source):
+    """A local folder of class subfolders (``root`` itself or ``root/layout``)."""
+
+    layout: str
+    store: int
+
+    def describe(self) -> str:
+        return f"local folder --root DIR (DIR or DIR/{self.layout} holding class subfolders)"
+
+    def fetch(self, downloads: Path) -> dict[str, bytes]:  # pragma: no cover - interface only
+        raise NotImplementedError("use load()")
+
+    def load(self, name: str, root: Path) -> ArrayDataset:
+        from largemeta.data.byo import load_folder
+
+        folder = root / self.layout if (root / self.layout).is_dir() else root
+        if not folder.is_dir():
+            raise SourceUnavailable(f"{folder} is not a folder")
+        ds = load_folder(folder, side=self.store, rgb=True)
+        return ArrayDataset(
+            name, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.class_names, notes=ds.notes
+        )
+
+
+def _square(img: Image.Image, side: int) -> np.ndarray:
+    """RGB uint8 (side, side, 3): shorter side resized to ``side``, then a centre crop."""
+    from largemeta.data.byo import square_resize
+
+    return np.asarray(square_resize(img.convert("RGB"), side), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class _Vision:
+    name: str
+    description: str
+    classes: int
+    store: int
+    images: int | None
+    sources: tuple[Source, ...] = field(default_factory=tuple)
+
+    def build(self, downloads: Path, root: Path | None) -> ArrayDataset:
+        tried = []
+        for src in self.sources:
+            try:
+                if isinstance(src, FolderSource):
+                    if root is None:
+                        raise SourceUnavailable("no --root given")
+                    return src.load(self.name, root)
+                assert isinstance(src, TorchvisionSource)
+                if root is not None:
+                    return src.load(self.name, root, download=False)
+                if offline():
+                    raise SourceUnavailable("offline")
+                return src.load(self.name, downloads.parent / "torchvision", download=True)
+            except SourceUnavailable as err:
+                tried.append(f"{src.describe()} ({err})")
+        if any(isinstance(s, TorchvisionSource) for s in self.sources):
+            how = (
+                f"when online run 'pip install largemeta[vision]' and 'largemeta data fetch {self.name}', "
+                f"or pass --root pointing at a local copy (torchvision layout)"
+            )
+        else:
+            how = "download it from its authors and pass --root pointing at the folder of class subfolders"
+        raise UserError(
+            f"cannot get {self.name}: tried {'; '.join(tried)}. It is not in any package registry: {how}"
+        )
+
+
+def _tv(cls: str, train: dict[str, Any], test: dict[str, Any], store: int) -> TorchvisionSource:
+    return TorchvisionSource(cls, (train, test), store)
+
+
+_SPLIT = ({"train": True}, {"train": False})
+_VISION = [
+    _Vision("cifar100", "CIFAR-100", 100, 32, 60_000, (_tv("CIFAR100", *_SPLIT, 32),)),
+    _Vision(
+        "svhn",
+        "Street View House Numbers",
+        10,
+        32,
+        99_289,
+        (_tv("SVHN", {"split": "train"}, {"split": "test"}, 32),),
+    ),
+    _Vision(
+        "stl10",
+        "STL-10 (labelled part)",
+        10,
+        96,
+        13_000,
+        (_tv("STL10", {"split": "train"}, {"split": "test"}, 96),),
+    ),
+    _Vision(
+        "flowers102",
+        "VGG Flowers 102",
+        102,
+        84,
+        8_189,
+        (_tv("Flowers102", {"split": "train"}, {"split": "test"}, 84),),
+    ),
+    _Vision(
+        "pets",
+        "Oxford-IIIT Pets",
+        37,
+        84,
+        7_349,
+        (_tv("OxfordIIITPet", {"split": "trainval"}, {"split": "test"}, 84),),
+    ),
+    _Vision(
+        "aircraft",
+        "FGVC Aircraft (variants)",
+        100,
+        84,
+        10_000,
+        (_tv("FGVCAircraft", {"split": "trainval"}, {"split": "test"}, 84),),
+    ),
+    _Vision(
+        "cars",
+        "Stanford Cars",
+        196,
+        84,
+        16_185,
+        (_tv("StanfordCars", {"split": "train"}, {"split": "test"}, 84),),
+    ),
+    _Vision(
+        "food101", "Food-101", 101, 84, 101_000, (_tv("Food101", {"split": "train"}, {"split": "test"}, 84),)
+    ),
+    _Vision(
+        "tiny_imagenet",
+        "Tiny ImageNet (train folder)",
+        200,
+        64,
+        100_000,
+        (FolderSource("tiny-imagenet-200/train", 64),),
+    ),
+    _Vision("stanford_dogs", "Stanford Dogs", 120, 84, 20_580, (FolderSource("Images", 84),)),
+    _Vision(
+        "cub200", "Caltech-UCSD Birds 200-2011", 200, 84, 11_788, (FolderSource("CUB_200_2011/images", 84),)
+    ),
+]
+
+for _v in _VISION:
+    DATASETS.add(
+        _v.name,
+        DatasetSpec(
+            _v.name,
+            _v.description,
+            _v.classes,
+            (_v.store, _v.store, 3),
+            _v.images,
+            _v.sources,
+            _v.build,
+            suites=("paper",),
+        ),
+    )

@@ -1,0 +1,206 @@
+"""Device-resident sampling and augmentation: determinism, checkpointing, shapes, and loop oracles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from largemeta.data.augment import crop_at, flip_where, normalize, random_crop, resize_uint8
+from largemeta.data.datasets import ArrayDataset
+from largemeta.data.sampler import TaskData
+from largemeta.data.tasks import TaskSpec
+from largemeta.errors import UserError
+
+
+def toy_dataset(n_per_class=6, classes=4, side=10, channels=1) -> ArrayDataset:
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(classes), n_per_class)
+    x = rng.integers(0, 256, (len(y), side, side, channels), dtype=np.uint8)
+    return ArrayDataset("toy", x, y, x[::2].copy(), y[::2].copy(), tuple(f"k{i}" for i in range(classes)))
+
+
+def toy_task(seed: int = 0, rgb: bool = False, **kw) -> TaskData:
+    spec = TaskSpec(**{"name": "t", "dataset": "toy", "image_size": 10, "channels": 1, **kw})
+    return TaskData.from_arrays(spec, toy_dataset(channels=3 if rgb else 1), seed=seed)
+
+
+def test_shapes_ranges_and_device():
+    task = toy_task(channels=3, image_size=12, crop_padding=2)
+    x, y = task.sample_train(16)
+    assert x.shape == (16, 3, 12, 12) and x.dtype == torch.float32 and x.device.type == "cpu"
+    assert y.dtype == torch.int64 and y.shape == (16,) and 0 <= int(y.min()) and int(y.max()) < 4
+    assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert torch.equal(x[:, 0], x[:, 1])  # grey repeated to 3 channels
+    assert task.image_shape == (3, 12, 12) and task.num_classes == 4
+    assert task.x_train.shape[1] == 1  # still stored as one channel
+
+
+def test_same_seed_same_batches_and_other_seed_differs():
+    a, b, c = toy_task(seed=1), toy_task(seed=1), toy_task(seed=2)
+    xa, ya = a.sample_train(32)
+    xb, yb = b.sample_train(32)
+    xc, _ = c.sample_train(32)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb) and not torch.equal(xa, xc)
+
+
+def test_state_dict_round_trip_resumes_the_stream():
+    task = toy_task()
+    task.sample_train(8)
+    state = task.state_dict()
+    first = [task.sample_train(8) for _ in range(3)]
+    other = toy_task(seed=99)
+    other.load_state_dict(state)
+    task.load_state_dict(state)
+    for (x1, y1), (x2, y2), (x3, y3) in zip(
+        first,
+        [task.sample_train(8) for _ in range(3)],
+        [other.sample_train(8) for _ in range(3)],
+        strict=True,
+    ):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2) and torch.equal(x1, x3) and torch.equal(y1, y3)
+
+
+def test_eval_iterator_is_the_eval_split_unaugmented():
+    task = toy_task(crop_padding=4)
+    batches = list(task.iter_eval(5))
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    assert [len(b[1]) for b in batches] == [5, 5, 2] and torch.equal(y, task.y_eval)
+    assert torch.allclose(x, task.x_eval.float() / 127.5 - 1, atol=1e-6)
+
+
+def test_class_subset_relabels_in_given_order():
+    ds = toy_dataset()
+    spec = TaskSpec("t", "toy", ("k3", "k1"), image_size=10, channels=1)
+    task = TaskData.from_arrays(spec, ds)
+    assert task.class_names == ("k3", "k1") and task.num_train == 12
+    # label 0 of the task is dataset class 3
+    first = torch.from_numpy(ds.x_train[ds.y_train == 3]).permute(0, 3, 1, 2)
+    assert torch.equal(task.x_train[task.y_train == 0], first)
+
+
+def test_unknown_class_in_task():
+    with pytest.raises(UserError, match=r"task 't' \(toy\): unknown class 'k9'"):
+        TaskData.from_arrays(TaskSpec("t", "toy", ("k9",)), toy_dataset())
+
+
+def test_subsample():
+    task = toy_task()
+    small = task.subsample(n_per_class=2, seed=0)
+    assert small.y_train.bincount().tolist() == [2, 2, 2, 2] and small.num_eval == task.num_eval
+    assert small.y_train.tolist() == task.subsample(n_per_class=2, seed=0).y_train.tolist()
+    assert task.subsample(total=6).y_train.bincount().tolist() == [2, 2, 1, 1]
+    with pytest.raises(UserError, match="exceeds its smallest class"):
+        task.subsample(n_per_class=7)
+    with pytest.raises(UserError, match="exactly one"):
+        task.subsample()
+
+
+def test_rgb_to_grey_and_resize():
+    task = toy_task(rgb=True, channels=1, image_size=5)
+    assert task.x_train.shape == (24, 1, 5, 5) and task.x_train.dtype == torch.uint8
+
+
+def crop_loop(x: torch.Tensor, padding: int, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """The plain per-sample oracle for :func:`crop_at`."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, [padding] * 4)
+    return torch.stack(
+        [
+            padded[i, :, t : t + h, l_ : l_ + w]
+            for i, (t, l_) in enumerate(zip(top.tolist(), left.tolist(), strict=True))
+        ]
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 6),
+    c=st.sampled_from([1, 3]),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    padding=st.integers(1, 5),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_vectorized_crop_matches_loop(b, c, h, w, padding, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (b, c, h, w), generator=g, dtype=torch.uint8)
+    top, left = torch.randint(0, 2 * padding + 1, (2, b), generator=g)
+    assert torch.equal(crop_at(x, padding, top, left), crop_loop(x, padding, top, left))
+
+
+def test_random_crop_covers_all_offsets_and_keeps_shape():
+    x = torch.ones(500, 1, 4, 4, dtype=torch.uint8)
+    out = random_crop(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    # zeros visible in a crop tell its offset; all 25 offsets occur in 500 draws
+    patterns = {tuple(o.flatten().tolist()) for o in out}
+    assert len(patterns) == 25
+
+
+def test_flip_matches_loop():
+    x = torch.arange(2 * 1 * 2 * 3, dtype=torch.uint8).view(2, 1, 2, 3)
+    mask = torch.tensor([True, False])
+    out = flip_where(x, mask)
+    assert torch.equal(out[0], x[0].flip(-1)) and torch.equal(out[1], x[1])
+
+
+def test_normalize_values():
+    x = torch.tensor([0, 255, 51], dtype=torch.uint8).view(1, 1, 1, 3)
+    assert torch.allclose(normalize(x), torch.tensor([-1.0, 1.0, 51 / 255 * 2 - 1]).view(1, 1, 1, 3))
+
+
+def test_resize_uint8_keeps_constant_images():
+    x = torch.full((3, 1, 8, 8), 77, dtype=torch.uint8)
+    assert torch.equal(resize_uint8(x, 28), torch.full((3, 1, 28, 28), 77, dtype=torch.uint8))
+    assert torch.equal(resize_uint8(x, 3, chunk=2), torch.full((3, 1, 3, 3), 77, dtype=torch.uint8))
+
+
+@pytest.mark.network
+def test_offline_suite_tasks_on_real_data(builtin):
+    from largemeta.data.tasks import load_suite
+
+    suite = load_suite("offline")
+    digits = next(t for t in suite.meta_test if t.dataset == "digits")
+    task = TaskData.from_arrays(digits, builtin("digits"))
+    x, y = task.sample_train(128)
+    assert x.shape == (128, 1, 28, 28) and task.num_classes == 10
+    qd = TaskData.from_arrays(suite.meta_test[0], builtin("quickdraw"))
+    assert qd.num_classes == 35 and qd.num_train == 35 * 80 and qd.num_eval == 35 * 20
+
+
+@pytest.mark.network
+def test_build_tasks_loads_each_dataset_once_and_seeds_differ(builtin, monkeypatch):
+    import largemeta.data.sampler as sampler
+    from largemeta.data import build_tasks, load_suite
+
+    calls = []
+    monkeypatch.setattr(sampler, "load_dataset", lambda name, **kw: calls.append(name) or builtin(name))
+    tasks = build_tasks(load_suite("offline").meta_train, seed=5)
+    assert calls == ["mnist", "fashion_mnist", "quickdraw"]
+    assert [t.num_classes for t in tasks] == [10, 10, 80, 80, 80]
+    assert len({t.seed for t in tasks}) == 5
+    again = build_tasks(load_suite("offline").meta_train[:1], seed=5)
+    assert torch.equal(again[0].sample_train(16)[0], tasks[0].sample_train(16)[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_task_data_lives_on_cuda():
+    spec = TaskSpec("t", "toy", image_size=12, channels=3, crop_padding=2)
+    task = TaskData.from_arrays(spec, toy_dataset(), device="cuda", seed=3)
+    assert task.x_train.is_cuda and task.generator.device.type == "cuda"
+    state = task.state_dict()
+    x, y = task.sample_train(64)
+    assert x.is_cuda and y.is_cuda and x.shape == (64, 3, 12, 12)
+    task.load_state_dict(state)
+    x2, _ = task.sample_train(64)
+    assert torch.equal(x, x2)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    xs = torch.randint(0, 256, (8, 3, 7, 7), dtype=torch.uint8, device="cuda", generator=g)
+    top, left = torch.randint(0, 5, (2, 8), device="cuda", generator=g)
+    assert torch.equal(crop_at(xs, 2, top, left).cpu(), crop_loop(xs.cpu(), 2, top.cpu(), left.cpu()))
