@@ -27,7 +27,7 @@ from torch import Tensor
 
 from largemeta.core.inner import InnerOptimizer
 from largemeta.core.metagrad import MetaGradient, Task, make_meta_gradient
-from largemeta.core.params import Params, clone
+from largemeta.core.params import Params, clone, norm
 from largemeta.errors import UserError, check_positive, choice_error
 
 
@@ -100,6 +100,9 @@ class MetaLearner:
             synthetic code) instead of keeping it (its image code).
         group: a ``torch.distributed`` process group whose ranks hold the other tasks; the meta-gradient is
             averaged over all tasks of all ranks with one flattened all-reduce.
+        params: adopt these live per-task parameter dicts (each holding every key of φ, plus private ones)
+            instead of creating copies — how a user's own models are driven (see :mod:`largemeta.api`); their
+            shared parts are reset to φ. ``private`` must then be None.
         executor: how one inner step of all tasks is carried out: a callable ``executor(learner) -> losses``
             (a 1-d tensor, one loss per task). Default: the plain loop over :meth:`task_inner_step`. Fast
             paths (batched tasks, mixed precision, graph capture) plug in here and are tested against it.
@@ -124,6 +127,7 @@ class MetaLearner:
         meta_lr: float = 0.01,
         reset_inner_state: bool = False,
         group: Any = None,
+        params: Sequence[Params] | None = None,
         executor: Callable[[MetaLearner], Tensor] | None = None,
     ) -> None:
         if schedule.shift and not meta_gradient.supports_cts:
@@ -143,7 +147,18 @@ class MetaLearner:
             outer = torch.optim.SGD(list(phi.values()), lr=meta_lr)
         self.outer = outer
         self.params: list[Params] = []
-        for t in range(len(self.tasks)):
+        if params is not None:
+            if private is not None or len(params) != len(self.tasks):
+                raise ValueError("params= needs one dict per task and no private=")
+            for p in params:
+                missing = set(phi) - set(p)
+                if missing:
+                    raise ValueError(f"task parameters lack shared keys {sorted(missing)}")
+                with torch.no_grad():
+                    for k, v in phi.items():
+                        p[k].copy_(v)
+            self.params = list(params)
+        for t in range(len(self.params), len(self.tasks)):
             own = clone(private[t]) if private is not None else {}
             clash = set(own) & set(phi)
             if clash:
@@ -151,6 +166,8 @@ class MetaLearner:
             self.params.append({k: v.requires_grad_(True) for k, v in {**clone(phi), **own}.items()})
         self.inner_states = [self.inner.init(list(p.values())) for p in self.params]
         self.step = 0
+        self.last_meta_grad_norm = float("nan")
+        self.last_shift_norm = float("nan")
         self.on_restart: list[Callable[[MetaLearner], None]] = []
         self.on_step: list[Callable[[MetaLearner], None]] = []
         for t in range(len(self.tasks)):
@@ -180,6 +197,12 @@ class MetaLearner:
     def inner_step(self) -> Tensor:
         """One inner step on every task, then whatever the schedule asks; returns the tasks' losses."""
         losses = self.executor(self)
+        self.advance()
+        return losses
+
+    def advance(self) -> None:
+        """Count one inner step of every task (taken by the executor, or by a user's own loop) and do
+        whatever the schedule asks: the meta-update (and shift), the step hooks, the restart."""
         self.step += 1
         if self.step % self.schedule.meta_every == 0:
             self.meta_update()
@@ -187,7 +210,6 @@ class MetaLearner:
             hook(self)
         if self.step % self.schedule.k == 0:
             self.restart()
-        return losses
 
     def meta_gradient_now(self) -> Params:
         """The meta-gradient averaged over all tasks (all ranks when a group is set)."""
@@ -220,6 +242,8 @@ class MetaLearner:
             delta = {k: self.phi[k] - before[k] for k in self.phi}
             for p in self.phi.values():
                 p.grad = None
+            self.last_meta_grad_norm = norm(g)
+            self.last_shift_norm = norm(delta)
             if self.schedule.shift:
                 for t in range(len(self.tasks)):
                     for k, d in delta.items():
