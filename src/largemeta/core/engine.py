@@ -27,7 +27,7 @@ from torch import Tensor
 
 from largemeta.core.inner import InnerOptimizer
 from largemeta.core.metagrad import MetaGradient, Task, make_meta_gradient
-from largemeta.core.params import Params, clone, norm
+from largemeta.core.params import Params, clone, sq_norm
 from largemeta.errors import UserError, check_positive, choice_error
 
 
@@ -166,12 +166,21 @@ class MetaLearner:
             self.params.append({k: v.requires_grad_(True) for k, v in {**clone(phi), **own}.items()})
         self.inner_states = [self.inner.init(list(p.values())) for p in self.params]
         self.step = 0
-        self.last_meta_grad_norm = float("nan")
-        self.last_shift_norm = float("nan")
+        self._last_sq_norms: tuple[Tensor, Tensor] | None = None
         self.on_restart: list[Callable[[MetaLearner], None]] = []
         self.on_step: list[Callable[[MetaLearner], None]] = []
         for t in range(len(self.tasks)):
             self.meta_gradient.restart(t, self.phi)
+
+    @property
+    def last_meta_grad_norm(self) -> float:
+        """‖g‖ of the last meta-update (NaN before the first)."""
+        return float(self._last_sq_norms[0].sqrt()) if self._last_sq_norms else float("nan")
+
+    @property
+    def last_shift_norm(self) -> float:
+        """‖φ' − φ‖ of the last meta-update: the shift CTS applied to every task."""
+        return float(self._last_sq_norms[1].sqrt()) if self._last_sq_norms else float("nan")
 
     @property
     def steps_since_restart(self) -> int:
@@ -242,8 +251,8 @@ class MetaLearner:
             delta = {k: self.phi[k] - before[k] for k in self.phi}
             for p in self.phi.values():
                 p.grad = None
-            self.last_meta_grad_norm = norm(g)
-            self.last_shift_norm = norm(delta)
+            # kept as device tensors (no host sync per step); read through the properties at log time
+            self._last_sq_norms = (sq_norm(g), sq_norm(delta))
             if self.schedule.shift:
                 for t in range(len(self.tasks)):
                     for k, d in delta.items():

@@ -31,7 +31,11 @@ def subset(params: Mapping[str, Tensor], keys: Iterable[str]) -> Params:
 
 def sq_norm(params: Mapping[str, Tensor]) -> Tensor:
     """Squared Euclidean norm of all tensors together (a 0-d tensor)."""
-    return sum((v.detach().double().pow(2).sum() for v in params.values()), torch.zeros((), dtype=torch.float64))
+    total = None
+    for v in params.values():
+        sq = v.detach().double().pow(2).sum()
+        total = sq if total is None else total + sq
+    return total if total is not None else torch.zeros((), dtype=torch.float64)
 
 
 def norm(params: Mapping[str, Tensor]) -> float:
