@@ -115,7 +115,9 @@ class ConvNet(nn.Module):
         layers: list[nn.Module] = []
         for i in range(depth):
             layers += [
-                nn.Conv2d(in_channels if i == 0 else width, width, 3, padding=1),
+                # no conv bias: the BatchNorm right after subtracts the batch mean, so its gradient is zero
+                # up to rounding (and Adam would turn that rounding noise into full-size steps)
+                nn.Conv2d(in_channels if i == 0 else width, width, 3, padding=1, bias=False),
                 nn.BatchNorm2d(width),
                 nn.ReLU(),
                 nn.MaxPool2d(2),
