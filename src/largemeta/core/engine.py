@@ -228,7 +228,8 @@ class MetaLearner:
             g = self.meta_gradient.task_gradient(t, self.phi, self.params[t], task)
             flat = torch.cat([g[k].reshape(-1) for k in keys])
             total = flat if total is None else total + flat
-        count = torch.tensor([float(len(self.tasks))], dtype=total.dtype, device=total.device)
+        # new_full is a device-side fill, not a host-to-device copy, so a CUDA graph can capture it.
+        count = total.new_full((1,), float(len(self.tasks)))
         flat = torch.cat([total, count])
         if self.group is not None:
             dist.all_reduce(flat, group=self.group)  # one flattened all-reduce: Σ_t g_t and the task count

@@ -1,0 +1,21 @@
+"""Models: registered bodies (``resnet20``, ``convnet``, ``resnet18``), per-task heads and BN buffers, image tasks."""
+
+from largemeta.models.bodies import (
+    MODELS,
+    BasicBlock,
+    CifarResNet,
+    ConvNet,
+    ZeroPadShortcut,
+    count_parameters,
+    create_model,
+    list_models,
+    register_model,
+)
+from largemeta.models.functional import HEAD, apply, features, init_head, split_state, to_channels_last
+from largemeta.models.registry import Registry
+
+__all__ = [
+    "HEAD", "MODELS", "BasicBlock", "CifarResNet", "ConvNet", "Registry", "ZeroPadShortcut", "apply",
+    "count_parameters", "create_model", "features", "init_head", "list_models", "register_model", "split_state",
+    "to_channels_last",
+]

@@ -1,0 +1,163 @@
+"""Image classification tasks for the core loop: a shared body template, per-task BN buffers and a head.
+
+:class:`ImageTask` implements :class:`largemeta.core.metagrad.Task` over a *sampler*, the data layer's view of
+one dataset (``TaskData`` provides it; tests use an in-memory synthetic one). The task owns its BatchNorm
+buffers (updated by every training forward) and asks the sampler for a fresh batch on every loss, so inner
+steps, FOMAML's query losses and the shift-error probe's replay all see the sampler's stream.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from largemeta.core.params import Params
+from largemeta.errors import check_positive
+from largemeta.models.functional import HEAD, apply, init_head, split_state
+
+Batch = tuple[Tensor, Tensor]
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Minibatches of one task: images float (B, C, H, W) and labels long (B,)."""
+
+    def sample_train(self, batch: int) -> Batch: ...
+
+    def sample_query(self, batch: int) -> Batch: ...
+
+
+class ImageTask:
+    """One classification task: cross-entropy of body + head on the sampler's batches.
+
+    Args:
+        body: the shared body template (never mutated; only its structure is used).
+        sampler: where batches come from (see :class:`Sampler`); its ``state_dict()`` / ``load_state_dict()``,
+            when present, are this task's (checkpoints, the shift-error probe's replay).
+        classes: head width.
+        batch_size: training batch size; ``query_batch_size`` defaults to it.
+        buffers: this task's BatchNorm buffers; default a copy of the template's.
+        device: where batches are moved (parameters are the caller's).
+        name: for messages and metrics.
+
+    Example::
+
+        body = create_model("convnet")
+        phi, _ = split_state(body)
+        task = ImageTask(body, sampler, classes=10, batch_size=32)
+        head = init_head(10, body.num_features, torch.Generator().manual_seed(0))
+        loss = task.train_loss({**phi, **head})
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        sampler: Sampler,
+        *,
+        classes: int,
+        batch_size: int,
+        query_batch_size: int | None = None,
+        buffers: Params | None = None,
+        device: torch.device | str | None = None,
+        name: str = "",
+    ) -> None:
+        check_positive("classes", classes, integer=True)
+        check_positive("batch size", batch_size, integer=True)
+        self.body, self.sampler, self.classes, self.name = body, sampler, classes, name
+        self.batch_size = batch_size
+        self.query_batch_size = query_batch_size or batch_size
+        self.device = torch.device(device) if device is not None else None
+        self.buffers = buffers if buffers is not None else split_state(body)[1]
+        if self.device is not None:
+            self.buffers = {k: v.to(self.device) for k, v in self.buffers.items()}
+        self.memory_format = torch.contiguous_format
+        """Memory format of input batches; the channels-last executor sets ``torch.channels_last``."""
+        self._static: dict[str, Batch] = {}
+
+    @property
+    def num_features(self) -> int:
+        return int(self.body.num_features)
+
+    def init_head(self, generator: torch.Generator | None = None) -> Params:
+        head = init_head(self.classes, self.num_features, generator)
+        return {k: v.to(self.device) for k, v in head.items()} if self.device is not None else head
+
+    # Batches -------------------------------------------------------------------------------------------
+    def _prepare(self, batch: Batch) -> Batch:
+        x, y = batch
+        if self.device is not None:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=self.memory_format), y
+
+    def train_batch(self) -> Batch:
+        """The next training batch (the static one while :meth:`static_inputs` is active)."""
+        return self._static["train"] if "train" in self._static else self._prepare(
+            self.sampler.sample_train(self.batch_size))
+
+    def query_batch(self) -> Batch:
+        return self._static["query"] if "query" in self._static else self._prepare(
+            self.sampler.sample_query(self.query_batch_size))
+
+    @contextmanager
+    def static_inputs(self, train: Batch, query: Batch | None = None) -> Iterator[None]:
+        """Make every loss read these tensors instead of sampling (CUDA graph capture: the graph records
+        their addresses; the caller refills them in place before each replay)."""
+        old = self._static
+        self._static = {"train": train} | ({"query": query} if query is not None else {})
+        try:
+            yield
+        finally:
+            self._static = old
+
+    # Losses ----------------------------------------------------------------------------------------------
+    def logits(self, params: Mapping[str, Tensor], x: Tensor, train: bool = True) -> Tensor:
+        if HEAD + "weight" not in params:
+            raise KeyError(f"task {self.name!r}: parameters have no {HEAD}weight (its private head)")
+        return apply(self.body, params, self.buffers, x, train=train)
+
+    def loss_on(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        """Training-mode cross-entropy with explicit buffers (pure apart from the buffer update; vmappable)."""
+        return F.cross_entropy(apply(self.body, params, buffers, x, train=True), y)
+
+    def train_loss(self, params: Params) -> Tensor:
+        """Cross-entropy on a fresh training batch; updates this task's BN running statistics."""
+        return self.loss_on(params, self.buffers, *self.train_batch())
+
+    def query_loss(self, params: Params) -> Tensor:
+        """Cross-entropy on a fresh query batch, in train mode like the inner loss (batch statistics; the
+        query forward also updates the running statistics, as one more minibatch of this task would)."""
+        return self.loss_on(params, self.buffers, *self.query_batch())
+
+    @torch.no_grad()
+    def evaluate(self, params: Mapping[str, Tensor], x: Tensor, y: Tensor, batch_size: int = 256) -> dict[str, float]:
+        """Mean loss and accuracy on (x, y) in eval mode (running statistics, nothing updated)."""
+        total_loss, correct = 0.0, 0
+        for i in range(0, len(x), batch_size):
+            xb, yb = self._prepare((x[i : i + batch_size], y[i : i + batch_size]))
+            out = self.logits(params, xb, train=False)
+            total_loss += float(F.cross_entropy(out.float(), yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
+        n = max(len(x), 1)
+        return {"loss": total_loss / n, "accuracy": correct / n}
+
+    def accuracy(self, params: Mapping[str, Tensor], x: Tensor, y: Tensor) -> float:
+        return self.evaluate(params, x, y)["accuracy"]
+
+    # Checkpoints -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Sampler state (to replay the same batches) and the BN buffers (they change with every step)."""
+        sampler = self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else None
+        return {"sampler": copy.deepcopy(sampler), "buffers": {k: v.clone() for k, v in self.buffers.items()}}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("sampler") is not None:
+            self.sampler.load_state_dict(copy.deepcopy(state["sampler"]))
+        for k, v in state["buffers"].items():
+            self.buffers[k].copy_(v)  # in place: executors and graphs may hold these tensors

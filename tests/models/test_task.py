@@ -1,0 +1,106 @@
+"""ImageTask over a synthetic sampler, alone and inside the core MetaLearner with CTS."""
+
+from __future__ import annotations
+
+import torch
+
+from largemeta.core import FOMAML, SGD, MetaLearner, Reptile, Schedule, ShiftErrorProbe
+from largemeta.core.params import clone
+from largemeta.models.synthetic import RandomImageSampler
+from largemeta.models.task import ImageTask, Sampler
+
+from model_helpers import image_problem, make_learner
+
+
+def test_sampler_protocol_and_state_replays_batches():
+    s = RandomImageSampler(12, 4, pool=16, seed=0)
+    assert isinstance(s, Sampler)
+    state = s.state_dict()
+    x1, y1 = s.sample_train(5)
+    s.sample_query(3)  # the query stream does not disturb the training stream
+    s.load_state_dict(state)
+    x2, y2 = s.sample_train(5)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert x1.dtype == torch.float32 and y1.dtype == torch.long and x1.shape == (5, 3, 12, 12)
+
+
+def test_losses_and_state_dict_round_trip(problem):
+    body, phi, tasks, heads = problem
+    task = tasks[0]
+    params = {**phi, **heads[0]}
+    state = task.state_dict()
+    a = task.train_loss(params)
+    assert int(task.buffers["features.1.num_batches_tracked"]) == 1
+    task.load_state_dict(state)
+    assert int(task.buffers["features.1.num_batches_tracked"]) == 0
+    b = task.train_loss(params)
+    torch.testing.assert_close(a, b)  # same batch, same buffers → same loss
+    assert torch.isfinite(task.query_loss(params))
+    live = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    grads = torch.autograd.grad(task.train_loss(live), list(live.values()))
+    named = dict(zip(live, grads))
+    assert named["head.weight"].abs().sum() > 0 and named["features.0.weight"].abs().sum() > 0
+
+
+def test_evaluate_and_accuracy(problem):
+    body, phi, tasks, heads = problem
+    task = tasks[0]
+    x, y = task.sampler.x, task.sampler.y
+    buffers = clone(task.buffers)
+    result = task.evaluate({**phi, **heads[0]}, x, y, batch_size=10)
+    assert set(result) == {"loss", "accuracy"} and 0.0 <= result["accuracy"] <= 1.0
+    assert task.accuracy({**phi, **heads[0]}, x, y) == result["accuracy"]
+    assert all(torch.equal(buffers[k], task.buffers[k]) for k in buffers)  # eval mode: buffers untouched
+
+
+def test_head_names_do_not_clash_with_body(problem):
+    body, phi, tasks, heads = problem
+    assert set(heads[0]) == {"head.weight", "head.bias"} and not set(heads[0]) & set(phi)
+
+
+def test_cts_meta_learner_reduces_image_task_losses():
+    """Two tiny tasks, CTS on Reptile with SGD inner steps: training losses go down and φ moves."""
+    body, phi, tasks, heads = image_problem(specs=((16, 3), (16, 4)), batch=16, seed=1, width=16)
+    phi0 = clone(phi)
+    learner = MetaLearner(phi, tasks, SGD(0.05, momentum=0.9), Reptile(), Schedule.cts(k=20), private=heads,
+                          meta_lr=0.1)
+    first = torch.stack([task.train_loss({**p}) for task, p in zip(tasks, learner.params)]).detach()
+    losses = [learner.inner_step() for _ in range(15)]
+    last = torch.stack(losses[-3:]).mean(0)
+    assert (last < 0.7 * first).all(), (first, last)
+    assert any(not torch.equal(phi[k], phi0[k]) for k in phi)
+    # heads are private: never reset into φ and still shaped per task
+    assert learner.params[0]["head.weight"].shape == (3, 16) and learner.params[1]["head.weight"].shape == (4, 16)
+
+
+def test_fomaml_uses_query_batches_and_probe_replays():
+    # At k = 1 the shifted point θ_1 + Δ and the replay U_1(φ + Δ) differ by α(∇L(φ + Δ) − ∇L(φ)) = O(αβ):
+    # with a tiny β the replay (same batch, same head and optimizer state) must land on the shifted point.
+    learner = make_learner(meta_gradient=FOMAML(), schedule=Schedule.cts(k=4), meta_lr=1e-5)
+    probe = ShiftErrorProbe(learner, task=0, at=[1, 2, 4])
+    learner.run(4)
+    assert [r["k"] for r in probe.records] == [1, 2, 4]
+    assert probe.records[0]["shift_error"] < 1e-3 * probe.records[0]["displacement"]
+    assert all(r["displacement"] > 0 for r in probe.records)
+
+
+def test_image_task_device_argument_moves_batches():
+    body, phi, tasks, heads = image_problem(device="cpu")
+    x, y = tasks[0].train_batch()
+    assert x.device.type == "cpu" and x.shape[0] == 8
+
+
+def test_custom_sampler_protocol():
+    class Fixed:
+        def __init__(self):
+            self.gen = torch.Generator().manual_seed(0)
+
+        def sample_train(self, batch):
+            return torch.randn(batch, 3, 16, 16, generator=self.gen), torch.zeros(batch, dtype=torch.long)
+
+        sample_query = sample_train
+
+    body, phi, _, _ = image_problem()
+    task = ImageTask(body, Fixed(), classes=2, batch_size=4)
+    assert task.state_dict()["sampler"] is None  # a sampler without state: nothing to replay
+    assert torch.isfinite(task.train_loss({**phi, **task.init_head()}))
