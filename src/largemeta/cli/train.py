@@ -1,0 +1,89 @@
+"""``largemeta train`` and ``largemeta export``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from largemeta.cli.common import print_json
+from largemeta.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="meta-train over a suite's image tasks (CTS or any baseline)",
+                       description="Meta-train a body over a suite's meta-train tasks. Under torchrun: "
+                       "torchrun --nproc_per_node N --no-python largemeta train ...")
+    p.add_argument("--config", help="TOML config (see configs/); flags below override it")
+    p.add_argument("--out", help="run folder (new) — required unless --resume")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
+    p.add_argument("--algo", help="cts, reptile, fomaml, cts-fomaml, leap, cts-leap, imaml, multitask, single")
+    p.add_argument("--steps", type=int, help="cumulative inner steps per task")
+    p.add_argument("--k", type=int, help="inner steps per trajectory")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:N, auto")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the last metrics line as JSON")
+    p.set_defaults(func=run_train)
+
+    e = sub.add_parser("export", help="write a run's φ as a plain model state_dict (.safetensors)")
+    e.add_argument("run_dir")
+    e.add_argument("--out", required=True, help="FILE.safetensors")
+    e.set_defaults(func=run_export)
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    from largemeta.train.config import parse_override
+
+    values = {}
+    for key in ("algo", "steps", "k", "seed", "device"):
+        value = getattr(args, key)
+        if value is not None:
+            values[key] = value
+    for text in args.set:
+        name, value = parse_override(text)
+        values[name] = value
+    return values
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from largemeta.train.config import from_mapping, load_config
+    from largemeta.train.trainer import CONFIG, Trainer
+
+    if args.resume and args.out and Path(args.out) != Path(args.resume):
+        raise UserError("--resume continues RUN_DIR in place; drop --out or make it the same folder")
+    if not args.resume and not args.out:
+        raise UserError("train needs --out RUN_DIR (a new folder) or --resume RUN_DIR")
+    if args.resume:
+        import json
+
+        cfg_file = Path(args.resume) / CONFIG
+        if not cfg_file.is_file():
+            raise UserError(f"--resume {args.resume!r}: no {CONFIG} there (not a run folder)")
+        try:
+            saved = json.loads(cfg_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"--resume {args.resume!r}: {CONFIG} is corrupt") from None
+        base = load_config(args.config) if args.config else from_mapping(saved)
+        cfg = from_mapping(overrides(args), base)
+    else:
+        cfg = load_config(args.config, overrides(args))
+    trainer = Trainer(cfg, Path(args.resume or args.out), resume=bool(args.resume))
+    try:
+        last = trainer.run()
+    finally:
+        trainer.close()
+    if trainer.rank == 0:
+        if args.json:
+            print_json(last)
+        else:
+            print(f"trained {cfg.algo} for {cfg.steps} steps; mean loss {last.get('mean_loss', float('nan')):.4f}; "
+                  f"run folder {args.resume or args.out}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from largemeta.train.export import export
+
+    path = export(Path(args.run_dir), Path(args.out))
+    print(f"wrote {path}")
+    return 0

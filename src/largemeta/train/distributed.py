@@ -1,0 +1,76 @@
+"""torchrun support: process-group setup from the environment, task sharding, object gathering.
+
+``torchrun --nproc_per_node N --no-python largemeta train ...`` sets RANK/WORLD_SIZE/MASTER_ADDR; we join with
+gloo on CPU and NCCL on GPU, with a collective timeout so that a rank that dies makes the others fail within
+that time instead of hanging. Multi-node: torchrun's own ``--nnodes``, ``--node_rank`` and ``--rdzv_endpoint``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from largemeta.errors import UserError
+
+TIMEOUT_S = int(os.environ.get("LARGEMETA_COLLECTIVE_TIMEOUT", "60"))
+T = TypeVar("T")
+
+
+class PeerLost(UserError):
+    """A collective failed or timed out: another rank died or stopped responding."""
+
+    exit_code = 3
+
+
+def init(device: torch.device) -> tuple[int, int, Any]:
+    """(rank, world size, process group or None) — joins the group when launched with WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=TIMEOUT_S))
+    return dist.get_rank(), dist.get_world_size(), dist.group.WORLD
+
+
+def shard(n: int, rank: int, world: int) -> list[int]:
+    """Global task indices of ``rank``: round-robin, any count per rank (uneven included)."""
+    if n < world:
+        raise UserError(f"{n} meta-train tasks cannot be spread over {world} ranks (need at least one each)")
+    return list(range(rank, n, world))
+
+
+def guarded(fn: Callable[[], T], what: str) -> T:
+    """Run a collective; turn a failure or timeout into one clear message."""
+    try:
+        return fn()
+    except (RuntimeError, dist.DistError) as err:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        raise PeerLost(
+            f"rank {rank}: {what} failed — another rank died or stopped responding "
+            f"(collective timeout {TIMEOUT_S} s): {str(err).splitlines()[0][:200]}"
+        ) from None
+
+
+def gather(obj: T, group: Any) -> list[T] | None:
+    """Every rank's ``obj`` on rank 0 (None elsewhere); just ``[obj]`` without a group."""
+    if group is None:
+        return [obj]
+    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    guarded(lambda: dist.gather_object(obj, out, dst=0), "gathering state")
+    return out
+
+
+def barrier(group: Any) -> None:
+    if group is not None:
+        guarded(lambda: dist.barrier(), "barrier")
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,77 @@
+"""Joint (multi-task) training of the shared body with per-task heads — the multi-task and fine-tuning baselines.
+
+One body φ for all tasks: each step, every task's loss gradient is taken at the same φ; the body steps with
+their average (over all tasks of all ranks: one all-reduce), each head with its own task's gradient. One inner
+optimizer state for the body, one per head. ``single`` is this with one task (pre-training a model to fine-tune).
+Same surface as :class:`largemeta.core.MetaLearner` where the trainer needs it (step, phi, params, state).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from largemeta.core.inner import InnerOptimizer
+from largemeta.core.metagrad import Task
+from largemeta.core.params import Params, clone
+
+
+class JointLearner:
+    def __init__(self, phi: Params, tasks: Sequence[Task], inner: InnerOptimizer, private: Sequence[Params],
+                 group: Any = None) -> None:
+        self.phi = {k: v.requires_grad_(True) for k, v in phi.items()}
+        self.tasks = list(tasks)
+        self.inner = inner
+        self.group = group
+        self.heads = [{k: v.clone().requires_grad_(True) for k, v in p.items()} for p in private]
+        self.params = [{**self.phi, **h} for h in self.heads]  # the body tensors are shared, not copied
+        self.body_state = inner.init(list(self.phi.values()))
+        self.head_states = [inner.init(list(h.values())) for h in self.heads]
+        self.step = 0
+        self.last_meta_grad_norm = float("nan")
+        self.last_shift_norm = float("nan")
+
+    def inner_step(self) -> Tensor:
+        keys = list(self.phi)
+        total = [torch.zeros_like(self.phi[k]) for k in keys]
+        losses = []
+        for task, params, head, state in zip(self.tasks, self.params, self.heads, self.head_states):
+            loss = task.train_loss(params)
+            names = keys + list(head)
+            grads = torch.autograd.grad(loss, [params[k] for k in names])
+            torch._foreach_add_(total, list(grads[: len(keys)]))
+            self.inner.step(list(head.values()), list(grads[len(keys):]), state)
+            losses.append(loss.detach())
+        flat = torch.cat([g.reshape(-1) for g in total] + [total[0].new_tensor([float(len(self.tasks))])])
+        if self.group is not None:
+            dist.all_reduce(flat, group=self.group)
+        mean = flat[:-1] / flat[-1]
+        grads, offset = [], 0
+        for k in keys:
+            n = self.phi[k].numel()
+            grads.append(mean[offset: offset + n].view_as(self.phi[k]))
+            offset += n
+        self.inner.step(list(self.phi.values()), grads, self.body_state)
+        self.step += 1
+        return torch.stack(losses)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "phi": clone(self.phi), "params": [clone(h) for h in self.heads],
+                "inner_states": [copy.deepcopy(s) for s in self.head_states],
+                "body_state": copy.deepcopy(self.body_state)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        for k, v in state["phi"].items():
+            self.phi[k].copy_(v)
+        for mine, saved in zip(self.heads, state["params"]):
+            for k, v in saved.items():
+                mine[k].copy_(v)
+        self.head_states = copy.deepcopy(state["inner_states"])
+        self.body_state = copy.deepcopy(state["body_state"])
