@@ -19,6 +19,7 @@ from largemeta.errors import UserError
 
 TIMEOUT_S = int(os.environ.get("LARGEMETA_COLLECTIVE_TIMEOUT", "60"))
 T = TypeVar("T")
+_PEER_WORDS = ("gloo", "nccl", "timed out", "timeout", "connection", "peer", "socket", "broken pipe")
 
 
 class PeerLost(UserError):
@@ -49,7 +50,10 @@ def guarded(fn: Callable[[], T], what: str) -> T:
     """Run a collective; turn a failure or timeout into one clear message."""
     try:
         return fn()
-    except (RuntimeError, dist.DistError) as err:
+    except RuntimeError as err:
+        text = str(err).lower()
+        if not isinstance(err, dist.DistError) and not any(w in text for w in _PEER_WORDS):
+            raise  # a genuine bug, not a lost peer
         rank = dist.get_rank() if dist.is_initialized() else 0
         raise PeerLost(
             f"rank {rank}: {what} failed — another rank died or stopped responding "

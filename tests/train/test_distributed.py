@@ -1,0 +1,104 @@
+"""Real torchrun processes (gloo): 2 ranks give the φ of 1 process; a 2-rank run resumes on 1 rank."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import largemeta
+from largemeta.train import checkpoint
+
+pytestmark = pytest.mark.distributed
+SRC = str(Path(largemeta.__file__).resolve().parents[1])
+
+
+def cli(args, nproc=1, timeout=240):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "largemeta", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "largemeta", *args]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def sets(cfg):
+    return [a for k, v in cfg.items() if k != "steps" for a in ("--set", f"{k}={v}")]
+
+
+def phi(run):
+    return checkpoint.load(Path(run) / "checkpoint.pt")["shared"]["phi"]
+
+
+def assert_close(a, b, tol=1e-5):
+    for k in a:
+        diff = (a[k] - b[k]).abs().max().item()
+        assert diff <= tol, f"{k}: {diff}"
+
+
+@pytest.mark.parametrize("algo", ["cts", "multitask"])
+def test_two_ranks_equal_one_process(tiny_suite, tiny_config, tmp_path, algo):
+    cfg = tiny_config(tiny_suite, algo=algo)  # 3 tasks: uneven shards (2 + 1)
+    cli(["train", "--out", str(tmp_path / "one"), "--steps", "12", *sets(cfg)])
+    cli(["train", "--out", str(tmp_path / "two"), "--steps", "12", *sets(cfg)], nproc=2)
+    assert_close(phi(tmp_path / "one"), phi(tmp_path / "two"))
+    one = checkpoint.load(tmp_path / "one" / "checkpoint.pt")["tasks"]
+    two = checkpoint.load(tmp_path / "two" / "checkpoint.pt")["tasks"]
+    for a, b in zip(one, two):
+        assert_close(a["params"], b["params"])
+
+
+def test_two_rank_run_resumes_on_one_rank(tiny_suite, tiny_config, tmp_path):
+    cfg = tiny_config(tiny_suite)
+    cli(["train", "--out", str(tmp_path / "straight"), "--steps", "12", *sets(cfg)])
+    cli(["train", "--out", str(tmp_path / "split"), "--steps", "6", *sets(cfg)], nproc=2)
+    cli(["train", "--resume", str(tmp_path / "split"), "--steps", "12"])
+    assert_close(phi(tmp_path / "straight"), phi(tmp_path / "split"))
+    assert torch.equal(
+        checkpoint.load(tmp_path / "straight" / "checkpoint.pt")["tasks"][1]["task"]["sampler"]["train"]["generator"],
+        checkpoint.load(tmp_path / "split" / "checkpoint.pt")["tasks"][1]["task"]["sampler"]["train"]["generator"],
+    )
+
+
+def test_survivor_exits_with_a_clear_message_when_a_rank_dies(tiny_suite, tiny_config, tmp_path):
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tiny_config(tiny_suite, log_every=2, checkpoint_every=1000)
+    args = [sys.executable, "-m", "largemeta", "train", "--out", str(tmp_path / "run"), "--steps", "100000",
+            *sets(cfg)]
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "LARGEMETA_COLLECTIVE_TIMEOUT": "20"}
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.time() + 120
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            if time.time() > deadline or procs[0].poll() is not None:
+                pytest.fail(f"training did not start: {procs[0].communicate(timeout=30)[1][-2000:]}")
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.time()
+        _, err = procs[0].communicate(timeout=90)
+        assert time.time() - killed < 60
+        assert procs[0].returncode == 3, err[-2000:]
+        last = err.strip().splitlines()[-1]
+        assert "another rank died or stopped responding" in last and "Traceback" not in err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
