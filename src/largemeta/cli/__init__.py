@@ -17,7 +17,7 @@ from largemeta.errors import UserError
 
 # Command-group modules, in the order their help lists them.
 # largemeta.cli.synthetic is added on the main branch; this branch does not have it yet.
-COMMAND_MODULES = ("largemeta.cli.demo", "largemeta.cli.synthetic", "largemeta.cli.data", "largemeta.cli.train")
+COMMAND_MODULES = ("largemeta.cli.demo", "largemeta.cli.synthetic", "largemeta.cli.data", "largemeta.cli.train", "largemeta.cli.evaluate")
 
 
 class OneLineParser(argparse.ArgumentParser):
