@@ -1,11 +1,12 @@
 """Continual Trajectory Shifting as a drop-in for your own training loop.
 
 Wrap your model(s) the way DDP or an EMA helper wraps them; your loop stays
-``loss.backward(); opt.step(); cts.step()``. Every model is one task (Shin et al., "Large-Scale Meta-Learning
-with Continual Trajectory Shifting", ICML 2021, §2): its *shared* parameters are meta-learned into φ, the rest
-(the head) stays the task's own. One task per process under ``torchrun`` (the paper's setup), several models in
-one process, or both. The updates are those of :class:`largemeta.core.MetaLearner`, which this class drives
-over your live parameters — the same engine as the CLI, not a copy.
+``loss.backward(); opt.step(); cts.step()``. Every model is one task (Shin et al., "Large-Scale
+Meta-Learning with Continual Trajectory Shifting", ICML 2021, §2): its *shared* parameters are meta-learned
+into φ, the rest (the head) stays the task's own. One task per process under ``torchrun`` (the paper's
+setup), several models in one process, or both. The updates are those of
+:class:`largemeta.core.MetaLearner`, which this class drives over your live parameters — the same engine as
+the CLI, not a copy.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from largemeta.core.engine import MetaLearner, Schedule
 from largemeta.core.inner import SGD
 from largemeta.core.metagrad import Reptile
-from largemeta.core.params import Params, clone, flatten, unflatten
+from largemeta.core.params import Params, flatten, unflatten
 from largemeta.errors import UserError, check_positive, choice_error
 
 SharedRule = Callable[[str, nn.Parameter], bool]
@@ -39,16 +40,21 @@ def _not_in(names: set[str]) -> SharedRule:
     return lambda name, param: name not in names
 
 
-def _check_same(ref: dict[str, tuple[int, ...]], other: dict[str, tuple[int, ...]], ref_where: str, where: str) -> None:
+Shapes = dict[str, tuple[int, ...]]
+
+
+def _check_same(ref: Shapes, other: Shapes, ref_where: str, where: str) -> None:
     """UserError naming the first shared parameter of ``ref`` that ``other`` lacks or shapes differently."""
     for name, shape in ref.items():
         if name not in other:
             raise UserError(f"shared parameter {name!r} of {ref_where} is missing from {where}")
         if other[name] != shape:
-            raise UserError(f"shared parameter {name!r} has shape {shape} in {ref_where} but {other[name]} in {where}")
+            raise UserError(
+                f"shared parameter {name!r} has shape {shape} in {ref_where} but {other[name]} in {where}"
+            )
 
 
-def _rank0_shapes(mine: dict[str, tuple[int, ...]], group: Any) -> dict[str, tuple[int, ...]]:
+def _rank0_shapes(mine: Shapes, group: Any) -> Shapes:
     """Rank 0's shared names and shapes, in its order, after checking that every rank has the same ones.
 
     Compared before any tensor is sent, so a mismatch is the same clear error on every rank rather than a
@@ -75,10 +81,11 @@ class ContinualTrajectoryShifting:
     """CTS (or plain Reptile) over models trained by your own loop; call :meth:`step` after ``opt.step()``.
 
     At construction φ is taken from the shared parameters of the first model (of rank 0 when distributed:
-    broadcast, shared parameters only — heads may differ in shape between tasks) and copied into every model.
-    Each :meth:`step` counts one inner step of every model in this process; then, as in the paper's loop,
-    every ``meta_every`` steps φ moves by the meta optimizer along g = mean_t (φ − θ_t) and (CTS) every model's
-    shared parameters move by the same φ' − φ; every ``k`` steps they restart from φ. Heads are never touched.
+    broadcast, shared parameters only — heads may differ in shape between tasks) and copied into every
+    model. Each :meth:`step` counts one inner step of every model in this process; then, as in the paper's loop,
+    every ``meta_every`` steps φ moves by the meta optimizer along g = mean_t (φ − θ_t) and (CTS) every
+    model's shared parameters move by the same φ' − φ; every ``k`` steps they restart from φ. Heads are
+    never touched.
 
     Args:
         models: one task's model, or one per task (same shared parameter names and shapes).
@@ -94,6 +101,8 @@ class ContinualTrajectoryShifting:
         process_group: the group whose ranks hold the other tasks; ``None`` means the default group when
             ``torch.distributed`` is initialized with more than one process, else no communication.
         inner_optimizers: your ``torch.optim`` optimizers, needed only for ``reset_inner_state``.
+            Do not wrap the models in ``DistributedDataParallel``: tasks must train independently, and it
+            would average their gradients.
         reset_inner_state: clear ``inner_optimizers``' state (momentum, Adam moments) at every restart, as the
             paper's synthetic code re-creates its optimizer; by default state is kept (its image code).
 
@@ -128,14 +137,14 @@ class ContinualTrajectoryShifting:
             raise choice_error("drop-in algorithm", algorithm, ALGORITHMS)
         check_positive("k (inner steps per trajectory)", k, integer=True)
         if isinstance(meta_optimizer, torch.optim.Optimizer):
-            raise UserError("meta_optimizer must be a factory such as functools.partial(torch.optim.SGD, lr=0.01)")
+            raise UserError("meta_optimizer must be a factory: functools.partial(torch.optim.SGD, lr=0.01)")
         if reset_inner_state and inner_optimizers is None:
             raise UserError("reset_inner_state=True needs inner_optimizers= (the optimizers to reset)")
         if algorithm == "reptile" and meta_every != 1:
-            raise UserError("meta_every applies to algorithm='cts'; plain Reptile meta-updates once every k steps")
+            raise UserError("meta_every applies to algorithm='cts'; plain Reptile meta-updates every k steps")
         schedule = Schedule.cts(k, meta_every) if algorithm == "cts" else Schedule.plain(k)
-        if process_group is None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            process_group = dist.group.WORLD
+        if process_group is None and dist.is_available() and dist.is_initialized():
+            process_group = dist.group.WORLD if dist.get_world_size() > 1 else None
         self.process_group = process_group
         self.inner_optimizers = list(inner_optimizers or [])
 
@@ -143,7 +152,7 @@ class ContinualTrajectoryShifting:
         is_shared = shared or _not_in(head_names(self.models[0]))
         shapes = {n: tuple(p.shape) for n, p in live[0].items() if is_shared(n, p)}
         if not shapes:
-            raise UserError(f"the shared rule selected none of the parameters of {type(self.models[0]).__name__}")
+            raise UserError(f"the shared rule selected no parameter of {type(self.models[0]).__name__}")
         for t, params in enumerate(live[1:], start=1):
             _check_same(shapes, {n: tuple(p.shape) for n, p in params.items()}, "model 0", f"model {t}")
         if process_group is not None:
@@ -157,7 +166,8 @@ class ContinualTrajectoryShifting:
             phi = {n: v.clone() for n, v in unflatten(flat, phi).items()}
         outer = meta_optimizer(list(phi.values())) if meta_optimizer else None
         self.engine = MetaLearner(  # resets every model's shared parameters to φ
-            phi, [_UserLoopTask() for _ in self.models], SGD(1.0), Reptile(), schedule,  # SGD(1.0): never stepped
+            # SGD(1.0) is a placeholder: the user's optimizers take the inner steps, the engine never does
+            phi, [_UserLoopTask() for _ in self.models], SGD(1.0), Reptile(), schedule,
             outer=outer, meta_lr=meta_lr, group=process_group, params=live,
         )
         self.reset_inner_state = reset_inner_state
@@ -169,7 +179,11 @@ class ContinualTrajectoryShifting:
                 opt.state.clear()  # the next step starts from zero buffers, as a freshly created optimizer
 
     def step(self) -> None:
-        """Count one inner step of every model here (call after ``opt.step()``); meta-update, shift, restart."""
+        """Count one inner step of every model here; call it after ``opt.step()``.
+
+        Then, when the schedule asks, the meta-update of φ and the CTS shift of every model, and every
+        ``k`` steps the restart of every model's shared parameters from φ.
+        """
         self.engine.advance()
 
     @property

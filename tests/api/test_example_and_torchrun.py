@@ -22,10 +22,11 @@ def run(args, timeout=120):
 
 
 def test_example_runs_and_prints_phi(tmp_path):
-    out = run([sys.executable, str(EXAMPLE), "--steps", "20", "--k", "5", "--save-phi", str(tmp_path / "phi.pt")])
+    phi_file = tmp_path / "phi.pt"
+    out = run([sys.executable, str(EXAMPLE), "--steps", "20", "--k", "5", "--save-phi", str(phi_file)])
     # 4 tasks with different heads; φ = the body: two Linear(·, 32) layers = 8·32 + 32 + 32·32 + 32 parameters
     assert re.search(r"^phi: 4 tensors, 1344 parameters, norm \d+\.\d+$", out, re.M), out
-    exported = torch.load(tmp_path / "phi.pt")
+    exported = torch.load(phi_file)
     assert set(exported) == {f"{m}.{p}" for m in ("body.0", "body.2", "head") for p in ("weight", "bias")}
 
 

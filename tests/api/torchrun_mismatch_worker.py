@@ -1,4 +1,4 @@
-"""Run by torchrun from test_example_and_torchrun.py: ranks whose shared shapes differ must all fail clearly."""
+"""Run by torchrun from test_example_and_torchrun.py: ranks with different shared shapes all fail clearly."""
 
 from datetime import timedelta
 
