@@ -36,6 +36,7 @@ def head_names(model: nn.Module) -> set[str]:
     name, head = linears[-1]
     return {f"{name}.{p}" if name else p for p, _ in head.named_parameters(recurse=False)}
 
+
 def _not_in(names: set[str]) -> SharedRule:
     return lambda name, param: name not in names
 

@@ -310,3 +310,20 @@ def test_bad_arguments(kwargs, message):
     assert one_line(err)
     with pytest.raises(UserError, match="at least one model"):
         ContinualTrajectoryShifting([])
+
+
+@pytest.mark.gpu
+def test_cuda_models_match_cpu():
+    steps = 9
+    batches = make_batches(2, steps)
+    phis = []
+    for device in ("cpu", "cuda"):
+        models = [m.to(device) for m in make_models()]
+        on_device = [[(x.to(device), y.to(device)) for x, y in b] for b in batches]
+        opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in models]
+        cts = ContinualTrajectoryShifting(models, k=4, meta_lr=0.3)
+        user_loop(cts, models, opts, on_device, steps)
+        assert all(v.device.type == device for v in cts.phi.values())
+        phis.append({n: v.cpu() for n, v in cts.phi.items()})
+    for n in phis[0]:
+        torch.testing.assert_close(phis[1][n], phis[0][n], rtol=0, atol=1e-5)
