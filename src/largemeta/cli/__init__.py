@@ -17,7 +17,13 @@ from largemeta.errors import UserError
 
 # Command-group modules, in the order their help lists them.
 # largemeta.cli.synthetic is added on the main branch; this branch does not have it yet.
-COMMAND_MODULES = ("largemeta.cli.demo", "largemeta.cli.synthetic", "largemeta.cli.data", "largemeta.cli.train", "largemeta.cli.evaluate")
+COMMAND_MODULES = (
+    "largemeta.cli.experiment",
+    "largemeta.cli.train",
+    "largemeta.cli.evaluate",
+    "largemeta.cli.data",
+    "largemeta.cli.synthetic",
+)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -12,6 +12,7 @@ import difflib
 import json
 import sys
 from dataclasses import dataclass, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +173,10 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     values: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if not p.is_file() and str(path) in shipped_configs():
+            p = Path(str(resources.files("largemeta.configs") / f"{path}.toml"))
         if not p.is_file():
-            raise UserError(f"config file {str(path)!r} does not exist")
+            raise UserError(f"config file {str(path)!r} does not exist (shipped: {', '.join(shipped_configs())})")
         try:
             raw = tomllib.loads(p.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
@@ -185,6 +188,11 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
                 values[key] = value
     values.update(overrides or {})
     return from_mapping(values)
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped with largemeta (``--config offline`` finds ``offline.toml``)."""
+    return sorted(p.name[:-5] for p in resources.files("largemeta.configs").iterdir() if p.name.endswith(".toml"))
 
 
 def _range(name: str, ok: bool, valid: str) -> None:

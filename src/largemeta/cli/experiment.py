@@ -1,0 +1,172 @@
+"""``largemeta experiment`` (convergence, k-ablation, pretrained), ``largemeta report`` and ``largemeta demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from largemeta.cli.common import output_dir, positive_int, print_json
+from largemeta.errors import UserError
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval-steps", type=positive_int, default=1000, help="fine-tuning steps per target (1000)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="evaluation seeds (3)")
+    p.add_argument("--eval-batch-size", type=positive_int, default=128)
+    p.add_argument("--train-size", type=positive_int, help="sub-sample each target's training set to this size")
+    p.add_argument("--targets", help="comma list of the suite's meta-test tasks (default: all)")
+
+
+def _common(p: argparse.ArgumentParser, algos: str) -> None:
+    p.add_argument("--config", default="offline", help="TOML config or shipped name (offline)")
+    p.add_argument("--algos", default=algos, help=f"comma list ({algos})")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=positive_int, help="budget: cumulative inner steps per task")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    _eval_args(p)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    exp = sub.add_parser("experiment", help="the paper's experiments: convergence, k-ablation")
+    cmds = exp.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    cmds.required = True
+    conv = cmds.add_parser("convergence", help="meta-test accuracy vs cumulative inner steps, per algorithm")
+    _common(conv, "cts,reptile,leap,fomaml,imaml")
+    conv.add_argument("--milestones", default="0.025,0.05,0.1,0.25,0.5,1",
+                      help="fractions of the budget at which φ is evaluated")
+    conv.set_defaults(func=run_convergence)
+    kab = cmds.add_parser("k-ablation", help="meta-test accuracy vs K")
+    _common(kab, "cts,reptile,leap")
+    kab.add_argument("--ks", default="10,100,1000", help="comma list of K")
+    kab.set_defaults(func=run_k_ablation)
+
+    rep = sub.add_parser("report", help="Markdown + self-contained HTML report of a results folder")
+    rep.add_argument("dir")
+    rep.set_defaults(func=run_report)
+
+    demo = sub.add_parser("demo", help="the main job: CTS vs Reptile vs Leap vs scratch on the offline suite")
+    demo.add_argument("--out", default="runs/demo", help="results folder (runs/demo)")
+    demo.add_argument("--json", action="store_true")
+    demo.add_argument("--steps", type=positive_int, default=None, help="budget (default: the demo's)")
+    demo.set_defaults(func=run_demo)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{what} {text!r} is not a comma list of integers") from None
+    if not out or min(out) < 1:
+        raise UserError(f"{what} {text!r}: every value must be >= 1")
+    return out
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{what} {text!r} is not a comma list of numbers") from None
+
+
+def _config(args: argparse.Namespace):
+    from largemeta.train.config import load_config, parse_override
+
+    values = dict(parse_override(s) for s in args.set)
+    if args.steps:
+        values["steps"] = args.steps
+    return load_config(args.config, values)
+
+
+def _settings(args: argparse.Namespace):
+    from largemeta.experiments import EvalSettings
+
+    targets = tuple(t.strip() for t in (args.targets or "").split(",") if t.strip())
+    return EvalSettings(args.eval_steps, args.seeds, args.eval_batch_size, args.train_size, targets)
+
+
+def _log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def run_convergence(args: argparse.Namespace) -> int:
+    from largemeta.experiments import convergence, table
+    from largemeta.report import plot_convergence
+
+    cfg = _config(args)
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    out = output_dir(args.out)
+    result = convergence(cfg, algos, out, fractions=_floats(args.milestones, "--milestones"),
+                         settings=_settings(args), device=args.device, log=_log)
+    plot_convergence(result, out)
+    print_json(result) if args.json else print(table(result))
+    return 0
+
+
+def run_k_ablation(args: argparse.Namespace) -> int:
+    from largemeta.experiments import k_ablation, table
+    from largemeta.report import plot_k_ablation
+
+    cfg = _config(args)
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    out = output_dir(args.out)
+    result = k_ablation(cfg, algos, _ints(args.ks, "--ks"), out, settings=_settings(args), device=args.device,
+                        log=_log)
+    plot_k_ablation(result, out)
+    print_json(result) if args.json else print(table(result))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from largemeta.report import write_report
+
+    if not Path(args.dir).is_dir():
+        raise UserError(f"report folder {args.dir!r} does not exist")
+    md, page = write_report(Path(args.dir))
+    print(f"wrote {md} and {page}")
+    return 0
+
+
+# The demo: the offline suite's convergence experiment, sized for 2 CPU cores (≈ 10 minutes).
+DEMO = {"steps": 400, "width": 16, "batch_size": 16, "k": 100, "log_every": 25, "checkpoint_every": 100}
+DEMO_EVAL = {"steps": 100, "seeds": 2, "batch_size": 64, "train_size": 700, "targets": ("quickdraw_t1", "quickdraw_t2")}
+DEMO_ALGOS = ("cts", "reptile", "leap", "scratch")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from largemeta.data.datasets import fetch_dataset
+    from largemeta.data.tasks import load_suite
+    from largemeta.experiments import EvalSettings, convergence, overall, table
+    from largemeta.report import plot_convergence, write_report
+    from largemeta.train.config import load_config
+
+    started = time.perf_counter()
+    out = output_dir(args.out)
+    if (out / "results.json").exists():
+        raise UserError(f"{args.out!r} already holds a demo; pass another --out or remove it")
+    cfg = load_config("offline", {**DEMO, **({"steps": args.steps} if args.steps else {})})
+    for name in sorted(load_suite(cfg.suite).datasets()):
+        _log(f"dataset {name}")
+        fetch_dataset(name)
+    settings = EvalSettings(**DEMO_EVAL)
+    result = convergence(cfg, DEMO_ALGOS, out, fractions=(0.25, 0.5, 1.0), settings=settings, log=_log)
+    plot_convergence(result, out)
+    md, page = write_report(out)
+    seconds = time.perf_counter() - started
+    if args.json:
+        print_json({"milestones": result["milestones"], "seconds": round(seconds, 1),
+                    "algorithms": {a: {m: overall(e["accuracy"][m])[0] for m in e["accuracy"]}
+                                   for a, e in result["algorithms"].items()},
+                    "report": str(page)})
+        return 0
+    print(f"Meta-test accuracy (%, ± 95 % interval over {settings.seeds} seeds) on held-out QuickDraw classes "
+          f"({settings.train_size} training images per target, {settings.steps} fine-tuning steps), against "
+          "cumulative inner steps per meta-training task:")
+    print(table(result))
+    print(f"report: {page}   final φ of each algorithm: {out}/<algo> (usable as --init)   ({seconds / 60:.1f} min)")
+    return 0

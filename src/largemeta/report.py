@@ -1,0 +1,156 @@
+"""Figures and reports read from results files only (pure functions of the JSON; testable without training).
+
+``write_report(dir)`` collects every ``results.json`` under ``dir`` (convergence, k-ablation, evaluate) and the
+synthetic figures, and writes ``report.md`` and a self-contained ``report.html`` (figures embedded as data URIs).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from largemeta.experiments import RESULTS, overall, table  # noqa: E402
+
+
+def plot_convergence(result: dict[str, Any], out: Path) -> list[Path]:
+    milestones = result["milestones"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for algo, entry in result["algorithms"].items():
+        stats = [overall(entry["accuracy"][str(m)]) for m in milestones]
+        ax.errorbar(milestones, [100 * s[0] for s in stats], yerr=[100 * s[1] for s in stats], marker="o",
+                    capsize=3, label=algo, linestyle="--" if algo == "scratch" else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative inner steps per task")
+    ax.set_ylabel("meta-test accuracy (%)")
+    ax.set_title("Meta-test accuracy vs. inner steps (95 % interval over seeds)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    acc = out / "convergence_accuracy.png"
+    fig.savefig(acc, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for algo, entry in result["algorithms"].items():
+        pts = [(r["step"], r["mean_loss"]) for r in entry.get("loss", []) if r.get("mean_loss")]
+        if pts:
+            ax.plot(*zip(*pts), label=algo)
+    ax.set_yscale("log")
+    ax.set_xlabel("cumulative inner steps per task")
+    ax.set_ylabel("meta-training loss (mean over tasks)")
+    ax.set_title("Meta-training loss")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    loss = out / "convergence_loss.png"
+    fig.savefig(loss, dpi=110)
+    plt.close(fig)
+    return [acc, loss]
+
+
+def plot_k_ablation(result: dict[str, Any], out: Path) -> list[Path]:
+    ks = result["ks"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for algo, by_k in result["algorithms"].items():
+        stats = [overall(by_k[str(k)]) for k in ks]
+        ax.errorbar(ks, [100 * s[0] for s in stats], yerr=[100 * s[1] for s in stats], marker="o", capsize=3,
+                    label=algo)
+    ax.set_xscale("log")
+    ax.set_xlabel("K (inner steps per trajectory)")
+    ax.set_ylabel("meta-test accuracy (%)")
+    ax.set_title("Meta-test accuracy vs. K")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / "k_ablation.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def environment() -> dict[str, str]:
+    import numpy
+    import torch
+
+    import largemeta
+
+    return {
+        "largemeta": largemeta.__version__, "python": platform.python_version(), "torch": torch.__version__,
+        "numpy": numpy.__version__, "platform": platform.platform(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'unknown'})",
+    }
+
+
+def write_report(directory: Path) -> tuple[Path, Path]:
+    directory = Path(directory)
+    sections: list[tuple[str, str, list[Path], dict[str, Any] | None]] = []  # (title, markdown, figures, config)
+    for path in sorted(directory.rglob(RESULTS)):
+        result = json.loads(path.read_text())
+        kind = result.get("experiment", "evaluate")
+        rel = path.parent.relative_to(directory)
+        if kind == "convergence":
+            figs = plot_convergence(result, path.parent)
+            sections.append((f"Convergence ({rel})", table(result), figs, result.get("config")))
+        elif kind == "k-ablation":
+            figs = plot_k_ablation(result, path.parent)
+            sections.append((f"K ablation ({rel})", table(result), figs, result.get("config")))
+        elif "tasks" in result:
+            rows = ["| target | accuracy (%) | 95 % interval |", "|---|---|---|"]
+            rows += [f"| {n} | {100 * t['mean_accuracy']:.2f} | ± {100 * t['ci95']:.2f} |" for n, t in result["tasks"].items()]
+            sections.append((f"Evaluation of {result.get('init')} ({rel})", "\n".join(rows), [], None))
+    synthetic = sorted(p for p in directory.rglob("*.png") if p.name.startswith(("flow_k", "compare_k", "shift_error")))
+    if synthetic:
+        sections.append(("Synthetic benchmark", "", synthetic, None))
+    if not sections:
+        from largemeta.errors import UserError
+
+        raise UserError(f"{str(directory)!r} holds no results.json or synthetic figures to report")
+    env = environment()
+    md = ["# largemeta report", ""]
+    page = ["<!doctype html><html><head><meta charset='utf-8'><title>largemeta report</title>",
+            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.2em .6em}"
+            "img{max-width:100%}pre{background:#f4f4f4;padding:.6em;overflow:auto}</style></head><body>",
+            "<h1>largemeta report</h1>"]
+    for title, text, figs, cfg in sections:
+        md += [f"## {title}", "", text, ""]
+        page += [f"<h2>{html.escape(title)}</h2>", _md_table_to_html(text)]
+        for fig in figs:
+            md.append(f"![{fig.stem}]({fig.relative_to(directory)})")
+            data = base64.b64encode(fig.read_bytes()).decode()
+            page.append(f"<figure><img alt='{html.escape(fig.stem)}' src='data:image/png;base64,{data}'>"
+                        f"<figcaption>{html.escape(fig.stem)}</figcaption></figure>")
+        if cfg:
+            text_cfg = json.dumps(cfg, indent=1)
+            md += ["", "<details><summary>resolved config</summary>", "", "```json", text_cfg, "```", "</details>", ""]
+            page.append(f"<details><summary>resolved config</summary><pre>{html.escape(text_cfg)}</pre></details>")
+    md += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
+    page += ["<h2>Environment</h2><ul>"] + [f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in env.items()]
+    page.append("</ul></body></html>")
+    md_path, html_path = directory / "report.md", directory / "report.html"
+    md_path.write_text("\n".join(md) + "\n")
+    html_path.write_text("\n".join(page) + "\n")
+    return md_path, html_path
+
+
+def _md_table_to_html(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    if not lines:
+        return f"<p>{html.escape(text)}</p>" if text else ""
+    rows = []
+    for i, line in enumerate(lines):
+        if set(line) <= set("|-: "):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        tag = "th" if i == 0 else "td"
+        rows.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+    return "<table>" + "".join(rows) + "</table>"
