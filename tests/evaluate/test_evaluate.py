@@ -1,0 +1,92 @@
+"""The meta-test protocol, the experiments and the report on tiny real runs."""
+
+import json
+
+import pytest
+import torch
+
+from largemeta.cli import main
+from largemeta.errors import UserError
+from largemeta.evaluate import ci95, evaluate, load_init, lr_at
+from largemeta.experiments import EvalSettings, convergence, table
+from largemeta.train.config import from_mapping
+
+
+def test_lr_schedule_by_hand():
+    # N = 10: ×0.3 from step 4 (40 %), again from 7 (70 %), again from 9 (90 %)
+    lrs = [lr_at(s, 10) for s in range(10)]
+    expected = [1e-3] * 4 + [3e-4] * 3 + [9e-5] * 2 + [2.7e-5]
+    assert lrs == pytest.approx(expected)
+
+
+def test_ci95_by_hand():
+    # values 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.303 → 4.303 / √3
+    assert ci95([1.0, 2.0, 3.0]) == pytest.approx(4.303 / 3**0.5)
+    assert ci95([0.7]) == 0.0
+
+
+def run_tiny(tiny_suite, tiny_config, out, **kw):
+    from largemeta.train.trainer import Trainer
+
+    trainer = Trainer(from_mapping(tiny_config(tiny_suite, **kw)), out, progress=False)
+    trainer.run()
+    trainer.close()
+    return out
+
+
+def test_evaluate_end_to_end_from_run_export_and_scratch(tiny_suite, tiny_config, tmp_path, capsys):
+    run = run_tiny(tiny_suite, tiny_config, tmp_path / "run", steps=8)
+    assert main(["export", str(run), "--out", str(tmp_path / "phi.safetensors")]) == 0
+    capsys.readouterr()
+    results = {}
+    for init in (str(run), str(tmp_path / "phi.safetensors"), "scratch"):
+        extra = ["--model", "convnet", "--width", "8", "--channels", "1"] if init == "scratch" else []
+        assert main(["evaluate", "--init", init, "--suite", str(tiny_suite), "--steps", "6", "--seeds", "2",
+                     "--batch-size", "8", "--json", *extra]) == 0
+        results[init] = json.loads(capsys.readouterr().out)
+    r = results[str(run)]
+    assert set(r["tasks"]) == {"target"} and len(r["tasks"]["target"]["per_seed"]) == 2
+    assert list(r["tasks"]["target"]["curve"]) == ["1", "2", "4", "5", "6"] or len(r["tasks"]["target"]["curve"]) == 5
+    assert 0 <= r["mean_accuracy"] <= 1
+    # the exported file is the same φ: the same numbers
+    assert results[str(tmp_path / "phi.safetensors")]["tasks"] == r["tasks"]
+
+
+def test_architecture_mismatch_names_the_tensor(tiny_suite, tiny_config, tmp_path, capsys):
+    run = run_tiny(tiny_suite, tiny_config, tmp_path / "run", steps=4)
+    code = main(["evaluate", "--init", str(run), "--suite", str(tiny_suite), "--width", "16", "--steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "tensor 'features.0.weight' has shape (8, 1, 3, 3), the model needs (16, 1, 3, 3)" in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["evaluate", "--init", "scratch", "--tasks", "no_such_dataset", "--steps", "2"], "no_such_dataset"),
+    (["evaluate", "--init", "scratch", "--suite", "offline", "--steps", "0"], "--steps: '0' is out of range"),
+    (["evaluate", "--init", "scratch", "--suite", "offline", "--seeds", "-1"], "--seeds: '-1' is out of range"),
+    (["evaluate", "--init", "/nonexistent", "--suite", "offline"], "is not 'scratch', a run folder or"),
+    (["evaluate", "--init", "scratch"], "needs --suite SUITE or --tasks"),
+])
+def test_bad_input(capsys, argv, needle):
+    with pytest.raises(SystemExit) as info:
+        raise SystemExit(main(argv))
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_convergence_and_report(tiny_suite, tiny_config, tmp_path, capsys):
+    cfg = from_mapping(tiny_config(tiny_suite, steps=8))
+    result = convergence(cfg, ["cts", "reptile", "scratch"], tmp_path / "exp", fractions=(0.5, 1.0),
+                         settings=EvalSettings(steps=3, seeds=2, batch_size=8))
+    assert result["milestones"] == [4, 8]
+    assert set(result["algorithms"]) == {"cts", "reptile", "scratch"}
+    assert "| cts |" in table(result)
+    assert (tmp_path / "exp" / "cts" / "checkpoint.pt").exists()  # each algorithm's φ, usable as --init
+    assert main(["report", str(tmp_path / "exp")]) == 0
+    page = (tmp_path / "exp" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "Convergence" in page
+    assert (tmp_path / "exp" / "report.md").exists()
+
+
+def test_report_of_an_empty_folder_is_an_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "holds no results.json" in capsys.readouterr().err
