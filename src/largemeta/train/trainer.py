@@ -240,7 +240,8 @@ class Trainer:
         learner_state = dict(state["shared"])
         learner_state["params"] = [t["params"] for t in mine]
         learner_state["inner_states"] = [t["inner_state"] for t in mine]
-        meta_keys = {key for t in mine for key in t["meta"]}
+        # every key the meta-gradient keeps (Leap: "acc", "prev"), even where no task has an entry right now
+        meta_keys = set(self.learner.state_dict().get("meta_gradient", {})) | {key for t in mine for key in t["meta"]}
         learner_state["meta_gradient"] = {key: {local: t["meta"][key] for local, t in enumerate(mine) if key in t["meta"]}
                                           for key in meta_keys}
         try:
