@@ -13,10 +13,10 @@ not grow with K). Timing rules: warm-up first; synchronize the GPU around every 
 round-robin (so drift and neighbours' load hit all of them alike); median over repeats; ratios against the loop
 measured in this run. Synthetic tensors: batches are drawn from a random pool already on the device.
 
-Usage::
+Usage (from the repository root, with the package importable: ``pip install -e .`` or ``PYTHONPATH=src``)::
 
-    python benchmarks/meta_step.py --size cpu
-    python benchmarks/meta_step.py --size paper --device cuda
+    PYTHONPATH=src python benchmarks/meta_step.py --size cpu
+    PYTHONPATH=src python benchmarks/meta_step.py --size paper --device cuda
 """
 
 from __future__ import annotations

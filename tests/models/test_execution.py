@@ -189,3 +189,14 @@ def test_cuda_graph_reptile_plain_and_fomaml_run():
         torch.testing.assert_close(graph(), ref.inner_step(), rtol=1e-3, atol=1e-4)
     assert_learners_close(ref, fast, rtol=1e-3, atol=1e-4)
     assert isinstance(fast.meta_gradient, type(ref.meta_gradient)) and not isinstance(ref.meta_gradient, Reptile)
+
+
+@pytest.mark.parametrize("executor", [ChannelsLast(), Batched()], ids=["channels_last", "batched"])
+def test_resnet20_fast_paths_match_loop(executor):
+    """ResNet-20's zero-pad shortcuts (strided slicing, channel padding) under NHWC and under vmap."""
+    # The paper's step sizes: with lr 0.05 and BatchNorm over 4 images, fp32 rounding differences of the NHWC
+    # kernels grew to 1e-3 in 3 steps (and depended on the thread count); here they stay ≤ 1.2e-5.
+    kw = dict(model="resnet20", specs=((16, 4), (16, 4)), **PAPER_HPARAMS)
+    ref, fast, ref_losses, fast_losses = run_pair(executor, steps=3, **kw)
+    torch.testing.assert_close(fast_losses, ref_losses, rtol=1e-4, atol=1e-5)
+    assert_learners_close(ref, fast, rtol=1e-3, atol=5e-5)
