@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -83,9 +85,7 @@ def test_registry_unknown_name_lists_valid_ones():
 
 
 def test_resnet18_needs_torchvision_or_builds():
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torchvision") is None:
         with pytest.raises(UserError, match=r"pip install largemeta\[vision\]"):
             create_model("resnet18")
     else:
