@@ -221,11 +221,12 @@ class CudaGraphMetaStep:
         self._stream = torch.cuda.Stream()
 
     def _tensors(self) -> list[Tensor]:
+        """Every persistent tensor a graph reads or writes; their addresses fingerprint the capture."""
         lr = self.learner
         out = list(lr.phi.values())
         for t, params in enumerate(lr.params):
             out += params.values()
-            out += lr.tasks[t].buffers.values()
+            out += getattr(lr.tasks[t], "buffers", {}).values()
             buf = lr.inner_states[t].get("momentum_buffer")
             out += buf or []
         return out

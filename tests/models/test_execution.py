@@ -6,7 +6,7 @@ import pytest
 import torch
 from model_helpers import make_learner
 
-from largemeta.core import IMAML, SGD, Adam, Leap, Reptile, Schedule
+from largemeta.core import FOMAML, IMAML, SGD, Adam, Leap, Schedule
 from largemeta.core.engine import loop_executor
 from largemeta.core.params import flatten
 from largemeta.errors import UserError
@@ -177,19 +177,17 @@ def test_cuda_graph_meta_step_matches_eager_loop(schedule, executor):
 
 
 @pytest.mark.gpu
-def test_cuda_graph_reptile_plain_and_fomaml_run():
+def test_cuda_graph_fomaml_matches_eager_loop():
+    """FOMAML's meta-gradient draws query batches: the graph reads them from static query tensors."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    from largemeta.core import FOMAML
-
     ref = make_learner(device="cuda", meta_gradient=FOMAML())
     fast = make_learner(device="cuda", meta_gradient=FOMAML())
     graph = CudaGraphMetaStep(fast, warmup=1)
     for _ in range(6):
         torch.testing.assert_close(graph(), ref.inner_step(), rtol=1e-3, atol=1e-4)
+    assert graph._graphs
     assert_learners_close(ref, fast, rtol=1e-3, atol=1e-4)
-    assert isinstance(fast.meta_gradient, type(ref.meta_gradient)) and not isinstance(ref.meta_gradient, Reptile)
-
 
 @pytest.mark.parametrize("executor", [ChannelsLast(), Batched()], ids=["channels_last", "batched"])
 def test_resnet20_fast_paths_match_loop(executor):
