@@ -163,7 +163,8 @@ def memory_probe(args: argparse.Namespace) -> dict[str, float]:
 def memory_vs_k(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     results = {}
     for k in args.memory_ks:
-        cmd = [sys.executable, __file__, "--size", args.size, "--device", args.device, "--memory-probe", str(k)]
+        cmd = [sys.executable, __file__, "--size", args.size, "--device", args.device, "--memory-probe", str(k),
+               "--threads", str(args.threads)]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         results[str(k)] = json.loads(done.stdout)
     return results
@@ -179,8 +180,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block", type=int, default=3, help="meta-steps per timed block")
     parser.add_argument("--memory-ks", type=lambda s: [int(k) for k in s.split(",") if k], default=[10, 100, 1000])
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: meta_step, cts_overhead, memory")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine")
     parser.add_argument("--memory-probe", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.warmup < 2:
         parser.error("--warmup must be >= 2 (graph capture and autotuning happen during warm-up)")
     if args.device.startswith("cuda"):
