@@ -8,7 +8,9 @@ shift) in one CUDA graph. Every option is tested against :func:`largemeta.core.e
 
 Where each one pays (anchors measured on an H200 in ``shared/reference/performance-anchors.md``; none of these
 figures were measured by this module's authors, whose machines have no GPU): bf16 autocast + channels-last ≈ 1.7×
-over the fp32 loop; graph capture on top ≈ 3.2×; vmap over same-shaped tasks ≈ 1.8×.
+over the fp32 loop; graph capture on top ≈ 3.2×; vmap over same-shaped tasks ≈ 1.8× (with GroupNorm there; here
+BatchNorm's running statistics are vmapped too). On a 2-core CPU (ConvNet, 28 px) channels-last + bf16 took
+0.45–0.55× the loop's time and vmap 1.5–1.6×.
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ class Batched:
     Tasks must offer ``body``, ``buffers``, ``train_batch()`` and ``loss_on(params, buffers, x, y)``
     (:class:`~largemeta.models.task.ImageTask`); other tasks run the plain step. Stacking copies the parameters
     each step (cheap next to the convolutions; the engine keeps per-task tensors).
+
+    Meant for GPUs: vmap turns the per-task convolutions into grouped ones, which CPU kernels run slower
+    (measured 1.5–1.6× the loop's time for 5 same-shaped ConvNet tasks, ``benchmarks/meta_step.py --size cpu``).
+    In the paper's task set only the two 64 px / 100-class tasks share shapes.
     """
 
     def __call__(self, learner: MetaLearner) -> Tensor:
