@@ -43,7 +43,8 @@ from largemeta.models.task import ImageTask
 
 SIZES = {
     "paper": dict(model="resnet20", model_kw={}, batch=128,
-                  tasks=[(64, 100), (64, 100), (32, 100), (84, 120), (84, 100), (84, 200), (28, 10), (32, 10)]),
+                  tasks=[(64, 100), (64, 100), (32, 100), (84, 120), (84, 100), (84, 200), (28, 10),
+                         (32, 10)]),
     "cpu": dict(model="convnet", model_kw={"width": 32}, batch=32, tasks=[(28, 10)] * 5),
 }
 EAGER_OPTIONS = ["loop", "channels_last", "autocast", "channels_last+autocast", "batched"]
@@ -120,8 +121,8 @@ def cts_overhead(args: argparse.Namespace) -> dict[str, float]:
     timed on its own (a sharper estimate when the machine is noisy)."""
     cts = build(args.size, args.device, Schedule.cts(k=1000))
     plain = build(args.size, args.device, NO_META)
-    times = time_round_robin({"cts": cts.inner_step, "no_meta": plain.inner_step, "meta_update": cts.meta_update},
-                             args.device, args.warmup, args.repeats, args.block)
+    steps = {"cts": cts.inner_step, "no_meta": plain.inner_step, "meta_update": cts.meta_update}
+    times = time_round_robin(steps, args.device, args.warmup, args.repeats, args.block)
     step, base, update = (statistics.median(times[k]) for k in ("cts", "no_meta", "meta_update"))
     return {
         "cts_step_ms": round(step, 3),
@@ -153,7 +154,8 @@ def memory_probe(args: argparse.Namespace) -> dict[str, float]:
     for _ in range(k + 1):
         learner.inner_step()
     synchronize(args.device)
-    out = {"k": k, "steps": k + 1, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    out = {"k": k, "steps": k + 1, "peak_rss_mib": round(peak_rss_kib / 1024, 1),
            "live_tensor_mib": round(live_tensor_bytes() / 2**20, 2)}
     if args.device.startswith("cuda"):
         out["max_memory_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -163,8 +165,8 @@ def memory_probe(args: argparse.Namespace) -> dict[str, float]:
 def memory_vs_k(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     results = {}
     for k in args.memory_ks:
-        cmd = [sys.executable, __file__, "--size", args.size, "--device", args.device, "--memory-probe", str(k),
-               "--threads", str(args.threads)]
+        cmd = [sys.executable, __file__, "--size", args.size, "--device", args.device,
+               "--memory-probe", str(k), "--threads", str(args.threads)]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         results[str(k)] = json.loads(done.stdout)
     return results
@@ -178,8 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per option first")
     parser.add_argument("--repeats", type=int, default=15, help="timed blocks per option (median reported)")
     parser.add_argument("--block", type=int, default=3, help="meta-steps per timed block")
-    parser.add_argument("--memory-ks", type=lambda s: [int(k) for k in s.split(",") if k], default=[10, 100, 1000])
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: meta_step, cts_overhead, memory")
+    parser.add_argument("--memory-ks", type=lambda s: [int(k) for k in s.split(",") if k],
+                        default=[10, 100, 1000])
+    parser.add_argument("--skip", default="",
+                        help="comma-separated parts to skip: meta_step, cts_overhead, memory")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine")
     parser.add_argument("--memory-probe", type=int, default=0, help=argparse.SUPPRESS)
@@ -197,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     report: dict[str, object] = {
         "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
         "size": args.size,
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
+        "device": (torch.cuda.get_device_name() if args.device.startswith("cuda")
+                   else platform.processor() or "cpu"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "warmup": args.warmup, "repeats": args.repeats, "block": args.block,

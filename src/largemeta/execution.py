@@ -82,7 +82,8 @@ class Autocast:
                 raise choice_error("autocast dtype", dtype, self.DTYPES)
             dtype = self.DTYPES[dtype]
         if dtype != torch.bfloat16:
-            raise UserError(f"autocast dtype {dtype} is not supported (float16 needs loss scaling; use bfloat16)")
+            raise UserError(
+                f"autocast dtype {dtype} is not supported (float16 needs loss scaling; use bfloat16)")
         self.dtype, self.inner = dtype, inner
 
     def __call__(self, learner: MetaLearner) -> Tensor:
@@ -334,7 +335,8 @@ def check_graphable(learner: MetaLearner) -> None:
         raise UserError("CUDA graph capture with a process group is not supported")
     missing = [getattr(t, "name", i) for i, t in enumerate(learner.tasks) if not hasattr(t, "static_inputs")]
     if missing:
-        raise UserError(f"CUDA graph capture needs tasks with static_inputs() (ImageTask); tasks {missing} lack it")
+        raise UserError(
+            f"CUDA graph capture needs tasks with static_inputs() (ImageTask); tasks {missing} lack it")
     if not torch.cuda.is_available():
         raise UserError("CUDA graph capture needs a CUDA device; none is available")
     devices = {p.device.type for p in learner.phi.values()}

@@ -41,7 +41,8 @@ def assert_learners_close(ref, fast, rtol, atol):
         for k in ref.params[t]:
             torch.testing.assert_close(fast.params[t][k], ref.params[t][k], rtol=rtol, atol=atol)
         for k in ref.tasks[t].buffers:
-            torch.testing.assert_close(fast.tasks[t].buffers[k], ref.tasks[t].buffers[k], rtol=rtol, atol=atol)
+            fast_buffer, ref_buffer = fast.tasks[t].buffers[k], ref.tasks[t].buffers[k]
+            torch.testing.assert_close(fast_buffer, ref_buffer, rtol=rtol, atol=atol)
 
 
 def test_channels_last_matches_loop_in_fp32():

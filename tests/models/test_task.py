@@ -70,7 +70,8 @@ def test_cts_meta_learner_reduces_image_task_losses():
     assert (last < 0.7 * first).all(), (first, last)
     assert any(not torch.equal(phi[k], phi0[k]) for k in phi)
     # heads are private: never reset into φ and still shaped per task
-    assert learner.params[0]["head.weight"].shape == (3, 16) and learner.params[1]["head.weight"].shape == (4, 16)
+    assert learner.params[0]["head.weight"].shape == (3, 16)
+    assert learner.params[1]["head.weight"].shape == (4, 16)
 
 
 def test_fomaml_uses_query_batches_and_probe_replays():

@@ -1,4 +1,5 @@
-"""Models: registered bodies (``resnet20``, ``convnet``, ``resnet18``), per-task heads and BN buffers, image tasks."""
+"""Models: registered bodies (``resnet20``, ``convnet``, ``resnet18``), per-task heads and BN buffers,
+image tasks."""
 
 from largemeta.models.bodies import (
     MODELS,
@@ -19,6 +20,6 @@ from largemeta.models.task import ImageTask, Sampler
 __all__ = [
     "HEAD", "MODELS", "BasicBlock", "CifarResNet", "ConvNet", "ImageTask", "RandomImageSampler", "Registry",
     "Sampler", "ZeroPadShortcut", "apply",
-    "count_parameters", "create_model", "features", "init_head", "list_models", "register_model", "split_state",
-    "to_channels_last",
+    "count_parameters", "create_model", "features", "init_head", "list_models", "register_model",
+    "split_state", "to_channels_last",
 ]
