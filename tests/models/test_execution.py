@@ -199,3 +199,17 @@ def test_resnet20_fast_paths_match_loop(executor):
     ref, fast, ref_losses, fast_losses = run_pair(executor, steps=3, **kw)
     torch.testing.assert_close(fast_losses, ref_losses, rtol=1e-4, atol=1e-5)
     assert_learners_close(ref, fast, rtol=1e-3, atol=5e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["channels_last", "batched", "autocast", "channels_last+autocast"])
+def test_fast_paths_on_gpu_match_loop(name):
+    """The CPU oracles again on CUDA (cuDNN kernels; vmap's batching rule for BatchNorm with batched buffers)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    bf16 = "autocast" in name
+    kw = dict(device="cuda", **(PAPER_HPARAMS if bf16 else {}))
+    ref, fast, ref_losses, fast_losses = run_pair(make_executor(name), **kw)
+    torch.testing.assert_close(fast_losses, ref_losses, rtol=5e-2 if bf16 else 1e-4, atol=0 if bf16 else 1e-5)
+    if not bf16:
+        assert_learners_close(ref, fast, rtol=1e-3, atol=1e-4)
