@@ -275,14 +275,18 @@ class CudaGraphMetaStep:
     def _capture(self, full: bool) -> None:
         lr = self.learner
         steps = [s["step"] for s in lr.inner_states]
-        graph = torch.cuda.CUDAGraph()
-        with ExitStack() as stack:
-            for task, static in zip(lr.tasks, self._static):
-                stack.enter_context(task.static_inputs(static["train"], static.get("query")))
-            with torch.cuda.graph(graph):
+
+        def meta_step() -> Tensor:
+            with ExitStack() as stack:
+                for task, static in zip(lr.tasks, self._static):
+                    stack.enter_context(task.static_inputs(static["train"], static.get("query")))
                 losses = lr.executor(lr)
                 if full:
                     lr.meta_update()
+            return losses
+
+        graph = torch.cuda.CUDAGraph()
+        losses = _capture_graph(graph, meta_step)
         for s, n in zip(lr.inner_states, steps):
             s["step"] = n  # capture only recorded the step; replays count it
         self._graphs[full], self._outputs[full] = graph, losses
@@ -317,6 +321,13 @@ class CudaGraphMetaStep:
         return losses
 
 
+def _capture_graph(graph: torch.cuda.CUDAGraph, fn: Callable[[], Tensor]) -> Tensor:
+    """Record ``fn`` into ``graph`` (its kernels are recorded, not run); returns its static output.
+    A seam: the CPU test of the bookkeeping substitutes an emulation that runs ``fn`` at every replay."""
+    with torch.cuda.graph(graph):
+        return fn()
+
+
 def check_graphable(learner: MetaLearner) -> None:
     """Raise :class:`UserError` naming the first setting that CUDA graph capture cannot reproduce."""
     mg = learner.meta_gradient
@@ -337,6 +348,10 @@ def check_graphable(learner: MetaLearner) -> None:
     if missing:
         raise UserError(
             f"CUDA graph capture needs tasks with static_inputs() (ImageTask); tasks {missing} lack it")
+    _check_device(learner)
+
+
+def _check_device(learner: MetaLearner) -> None:
     if not torch.cuda.is_available():
         raise UserError("CUDA graph capture needs a CUDA device; none is available")
     devices = {p.device.type for p in learner.phi.values()}
@@ -345,7 +360,7 @@ def check_graphable(learner: MetaLearner) -> None:
 
 
 def describe(executor: Any) -> str:
-    """A short name for logs: ``autocast(channels_last(loop))``."""
+    """A short name for logs: ``autocast(channelslast(loop))``."""
     if executor is loop_executor:
         return "loop"
     inner = getattr(executor, "inner", None)
