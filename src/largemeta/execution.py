@@ -8,7 +8,9 @@ shift) in one CUDA graph. Every option is tested against :func:`largemeta.core.e
 
 Where each one pays (anchors measured on an H200 in ``shared/reference/performance-anchors.md``; none of these
 figures were measured by this module's authors, whose machines have no GPU): bf16 autocast + channels-last ≈ 1.7×
-over the fp32 loop; graph capture on top ≈ 3.2×; vmap over same-shaped tasks ≈ 1.8×.
+over the fp32 loop; graph capture on top ≈ 3.2×; vmap over same-shaped tasks ≈ 1.8× (with GroupNorm there; here
+BatchNorm's running statistics are vmapped too). On a 2-core CPU (ConvNet, 28 px) channels-last + bf16 took
+0.45–0.55× the loop's time and vmap 1.5–1.6×.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ class Autocast:
                 raise choice_error("autocast dtype", dtype, self.DTYPES)
             dtype = self.DTYPES[dtype]
         if dtype != torch.bfloat16:
-            raise UserError(f"autocast dtype {dtype} is not supported (float16 needs loss scaling; use bfloat16)")
+            raise UserError(
+                f"autocast dtype {dtype} is not supported (float16 needs loss scaling; use bfloat16)")
         self.dtype, self.inner = dtype, inner
 
     def __call__(self, learner: MetaLearner) -> Tensor:
@@ -103,6 +106,10 @@ class Batched:
     Tasks must offer ``body``, ``buffers``, ``train_batch()`` and ``loss_on(params, buffers, x, y)``
     (:class:`~largemeta.models.task.ImageTask`); other tasks run the plain step. Stacking copies the parameters
     each step (cheap next to the convolutions; the engine keeps per-task tensors).
+
+    Meant for GPUs: vmap turns the per-task convolutions into grouped ones, which CPU kernels run slower
+    (measured 1.5–1.6× the loop's time for 5 same-shaped ConvNet tasks, ``benchmarks/meta_step.py --size cpu``).
+    In the paper's task set only the two 64 px / 100-class tasks share shapes.
     """
 
     def __call__(self, learner: MetaLearner) -> Tensor:
@@ -221,11 +228,12 @@ class CudaGraphMetaStep:
         self._stream = torch.cuda.Stream()
 
     def _tensors(self) -> list[Tensor]:
+        """Every persistent tensor a graph reads or writes; their addresses fingerprint the capture."""
         lr = self.learner
         out = list(lr.phi.values())
         for t, params in enumerate(lr.params):
             out += params.values()
-            out += lr.tasks[t].buffers.values()
+            out += getattr(lr.tasks[t], "buffers", {}).values()
             buf = lr.inner_states[t].get("momentum_buffer")
             out += buf or []
         return out
@@ -267,14 +275,18 @@ class CudaGraphMetaStep:
     def _capture(self, full: bool) -> None:
         lr = self.learner
         steps = [s["step"] for s in lr.inner_states]
-        graph = torch.cuda.CUDAGraph()
-        with ExitStack() as stack:
-            for task, static in zip(lr.tasks, self._static):
-                stack.enter_context(task.static_inputs(static["train"], static.get("query")))
-            with torch.cuda.graph(graph):
+
+        def meta_step() -> Tensor:
+            with ExitStack() as stack:
+                for task, static in zip(lr.tasks, self._static):
+                    stack.enter_context(task.static_inputs(static["train"], static.get("query")))
                 losses = lr.executor(lr)
                 if full:
                     lr.meta_update()
+            return losses
+
+        graph = torch.cuda.CUDAGraph()
+        losses = _capture_graph(graph, meta_step)
         for s, n in zip(lr.inner_states, steps):
             s["step"] = n  # capture only recorded the step; replays count it
         self._graphs[full], self._outputs[full] = graph, losses
@@ -309,6 +321,13 @@ class CudaGraphMetaStep:
         return losses
 
 
+def _capture_graph(graph: torch.cuda.CUDAGraph, fn: Callable[[], Tensor]) -> Tensor:
+    """Record ``fn`` into ``graph`` (its kernels are recorded, not run); returns its static output.
+    A seam: the CPU test of the bookkeeping substitutes an emulation that runs ``fn`` at every replay."""
+    with torch.cuda.graph(graph):
+        return fn()
+
+
 def check_graphable(learner: MetaLearner) -> None:
     """Raise :class:`UserError` naming the first setting that CUDA graph capture cannot reproduce."""
     mg = learner.meta_gradient
@@ -327,7 +346,12 @@ def check_graphable(learner: MetaLearner) -> None:
         raise UserError("CUDA graph capture with a process group is not supported")
     missing = [getattr(t, "name", i) for i, t in enumerate(learner.tasks) if not hasattr(t, "static_inputs")]
     if missing:
-        raise UserError(f"CUDA graph capture needs tasks with static_inputs() (ImageTask); tasks {missing} lack it")
+        raise UserError(
+            f"CUDA graph capture needs tasks with static_inputs() (ImageTask); tasks {missing} lack it")
+    _check_device(learner)
+
+
+def _check_device(learner: MetaLearner) -> None:
     if not torch.cuda.is_available():
         raise UserError("CUDA graph capture needs a CUDA device; none is available")
     devices = {p.device.type for p in learner.phi.values()}
@@ -336,7 +360,7 @@ def check_graphable(learner: MetaLearner) -> None:
 
 
 def describe(executor: Any) -> str:
-    """A short name for logs: ``autocast(channels_last(loop))``."""
+    """A short name for logs: ``autocast(channelslast(loop))``."""
     if executor is loop_executor:
         return "loop"
     inner = getattr(executor, "inner", None)

@@ -1,4 +1,7 @@
-"""Small image problems for the model/execution tests (imported by name: tests dirs are not packages): a body, φ, tasks on random-image samplers, heads."""
+"""Small image problems for the model/execution tests: a body, φ, tasks on random-image samplers, heads.
+
+Imported by module name (the test directories are not packages), hence the distinctive name.
+"""
 
 from __future__ import annotations
 

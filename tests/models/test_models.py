@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -83,9 +85,7 @@ def test_registry_unknown_name_lists_valid_ones():
 
 
 def test_resnet18_needs_torchvision_or_builds():
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torchvision") is None:
         with pytest.raises(UserError, match=r"pip install largemeta\[vision\]"):
             create_model("resnet18")
     else:
@@ -145,3 +145,22 @@ def test_init_head_is_reproducible_and_shaped():
     assert a.keys() == {"head.weight", "head.bias"} and a["head.weight"].shape == (7, 64)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert float(a["head.weight"].abs().max()) <= 1 / 8
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_builds_and_runs(name):
+    """Registry-wide smoke test: a new entry is tested the moment it is registered."""
+    if name == "resnet18" and importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision not installed")
+    body = create_model(name).eval()
+    assert body(torch.randn(2, 3, 32, 32)).shape == (2, body.num_features)
+
+
+def test_registry_rejects_duplicates():
+    from largemeta.models import Registry
+
+    reg: Registry[int] = Registry("widget")
+    reg.register("a")(lambda: 1)
+    with pytest.raises(ValueError, match="widget 'a' registered twice"):
+        reg.register("a")(lambda: 2)
+    assert reg.create("a") == 1 and "a" in reg and reg.names() == ["a"]

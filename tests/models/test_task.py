@@ -70,7 +70,8 @@ def test_cts_meta_learner_reduces_image_task_losses():
     assert (last < 0.7 * first).all(), (first, last)
     assert any(not torch.equal(phi[k], phi0[k]) for k in phi)
     # heads are private: never reset into φ and still shaped per task
-    assert learner.params[0]["head.weight"].shape == (3, 16) and learner.params[1]["head.weight"].shape == (4, 16)
+    assert learner.params[0]["head.weight"].shape == (3, 16)
+    assert learner.params[1]["head.weight"].shape == (4, 16)
 
 
 def test_fomaml_uses_query_batches_and_probe_replays():
@@ -104,3 +105,20 @@ def test_custom_sampler_protocol():
     task = ImageTask(body, Fixed(), classes=2, batch_size=4)
     assert task.state_dict()["sampler"] is None  # a sampler without state: nothing to replay
     assert torch.isfinite(task.train_loss({**phi, **task.init_head()}))
+
+
+def test_static_inputs_replace_sampling_and_are_restored(problem):
+    """Graph capture's contract: inside ``static_inputs`` every loss reads the given tensors, nothing is drawn."""
+    body, phi, tasks, heads = problem
+    task, params = tasks[0], {**phi, **heads[0]}
+    x, y = task.train_batch()
+    qx, qy = task.query_batch()
+    state = task.sampler.state_dict()
+    with task.static_inputs((x, y), (qx, qy)):
+        assert task.train_batch()[0] is x and task.query_batch()[1] is qy
+        a = task.train_loss(params)
+        x.mul_(0)  # refilled in place: the next loss sees the new contents
+        b = task.train_loss(params)
+    assert not torch.equal(a, b)
+    assert all(torch.equal(s, t) for s, t in zip(state.values(), task.sampler.state_dict().values()))
+    assert task.train_batch()[0] is not x  # sampling again outside the context

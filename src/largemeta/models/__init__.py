@@ -1,4 +1,5 @@
-"""Models: registered bodies (``resnet20``, ``convnet``, ``resnet18``), per-task heads and BN buffers, image tasks."""
+"""Models: registered bodies (``resnet20``, ``convnet``, ``resnet18``), per-task heads and BN buffers,
+image tasks."""
 
 from largemeta.models.bodies import (
     MODELS,
@@ -13,9 +14,12 @@ from largemeta.models.bodies import (
 )
 from largemeta.models.functional import HEAD, apply, features, init_head, split_state, to_channels_last
 from largemeta.models.registry import Registry
+from largemeta.models.synthetic import RandomImageSampler
+from largemeta.models.task import ImageTask, Sampler
 
 __all__ = [
-    "HEAD", "MODELS", "BasicBlock", "CifarResNet", "ConvNet", "Registry", "ZeroPadShortcut", "apply",
-    "count_parameters", "create_model", "features", "init_head", "list_models", "register_model", "split_state",
-    "to_channels_last",
+    "HEAD", "MODELS", "BasicBlock", "CifarResNet", "ConvNet", "ImageTask", "RandomImageSampler", "Registry",
+    "Sampler", "ZeroPadShortcut", "apply",
+    "count_parameters", "create_model", "features", "init_head", "list_models", "register_model",
+    "split_state", "to_channels_last",
 ]

@@ -56,7 +56,8 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = ZeroPadShortcut(in_planes, planes, stride) if stride != 1 or in_planes != planes else None
+        needs_shortcut = stride != 1 or in_planes != planes
+        self.shortcut = ZeroPadShortcut(in_planes, planes, stride) if needs_shortcut else None
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

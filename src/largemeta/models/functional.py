@@ -71,9 +71,11 @@ def features(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[st
 def apply(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor,
           train: bool = True) -> Tensor:
     """Logits of ``x``: the body (see :func:`features`) followed by the task's head ``params['head.*']``."""
-    return F.linear(features(model, params, buffers, x, train), params[HEAD + "weight"], params[HEAD + "bias"])
+    feats = features(model, params, buffers, x, train)
+    return F.linear(feats, params[HEAD + "weight"], params[HEAD + "bias"])
 
 
 def to_channels_last(params: Mapping[str, Tensor]) -> Params:
     """The same dict with every 4-d tensor (conv weights) in ``torch.channels_last`` memory format."""
-    return {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in params.items()}
+    nhwc = torch.channels_last
+    return {k: v.contiguous(memory_format=nhwc) if v.dim() == 4 else v for k, v in params.items()}

@@ -16,15 +16,18 @@ from torch import Tensor
 class RandomImageSampler:
     """``pool`` random images (``channels`` × ``size`` × ``size``, N(0, 1)) with labels in [0, classes)."""
 
-    def __init__(self, size: int, classes: int, *, channels: int = 3, pool: int = 256, seed: int = 0) -> None:
+    def __init__(self, size: int, classes: int, *, channels: int = 3, pool: int = 256, seed: int = 0,
+                 device: torch.device | str = "cpu") -> None:
         gen = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(pool, channels, size, size, generator=gen)
-        self.y = torch.randint(0, classes, (pool,), generator=gen)
+        # The pool may live on the GPU (benchmarks: no host-to-device copy per batch); indices are drawn on
+        # the CPU generator either way, so the stream of batches does not depend on the device.
+        self.x = torch.randn(pool, channels, size, size, generator=gen).to(device)
+        self.y = torch.randint(0, classes, (pool,), generator=gen).to(device)
         self.train_gen = torch.Generator().manual_seed(seed + 1)
         self.query_gen = torch.Generator().manual_seed(seed + 2)
 
     def _draw(self, batch: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        idx = torch.randint(0, len(self.x), (batch,), generator=gen)
+        idx = torch.randint(0, len(self.x), (batch,), generator=gen).to(self.x.device)
         return self.x[idx], self.y[idx]
 
     def sample_train(self, batch: int) -> tuple[Tensor, Tensor]:

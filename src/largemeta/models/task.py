@@ -121,7 +121,9 @@ class ImageTask:
             raise KeyError(f"task {self.name!r}: parameters have no {HEAD}weight (its private head)")
         return apply(self.body, params, self.buffers, x, train=train)
 
-    def loss_on(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+    def loss_on(
+        self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor, y: Tensor
+    ) -> Tensor:
         """Training-mode cross-entropy with explicit buffers (pure apart from the buffer update; vmappable)."""
         return F.cross_entropy(apply(self.body, params, buffers, x, train=True), y)
 
@@ -135,7 +137,9 @@ class ImageTask:
         return self.loss_on(params, self.buffers, *self.query_batch())
 
     @torch.no_grad()
-    def evaluate(self, params: Mapping[str, Tensor], x: Tensor, y: Tensor, batch_size: int = 256) -> dict[str, float]:
+    def evaluate(
+        self, params: Mapping[str, Tensor], x: Tensor, y: Tensor, batch_size: int = 256
+    ) -> dict[str, float]:
         """Mean loss and accuracy on (x, y) in eval mode (running statistics, nothing updated)."""
         total_loss, correct = 0.0, 0
         for i in range(0, len(x), batch_size):
