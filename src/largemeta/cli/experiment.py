@@ -130,8 +130,8 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-# The demo: the offline suite's convergence experiment, sized for 2 CPU cores (≈ 10 minutes).
-DEMO = {"steps": 1000, "width": 16, "batch_size": 16, "k": 100, "log_every": 25, "checkpoint_every": 250}
+# The demo: the offline suite's convergence experiment, sized for 2 CPU cores (≈ 8 minutes).
+DEMO = {"steps": 3000, "width": 16, "batch_size": 16, "k": 100, "log_every": 50, "checkpoint_every": 750}
 # Limited data (20 images per class) makes the held-out QuickDraw targets discriminate between initializations.
 DEMO_EVAL = {"steps": 200, "seeds": 3, "batch_size": 64, "train_size": 700,
              "targets": ("quickdraw_t1", "quickdraw_t2", "quickdraw_t3")}
