@@ -90,3 +90,18 @@ def test_convergence_and_report(tiny_suite, tiny_config, tmp_path, capsys):
 def test_report_of_an_empty_folder_is_an_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "holds no results.json" in capsys.readouterr().err
+
+
+def test_k_ablation_and_its_plot(tiny_suite, tiny_config, tmp_path, capsys):
+    sets = [a for k, v in tiny_config(tiny_suite).items() if k != "steps" for a in ("--set", f"{k}={v}")]
+    code = main(["experiment", "k-ablation", "--config", str(tiny_suite.parent / "none.toml"), "--out",
+                 str(tmp_path / "kab"), "--ks", "2,4", "--algos", "cts,reptile", "--steps", "4", "--eval-steps", "2",
+                 "--seeds", "2", "--eval-batch-size", "8", "--json", *sets])
+    assert code == 2 and "does not exist" in capsys.readouterr().err  # a missing config file is refused
+    (tmp_path / "c.toml").write_text("")
+    assert main(["experiment", "k-ablation", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "kab"),
+                 "--ks", "2,4", "--algos", "cts,reptile", "--steps", "4", "--eval-steps", "2", "--seeds", "2",
+                 "--eval-batch-size", "8", "--json", *sets]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ks"] == [2, 4] and set(result["algorithms"]["cts"]) == {"2", "4"}
+    assert (tmp_path / "kab" / "k_ablation.png").exists() and (tmp_path / "kab" / "reptile_k4").is_dir()

@@ -114,3 +114,35 @@ def test_nan_loss_stops_with_task_and_step_and_keeps_the_checkpoint(tiny_suite, 
     state = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
     assert state["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["shared"]["phi"].values())
+
+
+def test_train_from_an_exported_init(tiny_suite, tiny_config, tmp_path, capsys):
+    train(tiny_config(tiny_suite, steps=4), tmp_path / "first")
+    assert main(["export", str(tmp_path / "first"), "--out", str(tmp_path / "phi.safetensors")]) == 0
+    cfg = tiny_config(tiny_suite, steps=1, init=str(tmp_path / "phi.safetensors"), algo="reptile", k=4)
+    trainer = Trainer(from_mapping(cfg), tmp_path / "second", progress=False)
+    start = phi_of(tmp_path / "first")
+    for k, v in trainer.learner.phi.items():
+        assert torch.equal(v, start[k])  # φ starts where the first run ended
+    trainer.close()
+    bad = tiny_config(tiny_suite, steps=1, init=str(tmp_path / "phi.safetensors"), width=16)
+    with pytest.raises(Exception, match=r"tensor 'features.0.weight' has shape \(8, 1, 3, 3\), the model needs"):
+        Trainer(from_mapping(bad), tmp_path / "third", progress=False)
+
+
+def test_tensorboard_events(tiny_suite, tiny_config, tmp_path):
+    pytest.importorskip("tensorboard")
+    train(tiny_config(tiny_suite, steps=4, tensorboard=True), tmp_path / "run")
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert "train/mean_loss" in acc.Tags()["scalars"]
+    assert [e.step for e in acc.Scalars("train/mean_loss")] == [4]
+
+
+def test_shift_error_probe_in_training(tiny_suite, tiny_config, tmp_path):
+    _, last = train(tiny_config(tiny_suite, steps=8, shift_error_every=1), tmp_path / "run")
+    assert last["shift_error"]["k"] == 4 and last["shift_error"]["shift_error"] >= 0

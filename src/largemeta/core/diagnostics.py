@@ -25,12 +25,14 @@ class ShiftErrorProbe:
     """Records (k, ‖θ_shifted − U_k(φ)‖, ‖θ_shifted − φ‖) for one probe task of a :class:`MetaLearner`.
 
     Attach it before running; ``at`` are the step counts after a restart at which to measure
-    (default 1, 2, 4, ... up to K). Each measurement costs k extra inner steps of the probe task.
+    (default 1, 2, 4, ... up to K), on every ``every``-th trajectory. Each measurement costs k extra inner
+    steps of the probe task.
     """
 
-    def __init__(self, learner: MetaLearner, task: int = 0, at: Iterable[int] | None = None) -> None:
+    def __init__(self, learner: MetaLearner, task: int = 0, at: Iterable[int] | None = None,
+                 every: int = 1) -> None:
         k = learner.schedule.k
-        self.learner, self.task = learner, task
+        self.learner, self.task, self.every = learner, task, every
         self.at = sorted(set(at)) if at is not None else sorted({min(2**i, k) for i in range(k.bit_length() + 1)})
         self.records: list[dict[str, float]] = []
         self._snapshot()
@@ -47,7 +49,8 @@ class ShiftErrorProbe:
 
     def _maybe_measure(self) -> None:
         k = self.learner.step - self._restart_step
-        if k in self.at:
+        trajectory = self._restart_step // self.learner.schedule.k
+        if k in self.at and trajectory % self.every == 0:
             self.records.append(self.measure(k))
 
     def replay(self, k: int) -> dict[str, torch.Tensor]:

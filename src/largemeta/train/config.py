@@ -42,6 +42,9 @@ class TrainConfig:
     """Body: ``convnet``, ``resnet20`` or ``resnet18`` (torchvision extra)."""
     width: int = 32
     """Body width (convnet channels; resnet20 first-stage width, 16 in the paper)."""
+    init: str = ""
+    """Start φ from given weights: a run folder, a FILE.safetensors from ``largemeta export``, or
+    ``torchvision:resnet18`` (ImageNet weights, when torchvision has them locally). Default: random."""
     algo: str = "cts"
     """Algorithm: cts, reptile, fomaml, cts-fomaml, leap, cts-leap, imaml, multitask, single."""
     steps: int = 1000

@@ -109,6 +109,34 @@ def _model_kwargs(cfg: TrainConfig, channels: int) -> dict[str, Any]:
     return kwargs
 
 
+def initial_phi(cfg: TrainConfig, phi: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """φ from ``cfg.init``, checked tensor by tensor against the body's shapes."""
+    if cfg.init.startswith("torchvision:"):
+        name = cfg.init.split(":", 1)[1]
+        if name != cfg.model:
+            raise UserError(f"init {cfg.init!r} needs model {name!r}, the config has {cfg.model!r}")
+        try:
+            pretrained = create_model(name, in_channels=3, weights="DEFAULT")
+        except (OSError, RuntimeError) as err:  # torchvision tries its hub when the weights are not cached
+            raise UserError(f"init {cfg.init!r}: torchvision's ImageNet weights are not available here "
+                            f"({str(err).splitlines()[0][:120]}); offline, start from a φ of your own") from None
+        source = split_state(pretrained)[0]
+    else:
+        from largemeta.evaluate import load_init
+
+        loaded = load_init(cfg.init)
+        if loaded.phi is None:
+            raise UserError(f"init {cfg.init!r} holds no weights")
+        source = loaded.phi
+    for k, v in phi.items():
+        if k not in source:
+            raise UserError(f"init {cfg.init!r} lacks tensor {k!r} of model {cfg.model} (shape {tuple(v.shape)})")
+        if source[k].shape != v.shape:
+            raise UserError(f"init {cfg.init!r} does not fit model {cfg.model}: tensor {k!r} has shape "
+                            f"{tuple(source[k].shape)}, the model needs {tuple(v.shape)}")
+    return {k: source[k].detach().clone().to(v.dtype) for k, v in phi.items()}
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -129,6 +157,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial φ on every rank
         self.body = create_model(cfg.model, **_model_kwargs(cfg, channels.pop()))
         phi, buffers = split_state(self.body)
+        if cfg.init:
+            phi = initial_phi(cfg, phi)
         phi = {k: v.to(self.device) for k, v in phi.items()}
         self.tasks, heads = self._build_tasks(buffers)
         inner = make_inner_optimizer(cfg.inner_optimizer, cfg.inner_lr, momentum=cfg.momentum,
@@ -156,7 +186,7 @@ class Trainer:
         if cfg.shift_error_every:
             from largemeta.core.diagnostics import ShiftErrorProbe
 
-            self.probe = ShiftErrorProbe(self.learner, task=0)
+            self.probe = ShiftErrorProbe(self.learner, task=0, every=cfg.shift_error_every)
         if saved is not None:
             self._restore(saved)
 
