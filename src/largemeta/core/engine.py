@@ -166,7 +166,7 @@ class MetaLearner:
             self.params.append({k: v.requires_grad_(True) for k, v in {**clone(phi), **own}.items()})
         self.inner_states = [self.inner.init(list(p.values())) for p in self.params]
         self.step = 0
-        self._last_sq_norms: tuple[Tensor, Tensor] | None = None
+        self._last: tuple[Params, Params] | None = None  # (g, φ' − φ) of the last meta-update
         self.on_restart: list[Callable[[MetaLearner], None]] = []
         self.on_step: list[Callable[[MetaLearner], None]] = []
         for t in range(len(self.tasks)):
@@ -175,12 +175,12 @@ class MetaLearner:
     @property
     def last_meta_grad_norm(self) -> float:
         """‖g‖ of the last meta-update (NaN before the first)."""
-        return float(self._last_sq_norms[0].sqrt()) if self._last_sq_norms else float("nan")
+        return float(sq_norm(self._last[0]).sqrt()) if self._last else float("nan")
 
     @property
     def last_shift_norm(self) -> float:
         """‖φ' − φ‖ of the last meta-update: the shift CTS applied to every task."""
-        return float(self._last_sq_norms[1].sqrt()) if self._last_sq_norms else float("nan")
+        return float(sq_norm(self._last[1]).sqrt()) if self._last else float("nan")
 
     @property
     def steps_since_restart(self) -> int:
@@ -244,20 +244,22 @@ class MetaLearner:
     def meta_update(self) -> Params:
         """Step φ with the current meta-gradient; with CTS shift every task by φ' − φ. Returns φ' − φ."""
         g = self.meta_gradient_now()
+        keys = list(self.phi)
+        phi = [self.phi[k] for k in keys]
         with torch.no_grad():
-            before = clone(self.phi)
+            before = [p.clone() for p in phi]
             for k, p in self.phi.items():
                 p.grad = g[k]
             self.outer.step()
-            delta = {k: self.phi[k] - before[k] for k in self.phi}
-            for p in self.phi.values():
+            deltas = torch._foreach_sub(phi, before)
+            for p in phi:
                 p.grad = None
-            # kept as device tensors (no host sync per step); read through the properties at log time
-            self._last_sq_norms = (sq_norm(g), sq_norm(delta))
+            delta = dict(zip(keys, deltas))
+            # kept on the device (no host sync per step); reduced only when read, at log time
+            self._last = (g, delta)
             if self.schedule.shift:
                 for t in range(len(self.tasks)):
-                    for k, d in delta.items():
-                        self.params[t][k].add_(d)
+                    torch._foreach_add_([self.params[t][k] for k in keys], deltas)
                     self.meta_gradient.shift(t, delta)
         return delta
 

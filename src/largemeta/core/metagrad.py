@@ -81,7 +81,8 @@ class Reptile(MetaGradient):
     name = "reptile"
 
     def task_gradient(self, t: int, phi: Params, params: Params, task: Task) -> Params:
-        return {k: phi[k] - params[k].detach() for k in phi}
+        keys = list(phi)
+        return dict(zip(keys, torch._foreach_sub([phi[k] for k in keys], [params[k].detach() for k in keys])))
 
 
 class FOMAML(MetaGradient):
