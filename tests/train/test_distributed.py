@@ -102,3 +102,47 @@ def test_survivor_exits_with_a_clear_message_when_a_rank_dies(tiny_suite, tiny_c
             if p.poll() is None:
                 p.kill()
             p.communicate()
+
+
+def test_run_with_a_killed_rank_resumes_on_two_ranks_and_on_one(tiny_suite, tiny_config, tmp_path):
+    """kill -9 one of 2 ranks mid-run; the survivor leaves; the last checkpoint resumes on 2 ranks or 1
+    and ends with the φ of an uninterrupted run."""
+    import shutil
+    import signal
+    import socket
+    import time
+
+    cfg = tiny_config(tiny_suite, log_every=2, checkpoint_every=4)
+    cli(["train", "--out", str(tmp_path / "straight"), "--steps", "40", *sets(cfg)])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [sys.executable, "-m", "largemeta", "train", "--out", str(tmp_path / "run"), "--steps", "40", *sets(cfg)]
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "LARGEMETA_COLLECTIVE_TIMEOUT": "20"}
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    try:
+        ckpt = tmp_path / "run" / "checkpoint.pt"
+        deadline = time.time() + 120
+        while not ckpt.exists():
+            if time.time() > deadline or procs[0].poll() is not None:
+                pytest.fail("no checkpoint appeared")
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGKILL)
+        procs[0].communicate(timeout=90)
+        assert procs[0].returncode != 0 or checkpoint.load(ckpt)["step"] == 40
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    step = checkpoint.load(tmp_path / "run" / "checkpoint.pt")["step"]
+    assert step % 4 == 0 and step >= 4
+    shutil.copytree(tmp_path / "run", tmp_path / "run1")
+    cli(["train", "--resume", str(tmp_path / "run"), "--steps", "40"], nproc=2)
+    cli(["train", "--resume", str(tmp_path / "run1"), "--steps", "40"])
+    assert_close(phi(tmp_path / "straight"), phi(tmp_path / "run"))
+    assert_close(phi(tmp_path / "straight"), phi(tmp_path / "run1"))

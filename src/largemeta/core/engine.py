@@ -27,7 +27,7 @@ from torch import Tensor
 
 from largemeta.core.inner import InnerOptimizer
 from largemeta.core.metagrad import MetaGradient, Task, make_meta_gradient
-from largemeta.core.params import Params, clone, sq_norm
+from largemeta.core.params import Params, clone, sq_norm, unflatten
 from largemeta.errors import UserError, check_positive, choice_error
 
 
@@ -233,13 +233,7 @@ class MetaLearner:
         flat = torch.cat([total, count])
         if self.group is not None:
             dist.all_reduce(flat, group=self.group)  # one flattened all-reduce: Σ_t g_t and the task count
-        mean = flat[:-1] / flat[-1]
-        out, offset = {}, 0
-        for k in keys:
-            n = self.phi[k].numel()
-            out[k] = mean[offset : offset + n].view_as(self.phi[k])
-            offset += n
-        return out
+        return unflatten(flat[:-1] / flat[-1], self.phi)
 
     def meta_update(self) -> Params:
         """Step φ with the current meta-gradient; with CTS shift every task by φ' − φ. Returns φ' − φ."""

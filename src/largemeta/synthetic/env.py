@@ -36,14 +36,16 @@ class SyntheticEnv:
     def num_tasks(self) -> int:
         return self.targets.shape[0]
 
-    def losses(self, x: Tensor) -> Tensor:
-        """Per-task losses of points ``x`` of shape (T, ..., 2) (task t's points in row t) → (T, ...)."""
-        extra = x.dim() - 2
-        shape = (self.num_tasks,) + (1,) * extra
+    def _rotated(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(u, v, cos a_t, sin a_t) of points ``x`` (T, ..., 2): the offset from c_t rotated by a_t, over 3."""
+        shape = (self.num_tasks,) + (1,) * (x.dim() - 2)
         c, s = torch.cos(self.angles).view(shape), torch.sin(self.angles).view(shape)
         d = x - self.targets.view(shape + (2,))
-        u = (c * d[..., 0] - s * d[..., 1]) / 3
-        v = (s * d[..., 0] + c * d[..., 1]) / 3
+        return (c * d[..., 0] - s * d[..., 1]) / 3, (s * d[..., 0] + c * d[..., 1]) / 3, c, s
+
+    def losses(self, x: Tensor) -> Tensor:
+        """Per-task losses of points ``x`` of shape (T, ..., 2) (task t's points in row t) → (T, ...)."""
+        u, v, _, _ = self._rotated(x)
         k0, a, k2, b = self.coeff
         return k0 * (u * u + v - a) ** 2 + k2 * (u + v * v - b) ** 2
 
@@ -54,12 +56,7 @@ class SyntheticEnv:
         rule through the rotation gives ∂f/∂d₀ = (c ∂f/∂u + s ∂f/∂v)/3, ∂f/∂d₁ = (−s ∂f/∂u + c ∂f/∂v)/3.
         Tested against autograd; about 3× faster than it in the flow's inner loops.
         """
-        extra = x.dim() - 2
-        shape = (self.num_tasks,) + (1,) * extra
-        c, s = torch.cos(self.angles).view(shape), torch.sin(self.angles).view(shape)
-        d = x - self.targets.view(shape + (2,))
-        u = (c * d[..., 0] - s * d[..., 1]) / 3
-        v = (s * d[..., 0] + c * d[..., 1]) / 3
+        u, v, c, s = self._rotated(x)
         k0, a, k2, b = self.coeff
         big_a, big_b = u * u + v - a, u + v * v - b
         loss = k0 * big_a**2 + k2 * big_b**2

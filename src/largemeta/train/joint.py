@@ -18,7 +18,7 @@ from torch import Tensor
 
 from largemeta.core.inner import InnerOptimizer
 from largemeta.core.metagrad import Task
-from largemeta.core.params import Params, clone
+from largemeta.core.params import Params, clone, unflatten
 
 
 class JointLearner:
@@ -50,13 +50,8 @@ class JointLearner:
         flat = torch.cat([g.reshape(-1) for g in total] + [total[0].new_tensor([float(len(self.tasks))])])
         if self.group is not None:
             dist.all_reduce(flat, group=self.group)
-        mean = flat[:-1] / flat[-1]
-        grads, offset = [], 0
-        for k in keys:
-            n = self.phi[k].numel()
-            grads.append(mean[offset: offset + n].view_as(self.phi[k]))
-            offset += n
-        self.inner.step(list(self.phi.values()), grads, self.body_state)
+        mean = unflatten(flat[:-1] / flat[-1], self.phi)
+        self.inner.step(list(self.phi.values()), list(mean.values()), self.body_state)
         self.step += 1
         return torch.stack(losses)
 
