@@ -204,3 +204,27 @@ def test_task_data_lives_on_cuda():
     xs = torch.randint(0, 256, (8, 3, 7, 7), dtype=torch.uint8, device="cuda", generator=g)
     top, left = torch.randint(0, 5, (2, 8), device="cuda", generator=g)
     assert torch.equal(crop_at(xs, 2, top, left).cpu(), crop_loop(xs.cpu(), 2, top.cpu(), left.cpu()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), batches=st.lists(st.integers(1, 64), min_size=1, max_size=6),
+       cut=st.integers(0, 5), padding=st.integers(0, 4), flip=st.booleans())
+def test_sampler_properties(seed, batches, cut, padding, flip):
+    """Indices in range; the same seed gives the same stream; a saved and restored state continues it exactly."""
+    a = toy_task(seed, crop_padding=padding, flip=flip)
+    b = toy_task(seed, crop_padding=padding, flip=flip)
+    cut = min(cut, len(batches))
+    for n in batches[:cut]:
+        xa, ya = a.sample_train(n)
+        xb, yb = b.sample_train(n)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert xa.shape == (n, 1, 10, 10) and int(ya.min()) >= 0 and int(ya.max()) < a.num_classes
+    state = a.state_dict()
+    expected = [a.sample_train(n) for n in batches[cut:]]
+    c = toy_task(seed + 1, crop_padding=padding, flip=flip)  # another seed, then the saved state
+    c.load_state_dict(state)
+    for n, (x, y) in zip(batches[cut:], expected):
+        xc, yc = c.sample_train(n)
+        assert torch.equal(x, xc) and torch.equal(y, yc)
+    idx = a.sample_indices(max(batches))
+    assert int(idx.min()) >= 0 and int(idx.max()) < a.num_train

@@ -39,37 +39,35 @@ def phi(run):
     return checkpoint.load(Path(run) / "checkpoint.pt")["shared"]["phi"]
 
 
-@pytest.mark.slow
 def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_phi(tiny_suite, tiny_config, tmp_path):
     cfg = tiny_config(tiny_suite, checkpoint_every=1, log_every=1)  # a checkpoint write on every step
-    steps = "60"
+    steps = "200"
     subprocess.run([sys.executable, "-m", "largemeta", "train", "--out", str(tmp_path / "straight"),
                     "--steps", steps, *sets(cfg)], env=env(), check=True, capture_output=True)
     run = tmp_path / "crashy"
     rng = random.Random(0)
     args = [sys.executable, "-m", "largemeta", "train", "--steps", steps]
     first = True
-    for _ in range(4):
+    interrupted = 0
+    for _ in range(5):
         cmd = args + (["--out", str(run), *sets(cfg)] if first else ["--resume", str(run)])
         proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 60
         while not (run / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 1.5))
+        time.sleep(rng.uniform(0.0, 1.0))
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
         first = False
         state = checkpoint.load(run / "checkpoint.pt")  # always loadable: never a torn file
-        assert 1 <= state["step"] <= 60
+        assert 1 <= state["step"] <= 200
+        interrupted += state["step"] < 200
     out = subprocess.run(args + ["--resume", str(run)], env=env(), capture_output=True, text=True)
-    if out.returncode == 2 and "is below" in out.stderr:  # a kill after the very last checkpoint
-        pass
-    else:
-        assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[-2000:]
     a, b = phi(tmp_path / "straight"), phi(run)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert not list(run.glob(".checkpoint.pt.*.tmp")) or True  # leftovers of a killed write are harmless
+    assert interrupted >= 3  # the kills really landed mid-run
 
 
 @pytest.mark.parametrize("damage", ["truncate", "bitflip", "garbage", "empty"])

@@ -146,3 +146,40 @@ def test_tensorboard_events(tiny_suite, tiny_config, tmp_path):
 def test_shift_error_probe_in_training(tiny_suite, tiny_config, tmp_path):
     _, last = train(tiny_config(tiny_suite, steps=8, shift_error_every=1), tmp_path / "run")
     assert last["shift_error"]["k"] == 4 and last["shift_error"]["shift_error"] >= 0
+
+
+class _NanGradient(torch.autograd.Function):
+    """Identity forward, NaN backward: a gradient fault with a finite loss."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+@pytest.mark.parametrize("poison_step, caught_by", [(7, "loss"), (8, "parameter")])
+def test_nan_gradient_never_reaches_a_checkpoint(tiny_suite, tiny_config, tmp_path, monkeypatch, poison_step,
+                                                 caught_by):
+    # poisoned at step 7: the next loss is non-finite; at step 8 (a checkpoint step): the save refuses
+    from largemeta.models.task import ImageTask
+
+    cfg = tiny_config(tiny_suite, steps=12, checkpoint_every=4)
+    original = ImageTask.train_loss
+    calls = {"n": 0}
+
+    def poisoned(self, params):
+        calls["n"] += 1
+        loss = original(self, params)
+        return _NanGradient.apply(loss) if (self.name == "t2" and calls["n"] == 3 * (poison_step - 1) + 3) else loss
+
+    monkeypatch.setattr(ImageTask, "train_loss", poisoned)
+    trainer = Trainer(from_mapping(cfg), tmp_path / "run", progress=False)
+    # CTS averages the poisoned θ into φ and shifts every task: the first task's loss shows it at step 8
+    with pytest.raises(Exception, match=rf"non-finite {caught_by} .* in task 't\d' at step 8"):
+        trainer.run()
+    state = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for t in state["tasks"] for v in t["params"].values())

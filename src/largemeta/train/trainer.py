@@ -244,6 +244,14 @@ class Trainer:
                 "task_states": [_to_cpu(t.state_dict()) for t in self.tasks]}
 
     def save(self) -> None:
+        # Never overwrite a good checkpoint with a poisoned state: a non-finite gradient shows in the
+        # parameters before it shows in a loss (one step later).
+        for task, params in zip(self.tasks, self.learner.params):
+            bad = next((k for k, v in params.items() if not torch.isfinite(v).all()), None)
+            if bad is not None:
+                raise NonFiniteLoss(
+                    f"non-finite parameter {bad!r} in task {task.name!r} at step {self.learner.step}; stopped — "
+                    f"the last good checkpoint is {str(self.run_dir / CHECKPOINT)!r}")
         pieces = distributed.gather(self._piece(), self.group)
         if self.rank == 0:
             assert pieces is not None
