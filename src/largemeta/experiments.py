@@ -128,6 +128,26 @@ def k_ablation(cfg: TrainConfig, algos: Sequence[str], ks: Sequence[int], out: P
 
 def table(result: dict[str, Any]) -> str:
     """A Markdown table of mean accuracy ± 95 % interval (over seeds, averaged over targets)."""
+    if result["experiment"] == "tune":
+        betas = [f"{b:g}" for b in result["betas"]]
+        rows = ["| algorithm | " + " | ".join(f"val. β = {b}" for b in betas) + " | best β | meta-test |",
+                "|---" * (len(betas) + 3) + "|"]
+        for algo, test in result["test"].items():
+            val = result["validation"].get(algo, {})
+            cells = [f"{100 * val[b]:.1f}" if b in val else "" for b in betas]
+            rows.append(f"| {algo} | " + " | ".join(cells) + f" | {result['best'].get(algo, '—')} | {_cell(test)} |")
+        return "\n".join(rows)
+    if result["experiment"] == "pretrained":
+        sizes = [str(n) for n in result["sizes"]]
+        rows = ["| start | " + " | ".join(f"{n} images" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+        for name, by_size in result["algorithms"].items():
+            rows.append(f"| {name} | " + " | ".join(_cell(by_size[n]) for n in sizes) + " |")
+        names = list(result["algorithms"])
+        if len(names) == 2:
+            gains = [100 * (overall(result["algorithms"][names[1]][n])[0] - overall(result["algorithms"][names[0]][n])[0])
+                     for n in sizes]
+            rows.append(f"| gain of {names[1]} | " + " | ".join(f"{g:+.1f}" for g in gains) + " |")
+        return "\n".join(rows)
     if result["experiment"] == "convergence":
         cols = [str(m) for m in result["milestones"]]
         header = "| algorithm | " + " | ".join(f"{c} steps" for c in cols) + " |"
@@ -154,3 +174,73 @@ def overall(r: dict[str, Any]) -> tuple[float, float]:
 def _cell(r: dict[str, Any]) -> str:
     mean, width = overall(r)
     return f"{100 * mean:.1f} ± {100 * width:.1f}"
+
+
+def tune(cfg: TrainConfig, algos: Sequence[str], betas: Sequence[float], out: Path, *,
+         validation: EvalSettings = EvalSettings(steps=100, seeds=2, batch_size=64),
+         test: EvalSettings = EvalSettings(), device: str = "cpu",
+         log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Fair tuning: each algorithm at its own best meta learning rate β, chosen on the *meta-training* tasks.
+
+    Every (algorithm, β) trains at the same budget; its φ is scored on a validation split made of the
+    meta-training tasks' own held-out images (limited-data fine-tuning, ``validation.train_size`` images per
+    task); the best β per algorithm is then — and only then — evaluated on the meta-test targets. The
+    meta-test targets never influence the choice.
+    """
+    if not betas or min(betas) <= 0:
+        raise UserError(f"--betas must be positive numbers, got {list(betas)}")
+    out.mkdir(parents=True, exist_ok=True)
+    from largemeta.train.trainer import select_tasks
+
+    val_specs = select_tasks(load_suite(cfg.suite).meta_train, cfg.tasks)
+    test_specs = targets_of(cfg, test.targets)
+    result: dict[str, Any] = {"experiment": "tune", "config": cfg.to_dict(), "betas": list(betas),
+                              "validation_eval": dataclasses.asdict(validation), "eval": dataclasses.asdict(test),
+                              "validation": {}, "best": {}, "test": {}}
+
+    def ev(init: Init, specs: list[TaskSpec], s: EvalSettings) -> dict[str, Any]:
+        return evaluate(init, specs, steps=s.steps, seeds=s.seeds, batch_size=s.batch_size, train_size=s.train_size,
+                        device=device, data_dir=cfg.data_dir or None)
+
+    for algo in algos:
+        scores = {}
+        for beta in betas:
+            run_dir = out / f"{algo}_beta{beta:g}"
+            log(f"{algo}, β = {beta:g}")
+            _train_to(dataclasses.replace(cfg, algo=algo, meta_lr=beta), run_dir, cfg.steps)
+            scores[f"{beta:g}"] = ev(load_init(str(run_dir)), val_specs, validation)["mean_accuracy"]
+        best = max(scores, key=scores.get)
+        result["validation"][algo], result["best"][algo] = scores, best
+        log(f"{algo}: best β = {best} (validation {100 * scores[best]:.2f} %)")
+        result["test"][algo] = ev(load_init(str(out / f"{algo}_beta{best}")), test_specs, test)
+        (out / RESULTS).write_text(json.dumps(result, indent=1) + "\n")
+    kwargs = {"in_channels": test_specs[0].channels, **({"width": cfg.width} if cfg.model in ("convnet", "resnet20") else {})}
+    result["test"]["scratch"] = ev(Init("scratch", cfg.model, kwargs, None), test_specs, test)
+    (out / RESULTS).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def pretrained(cfg: TrainConfig, init: str, sizes: Sequence[int], out: Path, *, settings: EvalSettings = EvalSettings(),
+               device: str = "cpu", log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """CTS on top of a pretrained model vs plain fine-tuning of that model, per target training-set size.
+
+    ``init`` is fine-tuned directly (the baseline) and used as the starting φ of meta-training with
+    ``cfg.algo`` (CTS by default); both are evaluated on the meta-test targets sub-sampled to each size.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    specs = targets_of(cfg, settings.targets)
+    run_dir = out / cfg.algo
+    log(f"meta-training {cfg.algo} from {init}")
+    _train_to(dataclasses.replace(cfg, init=init), run_dir, cfg.steps)
+    starts = {"finetune": load_init(init), cfg.algo: load_init(str(run_dir))}
+    result: dict[str, Any] = {"experiment": "pretrained", "config": cfg.to_dict(), "init": init, "sizes": list(sizes),
+                              "eval": dataclasses.asdict(settings), "algorithms": {}}
+    for name, start in starts.items():
+        result["algorithms"][name] = {}
+        for n in sizes:
+            log(f"{name}, {n} training images per target")
+            result["algorithms"][name][str(n)] = evaluate(
+                start, specs, steps=settings.steps, seeds=settings.seeds, batch_size=settings.batch_size,
+                train_size=n, device=device, data_dir=cfg.data_dir or None)
+        (out / RESULTS).write_text(json.dumps(result, indent=1) + "\n")
+    return result

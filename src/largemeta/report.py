@@ -77,6 +77,27 @@ def plot_k_ablation(result: dict[str, Any], out: Path) -> list[Path]:
     return [path]
 
 
+def plot_pretrained(result: dict[str, Any], out: Path) -> list[Path]:
+    sizes = result["sizes"]
+    names = list(result["algorithms"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name in names:
+        stats = [overall(result["algorithms"][name][str(n)]) for n in sizes]
+        ax.errorbar(sizes, [100 * s[0] for s in stats], yerr=[100 * s[1] for s in stats], marker="o", capsize=3,
+                    label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images per target")
+    ax.set_ylabel("meta-test accuracy (%)")
+    ax.set_title(f"Meta-training on top of {result['init']} vs. plain fine-tuning")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / "pretrained.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 def environment() -> dict[str, str]:
     import numpy
     import torch
@@ -103,6 +124,12 @@ def write_report(directory: Path) -> tuple[Path, Path]:
         elif kind == "k-ablation":
             figs = plot_k_ablation(result, path.parent)
             sections.append((f"K ablation ({rel})", table(result), figs, result.get("config")))
+        elif kind == "tune":
+            sections.append((f"Fair tuning: each algorithm at its best β ({rel})", table(result), [],
+                             result.get("config")))
+        elif kind == "pretrained":
+            figs = plot_pretrained(result, path.parent)
+            sections.append((f"Meta-training on a pretrained start ({rel})", table(result), figs, result.get("config")))
         elif "tasks" in result:
             rows = ["| target | accuracy (%) | 95 % interval |", "|---|---|---|"]
             rows += [f"| {n} | {100 * t['mean_accuracy']:.2f} | ± {100 * t['ci95']:.2f} |" for n, t in result["tasks"].items()]

@@ -105,3 +105,33 @@ def test_k_ablation_and_its_plot(tiny_suite, tiny_config, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["ks"] == [2, 4] and set(result["algorithms"]["cts"]) == {"2", "4"}
     assert (tmp_path / "kab" / "k_ablation.png").exists() and (tmp_path / "kab" / "reptile_k4").is_dir()
+
+
+def test_tune_picks_beta_on_meta_training_tasks_only(tiny_suite, tiny_config, tmp_path, capsys):
+    sets = [a for k, v in tiny_config(tiny_suite).items() if k != "steps" for a in ("--set", f"{k}={v}")]
+    (tmp_path / "c.toml").write_text("")
+    assert main(["experiment", "tune", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "tune"),
+                 "--algos", "cts,reptile", "--betas", "0.01,1", "--steps", "4", "--val-steps", "2", "--val-seeds", "2",
+                 "--val-train-size", "16", "--eval-steps", "2", "--seeds", "2", "--eval-batch-size", "8", "--json",
+                 *sets]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for algo in ("cts", "reptile"):
+        val = result["validation"][algo]
+        assert set(val) == {"0.01", "1"} and result["best"][algo] == max(val, key=val.get)
+    assert set(result["test"]) == {"cts", "reptile", "scratch"}
+    assert "| cts |" in table(result)
+    assert main(["report", str(tmp_path / "tune")]) == 0
+
+
+def test_pretrained_experiment(tiny_suite, tiny_config, tmp_path, capsys):
+    run = run_tiny(tiny_suite, tiny_config, tmp_path / "source", steps=4)
+    assert main(["export", str(run), "--out", str(tmp_path / "phi.safetensors")]) == 0
+    sets = [a for k, v in tiny_config(tiny_suite).items() if k != "steps" for a in ("--set", f"{k}={v}")]
+    (tmp_path / "c.toml").write_text("")
+    capsys.readouterr()
+    assert main(["experiment", "pretrained", "--config", str(tmp_path / "c.toml"), "--init",
+                 str(tmp_path / "phi.safetensors"), "--sizes", "8,16", "--out", str(tmp_path / "pre"), "--steps", "4",
+                 "--eval-steps", "2", "--seeds", "2", "--eval-batch-size", "8", "--json", *sets]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["algorithms"]) == {"finetune", "cts"} and set(result["algorithms"]["cts"]) == {"8", "16"}
+    assert "gain of cts" in table(result) and (tmp_path / "pre" / "pretrained.png").exists()

@@ -44,6 +44,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     kab.add_argument("--ks", default="10,100,1000", help="comma list of K")
     kab.set_defaults(func=run_k_ablation)
 
+    tun = cmds.add_parser("tune", help="fair tuning: each algorithm at its best β, chosen on the meta-training tasks")
+    _common(tun, "cts,reptile,leap")
+    tun.add_argument("--betas", default="0.003,0.01,0.03,0.1,0.3,1", help="meta learning rates to try")
+    tun.add_argument("--val-steps", type=positive_int, default=100, help="fine-tuning steps for validation (100)")
+    tun.add_argument("--val-seeds", type=positive_int, default=2)
+    tun.add_argument("--val-train-size", type=positive_int, default=200,
+                     help="training images per meta-training task when validating (200)")
+    tun.set_defaults(func=run_tune)
+    pre = cmds.add_parser("pretrained", help="CTS on top of a pretrained model vs plain fine-tuning of it")
+    _common(pre, "cts")
+    pre.add_argument("--init", required=True, help="RUN_DIR, FILE.safetensors or torchvision:resnet18")
+    pre.add_argument("--sizes", default="500,1000,2000,5000", help="target training-set sizes")
+    pre.set_defaults(func=run_pretrained)
+
     rep = sub.add_parser("report", help="Markdown + self-contained HTML report of a results folder")
     rep.add_argument("dir")
     rep.set_defaults(func=run_report)
@@ -116,6 +130,37 @@ def run_k_ablation(args: argparse.Namespace) -> int:
     result = k_ablation(cfg, algos, _ints(args.ks, "--ks"), out, settings=_settings(args), device=args.device,
                         log=_log)
     plot_k_ablation(result, out)
+    print_json(result) if args.json else print(table(result))
+    return 0
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from largemeta.experiments import EvalSettings, table, tune
+
+    cfg = _config(args)
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    validation = EvalSettings(args.val_steps, args.val_seeds, args.eval_batch_size, args.val_train_size)
+    result = tune(cfg, algos, _floats(args.betas, "--betas"), output_dir(args.out), validation=validation,
+                  test=_settings(args), device=args.device, log=_log)
+    print_json(result) if args.json else print(table(result))
+    return 0
+
+
+def run_pretrained(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from largemeta.experiments import pretrained, table
+    from largemeta.report import plot_pretrained
+
+    cfg = _config(args)
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    if len(algos) != 1:
+        raise UserError(f"experiment pretrained meta-trains one algorithm, got --algos {args.algos!r}")
+    cfg = dataclasses.replace(cfg, algo=algos[0])
+    out = output_dir(args.out)
+    result = pretrained(cfg, args.init, _ints(args.sizes, "--sizes"), out, settings=_settings(args),
+                        device=args.device, log=_log)
+    plot_pretrained(result, out)
     print_json(result) if args.json else print(table(result))
     return 0
 
