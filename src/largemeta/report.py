@@ -21,23 +21,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 from largemeta.experiments import RESULTS, overall, table  # noqa: E402
 
 
-def plot_convergence(result: dict[str, Any], out: Path) -> list[Path]:
-    milestones = result["milestones"]
+def _accuracy_plot(series: dict[str, tuple[list[int], list[dict[str, Any]]]], xlabel: str, title: str,
+                   path: Path) -> Path:
+    """Accuracy (%) with 95 % intervals over seeds against a log-scaled x, one line per series."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for algo, entry in result["algorithms"].items():
-        stats = [overall(entry["accuracy"][str(m)]) for m in milestones]
-        ax.errorbar(milestones, [100 * s[0] for s in stats], yerr=[100 * s[1] for s in stats], marker="o",
-                    capsize=3, label=algo, linestyle="--" if algo == "scratch" else "-")
+    for name, (xs, results) in series.items():
+        stats = [overall(r) for r in results]
+        ax.errorbar(xs, [100 * s[0] for s in stats], yerr=[100 * s[1] for s in stats], marker="o", capsize=3,
+                    label=name, linestyle="--" if name == "scratch" else "-")
     ax.set_xscale("log")
-    ax.set_xlabel("cumulative inner steps per task")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("meta-test accuracy (%)")
-    ax.set_title("Meta-test accuracy vs. inner steps (95 % interval over seeds)")
+    ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    acc = out / "convergence_accuracy.png"
-    fig.savefig(acc, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
+
+
+def plot_convergence(result: dict[str, Any], out: Path) -> list[Path]:
+    milestones = result["milestones"]
+    series = {a: (milestones, [e["accuracy"][str(m)] for m in milestones]) for a, e in result["algorithms"].items()}
+    acc = _accuracy_plot(series, "cumulative inner steps per task",
+                         "Meta-test accuracy vs. inner steps (95 % interval over seeds)", out / "convergence_accuracy.png")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for algo, entry in result["algorithms"].items():
@@ -59,43 +67,15 @@ def plot_convergence(result: dict[str, Any], out: Path) -> list[Path]:
 
 def plot_k_ablation(result: dict[str, Any], out: Path) -> list[Path]:
     ks = result["ks"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for algo, by_k in result["algorithms"].items():
-        stats = [overall(by_k[str(k)]) for k in ks]
-        ax.errorbar(ks, [100 * s[0] for s in stats], yerr=[100 * s[1] for s in stats], marker="o", capsize=3,
-                    label=algo)
-    ax.set_xscale("log")
-    ax.set_xlabel("K (inner steps per trajectory)")
-    ax.set_ylabel("meta-test accuracy (%)")
-    ax.set_title("Meta-test accuracy vs. K")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "k_ablation.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    series = {a: (ks, [by_k[str(k)] for k in ks]) for a, by_k in result["algorithms"].items()}
+    return [_accuracy_plot(series, "K (inner steps per trajectory)", "Meta-test accuracy vs. K", out / "k_ablation.png")]
 
 
 def plot_pretrained(result: dict[str, Any], out: Path) -> list[Path]:
     sizes = result["sizes"]
-    names = list(result["algorithms"])
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for name in names:
-        stats = [overall(result["algorithms"][name][str(n)]) for n in sizes]
-        ax.errorbar(sizes, [100 * s[0] for s in stats], yerr=[100 * s[1] for s in stats], marker="o", capsize=3,
-                    label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("training images per target")
-    ax.set_ylabel("meta-test accuracy (%)")
-    ax.set_title(f"Meta-training on top of {result['init']} vs. plain fine-tuning")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "pretrained.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    series = {n: (sizes, [by[str(k)] for k in sizes]) for n, by in result["algorithms"].items()}
+    return [_accuracy_plot(series, "training images per target",
+                           f"Meta-training on top of {result['init']} vs. plain fine-tuning", out / "pretrained.png")]
 
 
 def environment() -> dict[str, str]:

@@ -28,6 +28,22 @@ def cli(args, nproc=1, timeout=240):
     return out
 
 
+def spawn_ranks(args, stdout=subprocess.PIPE):
+    """Both ranks of a 2-rank gloo run started by hand (not torchrun, which would stop the survivor itself)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "LARGEMETA_COLLECTIVE_TIMEOUT": "20"}
+        procs.append(subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
 def sets(cfg):
     return [a for k, v in cfg.items() if k != "steps" for a in ("--set", f"{k}={v}")]
 
@@ -68,21 +84,11 @@ def test_two_rank_run_resumes_on_one_rank(tiny_suite, tiny_config, tmp_path):
 
 def test_survivor_exits_with_a_clear_message_when_a_rank_dies(tiny_suite, tiny_config, tmp_path):
     import signal
-    import socket
     import time
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cfg = tiny_config(tiny_suite, log_every=2, checkpoint_every=1000)
-    args = [sys.executable, "-m", "largemeta", "train", "--out", str(tmp_path / "run"), "--steps", "100000",
-            *sets(cfg)]
-    procs = []
-    for rank in (0, 1):
-        env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "LARGEMETA_COLLECTIVE_TIMEOUT": "20"}
-        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs = spawn_ranks([sys.executable, "-m", "largemeta", "train", "--out", str(tmp_path / "run"), "--steps",
+                         "100000", *sets(cfg)])
     try:
         metrics = tmp_path / "run" / "metrics.jsonl"
         deadline = time.time() + 120
@@ -109,21 +115,12 @@ def test_run_with_a_killed_rank_resumes_on_two_ranks_and_on_one(tiny_suite, tiny
     and ends with the φ of an uninterrupted run."""
     import shutil
     import signal
-    import socket
     import time
 
     cfg = tiny_config(tiny_suite, log_every=2, checkpoint_every=4)
     cli(["train", "--out", str(tmp_path / "straight"), "--steps", "40", *sets(cfg)])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = [sys.executable, "-m", "largemeta", "train", "--out", str(tmp_path / "run"), "--steps", "40", *sets(cfg)]
-    procs = []
-    for rank in (0, 1):
-        env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "LARGEMETA_COLLECTIVE_TIMEOUT": "20"}
-        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    procs = spawn_ranks([sys.executable, "-m", "largemeta", "train", "--out", str(tmp_path / "run"), "--steps", "40",
+                         *sets(cfg)], stdout=subprocess.DEVNULL)
     try:
         ckpt = tmp_path / "run" / "checkpoint.pt"
         deadline = time.time() + 120
