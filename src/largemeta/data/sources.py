@@ -67,7 +67,8 @@ def _run_client(argv: Sequence[str], cwd: Path) -> None:
         raise SourceUnavailable(f"{argv[0]} timed out after {_CLIENT_TIMEOUT_S} s") from None
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        raise SourceUnavailable(f"{' '.join(argv[:2])} failed: {lines[-1] if lines else proc.returncode}")
+        hint = " (run 'apt-get update' once: it needs package lists)" if argv[0] == "apt-get" else ""
+        raise SourceUnavailable(f"{' '.join(argv[:2])} failed: {lines[-1] if lines else proc.returncode}{hint}")
 
 
 def _move_durably(src: Path, dst: Path) -> None:
