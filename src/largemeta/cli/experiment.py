@@ -184,8 +184,6 @@ DEMO_ALGOS = ("cts", "reptile", "leap", "scratch")
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from largemeta.data.datasets import fetch_dataset
     from largemeta.data.tasks import load_suite
     from largemeta.experiments import EvalSettings, convergence, overall, table

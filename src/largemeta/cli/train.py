@@ -47,22 +47,14 @@ def overrides(args: argparse.Namespace) -> dict:
 
 def run_train(args: argparse.Namespace) -> int:
     from largemeta.train.config import from_mapping, load_config
-    from largemeta.train.trainer import CONFIG, Trainer
+    from largemeta.train.trainer import Trainer, read_run_config
 
     if args.resume and args.out and Path(args.out) != Path(args.resume):
         raise UserError("--resume continues RUN_DIR in place; drop --out or make it the same folder")
     if not args.resume and not args.out:
         raise UserError("train needs --out RUN_DIR (a new folder) or --resume RUN_DIR")
     if args.resume:
-        import json
-
-        cfg_file = Path(args.resume) / CONFIG
-        if not cfg_file.is_file():
-            raise UserError(f"--resume {args.resume!r}: no {CONFIG} there (not a run folder)")
-        try:
-            saved = json.loads(cfg_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"--resume {args.resume!r}: {CONFIG} is corrupt") from None
+        saved = read_run_config(Path(args.resume))
         base = load_config(args.config) if args.config else from_mapping(saved)
         cfg = from_mapping(overrides(args), base)
     else:

@@ -79,6 +79,16 @@ def algorithm(name: str, k: int, meta_every: int = 1, **meta_kwargs: Any) -> tup
     return make_meta_gradient(grad_name, **meta_kwargs), schedule
 
 
+def mean_over_all_tasks(total: Tensor, count: int, group: Any = None) -> Tensor:
+    """Σ_t over this process's ``count`` tasks (flattened ``total``) → the mean over every task of every rank,
+    with one all-reduce of the sum and the task count together (ranks may hold different numbers of tasks)."""
+    # new_full is a device-side fill, not a host-to-device copy, so a CUDA graph can capture it.
+    flat = torch.cat([total, total.new_full((1,), float(count))])
+    if group is not None:
+        dist.all_reduce(flat, group=group)
+    return flat[:-1] / flat[-1]
+
+
 def loop_executor(learner: MetaLearner) -> Tensor:
     """The plain loop: one :meth:`MetaLearner.task_inner_step` per task, in order."""
     return torch.stack([learner.task_inner_step(t) for t in range(len(learner.tasks))])
@@ -228,12 +238,7 @@ class MetaLearner:
             g = self.meta_gradient.task_gradient(t, self.phi, self.params[t], task)
             flat = torch.cat([g[k].reshape(-1) for k in keys])
             total = flat if total is None else total + flat
-        # new_full is a device-side fill, not a host-to-device copy, so a CUDA graph can capture it.
-        count = total.new_full((1,), float(len(self.tasks)))
-        flat = torch.cat([total, count])
-        if self.group is not None:
-            dist.all_reduce(flat, group=self.group)  # one flattened all-reduce: Σ_t g_t and the task count
-        return unflatten(flat[:-1] / flat[-1], self.phi)
+        return unflatten(mean_over_all_tasks(total, len(self.tasks), self.group), self.phi)
 
     def meta_update(self) -> Params:
         """Step φ with the current meta-gradient; with CTS shift every task by φ' − φ. Returns φ' − φ."""

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from largemeta.core.params import Params, clone, zeros_like
-from largemeta.errors import UserError, check_positive, choice_error
+from largemeta.errors import check_positive, choice_error
 
 
 class Task(Protocol):

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from largemeta.core.engine import mean_over_all_tasks
 from largemeta.core.inner import InnerOptimizer
 from largemeta.core.metagrad import Task
 from largemeta.core.params import Params, clone, unflatten
@@ -47,10 +47,8 @@ class JointLearner:
             torch._foreach_add_(total, list(grads[: len(keys)]))
             self.inner.step(list(head.values()), list(grads[len(keys):]), state)
             losses.append(loss.detach())
-        flat = torch.cat([g.reshape(-1) for g in total] + [total[0].new_tensor([float(len(self.tasks))])])
-        if self.group is not None:
-            dist.all_reduce(flat, group=self.group)
-        mean = unflatten(flat[:-1] / flat[-1], self.phi)
+        flat = torch.cat([g.reshape(-1) for g in total])
+        mean = unflatten(mean_over_all_tasks(flat, len(self.tasks), self.group), self.phi)
         self.inner.step(list(self.phi.values()), list(mean.values()), self.body_state)
         self.step += 1
         return torch.stack(losses)

@@ -80,6 +80,17 @@ class TaskSampler:
             self.query.load_state_dict(state["query"])
 
 
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The resolved config a run folder was started with (``config.json``)."""
+    config_file = Path(run_dir) / CONFIG
+    if not config_file.is_file():
+        raise UserError(f"--resume {str(run_dir)!r}: no {CONFIG} there (not a run folder)")
+    try:
+        return json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"--resume {str(run_dir)!r}: {CONFIG} is corrupt") from None
+
+
 def resolve_device(name: str, rank: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -194,13 +205,7 @@ class Trainer:
     def _prepare_run_dir(self, resume: bool) -> dict[str, Any] | None:
         path = self.run_dir / CHECKPOINT
         if resume:
-            config_file = self.run_dir / CONFIG
-            if not config_file.is_file():
-                raise UserError(f"--resume {str(self.run_dir)!r}: no {CONFIG} there (not a run folder)")
-            try:
-                saved_cfg = json.loads(config_file.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise UserError(f"--resume {str(self.run_dir)!r}: {CONFIG} is corrupt") from None
+            saved_cfg = read_run_config(self.run_dir)
             differing = diff(saved_cfg, self.cfg)
             if differing:
                 pairs = ", ".join(f"{k}: {saved_cfg.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in differing)
