@@ -38,7 +38,7 @@ import torch
 from largemeta.core import SGD, MetaLearner, Reptile, Schedule
 from largemeta.execution import CudaGraphMetaStep, make_executor
 from largemeta.models import create_model, split_state
-from largemeta.models.synthetic import RandomImageSampler
+from largemeta.testing import RandomImageSampler
 from largemeta.models.task import ImageTask
 
 SIZES = {

@@ -5,8 +5,8 @@ Wrap your model(s) the way DDP or an EMA helper wraps them; your loop stays
 Meta-Learning with Continual Trajectory Shifting", ICML 2021, §2): its *shared* parameters are meta-learned
 into φ, the rest (the head) stays the task's own. One task per process under ``torchrun`` (the paper's
 setup), several models in one process, or both. The updates are those of
-:class:`largemeta.core.MetaLearner`, which this class drives over your live parameters — the same engine as
-the CLI, not a copy.
+:class:`largemeta.core.MetaController`, which this class drives over your live parameters — the same controller
+the CLI's engine uses, not a copy.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from largemeta.core.engine import MetaLearner, Schedule
-from largemeta.core.inner import SGD
-from largemeta.core.metagrad import Reptile
-from largemeta.core.params import Params, flatten, unflatten
+from largemeta.core.algorithms import ALGORITHMS
+from largemeta.core.controller import MetaController
+from largemeta.core.params import Params, clone, flatten, unflatten
 from largemeta.errors import UserError, check_positive, choice_error
 
 SharedRule = Callable[[str, nn.Parameter], bool]
-ALGORITHMS = ("cts", "reptile")  # Reptile-based: its meta-gradient φ − θ_t needs nothing from the user's loop
+DROP_IN_ALGORITHMS = tuple(a for a in ALGORITHMS if ALGORITHMS.get(a).drop_in)
+"""Algorithms whose meta-gradient needs nothing from the user's loop but φ and θ_t (Reptile-based)."""
 
 
 def head_names(model: nn.Module) -> set[str]:
@@ -69,15 +69,6 @@ def _rank0_shapes(mine: Shapes, group: Any) -> Shapes:
     return everyone[0]
 
 
-class _UserLoopTask:
-    """Placeholder task: the user's loop takes the inner steps, so the engine never asks for a loss."""
-
-    def train_loss(self, params: Params) -> Tensor:
-        raise RuntimeError("inner steps are taken by the user's loop, not by the engine")
-
-    query_loss = train_loss
-
-
 class ContinualTrajectoryShifting:
     """CTS (or plain Reptile) over models trained by your own loop; call :meth:`step` after ``opt.step()``.
 
@@ -97,8 +88,9 @@ class ContinualTrajectoryShifting:
         meta_lr: β of the default meta optimizer (paper: 0.01).
         k: horizon K: inner steps before every trajectory restarts from φ (paper: 1000).
         meta_every: inner steps between meta-updates for ``cts`` (paper: 1); ``reptile`` uses K.
-        algorithm: ``"cts"`` (CTS on Reptile, the paper's headline) or ``"reptile"`` (one meta-update per K
-            steps, no shift). FOMAML/Leap need losses and gradients from inside the loop: use the CLI engine.
+        algorithm: ``"cts"`` (CTS on Reptile, the paper's headline), ``"reptile"`` (one meta-update per K
+            steps, no shift), or any other name of :data:`DROP_IN_ALGORITHMS`. FOMAML/Leap need losses and
+            gradients from inside the loop: use the CLI engine.
         process_group: the group whose ranks hold the other tasks; ``None`` means the default group when
             ``torch.distributed`` is initialized with more than one process, else no communication.
         inner_optimizers: your ``torch.optim`` optimizers, needed only for ``reset_inner_state``.
@@ -134,16 +126,17 @@ class ContinualTrajectoryShifting:
         self.models = [models] if isinstance(models, nn.Module) else list(models)
         if not self.models:
             raise UserError("ContinualTrajectoryShifting needs at least one model")
-        if algorithm not in ALGORITHMS:
-            raise choice_error("drop-in algorithm", algorithm, ALGORITHMS)
+        if algorithm not in DROP_IN_ALGORITHMS:
+            raise choice_error("drop-in algorithm", algorithm, DROP_IN_ALGORITHMS)
         check_positive("k (inner steps per trajectory)", k, integer=True)
         if isinstance(meta_optimizer, torch.optim.Optimizer):
             raise UserError("meta_optimizer must be a factory: functools.partial(torch.optim.SGD, lr=0.01)")
         if reset_inner_state and inner_optimizers is None:
             raise UserError("reset_inner_state=True needs inner_optimizers= (the optimizers to reset)")
-        if algorithm == "reptile" and meta_every != 1:
-            raise UserError("meta_every applies to algorithm='cts'; plain Reptile meta-updates every k steps")
-        schedule = Schedule.cts(k, meta_every) if algorithm == "cts" else Schedule.plain(k)
+        spec = ALGORITHMS.get(algorithm)
+        if not spec.cts and meta_every != 1:
+            raise UserError(f"meta_every applies to CTS algorithms; {algorithm} meta-updates every k steps")
+        meta_gradient, schedule = spec.build(k, meta_every)
         if process_group is None and dist.is_available() and dist.is_initialized():
             process_group = dist.group.WORLD if dist.get_world_size() > 1 else None
         self.process_group = process_group
@@ -166,15 +159,14 @@ class ContinualTrajectoryShifting:
             dist.broadcast(flat, src=dist.get_global_rank(process_group, 0), group=process_group)
             phi = {n: v.clone() for n, v in unflatten(flat, phi).items()}
         outer = meta_optimizer(list(phi.values())) if meta_optimizer else None
-        self.engine = MetaLearner(  # resets every model's shared parameters to φ
-            # SGD(1.0) is a placeholder: the user's optimizers take the inner steps, the engine never does
-            phi, [_UserLoopTask() for _ in self.models], SGD(1.0), Reptile(), schedule,
-            outer=outer, meta_lr=meta_lr, group=process_group, params=live,
-        )
+        self.controller = MetaController(phi, meta_gradient, schedule, outer=outer, meta_lr=meta_lr,
+                                         group=process_group)
+        self._live = live
+        self.controller.begin(live)  # every model's shared parameters start at φ
         self.reset_inner_state = reset_inner_state
-        self.engine.on_restart.append(self._on_restart)
+        self.controller.on_restart.append(self._on_restart)
 
-    def _on_restart(self, engine: MetaLearner) -> None:
+    def _on_restart(self, controller: MetaController) -> None:
         if self.reset_inner_state:
             for opt in self.inner_optimizers:
                 opt.state.clear()  # the next step starts from zero buffers, as a freshly created optimizer
@@ -185,17 +177,17 @@ class ContinualTrajectoryShifting:
         Then, when the schedule asks, the meta-update of φ and the CTS shift of every model, and every
         ``k`` steps the restart of every model's shared parameters from φ.
         """
-        self.engine.advance()
+        self.controller.advance(self._live)
 
     @property
     def phi(self) -> Params:
         """φ, the meta-learned shared parameters (live tensors: read, do not modify)."""
-        return self.engine.phi
+        return self.controller.phi
 
     @property
     def steps(self) -> int:
         """Inner steps counted so far."""
-        return self.engine.step
+        return self.controller.step
 
     def export_state_dict(self, model: int = 0) -> dict[str, Tensor]:
         """``models[model].state_dict()`` with φ in the shared parameters: load it to start a new task."""
@@ -207,12 +199,12 @@ class ContinualTrajectoryShifting:
 
     def state_dict(self) -> dict[str, Any]:
         """Step, φ, the meta optimizer and this process's task parameters; save your optimizers beside it."""
-        state = self.engine.state_dict()
-        del state["inner_states"]  # the engine's unused placeholder; the user's optimizers hold the real ones
-        return state
+        return {**self.controller.state_dict(len(self._live)), "params": [clone(p) for p in self._live]}
 
+    @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (the models' parameters included, in place)."""
-        full = {**state, "inner_states": [self.engine.inner.init([]) for _ in self.models]}
-        self.engine.load_state_dict(full)
-
+        self.controller.load_state_dict(state)
+        for mine, saved in zip(self._live, state["params"], strict=True):
+            for k, v in saved.items():
+                mine[k].copy_(v)

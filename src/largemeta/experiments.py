@@ -1,6 +1,6 @@
 """The paper's experiments as functions: meta-test accuracy against cumulative inner steps (convergence),
 against the horizon K (k-ablation). Each algorithm trains once, resuming exactly from milestone to milestone;
-φ is evaluated at every milestone with the meta-test protocol (:mod:`largemeta.evaluate`). Everything lands in
+φ is evaluated at every milestone with the meta-test protocol (:mod:`largemeta.metatest`). Everything lands in
 ``out/results.json`` plus one run folder per algorithm (usable as ``--init``); plots and reports read the JSON.
 """
 
@@ -15,9 +15,12 @@ from typing import Any
 
 from largemeta.data.tasks import TaskSpec, load_suite
 from largemeta.errors import UserError
-from largemeta.evaluate import Init, evaluate, load_init
+from largemeta.metatest import Init, load_init, meta_test, scratch
+from largemeta.runs import CHECKPOINT, METRICS
+from largemeta.stats import ci95
+from largemeta.train.build import select_tasks
 from largemeta.train.config import TRAIN_ALGORITHMS, TrainConfig
-from largemeta.train.trainer import METRICS, Trainer
+from largemeta.train.trainer import Trainer
 
 RESULTS = "results.json"
 
@@ -50,7 +53,7 @@ def milestones_of(steps: int, fractions: Sequence[float]) -> list[int]:
 
 
 def _train_to(cfg: TrainConfig, run_dir: Path, steps: int) -> None:
-    resume = (run_dir / "checkpoint.pt").exists()
+    resume = (run_dir / CHECKPOINT).exists()
     trainer = Trainer(dataclasses.replace(cfg, steps=steps), run_dir, resume=resume, progress=False)
     try:
         trainer.run()
@@ -80,14 +83,13 @@ def convergence(cfg: TrainConfig, algos: Sequence[str], out: Path, *, fractions:
     channels = specs[0].channels
 
     def ev(init: Init) -> dict[str, Any]:
-        return evaluate(init, specs, steps=settings.steps, seeds=settings.seeds, batch_size=settings.batch_size,
+        return meta_test(init, specs, steps=settings.steps, seeds=settings.seeds, batch_size=settings.batch_size,
                         train_size=settings.train_size, device=device, data_dir=cfg.data_dir or None)
 
     for algo in algos:
         started = time.perf_counter()
         if algo == "scratch":
-            kwargs = {"in_channels": channels, **({"width": cfg.width} if cfg.model in ("convnet", "resnet20") else {})}
-            r = ev(Init("scratch", cfg.model, kwargs, None))
+            r = ev(scratch(cfg.model, channels, cfg.width))
             entry = {"accuracy": {str(m): r for m in milestones}, "loss": []}
         else:
             run_dir = out / algo
@@ -118,7 +120,7 @@ def k_ablation(cfg: TrainConfig, algos: Sequence[str], ks: Sequence[int], out: P
             run_dir = out / f"{algo}_k{k}"
             log(f"{algo}, K = {k}")
             _train_to(dataclasses.replace(cfg, algo=algo, k=k, meta_every=min(cfg.meta_every, k)), run_dir, cfg.steps)
-            r = evaluate(load_init(str(run_dir)), specs, steps=settings.steps, seeds=settings.seeds,
+            r = meta_test(load_init(str(run_dir)), specs, steps=settings.steps, seeds=settings.seeds,
                          batch_size=settings.batch_size, train_size=settings.train_size, device=device,
                          data_dir=cfg.data_dir or None)
             result["algorithms"][algo][str(k)] = r
@@ -165,8 +167,6 @@ def table(result: dict[str, Any]) -> str:
 
 def overall(r: dict[str, Any]) -> tuple[float, float]:
     """Target-averaged accuracy and its 95 % interval over seeds (each seed's accuracy averaged over targets)."""
-    from largemeta.evaluate import ci95
-
     per_seed = [sum(vals) / len(vals) for vals in zip(*(t["per_seed"] for t in r["tasks"].values()))]
     return r["mean_accuracy"], ci95(per_seed)
 
@@ -190,8 +190,6 @@ def tune(cfg: TrainConfig, algos: Sequence[str], betas: Sequence[float], out: Pa
     if not betas or min(betas) <= 0:
         raise UserError(f"--betas must be positive numbers, got {list(betas)}")
     out.mkdir(parents=True, exist_ok=True)
-    from largemeta.train.trainer import select_tasks
-
     val_specs = select_tasks(load_suite(cfg.suite).meta_train, cfg.tasks)
     test_specs = targets_of(cfg, test.targets)
     result: dict[str, Any] = {"experiment": "tune", "config": cfg.to_dict(), "betas": list(betas),
@@ -199,7 +197,7 @@ def tune(cfg: TrainConfig, algos: Sequence[str], betas: Sequence[float], out: Pa
                               "validation": {}, "best": {}, "test": {}}
 
     def ev(init: Init, specs: list[TaskSpec], s: EvalSettings) -> dict[str, Any]:
-        return evaluate(init, specs, steps=s.steps, seeds=s.seeds, batch_size=s.batch_size, train_size=s.train_size,
+        return meta_test(init, specs, steps=s.steps, seeds=s.seeds, batch_size=s.batch_size, train_size=s.train_size,
                         device=device, data_dir=cfg.data_dir or None)
 
     for algo in algos:
@@ -214,8 +212,7 @@ def tune(cfg: TrainConfig, algos: Sequence[str], betas: Sequence[float], out: Pa
         log(f"{algo}: best β = {best} (validation {100 * scores[best]:.2f} %)")
         result["test"][algo] = ev(load_init(str(out / f"{algo}_beta{best}")), test_specs, test)
         (out / RESULTS).write_text(json.dumps(result, indent=1) + "\n")
-    kwargs = {"in_channels": test_specs[0].channels, **({"width": cfg.width} if cfg.model in ("convnet", "resnet20") else {})}
-    result["test"]["scratch"] = ev(Init("scratch", cfg.model, kwargs, None), test_specs, test)
+    result["test"]["scratch"] = ev(scratch(cfg.model, test_specs[0].channels, cfg.width), test_specs, test)
     (out / RESULTS).write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -239,7 +236,7 @@ def pretrained(cfg: TrainConfig, init: str, sizes: Sequence[int], out: Path, *, 
         result["algorithms"][name] = {}
         for n in sizes:
             log(f"{name}, {n} training images per target")
-            result["algorithms"][name][str(n)] = evaluate(
+            result["algorithms"][name][str(n)] = meta_test(
                 start, specs, steps=settings.steps, seeds=settings.seeds, batch_size=settings.batch_size,
                 train_size=n, device=device, data_dir=cfg.data_dir or None)
         (out / RESULTS).write_text(json.dumps(result, indent=1) + "\n")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from largemeta.core import (
-    FOMAML, IMAML, SGD, Leap, MetaLearner, Reptile, Schedule, ShiftErrorProbe, algorithm, conjugate_gradient,
+    ALGORITHMS, FOMAML, IMAML, SGD, Leap, MetaLearner, Reptile, Schedule, ShiftErrorProbe, conjugate_gradient,
 )
 from largemeta.errors import UserError
 
@@ -62,7 +62,7 @@ def test_cts_with_meta_every_k_equals_plain(grad, reset):
     def make(schedule):
         phi = phi_of(1.0, -2.0)
         tasks = [Quadratic(torch.tensor([1.0, 0.5], dtype=D), 0.3), Quadratic(torch.tensor([2.0, 1.5], dtype=D), -1.0)]
-        mg, _ = algorithm(grad, 5)
+        mg, _ = ALGORITHMS.get(grad).build(5)
         return phi, MetaLearner(phi, tasks, SGD(0.1, momentum=0.9), mg, schedule, meta_lr=0.3,
                                 reset_inner_state=reset)
 
@@ -206,5 +206,5 @@ def test_schedule_rejects_bad_values():
                 dict(k=-3, meta_every=1, shift=False)):
         with pytest.raises(UserError):
             Schedule(**bad)
-    with pytest.raises(UserError, match=r"unknown algorithm 'maml' \(valid: cts, cts-reptile"):
-        algorithm("maml", 5)
+    with pytest.raises(UserError, match=r"unknown algorithm 'maml' \(valid: cts, cts-fomaml, cts-fomaml-official"):
+        ALGORITHMS.get("maml")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from largemeta.core.inner import SGD, Adam, make_inner_optimizer
+from largemeta.core.inner import INNER_OPTIMIZERS, SGD, Adam
 from largemeta.errors import UserError
 
 CASES = [
@@ -53,7 +53,7 @@ def test_state_is_per_task_and_resettable():
 
 @pytest.mark.parametrize("bad", [
     lambda: SGD(0.0), lambda: SGD(-1.0), lambda: SGD(0.1, momentum=1.5), lambda: Adam(float("nan")),
-    lambda: SGD(0.1, nesterov=True), lambda: make_inner_optimizer("rmsprop", 0.1),
+    lambda: SGD(0.1, nesterov=True), lambda: INNER_OPTIMIZERS.create("rmsprop", lr=0.1),
 ])
 def test_bad_hyperparameters(bad):
     with pytest.raises(UserError) as err:
@@ -62,5 +62,5 @@ def test_bad_hyperparameters(bad):
 
 
 def test_unknown_optimizer_lists_valid_names():
-    with pytest.raises(UserError, match=r"unknown inner optimizer 'rmsprop' \(valid: sgd, sgdm, nesterov, adam\)"):
-        make_inner_optimizer("rmsprop", 0.1)
+    with pytest.raises(UserError, match=r"unknown inner optimizer 'rmsprop' \(valid: adam, nesterov, sgd, sgdm\)"):
+        INNER_OPTIMIZERS.create("rmsprop", lr=0.1)

@@ -17,7 +17,7 @@ import largemeta
 PROBE = r"""
 import json, os, sys
 import torch
-from largemeta.core import SGD, MetaLearner, algorithm
+from largemeta.core import ALGORITHMS, SGD, MetaLearner
 
 torch.set_num_threads(1)
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -35,11 +35,11 @@ class Regression:
     query_loss = train_loss
 
 def growth(name, k):
-    mg, schedule = algorithm(name, k)
+    mg, schedule = ALGORITHMS.get(name).build(k)
     learner = MetaLearner({"w": torch.zeros(512, 512)}, [Regression(), Regression()], SGD(0.01, momentum=0.9),
                           mg, schedule)
     start, peak = rss(), [0]
-    learner.on_step.append(lambda _: peak.append(rss() - start))
+    learner.controller.on_step.append(lambda _: peak.append(rss() - start))
     learner.run(k)
     return max(peak)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from model_helpers import image_problem
+from largemeta.testing import image_problem
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import torch
 
 from largemeta.core import FOMAML, SGD, MetaLearner, Reptile, Schedule, ShiftErrorProbe
 from largemeta.core.params import clone
-from largemeta.models.synthetic import RandomImageSampler
+from largemeta.testing import RandomImageSampler
 from largemeta.models.task import ImageTask, Sampler
 
-from model_helpers import image_problem, make_learner
+from largemeta.testing import image_problem, make_learner
 
 
 def test_sampler_protocol_and_state_replays_batches():

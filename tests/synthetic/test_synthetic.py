@@ -91,7 +91,7 @@ def test_compare_writes_figures_and_shift_error(capsys, tmp_path):
     (["synthetic", "compare", "--k", "80", "--inner", "sgd", "--inner-lr", "-0.1"], "--inner-lr: '-0.1' is out of range"),
     (["synthetic", "compare", "--k", "80", "--inner", "rmsprop"], "invalid choice: 'rmsprop'"),
     (["synthetic", "compare", "--k", "80", "--inner", "sgd", "--algos", "maml"],
-     "unknown algorithm 'maml' (valid: reptile, cts, fomaml, cts-fomaml)"),
+     "unknown algorithm 'maml' (valid: cts, cts-fomaml, cts-fomaml-official, cts-reptile, fomaml, reptile)"),
     (["synthetic", "flow", "--k", "5", "--env", "/nonexistent/env.npz"], "'/nonexistent/env.npz' does not exist"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, argv, needle):

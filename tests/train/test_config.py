@@ -23,12 +23,13 @@ def test_defaults_validate_and_shipped_configs_load():
     ({"batch_size": -8}, "config key 'batch_size' out of range"),
     ({"inner_lr": 0}, "config key 'inner_lr' out of range"),
     ({"meta_lr": float("nan")}, "config key 'meta_lr' out of range"),
-    ({"algo": "maml"}, "unknown algorithm 'maml' (valid: cts, cts-reptile, reptile"),
+    ({"algo": "maml"}, "unknown algorithm 'maml' (valid: cts, cts-fomaml, cts-fomaml-official, cts-leap"),
     ({"inner_optimizer": "rmsprop"}, "unknown inner optimizer 'rmsprop'"),
     ({"reset_inner_state": "yes"}, "config key 'reset_inner_state' must be true or false"),
     ({"meta_every": 5, "k": 2}, "1 <= meta_every <= k=2"),
     ({"algo": "single"}, "algo 'single' trains on one task"),
     ({"device": "tpu"}, "config key 'device' must be cpu, cuda, cuda:N or auto"),
+    ({"algo": "multitask", "executor": "batched"}, "joint training (algo 'multitask') runs the plain loop"),
 ])
 def test_bad_values(values, needle):
     with pytest.raises(UserError) as err:

@@ -49,12 +49,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from largemeta.data.tasks import TaskSpec, load_suite
-    from largemeta.evaluate import evaluate, load_init
-    from largemeta.train.trainer import resolve_device
+    from largemeta.metatest import load_init, meta_test
+    from largemeta.train.build import resolve_device
 
     sizes = parse_sizes(args.train_size)
     init = load_init(args.init, model=args.model, width=args.width, channels=args.channels or 1)
-    channels = args.channels or init.model_kwargs["in_channels"]
+    channels = args.channels or init.in_channels
     if args.suite:
         specs = list(load_suite(args.suite).meta_test)
         if not specs:
@@ -70,7 +70,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"targets {bad} have {specs[0].channels} channels, the init's model takes {channels}")
     device = resolve_device(args.device, 0)
     out = output_dir(args.out)
-    runs = {n: evaluate(init, specs, steps=args.steps, seeds=args.seeds, batch_size=args.batch_size,
+    runs = {n: meta_test(init, specs, steps=args.steps, seeds=args.seeds, batch_size=args.batch_size,
                         train_size=n, device=device, data_dir=args.data_dir) for n in sizes}
     result = runs[None] if sizes == [None] else {"init": init.name, "by_train_size": {str(n): r for n, r in runs.items()}}
     if out is not None:

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="TOML config (see configs/); flags below override it")
     p.add_argument("--out", help="run folder (new) — required unless --resume")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
-    p.add_argument("--algo", help="cts, reptile, fomaml, cts-fomaml, leap, cts-leap, imaml, multitask, single")
+    p.add_argument("--algo", help="an algorithm of 'largemeta algorithms' (cts, reptile, leap, ...)")
     p.add_argument("--steps", type=int, help="cumulative inner steps per task")
     p.add_argument("--k", type=int, help="inner steps per trajectory")
     p.add_argument("--seed", type=int)
@@ -47,14 +47,15 @@ def overrides(args: argparse.Namespace) -> dict:
 
 def run_train(args: argparse.Namespace) -> int:
     from largemeta.train.config import from_mapping, load_config
-    from largemeta.train.trainer import Trainer, read_run_config
+    from largemeta.runs import read_config
+    from largemeta.train.trainer import Trainer
 
     if args.resume and args.out and Path(args.out) != Path(args.resume):
         raise UserError("--resume continues RUN_DIR in place; drop --out or make it the same folder")
     if not args.resume and not args.out:
         raise UserError("train needs --out RUN_DIR (a new folder) or --resume RUN_DIR")
     if args.resume:
-        saved = read_run_config(Path(args.resume))
+        saved = read_config(Path(args.resume))
         base = load_config(args.config) if args.config else from_mapping(saved)
         cfg = from_mapping(overrides(args), base)
     else:

@@ -19,6 +19,7 @@ import torch
 
 from largemeta.core.engine import MetaLearner
 from largemeta.core.params import clone, norm
+from largemeta.core.runner import inner_step
 
 
 class ShiftErrorProbe:
@@ -36,13 +37,13 @@ class ShiftErrorProbe:
         self.at = sorted(set(at)) if at is not None else sorted({min(2**i, k) for i in range(k.bit_length() + 1)})
         self.records: list[dict[str, float]] = []
         self._snapshot()
-        learner.on_restart.append(lambda _: self._snapshot())
-        learner.on_step.append(lambda _: self._maybe_measure())
+        learner.controller.on_restart.append(lambda _: self._snapshot())
+        learner.controller.on_step.append(lambda _: self._maybe_measure())
 
     def _snapshot(self) -> None:
         lr, t = self.learner, self.task
         self._private = {k: v.detach().clone() for k, v in lr.params[t].items() if k not in lr.phi}
-        self._inner_state = copy.deepcopy(lr.inner_states[t])
+        self._inner_state = copy.deepcopy(lr.runner.inner_states[t])
         task = lr.tasks[t]
         self._task_state = copy.deepcopy(task.state_dict()) if hasattr(task, "state_dict") else None
         self._restart_step = lr.step
@@ -62,13 +63,9 @@ class ShiftErrorProbe:
             task.load_state_dict(copy.deepcopy(self._task_state))
         params = {k_: v.requires_grad_(True) for k_, v in {**clone(lr.phi), **clone(self._private)}.items()}
         state = copy.deepcopy(self._inner_state)
-        names = list(params)
         try:
             for _ in range(k):
-                loss = task.train_loss(params)
-                reg = lr.meta_gradient.regularizer(lr.phi, {n: params[n] for n in lr.phi})
-                grads = torch.autograd.grad(loss if reg is None else loss + reg, [params[n] for n in names])
-                lr.inner.step([params[n] for n in names], list(grads), state)
+                inner_step(task, params, lr.runner.inner, state, lr.runner.regularizer, lr.phi)
         finally:
             if saved is not None:
                 task.load_state_dict(saved)

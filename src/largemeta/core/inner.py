@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from largemeta.errors import UserError, check_positive, choice_error
+from largemeta.errors import UserError, check_positive
+from largemeta.registry import Registry
 
 State = dict[str, Any]
 
@@ -103,19 +104,30 @@ class Adam:
 
 InnerOptimizer = SGD | Adam
 
-INNER_OPTIMIZERS = ("sgd", "sgdm", "nesterov", "adam")
+INNER_OPTIMIZERS: Registry[type] = Registry("inner optimizer")
+"""Inner optimizers by name; ``INNER_OPTIMIZERS.create(name, lr=..., momentum=..., weight_decay=...)`` passes the
+options each one takes (``sgd`` has no momentum, ``adam`` none either)."""
 
 
-def make_inner_optimizer(
-    name: str, lr: float, *, momentum: float = 0.9, weight_decay: float = 0.0
-) -> InnerOptimizer:
-    """Build an inner optimizer by name: ``sgd`` (no momentum), ``sgdm`` (momentum), ``nesterov``, ``adam``."""
-    if name == "sgd":
-        return SGD(lr, weight_decay=weight_decay)
-    if name == "sgdm":
-        return SGD(lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "nesterov":
-        return SGD(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
-    if name == "adam":
-        return Adam(lr, weight_decay=weight_decay)
-    raise choice_error("inner optimizer", name, INNER_OPTIMIZERS)
+@INNER_OPTIMIZERS.register("sgd")
+def _sgd(lr: float, weight_decay: float = 0.0) -> SGD:
+    """Plain SGD (no momentum)."""
+    return SGD(lr, weight_decay=weight_decay)
+
+
+@INNER_OPTIMIZERS.register("sgdm")
+def _sgdm(lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> SGD:
+    """SGD with heavy-ball momentum (the paper's)."""
+    return SGD(lr, momentum=momentum, weight_decay=weight_decay)
+
+
+@INNER_OPTIMIZERS.register("nesterov")
+def _nesterov(lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> SGD:
+    """SGD with Nesterov momentum."""
+    return SGD(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+
+
+@INNER_OPTIMIZERS.register("adam")
+def _adam(lr: float, weight_decay: float = 0.0) -> Adam:
+    """Adam with L2 weight decay."""
+    return Adam(lr, weight_decay=weight_decay)

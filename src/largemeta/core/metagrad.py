@@ -9,7 +9,11 @@ optimizer. Hooks let stateful meta-gradients follow a trajectory:
 * ``observe(t, shared, loss, grads)`` — task t is at ``shared`` with training loss ``loss`` and loss gradient
   ``grads`` (called before each inner update, only when ``observes`` is true);
 * ``shift(t, delta)`` — CTS moved task t's shared parameters by ``delta``;
-* ``task_gradient(t, phi, params, task)`` — the contribution of task t now.
+* ``task_gradient(t, phi, params, task)`` — the contribution of task t now;
+* ``task_state(t)`` / ``load_task_state(t, state)`` — what task t's trajectory has accumulated (checkpoints).
+
+Class attributes say what a meta-gradient needs, so the algorithm table (:mod:`largemeta.core.algorithms`) and
+every layer above derive their choices from them instead of from names.
 
 All of them are O(1) in the horizon K: nothing keeps an autograd graph across inner steps.
 """
@@ -21,8 +25,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from largemeta.core.params import Params, clone, zeros_like
-from largemeta.errors import check_positive, choice_error
+from largemeta.core.params import Params, clone, unflatten, zeros_like
+from largemeta.errors import check_positive
+from largemeta.registry import Registry
 
 
 class Task(Protocol):
@@ -41,8 +46,20 @@ class MetaGradient:
     """Base class: stateless hooks; subclasses implement :meth:`task_gradient`."""
 
     name = "base"
-    observes = False  # does observe() need to be called at every inner step?
+    observes = False
+    """Does :meth:`observe` need to be called at every inner step?"""
     supports_cts = True
+    """Is the gradient defined along a running trajectory (so CTS can take it at every step)?"""
+    before_inner_step = False
+    """Is the meta-update taken after a step's gradients and before its inner optimizer step (instead of after)?"""
+    uses_query = False
+    """Does :meth:`task_gradient` read held-out query batches (``task.query_loss``)?"""
+    uses_parameters_only = False
+    """Does :meth:`task_gradient` need nothing but φ and θ_t (no losses, no hooks): usable over a user's own loop?"""
+    graphable = False
+    """Is it pure device work (no host-side values), so a CUDA graph can capture it?"""
+    elementwise = False
+    """Does a batch of independent problems stacked in one tensor stay independent (no norms over the batch)?"""
 
     def restart(self, t: int, phi: Params) -> None:
         pass
@@ -60,10 +77,11 @@ class MetaGradient:
     def task_gradient(self, t: int, phi: Params, params: Params, task: Task) -> Params:
         raise NotImplementedError
 
-    def state_dict(self) -> dict[str, Any]:
+    def task_state(self, t: int) -> dict[str, Any]:
+        """What task t's trajectory has accumulated so far (live tensors; the caller copies)."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_task_state(self, t: int, state: dict[str, Any]) -> None:
         pass
 
 
@@ -79,6 +97,7 @@ class Reptile(MetaGradient):
     """Reptile (Nichol et al. 2018): g_t = φ − θ_t, the displacement of the task's trajectory so far."""
 
     name = "reptile"
+    uses_parameters_only = graphable = elementwise = True
 
     def task_gradient(self, t: int, phi: Params, params: Params, task: Task) -> Params:
         keys = list(phi)
@@ -89,9 +108,33 @@ class FOMAML(MetaGradient):
     """First-order MAML (Finn et al. 2017): g_t = ∇L_query(θ_t), the query-loss gradient at the current θ_t."""
 
     name = "fomaml"
+    uses_query = graphable = elementwise = True
 
     def task_gradient(self, t: int, phi: Params, params: Params, task: Task) -> Params:
         return _loss_grad(task.query_loss, params, list(phi))
+
+
+class PreStepFOMAML(MetaGradient):
+    """FOMAML as the paper's public reference code applies CTS to it: g_t = ∇L_train(θ_t), the gradient of the
+    step's own *training* minibatch at the pre-step θ_t (the gradient the inner step then uses, without its weight
+    decay). The meta-update and the CTS shift come *between* computing that gradient and the inner optimizer
+    step, which then applies the (pre-shift) gradient at the shifted θ_t (weight decay there).
+
+    :class:`FOMAML` is FOMAML as defined: a held-out query batch, after the inner step. With the official ordering
+    the two codes agree to float rounding (notes §8).
+    """
+
+    name = "fomaml-pre-step"
+    observes = before_inner_step = graphable = elementwise = True
+
+    def __init__(self) -> None:
+        self.grads: dict[int, Params] = {}
+
+    def observe(self, t: int, shared: Params, loss: Tensor, grads: Params) -> None:
+        self.grads[t] = grads  # this step's only: taken by task_gradient before the inner step
+
+    def task_gradient(self, t: int, phi: Params, params: Params, task: Task) -> Params:
+        return self.grads[t]
 
 
 class Leap(MetaGradient):
@@ -149,11 +192,17 @@ class Leap(MetaGradient):
     def task_gradient(self, t: int, phi: Params, params: Params, task: Task) -> Params:
         return {k: v.clone() for k, v in self.acc[t].items()}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"acc": self.acc, "prev": self.prev}
+    def task_state(self, t: int) -> dict[str, Any]:
+        # "prev" is absent right after a restart (no point observed yet on the new trajectory)
+        return {"acc": self.acc[t], **({"prev": self.prev[t]} if t in self.prev else {})}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.acc, self.prev = state["acc"], state["prev"]
+    def load_task_state(self, t: int, state: dict[str, Any]) -> None:
+        self.acc[t] = {k: v.clone() for k, v in state["acc"].items()}
+        if "prev" in state:
+            theta, loss, grads = state["prev"]
+            self.prev[t] = (clone(theta), float(loss), clone(grads))
+        else:
+            self.prev.pop(t, None)
 
 
 def conjugate_gradient(matvec, b: Tensor, iters: int = 10, tol: float = 1e-10) -> Tensor:
@@ -186,6 +235,7 @@ class IMAML(MetaGradient):
 
     name = "imaml"
     supports_cts = False
+    uses_query = True
 
     def __init__(self, lam: float = 0.5, cg_steps: int = 10, proximal: bool = False):
         check_positive("iMAML lambda", lam)
@@ -210,19 +260,10 @@ class IMAML(MetaGradient):
             return x + torch.cat([h.reshape(-1) for h in hvp]) / self.lam
 
         x = conjugate_gradient(matvec, b, self.cg_steps)
-        out, offset = {}, 0
-        for k in keys:
-            n = phi[k].numel()
-            out[k] = x[offset : offset + n].view_as(phi[k]).detach()
-            offset += n
-        return out
+        return {k: v.detach() for k, v in unflatten(x, {k: phi[k] for k in keys}).items()}
 
 
-META_GRADIENTS = {"reptile": Reptile, "fomaml": FOMAML, "leap": Leap, "imaml": IMAML}
-
-
-def make_meta_gradient(name: str, **kwargs: Any) -> MetaGradient:
-    """A meta-gradient by name (``reptile``, ``fomaml``, ``leap``, ``imaml``) with its options."""
-    if name not in META_GRADIENTS:
-        raise choice_error("meta-gradient", name, META_GRADIENTS)
-    return META_GRADIENTS[name](**kwargs)
+META_GRADIENTS: Registry[type[MetaGradient]] = Registry("meta-gradient")
+"""Meta-gradient classes by name; ``META_GRADIENTS.create(name, **options)`` passes the options each one takes."""
+for _cls in (Reptile, FOMAML, PreStepFOMAML, Leap, IMAML):
+    META_GRADIENTS.add(_cls.name, _cls)

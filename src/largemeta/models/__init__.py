@@ -14,11 +14,10 @@ from largemeta.models.bodies import (
 )
 from largemeta.models.functional import HEAD, apply, features, init_head, split_state, to_channels_last
 from largemeta.models.registry import Registry
-from largemeta.models.synthetic import RandomImageSampler
 from largemeta.models.task import ImageTask, Sampler
 
 __all__ = [
-    "HEAD", "MODELS", "BasicBlock", "CifarResNet", "ConvNet", "ImageTask", "RandomImageSampler", "Registry",
+    "HEAD", "MODELS", "BasicBlock", "CifarResNet", "ConvNet", "ImageTask", "Registry",
     "Sampler", "ZeroPadShortcut", "apply",
     "count_parameters", "create_model", "features", "init_head", "list_models", "register_model",
     "split_state", "to_channels_last",

@@ -13,20 +13,21 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from largemeta.core.algorithms import ALGORITHMS
 from largemeta.core.diagnostics import ShiftErrorProbe
-from largemeta.core.engine import MetaLearner, algorithm
-from largemeta.core.inner import Adam, make_inner_optimizer
+from largemeta.core.engine import MetaLearner
+from largemeta.core.inner import INNER_OPTIMIZERS, Adam
 from largemeta.errors import choice_error
 from largemeta.synthetic.env import SyntheticEnv, SyntheticTask
 from largemeta.synthetic.flow import unroll
 
 # Algorithms that run on the synthetic environment: their meta-gradients are elementwise, so the batch of
 # starts stays a batch of independent problems (Leap's path-length norm would couple them).
-SYNTHETIC_ALGORITHMS = ("reptile", "cts", "fomaml", "cts-fomaml")
+SYNTHETIC_ALGORITHMS = tuple(a for a in ALGORITHMS if ALGORITHMS.get(a).synthetic)
 PAPER_STARTS = [[x, y] for x in (-5.0, 5.0, 15.0) for y in (-5.0, 5.0, 15.0)]
 
 
-def evaluate(env: SyntheticEnv, phi: Tensor, k: int, lr: float = 0.05) -> Tensor:
+def score(env: SyntheticEnv, phi: Tensor, k: int, lr: float = 0.05) -> Tensor:
     """Average final task loss after k Adam steps from each point of ``phi`` (S, 2) → (S,); NaN if diverged."""
     with torch.no_grad():
         losses = env.losses(unroll(env, phi, k, Adam(lr))).mean(0)
@@ -36,7 +37,7 @@ def evaluate(env: SyntheticEnv, phi: Tensor, k: int, lr: float = 0.05) -> Tensor
 @dataclass
 class RunResult:
     final_phi: Tensor  # (S, 2)
-    losses: Tensor  # (S,): evaluate(final_phi)
+    losses: Tensor  # (S,): score(final_phi)
     path: list[Tensor] = field(default_factory=list)  # φ after every meta-update, each (S, 2)
     shift_error: list[dict[str, float]] = field(default_factory=list)
 
@@ -55,11 +56,11 @@ def run(
     """Meta-train from every start with ``budget`` cumulative inner steps per task; score the final φ."""
     if algo not in SYNTHETIC_ALGORITHMS:
         raise choice_error("synthetic algorithm", algo, SYNTHETIC_ALGORITHMS)
-    meta_gradient, schedule = algorithm(algo, k)
+    meta_gradient, schedule = ALGORITHMS.get(algo).build(k)
     phi = {"x": starts.clone()}
     tasks = [SyntheticTask(env, t) for t in range(env.num_tasks)]
     learner = MetaLearner(
-        phi, tasks, make_inner_optimizer(inner, inner_lr), meta_gradient, schedule,
+        phi, tasks, INNER_OPTIMIZERS.create(inner, lr=inner_lr), meta_gradient, schedule,
         meta_lr=meta_lr, reset_inner_state=True,
     )
     shift_probe = ShiftErrorProbe(learner, task=0, at=range(1, k + 1)) if probe else None
@@ -69,7 +70,7 @@ def run(
         if learner.step % schedule.meta_every == 0:
             path.append(phi["x"].clone())
     final = phi["x"].detach().clone()
-    return RunResult(final, evaluate(env, final, k), path, shift_probe.records if shift_probe else [])
+    return RunResult(final, score(env, final, k), path, shift_probe.records if shift_probe else [])
 
 
 def compare(

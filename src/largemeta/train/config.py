@@ -16,19 +16,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from largemeta.core.engine import ALGORITHMS
+from largemeta.core.algorithms import ALGORITHMS
 from largemeta.core.inner import INNER_OPTIMIZERS
-from largemeta.errors import UserError
-from largemeta.execution import EXECUTORS as _EXECUTOR_NAMES
+from largemeta.errors import UserError, choice_error
+from largemeta.execution import STEP_CHOICES
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-TRAIN_ALGORITHMS = tuple(ALGORITHMS) + ("multitask", "single")
-META_OPTIMIZERS = ("sgd", "adam")
-EXECUTORS = _EXECUTOR_NAMES + ("cuda_graph",)
+TRAIN_ALGORITHMS = tuple(ALGORITHMS)
+META_OPTIMIZERS = {"sgd": "SGD", "adam": "Adam"}
+"""The outer optimizer choices and their ``torch.optim`` classes."""
 MAX_STEPS = 10**9
 
 
@@ -46,7 +46,8 @@ class TrainConfig:
     """Start φ from given weights: a run folder, a FILE.safetensors from ``largemeta export``, or
     ``torchvision:resnet18`` (ImageNet weights, when torchvision has them locally). Default: random."""
     algo: str = "cts"
-    """Algorithm: cts, reptile, fomaml, cts-fomaml, leap, cts-leap, imaml, multitask, single."""
+    """Algorithm (``largemeta.core.algorithms``): cts, cts-reptile, reptile, cts-fomaml, cts-fomaml-official,
+    fomaml, cts-leap, leap, imaml, multitask, single."""
     steps: int = 1000
     """Cumulative inner steps per task (the budget)."""
     k: int = 100
@@ -205,16 +206,12 @@ def _range(name: str, ok: bool, valid: str) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Raise :class:`UserError` for the first bad value."""
-    from largemeta.errors import choice_error
-
-    if cfg.algo not in TRAIN_ALGORITHMS:
-        raise choice_error("algorithm", cfg.algo, TRAIN_ALGORITHMS)
-    if cfg.inner_optimizer not in INNER_OPTIMIZERS:
-        raise choice_error("inner optimizer", cfg.inner_optimizer, INNER_OPTIMIZERS)
+    algo = ALGORITHMS.get(cfg.algo)  # one line listing the valid names when unknown
+    INNER_OPTIMIZERS.get(cfg.inner_optimizer)
     if cfg.meta_optimizer not in META_OPTIMIZERS:
         raise choice_error("meta optimizer", cfg.meta_optimizer, META_OPTIMIZERS)
-    if cfg.executor not in EXECUTORS:
-        raise choice_error("executor", cfg.executor, EXECUTORS)
+    if cfg.executor not in STEP_CHOICES:
+        raise choice_error("executor", cfg.executor, STEP_CHOICES)
     _range("steps", 1 <= cfg.steps <= MAX_STEPS, f"1 <= steps <= {MAX_STEPS}, got {cfg.steps}")
     _range("k", 1 <= cfg.k <= MAX_STEPS, f"1 <= k <= {MAX_STEPS}, got {cfg.k}")
     _range("meta_every", 1 <= cfg.meta_every <= cfg.k, f"1 <= meta_every <= k={cfg.k}, got {cfg.meta_every}")
@@ -233,9 +230,12 @@ def validate(cfg: TrainConfig) -> None:
         _range(name, 1 <= v <= MAX_STEPS, f"1 <= {name} <= {MAX_STEPS}, got {v}")
     _range("eval_batches", 0 <= cfg.eval_batches <= 1000, f"0..1000, got {cfg.eval_batches}")
     _range("shift_error_every", cfg.shift_error_every >= 0, f">= 0, got {cfg.shift_error_every}")
-    if cfg.algo == "single" and len(cfg.tasks) != 1:
-        raise UserError(f"algo 'single' trains on one task: set tasks to one name, got {list(cfg.tasks)}")
-    if cfg.shift_error_every and not cfg.algo.startswith("cts"):
+    if algo.joint and cfg.executor != "loop":
+        raise UserError(f"joint training (algo {cfg.algo!r}) runs the plain loop: executor must be 'loop', "
+                        f"got {cfg.executor!r}")
+    if algo.single_task and len(cfg.tasks) != 1:
+        raise UserError(f"algo {cfg.algo!r} trains on one task: set tasks to one name, got {list(cfg.tasks)}")
+    if cfg.shift_error_every and not algo.cts:
         raise UserError(f"shift_error_every needs a CTS algorithm, got algo {cfg.algo!r}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise UserError(f"config key 'device' must be cpu, cuda, cuda:N or auto, got {cfg.device!r}")

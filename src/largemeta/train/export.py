@@ -13,28 +13,24 @@ import torch
 
 from largemeta.errors import UserError
 from largemeta.models import create_model, split_state
+from largemeta.runs import load_weights
 from largemeta.train import checkpoint
 from largemeta.train.config import from_mapping
-from largemeta.train.trainer import CHECKPOINT, _model_kwargs
-
-
-def body_of(cfg, channels: int) -> torch.nn.Module:
-    torch.manual_seed(cfg.seed)
-    return create_model(cfg.model, **_model_kwargs(cfg, channels))
 
 
 def export(run_dir: Path, out: Path) -> Path:
     if out.suffix != ".safetensors":
         raise UserError(f"--out {str(out)!r} must end in .safetensors")
-    state = checkpoint.load(run_dir / CHECKPOINT)
-    cfg = from_mapping(state["config"])
-    phi = state["shared"]["phi"]
-    channels = next(v for k, v in phi.items() if v.dim() == 4).shape[1]
-    _, buffers = split_state(body_of(cfg, channels))
-    tensors = {**{k: v.contiguous() for k, v in phi.items()}, **buffers}
+    if not Path(run_dir).is_dir():
+        raise UserError(f"export needs a run folder, got {str(run_dir)!r}")
+    weights = load_weights(run_dir)
+    cfg = from_mapping(weights.config)
+    torch.manual_seed(cfg.seed)
+    _, buffers = split_state(create_model(cfg.model, in_channels=weights.in_channels or 3, width=cfg.width))
+    tensors = {**{k: v.contiguous() for k, v in weights.phi.items()}, **buffers}
     from safetensors.torch import save
 
-    meta = {"format": "largemeta-phi", "model": cfg.model, "step": str(state["step"]),
+    meta = {"format": "largemeta-phi", "model": cfg.model, "step": str(weights.step),
             "config": json.dumps(cfg.to_dict())}
     payload = save(tensors, metadata=meta)
     checkpoint.atomic_write(out, lambda fh: fh.write(payload))

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from largemeta.core.engine import mean_over_all_tasks
+from largemeta.core.controller import mean_over_all_tasks
 from largemeta.core.inner import InnerOptimizer
 from largemeta.core.metagrad import Task
 from largemeta.core.params import Params, clone, unflatten
+from largemeta.core.runner import loss_and_gradients
 
 
 class JointLearner:
@@ -40,13 +41,12 @@ class JointLearner:
         keys = list(self.phi)
         total = [torch.zeros_like(self.phi[k]) for k in keys]
         losses = []
-        for task, params, head, state in zip(self.tasks, self.params, self.heads, self.head_states):
-            loss = task.train_loss(params)
-            names = keys + list(head)
-            grads = torch.autograd.grad(loss, [params[k] for k in names])
-            torch._foreach_add_(total, list(grads[: len(keys)]))
-            self.inner.step(list(head.values()), list(grads[len(keys):]), state)
-            losses.append(loss.detach())
+        for task, params, head, state in zip(self.tasks, self.params, self.heads, self.head_states, strict=True):
+            # the body's gradient at the shared φ is summed over tasks; each head steps on its own gradient
+            loss, grads = loss_and_gradients(task, params)  # params: {**φ, **head}, the body tensors shared
+            torch._foreach_add_(total, grads[: len(keys)])
+            self.inner.step(list(head.values()), grads[len(keys):], state)
+            losses.append(loss)
         flat = torch.cat([g.reshape(-1) for g in total])
         mean = unflatten(mean_over_all_tasks(flat, len(self.tasks), self.group), self.phi)
         self.inner.step(list(self.phi.values()), list(mean.values()), self.body_state)

@@ -3,24 +3,48 @@
 import json
 
 import pytest
+import torch
 
 from largemeta.cli import main
-from largemeta.evaluate import ci95, lr_at
 from largemeta.experiments import EvalSettings, convergence, table
+from largemeta.metatest import fine_tune_optimizer
+from largemeta.stats import ci95, t_quantile
 from largemeta.train.config import from_mapping
 
 
+def lrs_used(steps):
+    """The learning rate each of ``steps`` optimizer steps of the protocol's fine-tuning runs with."""
+    optimizer, schedule = fine_tune_optimizer([torch.zeros(1, requires_grad=True)], steps)
+    out = []
+    for _ in range(steps):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return out
+
+
 def test_lr_schedule_by_hand():
-    # N = 10: ×0.3 from step 4 (40 %), again from 7 (70 %), again from 9 (90 %)
-    lrs = [lr_at(s, 10) for s in range(10)]
-    expected = [1e-3] * 4 + [3e-4] * 3 + [9e-5] * 2 + [2.7e-5]
-    assert lrs == pytest.approx(expected)
+    # N = 10: ×0.3 from step 4 (40 %), again from 7 (70 %), again from 9 (90 %) (0-based steps)
+    assert lrs_used(10) == pytest.approx([1e-3] * 4 + [3e-4] * 3 + [9e-5] * 2 + [2.7e-5])
+    # N = 2: the drops at round(0.8) = 1 and round(1.4) = 1 fall together, round(1.8) = 2 never comes
+    assert lrs_used(2) == pytest.approx([1e-3, 9e-5])
+    # N = 1: round(0.4) = 0 drops at once
+    assert lrs_used(1) == pytest.approx([3e-4])
 
 
 def test_ci95_by_hand():
-    # values 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.303 → 4.303 / √3
-    assert ci95([1.0, 2.0, 3.0]) == pytest.approx(4.303 / 3**0.5)
+    # values 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.30265 → 4.30265 / √3
+    assert ci95([1.0, 2.0, 3.0]) == pytest.approx(4.30265 / 3**0.5, abs=1e-5)
     assert ci95([0.7]) == 0.0
+
+
+@pytest.mark.parametrize("df, t", [
+    # two-sided 95 % quantiles from standard tables: exact at every size, not 1.96 beyond 30
+    (1, 12.7062), (2, 4.3027), (3, 3.1824), (5, 2.5706), (10, 2.2281), (30, 2.0423), (31, 2.0395),
+    (40, 2.0211), (60, 2.0003), (120, 1.9799), (1000, 1.9623),
+])
+def test_t_quantile_matches_tables(df, t):
+    assert t_quantile(0.95, df) == pytest.approx(t, abs=1e-4)
 
 
 def run_tiny(tiny_suite, tiny_config, out, **kw):

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import make_learner
+from largemeta.testing import make_learner
 
 from largemeta.core import FOMAML, IMAML, SGD, Adam, Leap, Schedule
-from largemeta.core.engine import loop_executor
 from largemeta.core.params import flatten
 from largemeta.errors import UserError
-from largemeta.execution import (
-    Autocast,
-    Batched,
-    ChannelsLast,
-    CudaGraphMetaStep,
-    describe,
-    make_executor,
-)
+from largemeta.execution import EXECUTORS, Autocast, Batched, ChannelsLast, CudaGraphMetaStep, loop_gradients
 
 STEPS = 6  # crosses a restart (K = 4) and runs CTS meta-updates + shifts every step
 
@@ -28,7 +20,7 @@ PAPER_HPARAMS = dict(inner=SGD(0.01, momentum=0.9, weight_decay=5e-4), meta_lr=0
 
 def run_pair(executor, steps=STEPS, **kw):
     """The same problem (same seeds) run by the plain loop and by ``executor``: per-step losses and learners."""
-    ref, fast = make_learner(loop_executor, **kw), make_learner(executor, **kw)
+    ref, fast = make_learner(loop_gradients, **kw), make_learner(executor, **kw)
     ref_losses = torch.stack([ref.inner_step() for _ in range(steps)])
     fast_losses = torch.stack([fast.inner_step() for _ in range(steps)])
     return ref, fast, ref_losses, fast_losses
@@ -53,7 +45,7 @@ def test_channels_last_matches_loop_in_fp32():
     conv = fast.phi["features.0.weight"]
     assert conv.is_contiguous(memory_format=torch.channels_last)
     assert fast.params[1]["features.4.weight"].is_contiguous(memory_format=torch.channels_last)
-    assert fast.outer.param_groups[0]["params"][0] is conv  # converted in place: the optimizer still sees φ
+    assert fast.controller.outer.param_groups[0]["params"][0] is conv  # converted in place: the optimizer still sees φ
     assert fast.tasks[0].train_batch()[0].is_contiguous(memory_format=torch.channels_last)
 
 
@@ -109,7 +101,7 @@ def test_batched_groups_only_same_shapes():
 ])
 def test_batched_matches_loop_for_stateful_meta_gradients(meta_gradient, schedule):
     kw = dict(schedule=schedule, specs=((16, 5), (16, 5)))
-    ref = make_learner(loop_executor, meta_gradient=meta_gradient, **kw)
+    ref = make_learner(loop_gradients, meta_gradient=meta_gradient, **kw)
     fast = make_learner(Batched(), meta_gradient=type(meta_gradient)(**_options(meta_gradient)), **kw)
     for _ in range(STEPS):
         torch.testing.assert_close(fast.inner_step(), ref.inner_step(), rtol=1e-4, atol=1e-5)
@@ -126,11 +118,13 @@ def test_batched_with_adam_inner_optimizer():
     assert_learners_close(ref, fast, rtol=1e-3, atol=1e-5)
 
 
-def test_make_executor_names():
-    assert make_executor("loop") is loop_executor
-    assert describe(make_executor("channels_last+autocast")) == "autocast(channelslast(loop))"
-    with pytest.raises(UserError, match=r"unknown executor 'vmap' \(valid: loop, channels_last"):
-        make_executor("vmap")
+def test_executors_by_name():
+    assert EXECUTORS.create("loop") is loop_gradients
+    both = EXECUTORS.create("channels_last+autocast")
+    assert isinstance(both, Autocast) and isinstance(both.inner, ChannelsLast)
+    assert EXECUTORS.create("batched") is not EXECUTORS.create("batched")  # fresh state for every learner
+    with pytest.raises(UserError, match=r"unknown executor 'vmap' \(valid: autocast, batched, channels_last"):
+        EXECUTORS.create("vmap")
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -145,7 +139,7 @@ def test_cuda_graph_refuses_unsupported_settings(kw, message):
 
 def test_cuda_graph_refuses_outer_optimizer_other_than_sgd():
     learner = make_learner()
-    learner.outer = torch.optim.Adam(list(learner.phi.values()))
+    learner.controller.outer = torch.optim.Adam(list(learner.phi.values()))
     with pytest.raises(UserError, match="torch.optim.SGD as the outer optimizer, got Adam"):
         CudaGraphMetaStep(learner)
 
@@ -165,14 +159,14 @@ def test_cuda_graph_meta_step_matches_eager_loop(schedule, executor):
         pytest.skip("needs CUDA")
     steps = 10
     kw = dict(device="cuda", schedule=schedule, inner=SGD(0.05, momentum=0.9, weight_decay=5e-4))
-    ref = make_learner(make_executor(executor), **kw)
-    fast = make_learner(make_executor(executor), **kw)
+    ref = make_learner(EXECUTORS.create(executor), **kw)
+    fast = make_learner(EXECUTORS.create(executor), **kw)
     graph = CudaGraphMetaStep(fast, warmup=2)
     for _ in range(steps):
         torch.testing.assert_close(graph(), ref.inner_step(), rtol=1e-3, atol=1e-4)
     assert graph._graphs  # replays happened
     assert fast.step == ref.step == steps
-    assert [s["step"] for s in fast.inner_states] == [s["step"] for s in ref.inner_states]
+    assert [s["step"] for s in fast.runner.inner_states] == [s["step"] for s in ref.runner.inner_states]
     tol = dict(rtol=1e-3, atol=1e-4) if executor == "loop" else dict(rtol=3e-2, atol=3e-3)
     assert_learners_close(ref, fast, **tol)
 
@@ -209,7 +203,7 @@ def test_fast_paths_on_gpu_match_loop(name):
         pytest.skip("needs CUDA")
     bf16 = "autocast" in name
     kw = dict(device="cuda", **(PAPER_HPARAMS if bf16 else {}))
-    ref, fast, ref_losses, fast_losses = run_pair(make_executor(name), **kw)
+    ref, fast, ref_losses, fast_losses = run_pair(EXECUTORS.create(name), **kw)
     torch.testing.assert_close(fast_losses, ref_losses, rtol=5e-2 if bf16 else 1e-4, atol=0 if bf16 else 1e-5)
     if not bf16:
         assert_learners_close(ref, fast, rtol=1e-3, atol=1e-4)
@@ -227,7 +221,7 @@ class _EmulatedGraph:
         _EmulatedGraph.instances.append(self)
 
     def replay(self) -> None:
-        states = self.learner.inner_states
+        states = self.learner.runner.inner_states
         steps = [s["step"] for s in states]
         self.out.copy_(self.fn())
         for s, n in zip(states, steps):
@@ -240,7 +234,7 @@ def emulated_cuda(monkeypatch):
     import contextlib
     import types
 
-    import largemeta.execution as execution
+    import largemeta.execution.cuda_graph as execution
 
     _EmulatedGraph.instances = []
     current: dict[str, object] = {}
@@ -272,9 +266,8 @@ def test_cuda_graph_bookkeeping_matches_eager_loop_emulated(emulated_cuda, case)
         "fomaml": dict(schedule=Schedule.cts(k=4), meta_gradient=FOMAML()),
         "reset_inner_state": dict(schedule=Schedule.cts(k=4)),
     }[case]
-    ref, fast = make_learner(**kw), make_learner(**kw)
-    if case == "reset_inner_state":
-        ref.reset_inner_state = fast.reset_inner_state = True
+    reset = case == "reset_inner_state"
+    ref, fast = make_learner(reset_inner_state=reset, **kw), make_learner(reset_inner_state=reset, **kw)
     probes = [ShiftErrorProbe(lr, task=0, at=[2, 3]) for lr in (ref, fast)]
     emulated_cuda["learner"] = fast
     graph = CudaGraphMetaStep(fast, warmup=2)
@@ -282,7 +275,7 @@ def test_cuda_graph_bookkeeping_matches_eager_loop_emulated(emulated_cuda, case)
         torch.testing.assert_close(graph(), ref.inner_step(), rtol=0, atol=0)
     assert_learners_close(ref, fast, rtol=0, atol=0)
     assert fast.step == ref.step == 10
-    assert [s["step"] for s in fast.inner_states] == [s["step"] for s in ref.inner_states]
+    assert [s["step"] for s in fast.runner.inner_states] == [s["step"] for s in ref.runner.inner_states]
     assert probes[0].records == probes[1].records  # on_step hooks ran after every replayed step
     captured = len(_EmulatedGraph.instances)
     # cts/fomaml: one graph (a meta-update every step); plain: with and without a meta-update; a reset inner
