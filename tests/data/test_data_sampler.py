@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from largemeta.data.augment import crop_at, flip_where, normalize, random_crop, resize_uint8
 from largemeta.data.datasets import ArrayDataset
+from largemeta.data.augment import crop_at, flip_where, normalize, random_crop, resize_uint8
 from largemeta.data.sampler import TaskData
 from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError
@@ -207,10 +207,16 @@ def test_task_data_lives_on_cuda():
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), batches=st.lists(st.integers(1, 64), min_size=1, max_size=6),
-       cut=st.integers(0, 5), padding=st.integers(0, 4), flip=st.booleans())
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    batches=st.lists(st.integers(1, 64), min_size=1, max_size=6),
+    cut=st.integers(0, 5),
+    padding=st.integers(0, 4),
+    flip=st.booleans(),
+)
 def test_sampler_properties(seed, batches, cut, padding, flip):
-    """Indices in range; the same seed gives the same stream; a saved and restored state continues it exactly."""
+    """Indices in range; the same seed gives the same stream; a saved and restored state continues it
+    exactly."""
     a = toy_task(seed, crop_padding=padding, flip=flip)
     b = toy_task(seed, crop_padding=padding, flip=flip)
     cut = min(cut, len(batches))
@@ -223,7 +229,7 @@ def test_sampler_properties(seed, batches, cut, padding, flip):
     expected = [a.sample_train(n) for n in batches[cut:]]
     c = toy_task(seed + 1, crop_padding=padding, flip=flip)  # another seed, then the saved state
     c.load_state_dict(state)
-    for n, (x, y) in zip(batches[cut:], expected):
+    for n, (x, y) in zip(batches[cut:], expected, strict=True):
         xc, yc = c.sample_train(n)
         assert torch.equal(x, xc) and torch.equal(y, yc)
     idx = a.sample_indices(max(batches))
