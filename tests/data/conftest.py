@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from largemeta.data.datasets import ArrayDataset, fetch_dataset
+from largemeta.data.arrays import ArrayDataset
+from largemeta.data.datasets import fetch_dataset
 
 
 @pytest.fixture(scope="session")

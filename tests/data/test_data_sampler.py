@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from largemeta.data.datasets import ArrayDataset
+from largemeta.data.arrays import ArrayDataset
 from largemeta.data.augment import crop_at, flip_where, normalize, random_crop, resize_uint8
 from largemeta.data.sampler import TaskData
 from largemeta.data.tasks import TaskSpec

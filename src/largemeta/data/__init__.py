@@ -8,7 +8,8 @@ Entry points::
     TaskData.from_spec(spec, device=..., seed=...)         # .sample_train(batch), .iter_eval(batch), ...
 """
 
-from largemeta.data.datasets import DATASETS, ArrayDataset, DatasetSpec, fetch_dataset, load_dataset
+from largemeta.data.arrays import ArrayDataset, DatasetSpec
+from largemeta.data.datasets import DATASETS, fetch_dataset, load_dataset
 from largemeta.data.sampler import TaskData, build_tasks, task_seed
 from largemeta.data.tasks import Suite, TaskSpec, list_suites, load_suite, resolve_classes
 

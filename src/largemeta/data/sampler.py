@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from largemeta.data.arrays import ArrayDataset
 from largemeta.data.augment import augment, normalize, resize_uint8, to_grey
-from largemeta.data.datasets import ArrayDataset, load_dataset
+from largemeta.data.datasets import load_dataset
 from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError
 
