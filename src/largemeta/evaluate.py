@@ -19,7 +19,7 @@ import torch
 from largemeta.core.inner import Adam
 from largemeta.core.params import Params
 from largemeta.data.datasets import load_dataset
-from largemeta.data.sampler import TaskData, task_seed
+from largemeta.data.images import TaskImages, task_seed
 from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError
 from largemeta.models import create_model, init_head, split_state
@@ -114,7 +114,7 @@ def body_and_phi(init: Init, seed: int) -> tuple[torch.nn.Module, Params, Params
 
 
 @torch.no_grad()
-def test_accuracy(task: ImageTask, data: TaskData, params: Params) -> float:
+def test_accuracy(task: ImageTask, data: TaskImages, params: Params) -> float:
     correct = total = 0
     for x, y in data.iter_eval(512):
         out = task.logits(params, x.to(task.device or x.device), train=False)
@@ -123,7 +123,7 @@ def test_accuracy(task: ImageTask, data: TaskData, params: Params) -> float:
     return correct / max(total, 1)
 
 
-def finetune(init: Init, data: TaskData, *, steps: int, seed: int, batch_size: int = 128, lr: float = 1e-3,
+def finetune(init: Init, data: TaskImages, *, steps: int, seed: int, batch_size: int = 128, lr: float = 1e-3,
              weight_decay: float = 5e-4, device: torch.device | str = "cpu", curve_points: int = 5) -> dict[int, float]:
     """Fine-tune φ on one target with the protocol; returns test accuracy at every steps/curve_points."""
     body, phi, buffers = body_and_phi(init, seed)  # the seed only matters for a scratch init
@@ -167,7 +167,7 @@ def evaluate(init: Init, specs: list[TaskSpec], *, steps: int = 1000, seeds: int
             datasets[spec.dataset] = load_dataset(spec.dataset, data_dir=data_dir)
         per_seed, curves = [], []
         for s in range(seeds):
-            data = TaskData.from_arrays(spec, datasets[spec.dataset], device=device, seed=task_seed(s, i))
+            data = TaskImages.from_arrays(spec, datasets[spec.dataset], device=device, seed=task_seed(s, i))
             if train_size is not None:
                 data = data.subsample(total=train_size, seed=s)
             curve = finetune(init, data, steps=steps, seed=task_seed(1000 + s, i), batch_size=batch_size,

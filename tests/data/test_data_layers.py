@@ -25,7 +25,7 @@ LAYERS = (
     "packaged",
     "vision",
     "datasets",
-    "sampler",
+    "images",
 )
 DATA_DIR = Path(largemeta.data.__file__).parent
 

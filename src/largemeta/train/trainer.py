@@ -23,7 +23,7 @@ import torch
 from largemeta.core.engine import MetaLearner, algorithm
 from largemeta.core.inner import make_inner_optimizer
 from largemeta.data.datasets import load_dataset
-from largemeta.data.sampler import TaskData, task_seed
+from largemeta.data.images import TaskImages, task_seed
 from largemeta.data.tasks import TaskSpec, load_suite
 from largemeta.errors import UserError
 from largemeta.models import create_model, init_head, split_state
@@ -49,8 +49,8 @@ class TaskSampler:
     training stream (the shift-error probe) is not disturbed by query draws.
     """
 
-    def __init__(self, data: TaskData, query_fraction: float | None, seed: int) -> None:
-        self.query: TaskData | None = None
+    def __init__(self, data: TaskImages, query_fraction: float | None, seed: int) -> None:
+        self.query: TaskImages | None = None
         self.train = data
         if query_fraction:
             n = data.num_train
@@ -60,8 +60,8 @@ class TaskSampler:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(data.device)
             q, t = perm[:n_query].sort().values, perm[n_query:].sort().values
             args = (data.x_eval, data.y_eval, data.class_names)
-            self.train = TaskData(data.spec, data.x_train[t], data.y_train[t], *args, seed=data.seed)
-            self.query = TaskData(data.spec, data.x_train[q], data.y_train[q], *args, seed=data.seed + 1)
+            self.train = TaskImages(data.spec, data.x_train[t], data.y_train[t], *args, seed=data.seed)
+            self.query = TaskImages(data.spec, data.x_train[q], data.y_train[q], *args, seed=data.seed + 1)
 
     def sample_train(self, batch: int):
         return self.train.sample_train(batch)
@@ -233,7 +233,7 @@ class Trainer:
             if spec.dataset not in datasets:
                 datasets[spec.dataset] = load_dataset(spec.dataset, data_dir=cfg.data_dir or None)
             seed = task_seed(cfg.seed, gi)
-            data = TaskData.from_arrays(spec, datasets[spec.dataset], device=self.device, seed=seed)
+            data = TaskImages.from_arrays(spec, datasets[spec.dataset], device=self.device, seed=seed)
             query = cfg.query_fraction if cfg.algo in QUERY_ALGOS else None
             sampler = TaskSampler(data, query, seed)
             task = ImageTask(self.body, sampler, classes=data.num_classes, batch_size=cfg.batch_size,

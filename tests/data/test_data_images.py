@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from largemeta.data.arrays import ArrayDataset
 from largemeta.data.augment import crop_at, flip_where, normalize, random_crop, resize_uint8
-from largemeta.data.sampler import TaskData
+from largemeta.data.images import TaskImages
 from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError
 
@@ -23,9 +23,9 @@ def toy_dataset(n_per_class=6, classes=4, side=10, channels=1) -> ArrayDataset:
     return ArrayDataset("toy", x, y, x[::2].copy(), y[::2].copy(), tuple(f"k{i}" for i in range(classes)))
 
 
-def toy_task(seed: int = 0, rgb: bool = False, **kw) -> TaskData:
+def toy_task(seed: int = 0, rgb: bool = False, **kw) -> TaskImages:
     spec = TaskSpec(**{"name": "t", "dataset": "toy", "image_size": 10, "channels": 1, **kw})
-    return TaskData.from_arrays(spec, toy_dataset(channels=3 if rgb else 1), seed=seed)
+    return TaskImages.from_arrays(spec, toy_dataset(channels=3 if rgb else 1), seed=seed)
 
 
 def test_shapes_ranges_and_device():
@@ -76,7 +76,7 @@ def test_eval_iterator_is_the_eval_split_unaugmented():
 def test_class_subset_relabels_in_given_order():
     ds = toy_dataset()
     spec = TaskSpec("t", "toy", ("k3", "k1"), image_size=10, channels=1)
-    task = TaskData.from_arrays(spec, ds)
+    task = TaskImages.from_arrays(spec, ds)
     assert task.class_names == ("k3", "k1") and task.num_train == 12
     # label 0 of the task is dataset class 3
     first = torch.from_numpy(ds.x_train[ds.y_train == 3]).permute(0, 3, 1, 2)
@@ -85,7 +85,7 @@ def test_class_subset_relabels_in_given_order():
 
 def test_unknown_class_in_task():
     with pytest.raises(UserError, match=r"task 't' \(toy\): unknown class 'k9'"):
-        TaskData.from_arrays(TaskSpec("t", "toy", ("k9",)), toy_dataset())
+        TaskImages.from_arrays(TaskSpec("t", "toy", ("k9",)), toy_dataset())
 
 
 def test_subsample():
@@ -166,20 +166,20 @@ def test_offline_suite_tasks_on_real_data(builtin):
 
     suite = load_suite("offline")
     digits = next(t for t in suite.meta_test if t.dataset == "digits")
-    task = TaskData.from_arrays(digits, builtin("digits"))
+    task = TaskImages.from_arrays(digits, builtin("digits"))
     x, y = task.sample_train(128)
     assert x.shape == (128, 1, 28, 28) and task.num_classes == 10
-    qd = TaskData.from_arrays(suite.meta_test[0], builtin("quickdraw"))
+    qd = TaskImages.from_arrays(suite.meta_test[0], builtin("quickdraw"))
     assert qd.num_classes == 35 and qd.num_train == 35 * 80 and qd.num_eval == 35 * 20
 
 
 @pytest.mark.network
 def test_build_tasks_loads_each_dataset_once_and_seeds_differ(builtin, monkeypatch):
-    import largemeta.data.sampler as sampler
+    import largemeta.data.images as images
     from largemeta.data import build_tasks, load_suite
 
     calls = []
-    monkeypatch.setattr(sampler, "load_dataset", lambda name, **kw: calls.append(name) or builtin(name))
+    monkeypatch.setattr(images, "load_dataset", lambda name, **kw: calls.append(name) or builtin(name))
     tasks = build_tasks(load_suite("offline").meta_train, seed=5)
     assert calls == ["mnist", "fashion_mnist", "quickdraw"]
     assert [t.num_classes for t in tasks] == [10, 10, 80, 80, 80]
@@ -190,9 +190,9 @@ def test_build_tasks_loads_each_dataset_once_and_seeds_differ(builtin, monkeypat
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_task_data_lives_on_cuda():
+def test_task_images_live_on_cuda():
     spec = TaskSpec("t", "toy", image_size=12, channels=3, crop_padding=2)
-    task = TaskData.from_arrays(spec, toy_dataset(), device="cuda", seed=3)
+    task = TaskImages.from_arrays(spec, toy_dataset(), device="cuda", seed=3)
     assert task.x_train.is_cuda and task.generator.device.type == "cuda"
     state = task.state_dict()
     x, y = task.sample_train(64)

@@ -1,6 +1,6 @@
-"""Device-resident task data: what the trainer draws minibatches from.
+"""One task's images on the device, and the seeded minibatch stream the trainer draws from them.
 
-A :class:`TaskData` keeps one task's images as uint8 tensors (N, C, H, W) on the training device, already
+A :class:`TaskImages` keeps one task's images as uint8 tensors (N, C, H, W) on the training device, already
 resized to the task's size and restricted to its classes (labels renumbered 0..k-1). Minibatches are
 drawn and augmented on that device with a per-task ``torch.Generator`` living there too, so no host work
 and no host-device copy happens per step. Grey images stay 1 channel in memory and become 3 only in the
@@ -8,7 +8,7 @@ batch when the task asks for 3.
 
 Trainer API::
 
-    task = TaskData.from_spec(spec, device="cuda", seed=0)   # spec: largemeta.data.tasks.TaskSpec
+    task = TaskImages.from_spec(spec, device="cuda", seed=0)   # spec: largemeta.data.tasks.TaskSpec
     task.num_classes          # k, labels are 0..k-1
     task.image_shape          # (C, H, W) of the batches
     x, y = task.sample_train(128)        # x float32 (B, C, H, W) in [-1, 1], augmented; y int64 (B,)
@@ -50,8 +50,12 @@ def _to_device_images(x: np.ndarray, size: int, channels: int, device: torch.dev
     return resize_uint8(t.contiguous(), size)
 
 
-class TaskData:
-    """One task's train and eval images on a device, with a checkpointable sampling generator."""
+class TaskImages:
+    """One task's train and eval images (uint8, on a device) with a checkpointable sampling generator.
+
+    Not to be confused with :class:`~largemeta.data.tasks.TaskSpec` (the recipe, a suite entry) or a
+    model-side task (:class:`largemeta.models.task.ImageTask`, which draws its batches from one of these).
+    """
 
     def __init__(
         self,
@@ -91,7 +95,7 @@ class TaskData:
         data_dir: str | os.PathLike[str] | None = None,
         root: str | os.PathLike[str] | None = None,
         dataset: ArrayDataset | None = None,
-    ) -> TaskData:
+    ) -> TaskImages:
         """Load ``spec.dataset`` (or use the already loaded ``dataset``) and build the task on ``device``."""
         ds = dataset if dataset is not None else load_dataset(spec.dataset, data_dir=data_dir, root=root)
         return cls.from_arrays(spec, ds, device=device, seed=seed)
@@ -99,7 +103,7 @@ class TaskData:
     @classmethod
     def from_arrays(
         cls, spec: TaskSpec, ds: ArrayDataset, *, device: str | torch.device = "cpu", seed: int = 0
-    ) -> TaskData:
+    ) -> TaskImages:
         """Select the task's classes from ``ds``, resize once, and move to ``device``."""
         dev = torch.device(device)
         classes = spec.resolve_classes(ds.class_names)
@@ -142,7 +146,7 @@ class TaskData:
 
     def __repr__(self) -> str:
         return (
-            f"TaskData({self.name!r}, classes={self.num_classes}, train={self.num_train}, "
+            f"TaskImages({self.name!r}, classes={self.num_classes}, train={self.num_train}, "
             f"eval={self.num_eval}, shape={self.image_shape}, device={self.device})"
         )
 
@@ -172,7 +176,9 @@ class TaskData:
                 self.y_eval[i : i + batch_size],
             )
 
-    def subsample(self, n_per_class: int | None = None, total: int | None = None, seed: int = 0) -> TaskData:
+    def subsample(
+        self, n_per_class: int | None = None, total: int | None = None, seed: int = 0
+    ) -> TaskImages:
         """A copy training on a class-balanced subset: ``n_per_class`` per class, or ``total`` images.
 
         With ``total`` the classes take turns (a seeded shuffle within each class), so per-class counts differ
@@ -205,7 +211,7 @@ class TaskData:
             order = np.concatenate(per_class)
             chosen = order[np.argsort(ranks, kind="stable")][:total]
         keep = torch.from_numpy(np.sort(chosen)).to(self.device)
-        return TaskData(
+        return TaskImages(
             self.spec,
             self.x_train[keep],
             self.y_train[keep],
@@ -239,8 +245,8 @@ def build_tasks(
     seed: int = 0,
     data_dir: str | os.PathLike[str] | None = None,
     root: str | os.PathLike[str] | None = None,
-) -> list[TaskData]:
-    """:class:`TaskData` for each spec, loading every distinct dataset once; task ``i`` gets
+) -> list[TaskImages]:
+    """:class:`TaskImages` for each spec, loading every distinct dataset once; task ``i`` gets
     ``task_seed(seed, i)``."""
     datasets: dict[str, ArrayDataset] = {}
     tasks = []
@@ -248,6 +254,6 @@ def build_tasks(
         if spec.dataset not in datasets:
             datasets[spec.dataset] = load_dataset(spec.dataset, data_dir=data_dir, root=root)
         tasks.append(
-            TaskData.from_arrays(spec, datasets[spec.dataset], device=device, seed=task_seed(seed, i))
+            TaskImages.from_arrays(spec, datasets[spec.dataset], device=device, seed=task_seed(seed, i))
         )
     return tasks
