@@ -211,14 +211,43 @@ class TaskImages:
             order = np.concatenate(per_class)
             chosen = order[np.argsort(ranks, kind="stable")][:total]
         keep = torch.from_numpy(np.sort(chosen)).to(self.device)
+        return self._training_on(keep, seed=self.seed)
+
+    def split_query(self, fraction: float, seed: int | None = None) -> tuple[TaskImages, TaskImages]:
+        """Hold out a share of the training images as a query pool: ``(train, query)``, disjoint copies.
+
+        First-order MAML and iMAML score the adapted weights on a batch the inner loop did not train on, so
+        the query batches come from their own pool. Of the task's ``n`` training images,
+        ``n_q = max(1, round(n * fraction))`` are held out: the first ``n_q`` entries of
+        ``torch.randperm(n)`` drawn from a CPU generator seeded with ``seed`` (default: this task's seed), so
+        the split is the same on every device. Each copy keeps its images in their original order and shares
+        the eval split.
+
+        Both copies start fresh sampling streams: the train copy seeded with this task's seed, the query copy
+        with that seed + 1, so query draws never disturb the training stream (the shift-error probe replays
+        it). ``UserError`` when the split would leave no training image.
+        """
+        if isinstance(fraction, bool) or not 0 < fraction < 1:
+            raise UserError(f"task {self.name!r}: the query fraction must lie in (0, 1), got {fraction!r}")
+        n = self.num_train
+        n_query = max(1, int(round(n * fraction)))
+        if n_query >= n:
+            raise UserError(f"task {self.name!r}: {n} training images are too few to hold out a query share")
+        g = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        perm = torch.randperm(n, generator=g).to(self.device)
+        query, train = perm[:n_query].sort().values, perm[n_query:].sort().values
+        return self._training_on(train, seed=self.seed), self._training_on(query, seed=self.seed + 1)
+
+    def _training_on(self, index: torch.Tensor, *, seed: int) -> TaskImages:
+        """A copy whose training images are ``x_train[index]`` (eval split shared), sampling from ``seed``."""
         return TaskImages(
             self.spec,
-            self.x_train[keep],
-            self.y_train[keep],
+            self.x_train[index],
+            self.y_train[index],
             self.x_eval,
             self.y_eval,
             self.class_names,
-            seed=self.seed,
+            seed=seed,
         )
 
     # ---------------------------------------------------------------------------- checkpointing
@@ -238,6 +267,39 @@ def task_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+class Datasets:
+    """Each distinct dataset loaded once, for building the :class:`TaskImages` of many specs.
+
+    Tasks often share a dataset (QuickDraw cut into class groups; one target fine-tuned under several seeds),
+    and reading it from the cache once per task would repeat the same work. ``Datasets`` memoises
+    :func:`~largemeta.data.datasets.load_dataset` by the name or path a spec gives; the caller chooses each
+    task's seed::
+
+        datasets = Datasets(data_dir=cfg.data_dir)
+        for i, spec in enumerate(specs):
+            images = datasets.task_images(spec, device="cuda", seed=task_seed(cfg.seed, i))
+
+    The host arrays stay referenced while this object lives; drop it once the tasks are built.
+    """
+
+    def __init__(
+        self, data_dir: str | os.PathLike[str] | None = None, root: str | os.PathLike[str] | None = None
+    ) -> None:
+        self.data_dir = data_dir
+        self.root = root
+        self._loaded: dict[str, ArrayDataset] = {}
+
+    def get(self, name: str) -> ArrayDataset:
+        """The dataset ``name`` (a registered name or a path), loaded on the first request only."""
+        if name not in self._loaded:
+            self._loaded[name] = load_dataset(name, data_dir=self.data_dir, root=self.root)
+        return self._loaded[name]
+
+    def task_images(self, spec: TaskSpec, *, device: str | torch.device = "cpu", seed: int = 0) -> TaskImages:
+        """:meth:`TaskImages.from_arrays` on ``spec``'s dataset, loaded once for all specs that share it."""
+        return TaskImages.from_arrays(spec, self.get(spec.dataset), device=device, seed=seed)
+
+
 def build_tasks(
     specs: Sequence[TaskSpec],
     *,
@@ -248,12 +310,7 @@ def build_tasks(
 ) -> list[TaskImages]:
     """:class:`TaskImages` for each spec, loading every distinct dataset once; task ``i`` gets
     ``task_seed(seed, i)``."""
-    datasets: dict[str, ArrayDataset] = {}
-    tasks = []
-    for i, spec in enumerate(specs):
-        if spec.dataset not in datasets:
-            datasets[spec.dataset] = load_dataset(spec.dataset, data_dir=data_dir, root=root)
-        tasks.append(
-            TaskImages.from_arrays(spec, datasets[spec.dataset], device=device, seed=task_seed(seed, i))
-        )
-    return tasks
+    datasets = Datasets(data_dir, root)
+    return [
+        datasets.task_images(spec, device=device, seed=task_seed(seed, i)) for i, spec in enumerate(specs)
+    ]
