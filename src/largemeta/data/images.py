@@ -17,10 +17,13 @@ Trainer API::
     small = task.subsample(n_per_class=50, seed=1)   # limited-data experiments; or total=500
     state = task.state_dict()            # generator state; checkpoint it with the model
     task.load_state_dict(state)          # the next batches are exactly those that followed the save
+    train, query = task.split_query(0.25)   # held-out query pool for FOMAML / iMAML
 
 To build many tasks, loading each dataset once (e.g. QuickDraw for several class groups)::
 
-    train_tasks = build_tasks(suite.meta_train, device="cuda", seed=0)
+    train_tasks = build_tasks(suite.meta_train, device="cuda", seed=0)   # task i seeded task_seed(0, i)
+    datasets = Datasets(data_dir)                                        # or choose the specs and seeds
+    target = datasets.task_images(spec, device="cuda", seed=task_seed(s, i))
 
 Minibatches are drawn uniformly with replacement (``torch.randint``), so the generator state is the whole
 sampling state: restoring it resumes the identical stream.
