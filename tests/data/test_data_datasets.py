@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from largemeta.data.cache import atomic_write_bytes, data_dir
-from largemeta.data.datasets import DATASETS, fetch_dataset, is_cached, load_dataset
-from largemeta.data.registry import Registry
+from largemeta.data.datasets import BUILTIN_DATASETS, DATASETS, fetch_dataset, is_cached, load_dataset
+from largemeta.data.packaged import PACKAGED_DATASETS
 from largemeta.data.sources import NpmPackage, fetch_first
+from largemeta.data.vision import PAPER_DATASETS
 from largemeta.errors import UserError
+from largemeta.registry import Registry
 
 FIGURES = {  # name: (train, test, classes, shape)
     "mnist": (60_000, 10_000, 10, (28, 28, 1)),
@@ -149,3 +151,12 @@ def test_registry_generic():
         reg.add("a", 2)
     with pytest.raises(UserError, match=r"unknown widget 'c' \(valid: a, b\)"):
         reg.get("c")
+
+
+def test_every_builtin_is_registered_in_the_shared_registry():
+    assert isinstance(DATASETS, Registry) and DATASETS.kind == "dataset"
+    assert BUILTIN_DATASETS == (*PACKAGED_DATASETS, *PAPER_DATASETS)
+    assert DATASETS.names() == sorted(s.name for s in BUILTIN_DATASETS)
+    assert all(DATASETS.get(s.name) is s for s in BUILTIN_DATASETS)
+    assert [s.name for s in PACKAGED_DATASETS] == ["mnist", "fashion_mnist", "quickdraw", "digits"]
+    assert all(s.suites == ("paper",) and s.shape[2] == 3 for s in PAPER_DATASETS)

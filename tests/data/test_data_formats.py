@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from largemeta.data.cache import data_dir, sha256_bytes
-from largemeta.data.datasets import FASHION_GZ_SHA256, MNIST_SHA256, fetch_dataset
+from largemeta.data.datasets import fetch_dataset
 from largemeta.data.formats import (
     parse_digits_csv,
     parse_idx,
@@ -19,6 +19,7 @@ from largemeta.data.formats import (
     read_zip_members,
     stratified_split,
 )
+from largemeta.data.packaged import FASHION_GZ_SHA256, MNIST_SHA256
 from largemeta.errors import UserError
 
 pytestmark = pytest.mark.network

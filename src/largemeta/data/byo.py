@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from largemeta.data.arrays import ArrayDataset, split_off_test
 from largemeta.data.cache import progress
-from largemeta.data.datasets import ArrayDataset, split_off_test
 from largemeta.errors import UserError
 
 IMAGE_SUFFIXES = frozenset(

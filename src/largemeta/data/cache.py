@@ -1,7 +1,10 @@
 """Where datasets are kept, and how files get there safely.
 
 The cache directory is, in order of precedence: an explicit ``data_dir`` (the CLI's ``--data-dir``), the
-environment variable ``LARGEMETA_DATA_DIR``, ``$XDG_CACHE_HOME/largemeta``, ``~/.cache/largemeta``.
+environment variable ``LARGEMETA_DATA_DIR``, then the operating system's per-user cache folder as
+``platformdirs.user_cache_dir("largemeta")`` reports it: ``$XDG_CACHE_HOME/largemeta`` or
+``~/.cache/largemeta`` on Linux, ``~/Library/Caches/largemeta`` on macOS, ``%LOCALAPPDATA%\\largemeta\\Cache``
+on Windows.
 
 Layout::
 
@@ -26,11 +29,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import platformdirs
 from tqdm import tqdm
 
 from largemeta.errors import UserError
 
 DATA_DIR_ENV = "LARGEMETA_DATA_DIR"
+APP_NAME = "largemeta"
 
 
 def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -40,9 +45,8 @@ def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "largemeta"
+    # appauthor=False: no vendor folder above ours on Windows (else largemeta\largemeta\Cache).
+    return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False)).expanduser()
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -68,7 +68,9 @@ def _run_client(argv: Sequence[str], cwd: Path) -> None:
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
         hint = " (run 'apt-get update' once: it needs package lists)" if argv[0] == "apt-get" else ""
-        raise SourceUnavailable(f"{' '.join(argv[:2])} failed: {lines[-1] if lines else proc.returncode}{hint}")
+        raise SourceUnavailable(
+            f"{' '.join(argv[:2])} failed: {lines[-1] if lines else proc.returncode}{hint}"
+        )
 
 
 def _move_durably(src: Path, dst: Path) -> None:

@@ -8,6 +8,9 @@ resized, centre crop) so the variable-size sets fit one uint8 array; tasks resiz
   * torchvision datasets: ``DIR`` is torchvision's ``root`` for that class (read with ``download=False``);
   * folder datasets (Tiny ImageNet, Stanford Dogs, CUB-200, which torchvision lacks): ``DIR`` is, or contains
     ``layout``, a folder of class subfolders (read like a bring-your-own folder; 20 % of each class held out).
+
+This module only describes them (:data:`PAPER_DATASETS`); :mod:`largemeta.data.datasets` registers them.
+torchvision is imported only when a dataset is built, so listing the registry never needs it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from largemeta.data.arrays import ArrayDataset, DatasetSpec
+from largemeta.data.byo import load_folder, square_resize
 from largemeta.data.cache import progress
-from largemeta.data.datasets import DATASETS, ArrayDataset, DatasetSpec
 from largemeta.data.sources import Source, SourceUnavailable, offline
 from largemeta.errors import UserError
 
@@ -79,8 +83,6 @@ class FolderSource(Source):
         raise NotImplementedError("use load()")
 
     def load(self, name: str, root: Path) -> ArrayDataset:
-        from largemeta.data.byo import load_folder
-
         folder = root / self.layout if (root / self.layout).is_dir() else root
         if not folder.is_dir():
             raise SourceUnavailable(f"{folder} is not a folder")
@@ -92,8 +94,6 @@ class FolderSource(Source):
 
 def _square(img: Image.Image, side: int) -> np.ndarray:
     """RGB uint8 (side, side, 3): shorter side resized to ``side``, then a centre crop."""
-    from largemeta.data.byo import square_resize
-
     return np.asarray(square_resize(img.convert("RGB"), side), dtype=np.uint8)
 
 
@@ -139,7 +139,7 @@ def _tv(cls: str, train: dict[str, Any], test: dict[str, Any], store: int) -> To
 
 
 _SPLIT = ({"train": True}, {"train": False})
-_VISION = [
+_VISION = (
     _Vision("cifar100", "CIFAR-100", 100, 32, 60_000, (_tv("CIFAR100", *_SPLIT, 32),)),
     _Vision(
         "svhn",
@@ -204,19 +204,20 @@ _VISION = [
     _Vision(
         "cub200", "Caltech-UCSD Birds 200-2011", 200, 84, 11_788, (FolderSource("CUB_200_2011/images", 84),)
     ),
-]
+)
 
-for _v in _VISION:
-    DATASETS.add(
-        _v.name,
-        DatasetSpec(
-            _v.name,
-            _v.description,
-            _v.classes,
-            (_v.store, _v.store, 3),
-            _v.images,
-            _v.sources,
-            _v.build,
-            suites=("paper",),
-        ),
+
+def _spec(v: _Vision) -> DatasetSpec:
+    return DatasetSpec(
+        v.name,
+        v.description,
+        v.classes,
+        (v.store, v.store, 3),
+        v.images,
+        v.sources,
+        v.build,
+        suites=("paper",),
     )
+
+
+PAPER_DATASETS: tuple[DatasetSpec, ...] = tuple(_spec(v) for v in _VISION)

@@ -21,8 +21,7 @@ from largemeta.core.diagnostics import ShiftErrorProbe
 from largemeta.core.engine import MetaLearner
 from largemeta.core.inner import INNER_OPTIMIZERS
 from largemeta.core.params import Params
-from largemeta.data.datasets import load_dataset
-from largemeta.data.sampler import TaskData, task_seed
+from largemeta.data.images import Datasets, TrainQuerySampler, task_seed
 from largemeta.data.tasks import TaskSpec, load_suite
 from largemeta.errors import UserError
 from largemeta.execution import EXECUTORS, GRAPH, CudaGraphMetaStep
@@ -92,44 +91,6 @@ def initial_phi(cfg: TrainConfig, body_params: Params) -> Params:
     return fit_to_body(source, body_params, what=f"init {cfg.init!r}", model=cfg.model)
 
 
-class TaskSampler:
-    """A task's training stream and, for FOMAML/iMAML, a query stream from held-out training images.
-
-    The held-out share is fixed by the run's seed; the two streams have their own generators, so replaying the
-    training stream (the shift-error probe) is not disturbed by query draws.
-    """
-
-    def __init__(self, data: TaskData, query_fraction: float | None, seed: int) -> None:
-        self.query: TaskData | None = None
-        self.train = data
-        if query_fraction:
-            n = data.num_train
-            n_query = max(1, int(round(n * query_fraction)))
-            if n_query >= n:
-                raise UserError(f"task {data.name!r}: {n} training images are too few to hold out a query share")
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(data.device)
-            q, t = perm[:n_query].sort().values, perm[n_query:].sort().values
-            args = (data.x_eval, data.y_eval, data.class_names)
-            self.train = TaskData(data.spec, data.x_train[t], data.y_train[t], *args, seed=data.seed)
-            self.query = TaskData(data.spec, data.x_train[q], data.y_train[q], *args, seed=data.seed + 1)
-
-    def sample_train(self, batch: int):
-        return self.train.sample_train(batch)
-
-    def sample_query(self, batch: int):
-        if self.query is None:
-            raise RuntimeError("this task has no query split (only FOMAML and iMAML use one)")
-        return self.query.sample_train(batch)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"train": self.train.state_dict(), "query": self.query.state_dict() if self.query else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.train.load_state_dict(state["train"])
-        if self.query is not None and state.get("query") is not None:
-            self.query.load_state_dict(state["query"])
-
-
 @dataclass
 class Run:
     """Everything a training run consists of on this rank.
@@ -186,18 +147,16 @@ def build_run(cfg: TrainConfig, placement: Placement) -> Run:
 
 def _build_tasks(cfg: TrainConfig, specs: list[TaskSpec], mine: list[int], body: nn.Module, buffers: Params,
                  device: torch.device, uses_query: bool) -> tuple[list[ImageTask], list[Params]]:
-    datasets: dict[str, Any] = {}
+    datasets = Datasets(data_dir=cfg.data_dir or None)
     tasks, heads = [], []
     for gi in mine:
         spec = specs[gi]
-        if spec.dataset not in datasets:
-            datasets[spec.dataset] = load_dataset(spec.dataset, data_dir=cfg.data_dir or None)
         seed = task_seed(cfg.seed, gi)
-        data = TaskData.from_arrays(spec, datasets[spec.dataset], device=device, seed=seed)
-        sampler = TaskSampler(data, cfg.query_fraction if uses_query else None, seed)
-        task = ImageTask(body, sampler, classes=data.num_classes, batch_size=cfg.batch_size,
+        images = datasets.task_images(spec, device=device, seed=seed)
+        sampler = TrainQuerySampler(images, cfg.query_fraction if uses_query else None)
+        task = ImageTask(body, sampler, classes=images.num_classes, batch_size=cfg.batch_size,
                          buffers={k: v.clone() for k, v in buffers.items()}, device=device, name=spec.name)
-        head = init_head(data.num_classes, task.num_features, torch.Generator().manual_seed(seed))
+        head = init_head(images.num_classes, task.num_features, torch.Generator().manual_seed(seed))
         tasks.append(task)
         heads.append({k: v.to(device) for k, v in head.items()})
     return tasks, heads

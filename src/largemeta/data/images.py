@@ -1,6 +1,6 @@
-"""Device-resident task data: what the trainer draws minibatches from.
+"""One task's images on the device, and the seeded minibatch stream the trainer draws from them.
 
-A :class:`TaskData` keeps one task's images as uint8 tensors (N, C, H, W) on the training device, already
+A :class:`TaskImages` keeps one task's images as uint8 tensors (N, C, H, W) on the training device, already
 resized to the task's size and restricted to its classes (labels renumbered 0..k-1). Minibatches are
 drawn and augmented on that device with a per-task ``torch.Generator`` living there too, so no host work
 and no host-device copy happens per step. Grey images stay 1 channel in memory and become 3 only in the
@@ -8,7 +8,7 @@ batch when the task asks for 3.
 
 Trainer API::
 
-    task = TaskData.from_spec(spec, device="cuda", seed=0)   # spec: largemeta.data.tasks.TaskSpec
+    task = TaskImages.from_spec(spec, device="cuda", seed=0)   # spec: largemeta.data.tasks.TaskSpec
     task.num_classes          # k, labels are 0..k-1
     task.image_shape          # (C, H, W) of the batches
     x, y = task.sample_train(128)        # x float32 (B, C, H, W) in [-1, 1], augmented; y int64 (B,)
@@ -17,10 +17,13 @@ Trainer API::
     small = task.subsample(n_per_class=50, seed=1)   # limited-data experiments; or total=500
     state = task.state_dict()            # generator state; checkpoint it with the model
     task.load_state_dict(state)          # the next batches are exactly those that followed the save
+    train, query = task.split_query(0.25)   # held-out query pool for FOMAML / iMAML
 
 To build many tasks, loading each dataset once (e.g. QuickDraw for several class groups)::
 
-    train_tasks = build_tasks(suite.meta_train, device="cuda", seed=0)
+    train_tasks = build_tasks(suite.meta_train, device="cuda", seed=0)   # task i seeded task_seed(0, i)
+    datasets = Datasets(data_dir)                                        # or choose the specs and seeds
+    target = datasets.task_images(spec, device="cuda", seed=task_seed(s, i))
 
 Minibatches are drawn uniformly with replacement (``torch.randint``), so the generator state is the whole
 sampling state: restoring it resumes the identical stream.
@@ -35,8 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from largemeta.data.arrays import ArrayDataset
 from largemeta.data.augment import augment, normalize, resize_uint8, to_grey
-from largemeta.data.datasets import ArrayDataset, load_dataset
+from largemeta.data.datasets import load_dataset
 from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError
 
@@ -49,8 +53,12 @@ def _to_device_images(x: np.ndarray, size: int, channels: int, device: torch.dev
     return resize_uint8(t.contiguous(), size)
 
 
-class TaskData:
-    """One task's train and eval images on a device, with a checkpointable sampling generator."""
+class TaskImages:
+    """One task's train and eval images (uint8, on a device) with a checkpointable sampling generator.
+
+    Not to be confused with :class:`~largemeta.data.tasks.TaskSpec` (the recipe, a suite entry) or a
+    model-side task (:class:`largemeta.models.task.ImageTask`, which draws its batches from one of these).
+    """
 
     def __init__(
         self,
@@ -90,7 +98,7 @@ class TaskData:
         data_dir: str | os.PathLike[str] | None = None,
         root: str | os.PathLike[str] | None = None,
         dataset: ArrayDataset | None = None,
-    ) -> TaskData:
+    ) -> TaskImages:
         """Load ``spec.dataset`` (or use the already loaded ``dataset``) and build the task on ``device``."""
         ds = dataset if dataset is not None else load_dataset(spec.dataset, data_dir=data_dir, root=root)
         return cls.from_arrays(spec, ds, device=device, seed=seed)
@@ -98,7 +106,7 @@ class TaskData:
     @classmethod
     def from_arrays(
         cls, spec: TaskSpec, ds: ArrayDataset, *, device: str | torch.device = "cpu", seed: int = 0
-    ) -> TaskData:
+    ) -> TaskImages:
         """Select the task's classes from ``ds``, resize once, and move to ``device``."""
         dev = torch.device(device)
         classes = spec.resolve_classes(ds.class_names)
@@ -141,7 +149,7 @@ class TaskData:
 
     def __repr__(self) -> str:
         return (
-            f"TaskData({self.name!r}, classes={self.num_classes}, train={self.num_train}, "
+            f"TaskImages({self.name!r}, classes={self.num_classes}, train={self.num_train}, "
             f"eval={self.num_eval}, shape={self.image_shape}, device={self.device})"
         )
 
@@ -171,7 +179,9 @@ class TaskData:
                 self.y_eval[i : i + batch_size],
             )
 
-    def subsample(self, n_per_class: int | None = None, total: int | None = None, seed: int = 0) -> TaskData:
+    def subsample(
+        self, n_per_class: int | None = None, total: int | None = None, seed: int = 0
+    ) -> TaskImages:
         """A copy training on a class-balanced subset: ``n_per_class`` per class, or ``total`` images.
 
         With ``total`` the classes take turns (a seeded shuffle within each class), so per-class counts differ
@@ -204,14 +214,43 @@ class TaskData:
             order = np.concatenate(per_class)
             chosen = order[np.argsort(ranks, kind="stable")][:total]
         keep = torch.from_numpy(np.sort(chosen)).to(self.device)
-        return TaskData(
+        return self._training_on(keep, seed=self.seed)
+
+    def split_query(self, fraction: float, seed: int | None = None) -> tuple[TaskImages, TaskImages]:
+        """Hold out a share of the training images as a query pool: ``(train, query)``, disjoint copies.
+
+        First-order MAML and iMAML score the adapted weights on a batch the inner loop did not train on, so
+        the query batches come from their own pool. Of the task's ``n`` training images,
+        ``n_q = max(1, round(n * fraction))`` are held out: the first ``n_q`` entries of
+        ``torch.randperm(n)`` drawn from a CPU generator seeded with ``seed`` (default: this task's seed), so
+        the split is the same on every device. Each copy keeps its images in their original order and shares
+        the eval split.
+
+        Both copies start fresh sampling streams: the train copy seeded with this task's seed, the query copy
+        with that seed + 1, so query draws never disturb the training stream (the shift-error probe replays
+        it). ``UserError`` when the split would leave no training image.
+        """
+        if isinstance(fraction, bool) or not 0 < fraction < 1:
+            raise UserError(f"task {self.name!r}: the query fraction must lie in (0, 1), got {fraction!r}")
+        n = self.num_train
+        n_query = max(1, int(round(n * fraction)))
+        if n_query >= n:
+            raise UserError(f"task {self.name!r}: {n} training images are too few to hold out a query share")
+        g = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        perm = torch.randperm(n, generator=g).to(self.device)
+        query, train = perm[:n_query].sort().values, perm[n_query:].sort().values
+        return self._training_on(train, seed=self.seed), self._training_on(query, seed=self.seed + 1)
+
+    def _training_on(self, index: torch.Tensor, *, seed: int) -> TaskImages:
+        """A copy whose training images are ``x_train[index]`` (eval split shared), sampling from ``seed``."""
+        return TaskImages(
             self.spec,
-            self.x_train[keep],
-            self.y_train[keep],
+            self.x_train[index],
+            self.y_train[index],
             self.x_eval,
             self.y_eval,
             self.class_names,
-            seed=self.seed,
+            seed=seed,
         )
 
     # ---------------------------------------------------------------------------- checkpointing
@@ -231,6 +270,65 @@ def task_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+class TrainQuerySampler:
+    """A task's minibatch sampler for the training loop (a ``BatchSampler``): its training stream and, for
+    meta-gradients that read held-out batches (FOMAML, iMAML), a query stream from a held-out share of its
+    training images (:meth:`TaskImages.split_query`: fixed by the task's seed; the two streams have their own
+    generators, so replaying the training stream — the shift-error probe — is not disturbed by query draws)."""
+
+    def __init__(self, images: TaskImages, query_fraction: float | None = None) -> None:
+        self.train, self.query = images.split_query(query_fraction) if query_fraction else (images, None)
+
+    def sample_train(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.train.sample_train(batch)
+
+    def sample_query(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.query is None:
+            raise RuntimeError("this task has no query split (only meta-gradients that use query batches have one)")
+        return self.query.sample_train(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train": self.train.state_dict(), "query": self.query.state_dict() if self.query else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.train.load_state_dict(state["train"])
+        if self.query is not None and state.get("query") is not None:
+            self.query.load_state_dict(state["query"])
+
+
+class Datasets:
+    """Each distinct dataset loaded once, for building the :class:`TaskImages` of many specs.
+
+    Tasks often share a dataset (QuickDraw cut into class groups; one target fine-tuned under several seeds),
+    and reading it from the cache once per task would repeat the same work. ``Datasets`` memoises
+    :func:`~largemeta.data.datasets.load_dataset` by the name or path a spec gives; the caller chooses each
+    task's seed::
+
+        datasets = Datasets(data_dir=cfg.data_dir)
+        for i, spec in enumerate(specs):
+            images = datasets.task_images(spec, device="cuda", seed=task_seed(cfg.seed, i))
+
+    The host arrays stay referenced while this object lives; drop it once the tasks are built.
+    """
+
+    def __init__(
+        self, data_dir: str | os.PathLike[str] | None = None, root: str | os.PathLike[str] | None = None
+    ) -> None:
+        self.data_dir = data_dir
+        self.root = root
+        self._loaded: dict[str, ArrayDataset] = {}
+
+    def get(self, name: str) -> ArrayDataset:
+        """The dataset ``name`` (a registered name or a path), loaded on the first request only."""
+        if name not in self._loaded:
+            self._loaded[name] = load_dataset(name, data_dir=self.data_dir, root=self.root)
+        return self._loaded[name]
+
+    def task_images(self, spec: TaskSpec, *, device: str | torch.device = "cpu", seed: int = 0) -> TaskImages:
+        """:meth:`TaskImages.from_arrays` on ``spec``'s dataset, loaded once for all specs that share it."""
+        return TaskImages.from_arrays(spec, self.get(spec.dataset), device=device, seed=seed)
+
+
 def build_tasks(
     specs: Sequence[TaskSpec],
     *,
@@ -238,15 +336,10 @@ def build_tasks(
     seed: int = 0,
     data_dir: str | os.PathLike[str] | None = None,
     root: str | os.PathLike[str] | None = None,
-) -> list[TaskData]:
-    """:class:`TaskData` for each spec, loading every distinct dataset once; task ``i`` gets
+) -> list[TaskImages]:
+    """:class:`TaskImages` for each spec, loading every distinct dataset once; task ``i`` gets
     ``task_seed(seed, i)``."""
-    datasets: dict[str, ArrayDataset] = {}
-    tasks = []
-    for i, spec in enumerate(specs):
-        if spec.dataset not in datasets:
-            datasets[spec.dataset] = load_dataset(spec.dataset, data_dir=data_dir, root=root)
-        tasks.append(
-            TaskData.from_arrays(spec, datasets[spec.dataset], device=device, seed=task_seed(seed, i))
-        )
-    return tasks
+    datasets = Datasets(data_dir, root)
+    return [
+        datasets.task_images(spec, device=device, seed=task_seed(seed, i)) for i, spec in enumerate(specs)
+    ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -9,9 +11,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from largemeta.data.arrays import ArrayDataset
 from largemeta.data.augment import crop_at, flip_where, normalize, random_crop, resize_uint8
-from largemeta.data.datasets import ArrayDataset
-from largemeta.data.sampler import TaskData
+from largemeta.data.images import TaskImages
 from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError
 
@@ -23,9 +25,9 @@ def toy_dataset(n_per_class=6, classes=4, side=10, channels=1) -> ArrayDataset:
     return ArrayDataset("toy", x, y, x[::2].copy(), y[::2].copy(), tuple(f"k{i}" for i in range(classes)))
 
 
-def toy_task(seed: int = 0, rgb: bool = False, **kw) -> TaskData:
+def toy_task(seed: int = 0, rgb: bool = False, **kw) -> TaskImages:
     spec = TaskSpec(**{"name": "t", "dataset": "toy", "image_size": 10, "channels": 1, **kw})
-    return TaskData.from_arrays(spec, toy_dataset(channels=3 if rgb else 1), seed=seed)
+    return TaskImages.from_arrays(spec, toy_dataset(channels=3 if rgb else 1), seed=seed)
 
 
 def test_shapes_ranges_and_device():
@@ -76,7 +78,7 @@ def test_eval_iterator_is_the_eval_split_unaugmented():
 def test_class_subset_relabels_in_given_order():
     ds = toy_dataset()
     spec = TaskSpec("t", "toy", ("k3", "k1"), image_size=10, channels=1)
-    task = TaskData.from_arrays(spec, ds)
+    task = TaskImages.from_arrays(spec, ds)
     assert task.class_names == ("k3", "k1") and task.num_train == 12
     # label 0 of the task is dataset class 3
     first = torch.from_numpy(ds.x_train[ds.y_train == 3]).permute(0, 3, 1, 2)
@@ -85,7 +87,7 @@ def test_class_subset_relabels_in_given_order():
 
 def test_unknown_class_in_task():
     with pytest.raises(UserError, match=r"task 't' \(toy\): unknown class 'k9'"):
-        TaskData.from_arrays(TaskSpec("t", "toy", ("k9",)), toy_dataset())
+        TaskImages.from_arrays(TaskSpec("t", "toy", ("k9",)), toy_dataset())
 
 
 def test_subsample():
@@ -166,20 +168,20 @@ def test_offline_suite_tasks_on_real_data(builtin):
 
     suite = load_suite("offline")
     digits = next(t for t in suite.meta_test if t.dataset == "digits")
-    task = TaskData.from_arrays(digits, builtin("digits"))
+    task = TaskImages.from_arrays(digits, builtin("digits"))
     x, y = task.sample_train(128)
     assert x.shape == (128, 1, 28, 28) and task.num_classes == 10
-    qd = TaskData.from_arrays(suite.meta_test[0], builtin("quickdraw"))
+    qd = TaskImages.from_arrays(suite.meta_test[0], builtin("quickdraw"))
     assert qd.num_classes == 35 and qd.num_train == 35 * 80 and qd.num_eval == 35 * 20
 
 
 @pytest.mark.network
 def test_build_tasks_loads_each_dataset_once_and_seeds_differ(builtin, monkeypatch):
-    import largemeta.data.sampler as sampler
+    import largemeta.data.images as images
     from largemeta.data import build_tasks, load_suite
 
     calls = []
-    monkeypatch.setattr(sampler, "load_dataset", lambda name, **kw: calls.append(name) or builtin(name))
+    monkeypatch.setattr(images, "load_dataset", lambda name, **kw: calls.append(name) or builtin(name))
     tasks = build_tasks(load_suite("offline").meta_train, seed=5)
     assert calls == ["mnist", "fashion_mnist", "quickdraw"]
     assert [t.num_classes for t in tasks] == [10, 10, 80, 80, 80]
@@ -190,9 +192,9 @@ def test_build_tasks_loads_each_dataset_once_and_seeds_differ(builtin, monkeypat
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_task_data_lives_on_cuda():
+def test_task_images_live_on_cuda():
     spec = TaskSpec("t", "toy", image_size=12, channels=3, crop_padding=2)
-    task = TaskData.from_arrays(spec, toy_dataset(), device="cuda", seed=3)
+    task = TaskImages.from_arrays(spec, toy_dataset(), device="cuda", seed=3)
     assert task.x_train.is_cuda and task.generator.device.type == "cuda"
     state = task.state_dict()
     x, y = task.sample_train(64)
@@ -207,10 +209,16 @@ def test_task_data_lives_on_cuda():
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), batches=st.lists(st.integers(1, 64), min_size=1, max_size=6),
-       cut=st.integers(0, 5), padding=st.integers(0, 4), flip=st.booleans())
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    batches=st.lists(st.integers(1, 64), min_size=1, max_size=6),
+    cut=st.integers(0, 5),
+    padding=st.integers(0, 4),
+    flip=st.booleans(),
+)
 def test_sampler_properties(seed, batches, cut, padding, flip):
-    """Indices in range; the same seed gives the same stream; a saved and restored state continues it exactly."""
+    """Indices in range; the same seed gives the same stream; a saved and restored state continues it
+    exactly."""
     a = toy_task(seed, crop_padding=padding, flip=flip)
     b = toy_task(seed, crop_padding=padding, flip=flip)
     cut = min(cut, len(batches))
@@ -223,8 +231,133 @@ def test_sampler_properties(seed, batches, cut, padding, flip):
     expected = [a.sample_train(n) for n in batches[cut:]]
     c = toy_task(seed + 1, crop_padding=padding, flip=flip)  # another seed, then the saved state
     c.load_state_dict(state)
-    for n, (x, y) in zip(batches[cut:], expected):
+    for n, (x, y) in zip(batches[cut:], expected, strict=True):
         xc, yc = c.sample_train(n)
         assert torch.equal(x, xc) and torch.equal(y, yc)
     idx = a.sample_indices(max(batches))
     assert int(idx.min()) >= 0 and int(idx.max()) < a.num_train
+
+
+# ------------------------------------------------------------------------- held-out query split
+
+
+def v01_trainer_split(data: TaskImages, query_fraction: float, seed: int):
+    """The oracle: the trainer's query split of v0.1 (``train/trainer.py``, ``TaskSampler.__init__``),
+    verbatim but for returning the indices too. Every φ hash of a FOMAML / iMAML run rests on it."""
+    n = data.num_train
+    n_query = max(1, int(round(n * query_fraction)))
+    if n_query >= n:
+        raise UserError(f"task {data.name!r}: {n} training images are too few to hold out a query share")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(data.device)
+    q, t = perm[:n_query].sort().values, perm[n_query:].sort().values
+    args = (data.x_eval, data.y_eval, data.class_names)
+    train = TaskImages(data.spec, data.x_train[t], data.y_train[t], *args, seed=data.seed)
+    query = TaskImages(data.spec, data.x_train[q], data.y_train[q], *args, seed=data.seed + 1)
+    return t, q, train, query
+
+
+def unique_images_task(n: int, seed: int, **kw) -> TaskImages:
+    """A task whose training image i is the constant image i (so an image tells its index)."""
+    y = np.arange(n) % 3
+    x = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1) * np.ones((1, 6, 6, 1), np.uint8)
+    ds = ArrayDataset("u", x, y, x[:5].copy(), y[:5].copy(), ("a", "b", "c"))
+    spec = TaskSpec(**{"name": "u", "dataset": "u", "image_size": 6, "channels": 1, **kw})
+    return TaskImages.from_arrays(spec, ds, seed=seed)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(2, 200),
+    fraction=st.floats(0.01, 0.99),
+    seed=st.integers(0, 2**32 - 2),
+    padding=st.integers(0, 3),
+    flip=st.booleans(),
+    batches=st.lists(st.integers(1, 40), min_size=1, max_size=4),
+)
+def test_split_query_is_the_v01_trainer_split(n, fraction, seed, padding, flip, batches):
+    """Same held-out indices, same images, same seeds and the same batches from both streams."""
+    data = unique_images_task(n, seed, crop_padding=padding, flip=flip)
+    try:
+        t, q, want_train, want_query = v01_trainer_split(data, fraction, seed)
+    except UserError as err:
+        with pytest.raises(UserError, match=re.escape(str(err))):
+            data.split_query(fraction, seed)
+        return
+    train, query = data.split_query(fraction, seed)
+    assert torch.equal(train.x_train[:, 0, 0, 0].long(), t) and torch.equal(
+        query.x_train[:, 0, 0, 0].long(), q
+    )
+    for got, want in ((train, want_train), (query, want_query)):
+        assert torch.equal(got.x_train, want.x_train) and torch.equal(got.y_train, want.y_train)
+        assert got.x_eval is data.x_eval and got.seed == want.seed
+        assert torch.equal(got.state_dict()["generator"], want.state_dict()["generator"])
+        for b in batches:
+            (xg, yg), (xw, yw) = got.sample_train(b), want.sample_train(b)
+            assert torch.equal(xg, xw) and torch.equal(yg, yw)
+    assert (train.seed, query.seed) == (data.seed, data.seed + 1)
+
+
+def test_split_query_partitions_the_training_images():
+    data = unique_images_task(20, seed=7)
+    train, query = data.split_query(0.25)  # seed defaults to the task's seed
+    same = data.split_query(0.25, seed=7)
+    assert torch.equal(train.x_train, same[0].x_train) and torch.equal(query.x_train, same[1].x_train)
+    held, kept = query.x_train[:, 0, 0, 0].tolist(), train.x_train[:, 0, 0, 0].tolist()
+    assert len(held) == 5 and held == sorted(held) and kept == sorted(kept)
+    assert sorted(held + kept) == list(range(20))
+    assert data.split_query(0.25, seed=8)[1].x_train[:, 0, 0, 0].tolist() != held
+    assert data.num_train == 20 and data.seed == 7  # the task itself is untouched
+
+
+def test_split_query_refuses_what_leaves_nothing():
+    with pytest.raises(UserError, match=r"task 'u': 1 training images are too few to hold out a query share"):
+        unique_images_task(1, seed=0).split_query(0.25)
+    with pytest.raises(UserError, match=r"task 'u': 2 training images are too few"):
+        unique_images_task(2, seed=0).split_query(0.75)
+    for bad in (0, 1, 1.5, -0.1, True):
+        with pytest.raises(UserError, match=r"query fraction must lie in \(0, 1\)"):
+            unique_images_task(10, seed=0).split_query(bad)
+
+
+# --------------------------------------------------------------------------- load each dataset once
+
+
+def test_datasets_loads_each_dataset_once(monkeypatch, tmp_path):
+    import largemeta.data.images as images
+    from largemeta.data import Datasets
+
+    calls = []
+
+    def fake_load(name, **kw):
+        calls.append((name, kw))
+        return toy_dataset(classes=5 if name == "five" else 4)
+
+    monkeypatch.setattr(images, "load_dataset", fake_load)
+    datasets = Datasets(data_dir=tmp_path, root="/copy")
+    specs = [
+        TaskSpec(f"t{i}", name, image_size=10, channels=1) for i, name in enumerate(["toy", "five", "toy"])
+    ]
+    tasks = [datasets.task_images(s, seed=i) for i, s in enumerate(specs)]
+    assert calls == [
+        ("toy", {"data_dir": tmp_path, "root": "/copy"}),
+        ("five", {"data_dir": tmp_path, "root": "/copy"}),
+    ]
+    assert datasets.get("toy") is datasets.get("toy") and len(calls) == 2
+    assert [t.num_classes for t in tasks] == [4, 5, 4] and [t.seed for t in tasks] == [0, 1, 2]
+    want = TaskImages.from_arrays(specs[2], toy_dataset(), seed=2)
+    assert torch.equal(tasks[2].x_train, want.x_train) and torch.equal(
+        tasks[2].sample_train(8)[0], want.sample_train(8)[0]
+    )
+
+
+def test_build_tasks_seeds_each_task_by_position(monkeypatch):
+    import largemeta.data.images as images
+    from largemeta.data import build_tasks, task_seed
+
+    calls = []
+    monkeypatch.setattr(images, "load_dataset", lambda name, **kw: calls.append(name) or toy_dataset())
+    specs = [TaskSpec(f"t{i}", "toy", image_size=10, channels=1) for i in range(3)]
+    tasks = build_tasks(specs, seed=11)
+    assert calls == ["toy"] and [t.seed for t in tasks] == [task_seed(11, i) for i in range(3)]
+    want = TaskImages.from_arrays(specs[1], toy_dataset(), seed=task_seed(11, 1))
+    assert torch.equal(tasks[1].sample_train(16)[0], want.sample_train(16)[0])
