@@ -1,17 +1,18 @@
-"""Milliseconds per meta-step for each execution option against the plain loop, in the same run; JSON on stdout.
+"""Milliseconds per meta-step for each execution option against the plain loop, in the same run; JSON on
+stdout.
 
 A meta-step = one inner step of every task + (with CTS) one meta-update and shift. Sizes:
 
-* ``--size paper``: the paper's 8 tasks at native sizes (64, 64, 32, 84, 84, 84, 28, 32 px; 100/100/100/120/100/
-  200/10/10 classes), ResNet-20, batch 128, SGD 0.01 / momentum 0.9 / wd 5e-4, CTS on Reptile with β = 0.01.
-  Meant for a GPU (seconds per task step on a CPU).
+* ``--size paper``: the paper's 8 tasks at native sizes (64, 64, 32, 84, 84, 84, 28, 32 px;
+  100/100/100/120/100/ 200/10/10 classes), ResNet-20, batch 128, SGD 0.01 / momentum 0.9 / wd 5e-4, CTS on
+  Reptile with β = 0.01. Meant for a GPU (seconds per task step on a CPU).
 * ``--size cpu``: ConvNet (width 32), 5 tasks at 28 px with 10 classes, batch 32, same optimizers.
 
 Also reported: ``cts_overhead`` (the same inner steps with and without meta-updates; goal ≤ 1 %) and
 ``memory_vs_k`` (peak memory of a run of K + 1 steps, K ∈ {10, 100, 1000}, each in a fresh process; it should
 not grow with K). Timing rules: warm-up first; synchronize the GPU around every timed block; options are timed
-round-robin (so drift and neighbours' load hit all of them alike); median over repeats; ratios against the loop
-measured in this run. Synthetic tensors: batches are drawn from a random pool already on the device.
+round-robin (so drift and neighbours' load hit all of them alike); median over repeats; ratios against the
+loop measured in this run. Synthetic tensors: batches are drawn from a random pool already on the device.
 
 Usage (from the repository root, with the package importable: ``pip install -e .`` or ``PYTHONPATH=src``)::
 
@@ -38,13 +39,16 @@ import torch
 from largemeta.core import SGD, MetaLearner, Reptile, Schedule
 from largemeta.execution import CudaGraphMetaStep, make_executor
 from largemeta.models import create_model, split_state
-from largemeta.testing import RandomImageSampler
 from largemeta.models.task import ImageTask
+from largemeta.testing import RandomImageSampler
 
 SIZES = {
-    "paper": dict(model="resnet20", model_kw={}, batch=128,
-                  tasks=[(64, 100), (64, 100), (32, 100), (84, 120), (84, 100), (84, 200), (28, 10),
-                         (32, 10)]),
+    "paper": dict(
+        model="resnet20",
+        model_kw={},
+        batch=128,
+        tasks=[(64, 100), (64, 100), (32, 100), (84, 120), (84, 100), (84, 200), (28, 10), (32, 10)],
+    ),
     "cpu": dict(model="convnet", model_kw={"width": 32}, batch=32, tasks=[(28, 10)] * 5),
 }
 EAGER_OPTIONS = ["loop", "channels_last", "autocast", "channels_last+autocast", "batched"]
@@ -66,8 +70,16 @@ def build(size: str, device: str, schedule: Schedule, executor: str = "loop", se
     heads = [{k: v.to(device) for k, v in h.items()} for h in heads]
     graph = executor.startswith("cuda_graph")
     inner_executor = executor.removeprefix("cuda_graph").removeprefix("+") or "loop" if graph else executor
-    learner = MetaLearner(phi, tasks, SGD(0.01, momentum=0.9, weight_decay=5e-4), Reptile(), schedule,
-                          private=heads, meta_lr=0.01, executor=make_executor(inner_executor))
+    learner = MetaLearner(
+        phi,
+        tasks,
+        SGD(0.01, momentum=0.9, weight_decay=5e-4),
+        Reptile(),
+        schedule,
+        private=heads,
+        meta_lr=0.01,
+        executor=make_executor(inner_executor),
+    )
     # One eager warm-up step inside the graph wrapper, so the capture happens during the benchmark's warm-up
     # (main() insists on >= 2 warm-up steps) and is never timed.
     learner.bench_step = CudaGraphMetaStep(learner, warmup=1) if graph else learner.inner_step
@@ -79,9 +91,11 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_round_robin(steps: dict[str, Callable[[], object]], device: str, warmup: int, repeats: int,
-                     block: int) -> dict[str, list[float]]:
-    """ms per call of each function: ``repeats`` blocks of ``block`` calls, options interleaved block by block."""
+def time_round_robin(
+    steps: dict[str, Callable[[], object]], device: str, warmup: int, repeats: int, block: int
+) -> dict[str, list[float]]:
+    """ms per call of each function: ``repeats`` blocks of ``block`` calls, options interleaved block by
+    block."""
     for fn in steps.values():
         for _ in range(warmup):
             fn()
@@ -111,14 +125,15 @@ def meta_step_times(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     if args.options:
         options = ["loop"] + [o for o in args.options.split(",") if o != "loop"]
     learners = {o: build(args.size, args.device, Schedule.cts(k=1000), o) for o in options}
-    times = time_round_robin({o: lr.bench_step for o, lr in learners.items()}, args.device, args.warmup,
-                             args.repeats, args.block)
+    times = time_round_robin(
+        {o: lr.bench_step for o, lr in learners.items()}, args.device, args.warmup, args.repeats, args.block
+    )
     return {o: summary(times[o], times["loop"]) for o in options}
 
 
 def cts_overhead(args: argparse.Namespace) -> dict[str, float]:
-    """Inner steps with a CTS meta-update + shift after each vs the same inner steps alone; and the meta-update
-    timed on its own (a sharper estimate when the machine is noisy)."""
+    """Inner steps with a CTS meta-update + shift after each vs the same inner steps alone; and the
+    meta-update timed on its own (a sharper estimate when the machine is noisy)."""
     cts = build(args.size, args.device, Schedule.cts(k=1000))
     plain = build(args.size, args.device, NO_META)
     steps = {"cts": cts.inner_step, "no_meta": plain.inner_step, "meta_update": cts.meta_update}
@@ -155,8 +170,12 @@ def memory_probe(args: argparse.Namespace) -> dict[str, float]:
         learner.inner_step()
     synchronize(args.device)
     peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
-    out = {"k": k, "steps": k + 1, "peak_rss_mib": round(peak_rss_kib / 1024, 1),
-           "live_tensor_mib": round(live_tensor_bytes() / 2**20, 2)}
+    out = {
+        "k": k,
+        "steps": k + 1,
+        "peak_rss_mib": round(peak_rss_kib / 1024, 1),
+        "live_tensor_mib": round(live_tensor_bytes() / 2**20, 2),
+    }
     if args.device.startswith("cuda"):
         out["max_memory_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
@@ -165,8 +184,18 @@ def memory_probe(args: argparse.Namespace) -> dict[str, float]:
 def memory_vs_k(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     results = {}
     for k in args.memory_ks:
-        cmd = [sys.executable, __file__, "--size", args.size, "--device", args.device,
-               "--memory-probe", str(k), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--size",
+            args.size,
+            "--device",
+            args.device,
+            "--memory-probe",
+            str(k),
+            "--threads",
+            str(args.threads),
+        ]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         results[str(k)] = json.loads(done.stdout)
     return results
@@ -180,12 +209,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per option first")
     parser.add_argument("--repeats", type=int, default=15, help="timed blocks per option (median reported)")
     parser.add_argument("--block", type=int, default=3, help="meta-steps per timed block")
-    parser.add_argument("--memory-ks", type=lambda s: [int(k) for k in s.split(",") if k],
-                        default=[10, 100, 1000])
-    parser.add_argument("--skip", default="",
-                        help="comma-separated parts to skip: meta_step, cts_overhead, memory")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine")
+    parser.add_argument(
+        "--memory-ks", type=lambda s: [int(k) for k in s.split(",") if k], default=[10, 100, 1000]
+    )
+    parser.add_argument(
+        "--skip", default="", help="comma-separated parts to skip: meta_step, cts_overhead, memory"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine",
+    )
     parser.add_argument("--memory-probe", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -201,11 +236,14 @@ def main(argv: list[str] | None = None) -> None:
     report: dict[str, object] = {
         "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
         "size": args.size,
-        "device": (torch.cuda.get_device_name() if args.device.startswith("cuda")
-                   else platform.processor() or "cpu"),
+        "device": (
+            torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+        ),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "warmup": args.warmup, "repeats": args.repeats, "block": args.block,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "block": args.block,
     }
     if "meta_step" not in skip:
         report["meta_step"] = meta_step_times(args)

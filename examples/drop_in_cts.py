@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     mine = range(rank, args.tasks, world)
     tasks = [GeneratedTask(t, args.seed) for t in mine]
     models = []
-    for t, task in zip(mine, tasks):
+    for t, task in zip(mine, tasks, strict=True):
         torch.manual_seed(args.seed * 1000 + t)  # each head's init depends on its task only; bodies become φ
         models.append(Net(task.in_dim, task.classes))
     opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in models]
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for step in range(1, args.steps + 1):
         losses = []
-        for model, opt, task in zip(models, opts, tasks):
+        for model, opt, task in zip(models, opts, tasks, strict=True):
             x, y = task.next_batch()
             loss = nn.functional.cross_entropy(model(x), y)
             opt.zero_grad()

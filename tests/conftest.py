@@ -1,4 +1,5 @@
-"""Shared fixtures. Tiny real runs: a suite of 3 tasks over .npz datasets written in the test, a width-8 ConvNet."""
+"""Shared fixtures. Tiny real runs: a suite of 3 tasks over .npz datasets written in the test, a width-8
+ConvNet."""
 
 from pathlib import Path
 
@@ -15,8 +16,14 @@ def _deterministic():
 
 def write_suite(root: Path, n_tasks: int = 3, classes: int = 4, per_class: int = 24, size: int = 16) -> Path:
     rng = np.random.default_rng(0)
-    lines = ['name = "tiny"', "[defaults]", f"image_size = {size}", "channels = 1", "crop_padding = 2",
-             "flip = false"]
+    lines = [
+        'name = "tiny"',
+        "[defaults]",
+        f"image_size = {size}",
+        "channels = 1",
+        "crop_padding = 2",
+        "flip = false",
+    ]
     for t in range(n_tasks):
         # class c: a bright square at a class-specific place, plus noise — learnable in a few steps
         x = rng.integers(0, 60, size=(classes * per_class, size, size), dtype=np.uint8)
@@ -39,9 +46,20 @@ def tiny_suite(tmp_path) -> Path:
 
 
 def _tiny_config(suite: Path, **overrides) -> dict:
-    cfg = {"suite": str(suite), "model": "convnet", "width": 8, "batch_size": 8, "steps": 12, "k": 4,
-           "log_every": 4, "checkpoint_every": 6, "device": "cpu", "inner_lr": 0.05, "meta_lr": 0.1,
-           "eval_batches": 1}
+    cfg = {
+        "suite": str(suite),
+        "model": "convnet",
+        "width": 8,
+        "batch_size": 8,
+        "steps": 12,
+        "k": 4,
+        "log_every": 4,
+        "checkpoint_every": 6,
+        "device": "cpu",
+        "inner_lr": 0.05,
+        "meta_lr": 0.1,
+        "eval_batches": 1,
+    }
     cfg.update(overrides)
     return cfg
 

@@ -1,12 +1,11 @@
 """Continual Trajectory Shifting as a drop-in for your own training loop.
 
-Wrap your model(s) the way DDP or an EMA helper wraps them; your loop stays
-``loss.backward(); opt.step(); cts.step()``. Every model is one task (Shin et al., "Large-Scale
-Meta-Learning with Continual Trajectory Shifting", ICML 2021, §2): its *shared* parameters are meta-learned
-into φ, the rest (the head) stays the task's own. One task per process under ``torchrun`` (the paper's
-setup), several models in one process, or both. The updates are those of
-:class:`largemeta.core.MetaController`, which this class drives over your live parameters — the same controller
-the CLI's engine uses, not a copy.
+Wrap your model(s) the way DDP or an EMA helper wraps them; your loop stays ``loss.backward(); opt.step();
+cts.step()``. Every model is one task (Shin et al., "Large-Scale Meta-Learning with Continual Trajectory
+Shifting", ICML 2021, §2): its *shared* parameters are meta-learned into φ, the rest (the head) stays the
+task's own. One task per process under ``torchrun`` (the paper's setup), several models in one process, or
+both. The updates are those of :class:`largemeta.core.MetaController`, which this class drives over your live
+parameters — the same controller the CLI's engine uses, not a copy.
 """
 
 from __future__ import annotations
@@ -73,11 +72,11 @@ class ContinualTrajectoryShifting:
     """CTS (or plain Reptile) over models trained by your own loop; call :meth:`step` after ``opt.step()``.
 
     At construction φ is taken from the shared parameters of the first model (of rank 0 when distributed:
-    broadcast, shared parameters only — heads may differ in shape between tasks) and copied into every
-    model. Each :meth:`step` counts one inner step of every model in this process; then, as in the paper's loop,
+    broadcast, shared parameters only — heads may differ in shape between tasks) and copied into every model.
+    Each :meth:`step` counts one inner step of every model in this process; then, as in the paper's loop,
     every ``meta_every`` steps φ moves by the meta optimizer along g = mean_t (φ − θ_t) and (CTS) every
-    model's shared parameters move by the same φ' − φ; every ``k`` steps they restart from φ. Heads are
-    never touched.
+    model's shared parameters move by the same φ' − φ; every ``k`` steps they restart from φ. Heads are never
+    touched.
 
     Args:
         models: one task's model, or one per task (same shared parameter names and shapes).
@@ -159,8 +158,9 @@ class ContinualTrajectoryShifting:
             dist.broadcast(flat, src=dist.get_global_rank(process_group, 0), group=process_group)
             phi = {n: v.clone() for n, v in unflatten(flat, phi).items()}
         outer = meta_optimizer(list(phi.values())) if meta_optimizer else None
-        self.controller = MetaController(phi, meta_gradient, schedule, outer=outer, meta_lr=meta_lr,
-                                         group=process_group)
+        self.controller = MetaController(
+            phi, meta_gradient, schedule, outer=outer, meta_lr=meta_lr, group=process_group
+        )
         self._live = live
         self.controller.begin(live)  # every model's shared parameters start at φ
         self.reset_inner_state = reset_inner_state

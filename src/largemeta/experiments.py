@@ -1,7 +1,8 @@
 """The paper's experiments as functions: meta-test accuracy against cumulative inner steps (convergence),
 against the horizon K (k-ablation). Each algorithm trains once, resuming exactly from milestone to milestone;
 φ is evaluated at every milestone with the meta-test protocol (:mod:`largemeta.metatest`). Everything lands in
-``out/results.json`` plus one run folder per algorithm (usable as ``--init``); plots and reports read the JSON.
+``out/results.json`` plus one run folder per algorithm (usable as ``--init``); plots and reports read the
+JSON.
 """
 
 from __future__ import annotations
@@ -65,26 +66,50 @@ def _metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / METRICS
     if not path.exists():
         return []
-    return [{"step": r["step"], "mean_loss": r["mean_loss"]} for r in map(json.loads, path.read_text().splitlines())]
+    return [
+        {"step": r["step"], "mean_loss": r["mean_loss"]}
+        for r in map(json.loads, path.read_text().splitlines())
+    ]
 
 
-def convergence(cfg: TrainConfig, algos: Sequence[str], out: Path, *, fractions: Sequence[float] = (0.25, 0.5, 1.0),
-                settings: EvalSettings = EvalSettings(), device: str = "cpu",
-                log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Train each algorithm at an equal budget of ``cfg.steps`` inner steps per task; evaluate at milestones."""
+def convergence(
+    cfg: TrainConfig,
+    algos: Sequence[str],
+    out: Path,
+    *,
+    fractions: Sequence[float] = (0.25, 0.5, 1.0),
+    settings: EvalSettings = EvalSettings(),
+    device: str = "cpu",
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
+    """Train each algorithm at an equal budget of ``cfg.steps`` inner steps per task; evaluate at
+    milestones."""
     for a in algos:
         if a not in TRAIN_ALGORITHMS + ("scratch",):
             raise UserError(f"unknown algorithm {a!r} (valid: {', '.join(TRAIN_ALGORITHMS + ('scratch',))})")
     out.mkdir(parents=True, exist_ok=True)
     milestones = milestones_of(cfg.steps, fractions)
     specs = targets_of(cfg, settings.targets)
-    result: dict[str, Any] = {"experiment": "convergence", "config": cfg.to_dict(), "milestones": milestones,
-                              "eval": dataclasses.asdict(settings), "algorithms": {}}
+    result: dict[str, Any] = {
+        "experiment": "convergence",
+        "config": cfg.to_dict(),
+        "milestones": milestones,
+        "eval": dataclasses.asdict(settings),
+        "algorithms": {},
+    }
     channels = specs[0].channels
 
     def ev(init: Init) -> dict[str, Any]:
-        return meta_test(init, specs, steps=settings.steps, seeds=settings.seeds, batch_size=settings.batch_size,
-                        train_size=settings.train_size, device=device, data_dir=cfg.data_dir or None)
+        return meta_test(
+            init,
+            specs,
+            steps=settings.steps,
+            seeds=settings.seeds,
+            batch_size=settings.batch_size,
+            train_size=settings.train_size,
+            device=device,
+            data_dir=cfg.data_dir or None,
+        )
 
     for algo in algos:
         started = time.perf_counter()
@@ -106,23 +131,46 @@ def convergence(cfg: TrainConfig, algos: Sequence[str], out: Path, *, fractions:
     return result
 
 
-def k_ablation(cfg: TrainConfig, algos: Sequence[str], ks: Sequence[int], out: Path, *,
-               settings: EvalSettings = EvalSettings(), device: str = "cpu",
-               log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def k_ablation(
+    cfg: TrainConfig,
+    algos: Sequence[str],
+    ks: Sequence[int],
+    out: Path,
+    *,
+    settings: EvalSettings = EvalSettings(),
+    device: str = "cpu",
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
     """Final meta-test accuracy against K for each algorithm, at the same budget."""
     out.mkdir(parents=True, exist_ok=True)
     specs = targets_of(cfg, settings.targets)
-    result: dict[str, Any] = {"experiment": "k-ablation", "config": cfg.to_dict(), "ks": list(ks),
-                              "eval": dataclasses.asdict(settings), "algorithms": {}}
+    result: dict[str, Any] = {
+        "experiment": "k-ablation",
+        "config": cfg.to_dict(),
+        "ks": list(ks),
+        "eval": dataclasses.asdict(settings),
+        "algorithms": {},
+    }
     for algo in algos:
         result["algorithms"][algo] = {}
         for k in ks:
             run_dir = out / f"{algo}_k{k}"
             log(f"{algo}, K = {k}")
-            _train_to(dataclasses.replace(cfg, algo=algo, k=k, meta_every=min(cfg.meta_every, k)), run_dir, cfg.steps)
-            r = meta_test(load_init(str(run_dir)), specs, steps=settings.steps, seeds=settings.seeds,
-                         batch_size=settings.batch_size, train_size=settings.train_size, device=device,
-                         data_dir=cfg.data_dir or None)
+            _train_to(
+                dataclasses.replace(cfg, algo=algo, k=k, meta_every=min(cfg.meta_every, k)),
+                run_dir,
+                cfg.steps,
+            )
+            r = meta_test(
+                load_init(str(run_dir)),
+                specs,
+                steps=settings.steps,
+                seeds=settings.seeds,
+                batch_size=settings.batch_size,
+                train_size=settings.train_size,
+                device=device,
+                data_dir=cfg.data_dir or None,
+            )
             result["algorithms"][algo][str(k)] = r
             (out / RESULTS).write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -132,22 +180,35 @@ def table(result: dict[str, Any]) -> str:
     """A Markdown table of mean accuracy ± 95 % interval (over seeds, averaged over targets)."""
     if result["experiment"] == "tune":
         betas = [f"{b:g}" for b in result["betas"]]
-        rows = ["| algorithm | " + " | ".join(f"val. β = {b}" for b in betas) + " | best β | meta-test |",
-                "|---" * (len(betas) + 3) + "|"]
+        rows = [
+            "| algorithm | " + " | ".join(f"val. β = {b}" for b in betas) + " | best β | meta-test |",
+            "|---" * (len(betas) + 3) + "|",
+        ]
         for algo, test in result["test"].items():
             val = result["validation"].get(algo, {})
             cells = [f"{100 * val[b]:.1f}" if b in val else "" for b in betas]
-            rows.append(f"| {algo} | " + " | ".join(cells) + f" | {result['best'].get(algo, '—')} | {_cell(test)} |")
+            rows.append(
+                f"| {algo} | " + " | ".join(cells) + f" | {result['best'].get(algo, '—')} | {_cell(test)} |"
+            )
         return "\n".join(rows)
     if result["experiment"] == "pretrained":
         sizes = [str(n) for n in result["sizes"]]
-        rows = ["| start | " + " | ".join(f"{n} images" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+        rows = [
+            "| start | " + " | ".join(f"{n} images" for n in sizes) + " |",
+            "|---" * (len(sizes) + 1) + "|",
+        ]
         for name, by_size in result["algorithms"].items():
             rows.append(f"| {name} | " + " | ".join(_cell(by_size[n]) for n in sizes) + " |")
         names = list(result["algorithms"])
         if len(names) == 2:
-            gains = [100 * (overall(result["algorithms"][names[1]][n])[0] - overall(result["algorithms"][names[0]][n])[0])
-                     for n in sizes]
+            gains = [
+                100
+                * (
+                    overall(result["algorithms"][names[1]][n])[0]
+                    - overall(result["algorithms"][names[0]][n])[0]
+                )
+                for n in sizes
+            ]
             rows.append(f"| gain of {names[1]} | " + " | ".join(f"{g:+.1f}" for g in gains) + " |")
         return "\n".join(rows)
     if result["experiment"] == "convergence":
@@ -166,8 +227,11 @@ def table(result: dict[str, Any]) -> str:
 
 
 def overall(r: dict[str, Any]) -> tuple[float, float]:
-    """Target-averaged accuracy and its 95 % interval over seeds (each seed's accuracy averaged over targets)."""
-    per_seed = [sum(vals) / len(vals) for vals in zip(*(t["per_seed"] for t in r["tasks"].values()))]
+    """Target-averaged accuracy and its 95 % interval over seeds (each seed's accuracy averaged over
+    targets)."""
+    per_seed = [
+        sum(vals) / len(vals) for vals in zip(*(t["per_seed"] for t in r["tasks"].values()), strict=True)
+    ]
     return r["mean_accuracy"], ci95(per_seed)
 
 
@@ -176,10 +240,17 @@ def _cell(r: dict[str, Any]) -> str:
     return f"{100 * mean:.1f} ± {100 * width:.1f}"
 
 
-def tune(cfg: TrainConfig, algos: Sequence[str], betas: Sequence[float], out: Path, *,
-         validation: EvalSettings = EvalSettings(steps=100, seeds=2, batch_size=64),
-         test: EvalSettings = EvalSettings(), device: str = "cpu",
-         log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def tune(
+    cfg: TrainConfig,
+    algos: Sequence[str],
+    betas: Sequence[float],
+    out: Path,
+    *,
+    validation: EvalSettings = EvalSettings(steps=100, seeds=2, batch_size=64),
+    test: EvalSettings = EvalSettings(),
+    device: str = "cpu",
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
     """Fair tuning: each algorithm at its own best meta learning rate β, chosen on the *meta-training* tasks.
 
     Every (algorithm, β) trains at the same budget; its φ is scored on a validation split made of the
@@ -192,13 +263,28 @@ def tune(cfg: TrainConfig, algos: Sequence[str], betas: Sequence[float], out: Pa
     out.mkdir(parents=True, exist_ok=True)
     val_specs = select_tasks(load_suite(cfg.suite).meta_train, cfg.tasks)
     test_specs = targets_of(cfg, test.targets)
-    result: dict[str, Any] = {"experiment": "tune", "config": cfg.to_dict(), "betas": list(betas),
-                              "validation_eval": dataclasses.asdict(validation), "eval": dataclasses.asdict(test),
-                              "validation": {}, "best": {}, "test": {}}
+    result: dict[str, Any] = {
+        "experiment": "tune",
+        "config": cfg.to_dict(),
+        "betas": list(betas),
+        "validation_eval": dataclasses.asdict(validation),
+        "eval": dataclasses.asdict(test),
+        "validation": {},
+        "best": {},
+        "test": {},
+    }
 
     def ev(init: Init, specs: list[TaskSpec], s: EvalSettings) -> dict[str, Any]:
-        return meta_test(init, specs, steps=s.steps, seeds=s.seeds, batch_size=s.batch_size, train_size=s.train_size,
-                        device=device, data_dir=cfg.data_dir or None)
+        return meta_test(
+            init,
+            specs,
+            steps=s.steps,
+            seeds=s.seeds,
+            batch_size=s.batch_size,
+            train_size=s.train_size,
+            device=device,
+            data_dir=cfg.data_dir or None,
+        )
 
     for algo in algos:
         scores = {}
@@ -217,8 +303,16 @@ def tune(cfg: TrainConfig, algos: Sequence[str], betas: Sequence[float], out: Pa
     return result
 
 
-def pretrained(cfg: TrainConfig, init: str, sizes: Sequence[int], out: Path, *, settings: EvalSettings = EvalSettings(),
-               device: str = "cpu", log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def pretrained(
+    cfg: TrainConfig,
+    init: str,
+    sizes: Sequence[int],
+    out: Path,
+    *,
+    settings: EvalSettings = EvalSettings(),
+    device: str = "cpu",
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
     """CTS on top of a pretrained model vs plain fine-tuning of that model, per target training-set size.
 
     ``init`` is fine-tuned directly (the baseline) and used as the starting φ of meta-training with
@@ -230,14 +324,27 @@ def pretrained(cfg: TrainConfig, init: str, sizes: Sequence[int], out: Path, *, 
     log(f"meta-training {cfg.algo} from {init}")
     _train_to(dataclasses.replace(cfg, init=init), run_dir, cfg.steps)
     starts = {"finetune": load_init(init), cfg.algo: load_init(str(run_dir))}
-    result: dict[str, Any] = {"experiment": "pretrained", "config": cfg.to_dict(), "init": init, "sizes": list(sizes),
-                              "eval": dataclasses.asdict(settings), "algorithms": {}}
+    result: dict[str, Any] = {
+        "experiment": "pretrained",
+        "config": cfg.to_dict(),
+        "init": init,
+        "sizes": list(sizes),
+        "eval": dataclasses.asdict(settings),
+        "algorithms": {},
+    }
     for name, start in starts.items():
         result["algorithms"][name] = {}
         for n in sizes:
             log(f"{name}, {n} training images per target")
             result["algorithms"][name][str(n)] = meta_test(
-                start, specs, steps=settings.steps, seeds=settings.seeds, batch_size=settings.batch_size,
-                train_size=n, device=device, data_dir=cfg.data_dir or None)
+                start,
+                specs,
+                steps=settings.steps,
+                seeds=settings.seeds,
+                batch_size=settings.batch_size,
+                train_size=n,
+                device=device,
+                data_dir=cfg.data_dir or None,
+            )
         (out / RESULTS).write_text(json.dumps(result, indent=1) + "\n")
     return result

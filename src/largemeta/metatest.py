@@ -54,7 +54,8 @@ def scratch(model: str, in_channels: int, width: int | None = None) -> Init:
 
 
 def load_init(source: str, *, model: str | None = None, width: int | None = None, channels: int = 1) -> Init:
-    """``scratch``, a run folder (its checkpoint's φ) or a ``.safetensors`` file written by ``largemeta export``."""
+    """``scratch``, a run folder (its checkpoint's φ) or a ``.safetensors`` file written by ``largemeta
+    export``."""
     if source == "scratch":
         return scratch(model or "convnet", channels, width)
     path = Path(source)
@@ -77,9 +78,11 @@ def body_and_phi(init: Init, seed: int) -> tuple[torch.nn.Module, Params, Params
 
 
 @torch.no_grad()
-def accuracy(task: ImageTask, params: Mapping[str, Tensor], batches: Iterable[tuple[Tensor, Tensor]]) -> float:
-    """Share of correctly classified images over ``batches``, in eval mode (running statistics, nothing updated);
-    NaN when there are none."""
+def accuracy(
+    task: ImageTask, params: Mapping[str, Tensor], batches: Iterable[tuple[Tensor, Tensor]]
+) -> float:
+    """Share of correctly classified images over ``batches``, in eval mode (running statistics, nothing
+    updated); NaN when there are none."""
     correct = total = 0
     for x, y in batches:
         out = task.logits(params, x.to(task.device or x.device), train=False)
@@ -88,8 +91,9 @@ def accuracy(task: ImageTask, params: Mapping[str, Tensor], batches: Iterable[tu
     return correct / total if total else float("nan")
 
 
-def fine_tune_optimizer(params: list[Tensor], steps: int, lr: float = 1e-3, weight_decay: float = 5e-4
-                        ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.MultiStepLR]:
+def fine_tune_optimizer(
+    params: list[Tensor], steps: int, lr: float = 1e-3, weight_decay: float = 5e-4
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.MultiStepLR]:
     """The protocol's Adam and its schedule: lr × 0.3 after each of 40 %, 70 %, 90 % of ``steps``."""
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     milestones = [int(round(f * steps)) for f in LR_DROPS]
@@ -106,14 +110,30 @@ class _TargetSampler:
     sample_query = sample_train
 
 
-def fine_tune(init: Init, data: TaskImages, *, steps: int, seed: int, batch_size: int = 128, lr: float = 1e-3,
-              weight_decay: float = 5e-4, device: torch.device | str = "cpu", curve_points: int = 5
-              ) -> dict[int, float]:
+def fine_tune(
+    init: Init,
+    data: TaskImages,
+    *,
+    steps: int,
+    seed: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 5e-4,
+    device: torch.device | str = "cpu",
+    curve_points: int = 5,
+) -> dict[int, float]:
     """Fine-tune φ on one target with the protocol; returns test accuracy at every steps/curve_points."""
     body, phi, buffers = body_and_phi(init, seed)  # the seed only matters for a scratch init
     device = torch.device(device)
-    task = ImageTask(body, _TargetSampler(data), classes=data.num_classes, batch_size=batch_size,
-                     buffers=buffers, device=device, name=data.name)
+    task = ImageTask(
+        body,
+        _TargetSampler(data),
+        classes=data.num_classes,
+        batch_size=batch_size,
+        buffers=buffers,
+        device=device,
+        name=data.name,
+    )
     head = init_head(data.num_classes, task.num_features, torch.Generator().manual_seed(seed))
     params = {k: v.to(device).requires_grad_(True) for k, v in {**phi, **head}.items()}
     optimizer, schedule = fine_tune_optimizer(list(params.values()), steps, lr, weight_decay)
@@ -129,9 +149,17 @@ def fine_tune(init: Init, data: TaskImages, *, steps: int, seed: int, batch_size
     return curve
 
 
-def meta_test(init: Init, specs: list[TaskSpec], *, steps: int = 1000, seeds: int = 3, batch_size: int = 128,
-              train_size: int | None = None, device: str | torch.device = "cpu",
-              data_dir: str | None = None) -> dict[str, Any]:
+def meta_test(
+    init: Init,
+    specs: list[TaskSpec],
+    *,
+    steps: int = 1000,
+    seeds: int = 3,
+    batch_size: int = 128,
+    train_size: int | None = None,
+    device: str | torch.device = "cpu",
+    data_dir: str | None = None,
+) -> dict[str, Any]:
     """The protocol over every target and seed; the JSON-ready result."""
     if steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
@@ -145,15 +173,24 @@ def meta_test(init: Init, specs: list[TaskSpec], *, steps: int = 1000, seeds: in
             data = datasets.task_images(spec, device=device, seed=task_seed(s, i))
             if train_size is not None:
                 data = data.subsample(total=train_size, seed=s)
-            curve = fine_tune(init, data, steps=steps, seed=task_seed(1000 + s, i), batch_size=batch_size,
-                              device=device)
+            curve = fine_tune(
+                init, data, steps=steps, seed=task_seed(1000 + s, i), batch_size=batch_size, device=device
+            )
             curves.append(curve)
             per_seed.append(curve[steps])
         mean = sum(per_seed) / len(per_seed)
         results[spec.name] = {
-            "mean_accuracy": mean, "ci95": ci95(per_seed), "per_seed": per_seed,
+            "mean_accuracy": mean,
+            "ci95": ci95(per_seed),
+            "per_seed": per_seed,
             "curve": {str(k): sum(c[k] for c in curves) / len(curves) for k in curves[0]},
         }
     overall = sum(r["mean_accuracy"] for r in results.values()) / len(results)
-    return {"init": init.name, "steps": steps, "seeds": seeds, "train_size": train_size, "tasks": results,
-            "mean_accuracy": overall}
+    return {
+        "init": init.name,
+        "steps": steps,
+        "seeds": seeds,
+        "train_size": train_size,
+        "tasks": results,
+        "mean_accuracy": overall,
+    }

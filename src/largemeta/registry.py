@@ -3,8 +3,8 @@ optimizers, executors, datasets.
 
 An entry is either a plain object (a dataset's spec) or a factory. ``create(name, **options)`` calls a factory
 with the options *it* takes (by its signature), so a call site can offer everything it knows
-(``create("convnet", in_channels=1, width=16)``) without knowing which entry takes a width. An unknown name is a
-one-line :class:`~largemeta.errors.UserError` listing the valid ones, so a typo in a config never gets far.
+(``create("convnet", in_channels=1, width=16)``) without knowing which entry takes a width. An unknown name is
+a one-line :class:`~largemeta.errors.UserError` listing the valid ones, so a typo in a config never gets far.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class Registry(Generic[T]):
             raise choice_error(self.kind, name, self.names()) from None
 
     def create(self, name: str, **options: Any) -> Any:
-        """Call the factory ``name`` with those of ``options`` its signature names (all, if it takes ``**``)."""
+        """Call the factory ``name`` with those of ``options`` its signature names (all, if it takes
+        ``**``)."""
         return call_with_accepted(self.get(name), **options)  # type: ignore[arg-type]
 
     def names(self, pattern: str = "*") -> list[str]:

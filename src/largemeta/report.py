@@ -1,7 +1,8 @@
 """Figures and reports read from results files only (pure functions of the JSON; testable without training).
 
-``write_report(dir)`` collects every ``results.json`` under ``dir`` (convergence, k-ablation, evaluate) and the
-synthetic figures, and writes ``report.md`` and a self-contained ``report.html`` (figures embedded as data URIs).
+``write_report(dir)`` collects every ``results.json`` under ``dir`` (convergence, k-ablation, evaluate) and
+the synthetic figures, and writes ``report.md`` and a self-contained ``report.html`` (figures embedded as data
+URIs).
 """
 
 from __future__ import annotations
@@ -21,14 +22,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 from largemeta.experiments import RESULTS, overall, table  # noqa: E402
 
 
-def _accuracy_plot(series: dict[str, tuple[list[int], list[dict[str, Any]]]], xlabel: str, title: str,
-                   path: Path) -> Path:
+def _accuracy_plot(
+    series: dict[str, tuple[list[int], list[dict[str, Any]]]], xlabel: str, title: str, path: Path
+) -> Path:
     """Accuracy (%) with 95 % intervals over seeds against a log-scaled x, one line per series."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name, (xs, results) in series.items():
         stats = [overall(r) for r in results]
-        ax.errorbar(xs, [100 * s[0] for s in stats], yerr=[100 * s[1] for s in stats], marker="o", capsize=3,
-                    label=name, linestyle="--" if name == "scratch" else "-")
+        ax.errorbar(
+            xs,
+            [100 * s[0] for s in stats],
+            yerr=[100 * s[1] for s in stats],
+            marker="o",
+            capsize=3,
+            label=name,
+            linestyle="--" if name == "scratch" else "-",
+        )
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("meta-test accuracy (%)")
@@ -43,15 +52,21 @@ def _accuracy_plot(series: dict[str, tuple[list[int], list[dict[str, Any]]]], xl
 
 def plot_convergence(result: dict[str, Any], out: Path) -> list[Path]:
     milestones = result["milestones"]
-    series = {a: (milestones, [e["accuracy"][str(m)] for m in milestones]) for a, e in result["algorithms"].items()}
-    acc = _accuracy_plot(series, "cumulative inner steps per task",
-                         "Meta-test accuracy vs. inner steps (95 % interval over seeds)", out / "convergence_accuracy.png")
+    series = {
+        a: (milestones, [e["accuracy"][str(m)] for m in milestones]) for a, e in result["algorithms"].items()
+    }
+    acc = _accuracy_plot(
+        series,
+        "cumulative inner steps per task",
+        "Meta-test accuracy vs. inner steps (95 % interval over seeds)",
+        out / "convergence_accuracy.png",
+    )
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for algo, entry in result["algorithms"].items():
         pts = [(r["step"], r["mean_loss"]) for r in entry.get("loss", []) if r.get("mean_loss")]
         if pts:
-            ax.plot(*zip(*pts), label=algo)
+            ax.plot(*zip(*pts, strict=True), label=algo)
     ax.set_yscale("log")
     ax.set_xlabel("cumulative inner steps per task")
     ax.set_ylabel("meta-training loss (mean over tasks)")
@@ -68,14 +83,24 @@ def plot_convergence(result: dict[str, Any], out: Path) -> list[Path]:
 def plot_k_ablation(result: dict[str, Any], out: Path) -> list[Path]:
     ks = result["ks"]
     series = {a: (ks, [by_k[str(k)] for k in ks]) for a, by_k in result["algorithms"].items()}
-    return [_accuracy_plot(series, "K (inner steps per trajectory)", "Meta-test accuracy vs. K", out / "k_ablation.png")]
+    return [
+        _accuracy_plot(
+            series, "K (inner steps per trajectory)", "Meta-test accuracy vs. K", out / "k_ablation.png"
+        )
+    ]
 
 
 def plot_pretrained(result: dict[str, Any], out: Path) -> list[Path]:
     sizes = result["sizes"]
     series = {n: (sizes, [by[str(k)] for k in sizes]) for n, by in result["algorithms"].items()}
-    return [_accuracy_plot(series, "training images per target",
-                           f"Meta-training on top of {result['init']} vs. plain fine-tuning", out / "pretrained.png")]
+    return [
+        _accuracy_plot(
+            series,
+            "training images per target",
+            f"Meta-training on top of {result['init']} vs. plain fine-tuning",
+            out / "pretrained.png",
+        )
+    ]
 
 
 def environment() -> dict[str, str]:
@@ -85,15 +110,22 @@ def environment() -> dict[str, str]:
     import largemeta
 
     return {
-        "largemeta": largemeta.__version__, "python": platform.python_version(), "torch": torch.__version__,
-        "numpy": numpy.__version__, "platform": platform.platform(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'unknown'})",
+        "largemeta": largemeta.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or 'unknown'})",
     }
 
 
 def write_report(directory: Path) -> tuple[Path, Path]:
     directory = Path(directory)
-    sections: list[tuple[str, str, list[Path], dict[str, Any] | None]] = []  # (title, markdown, figures, config)
+    sections: list[
+        tuple[str, str, list[Path], dict[str, Any] | None]
+    ] = []  # (title, markdown, figures, config)
     for path in sorted(directory.rglob(RESULTS)):
         result = json.loads(path.read_text())
         kind = result.get("experiment", "evaluate")
@@ -105,16 +137,29 @@ def write_report(directory: Path) -> tuple[Path, Path]:
             figs = plot_k_ablation(result, path.parent)
             sections.append((f"K ablation ({rel})", table(result), figs, result.get("config")))
         elif kind == "tune":
-            sections.append((f"Fair tuning: each algorithm at its best β ({rel})", table(result), [],
-                             result.get("config")))
+            sections.append(
+                (
+                    f"Fair tuning: each algorithm at its best β ({rel})",
+                    table(result),
+                    [],
+                    result.get("config"),
+                )
+            )
         elif kind == "pretrained":
             figs = plot_pretrained(result, path.parent)
-            sections.append((f"Meta-training on a pretrained start ({rel})", table(result), figs, result.get("config")))
+            sections.append(
+                (f"Meta-training on a pretrained start ({rel})", table(result), figs, result.get("config"))
+            )
         elif "tasks" in result:
             rows = ["| target | accuracy (%) | 95 % interval |", "|---|---|---|"]
-            rows += [f"| {n} | {100 * t['mean_accuracy']:.2f} | ± {100 * t['ci95']:.2f} |" for n, t in result["tasks"].items()]
+            rows += [
+                f"| {n} | {100 * t['mean_accuracy']:.2f} | ± {100 * t['ci95']:.2f} |"
+                for n, t in result["tasks"].items()
+            ]
             sections.append((f"Evaluation of {result.get('init')} ({rel})", "\n".join(rows), [], None))
-    synthetic = sorted(p for p in directory.rglob("*.png") if p.name.startswith(("flow_k", "compare_k", "shift_error")))
+    synthetic = sorted(
+        p for p in directory.rglob("*.png") if p.name.startswith(("flow_k", "compare_k", "shift_error"))
+    )
     if synthetic:
         sections.append(("Synthetic benchmark", "", synthetic, None))
     if not sections:
@@ -123,25 +168,42 @@ def write_report(directory: Path) -> tuple[Path, Path]:
         raise UserError(f"{str(directory)!r} holds no results.json or synthetic figures to report")
     env = environment()
     md = ["# largemeta report", ""]
-    page = ["<!doctype html><html><head><meta charset='utf-8'><title>largemeta report</title>",
-            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
-            "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.2em .6em}"
-            "img{max-width:100%}pre{background:#f4f4f4;padding:.6em;overflow:auto}</style></head><body>",
-            "<h1>largemeta report</h1>"]
+    page = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>largemeta report</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.2em .6em}"
+        "img{max-width:100%}pre{background:#f4f4f4;padding:.6em;overflow:auto}</style></head><body>",
+        "<h1>largemeta report</h1>",
+    ]
     for title, text, figs, cfg in sections:
         md += [f"## {title}", "", text, ""]
         page += [f"<h2>{html.escape(title)}</h2>", _md_table_to_html(text)]
         for fig in figs:
             md.append(f"![{fig.stem}]({fig.relative_to(directory)})")
             data = base64.b64encode(fig.read_bytes()).decode()
-            page.append(f"<figure><img alt='{html.escape(fig.stem)}' src='data:image/png;base64,{data}'>"
-                        f"<figcaption>{html.escape(fig.stem)}</figcaption></figure>")
+            page.append(
+                f"<figure><img alt='{html.escape(fig.stem)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{html.escape(fig.stem)}</figcaption></figure>"
+            )
         if cfg:
             text_cfg = json.dumps(cfg, indent=1)
-            md += ["", "<details><summary>resolved config</summary>", "", "```json", text_cfg, "```", "</details>", ""]
-            page.append(f"<details><summary>resolved config</summary><pre>{html.escape(text_cfg)}</pre></details>")
+            md += [
+                "",
+                "<details><summary>resolved config</summary>",
+                "",
+                "```json",
+                text_cfg,
+                "```",
+                "</details>",
+                "",
+            ]
+            page.append(
+                f"<details><summary>resolved config</summary><pre>{html.escape(text_cfg)}</pre></details>"
+            )
     md += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
-    page += ["<h2>Environment</h2><ul>"] + [f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in env.items()]
+    page += ["<h2>Environment</h2><ul>"] + [
+        f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in env.items()
+    ]
     page.append("</ul></body></html>")
     md_path, html_path = directory / "report.md", directory / "report.html"
     md_path.write_text("\n".join(md) + "\n")

@@ -88,12 +88,14 @@ def load_weights(source: str | Path) -> TrainedWeights:
 
 
 def fit_to_body(phi: Params, body_params: Params, *, what: str, model: str) -> Params:
-    """``phi`` restricted to the body's parameters and cast to their dtypes, after checking that every one of them
-    is there with its shape; a one-line :class:`UserError` naming the first that is not."""
+    """``phi`` restricted to the body's parameters and cast to their dtypes, after checking that every one of
+    them is there with its shape; a one-line :class:`UserError` naming the first that is not."""
     for k, v in body_params.items():
         if k not in phi:
             raise UserError(f"{what} lacks tensor {k!r} of model {model} (shape {tuple(v.shape)})")
         if phi[k].shape != v.shape:
-            raise UserError(f"{what} does not fit model {model}: tensor {k!r} has shape "
-                            f"{tuple(phi[k].shape)}, the model needs {tuple(v.shape)}")
+            raise UserError(
+                f"{what} does not fit model {model}: tensor {k!r} has shape "
+                f"{tuple(phi[k].shape)}, the model needs {tuple(v.shape)}"
+            )
     return {k: phi[k].detach().clone().to(v.dtype) for k, v in body_params.items()}

@@ -4,7 +4,8 @@ The t quantile is computed, not tabulated, so it is exact for any number of seed
 degrees of freedom the distribution function has a finite closed form (Abramowitz & Stegun 26.7.3–4): with
 θ = atan(t / √ν) and c = cos²θ, the probability A(t | ν) = P(|T| ≤ t) is
 
-    ν odd:   (2/π) [θ + sinθ cosθ (1 + (2/3) c + (2·4)/(3·5) c² + … + (2·4···(ν−3))/(3·5···(ν−2)) c^((ν−3)/2))]
+    ν odd:   (2/π) [θ + sinθ cosθ (1 + (2/3) c + (2·4)/(3·5) c² + …
+                                  + (2·4···(ν−3))/(3·5···(ν−2)) c^((ν−3)/2))]
     ν even:  sinθ [1 + (1/2) c + (1·3)/(2·4) c² + … + (1·3···(ν−3))/(2·4···(ν−2)) c^((ν−2)/2)]
 
 and the quantile is the t where A = 0.95, found by bisection (A grows with t) to float precision.

@@ -1,8 +1,8 @@
 """Helpers for tests and benchmarks: in-memory image tasks that need no data files.
 
 :class:`RandomImageSampler` is a fixed pool of random images with random labels: a network can memorize it, so
-losses go down, and batches are drawn with the sampler's own generators, so its ``state_dict()`` replays the same
-stream. Query batches use a separate generator, so drawing them never changes the training stream.
+losses go down, and batches are drawn with the sampler's own generators, so its ``state_dict()`` replays the
+same stream. Query batches use a separate generator, so drawing them never changes the training stream.
 :func:`image_problem` and :func:`make_learner` build small meta-learning problems on it.
 """
 
@@ -22,8 +22,16 @@ from largemeta.models.task import ImageTask
 class RandomImageSampler:
     """``pool`` random images (``channels`` × ``size`` × ``size``, N(0, 1)) with labels in [0, classes)."""
 
-    def __init__(self, size: int, classes: int, *, channels: int = 3, pool: int = 256, seed: int = 0,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        size: int,
+        classes: int,
+        *,
+        channels: int = 3,
+        pool: int = 256,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
         gen = torch.Generator().manual_seed(seed)
         # The pool may live on the GPU (benchmarks: no host-to-device copy per batch); indices are drawn on
         # the CPU generator either way, so the stream of batches does not depend on the device.
@@ -50,8 +58,15 @@ class RandomImageSampler:
         self.query_gen.set_state(state["query"])
 
 
-def image_problem(specs: Sequence[tuple[int, int]] = ((16, 5), (16, 5), (20, 3)), *, model: str = "convnet",
-                  batch: int = 8, seed: int = 0, device: str = "cpu", **model_kw: Any):
+def image_problem(
+    specs: Sequence[tuple[int, int]] = ((16, 5), (16, 5), (20, 3)),
+    *,
+    model: str = "convnet",
+    batch: int = 8,
+    seed: int = 0,
+    device: str = "cpu",
+    **model_kw: Any,
+):
     """(body, φ, tasks, heads) for image tasks given as (image size, classes); same seed → same everything."""
     torch.manual_seed(seed)
     body = create_model(model, **model_kw)
@@ -66,12 +81,26 @@ def image_problem(specs: Sequence[tuple[int, int]] = ((16, 5), (16, 5), (20, 3))
     return body, phi, tasks, heads
 
 
-def make_learner(executor=None, *, inner=None, schedule=None, meta_gradient=None, meta_lr: float = 0.1,
-                 reset_inner_state: bool = False, **problem_kw: Any) -> MetaLearner:
+def make_learner(
+    executor=None,
+    *,
+    inner=None,
+    schedule=None,
+    meta_gradient=None,
+    meta_lr: float = 0.1,
+    reset_inner_state: bool = False,
+    **problem_kw: Any,
+) -> MetaLearner:
     """A :class:`MetaLearner` over :func:`image_problem` (CTS on Reptile, K = 4, SGD 0.05 / 0.9 / 5e-4)."""
     body, phi, tasks, heads = image_problem(**problem_kw)
     return MetaLearner(
-        phi, tasks, inner or SGD(0.05, momentum=0.9, weight_decay=5e-4), meta_gradient or Reptile(),
-        schedule or Schedule.cts(k=4), private=heads, meta_lr=meta_lr, executor=executor,
+        phi,
+        tasks,
+        inner or SGD(0.05, momentum=0.9, weight_decay=5e-4),
+        meta_gradient or Reptile(),
+        schedule or Schedule.cts(k=4),
+        private=heads,
+        meta_lr=meta_lr,
+        executor=executor,
         reset_inner_state=reset_inner_state,
     )

@@ -35,6 +35,7 @@ def make_models(n=2, seed=0):
 
 def make_batches(n_tasks, steps, seed=1):
     g = torch.Generator().manual_seed(seed)
+
     def batch(t):
         return torch.randn(8, 3, generator=g), torch.randint(0, t + 2, (8,), generator=g)
 
@@ -44,7 +45,7 @@ def make_batches(n_tasks, steps, seed=1):
 def user_loop(cts, models, opts, batches, steps, start=0, between=None):
     """The user's own loop: backward, torch.optim step, cts.step()."""
     for i in range(start, start + steps):
-        for model, opt, task_batches in zip(models, opts, batches):
+        for model, opt, task_batches in zip(models, opts, batches, strict=True):
             x, y = task_batches[i]
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
@@ -85,10 +86,11 @@ def test_matches_engine_loop(algorithm, momentum, meta):
     phi = {k_: v.detach().clone() for k_, v in body(models[0]).items()}
     heads = [{f"head.{k_}": v.detach().clone() for k_, v in m.head.named_parameters()} for m in models]
     schedule = Schedule.cts(k) if algorithm == "cts" else Schedule.plain(k)
-    tasks = [FunctionalTask(m, b) for m, b in zip(templates, batches)]
+    tasks = [FunctionalTask(m, b) for m, b in zip(templates, batches, strict=True)]
     outer = factory(list(phi.values())) if factory else None
-    oracle = MetaLearner(phi, tasks, SGD(lr, momentum=momentum), Reptile(), schedule, private=heads,
-                         meta_lr=beta, outer=outer)
+    oracle = MetaLearner(
+        phi, tasks, SGD(lr, momentum=momentum), Reptile(), schedule, private=heads, meta_lr=beta, outer=outer
+    )
     oracle.run(steps)
 
     opts = [torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum) for m in models]
@@ -98,7 +100,7 @@ def test_matches_engine_loop(algorithm, momentum, meta):
     assert cts.steps == steps
     for name in phi:
         torch.testing.assert_close(cts.phi[name], phi[name], rtol=0, atol=1e-6)
-    for model, oracle_params in zip(models, oracle.params):
+    for model, oracle_params in zip(models, oracle.params, strict=True):
         for name, value in model.named_parameters():
             torch.testing.assert_close(value, oracle_params[name], rtol=0, atol=1e-6)
 
@@ -109,7 +111,7 @@ def test_construction_resets_shared_to_first_model_and_keeps_heads():
     heads = [m.head.weight.detach().clone() for m in models]
     cts = ContinualTrajectoryShifting(models)
     assert list(cts.phi) == list(body0)
-    for m, head in zip(models, heads):
+    for m, head in zip(models, heads, strict=True):
         for name, value in body(m).items():
             assert torch.equal(value, body0[name]) and torch.equal(cts.phi[name], body0[name])
         assert torch.equal(m.head.weight, head)
@@ -123,7 +125,7 @@ def test_heads_never_shifted_reset_or_meta_updated():
     opts = [torch.optim.SGD(m.body.parameters(), lr=0.1) for m in models]
     cts = ContinualTrajectoryShifting(models, k=4, meta_lr=0.5)
     user_loop(cts, models, opts, batches, steps)
-    for m, head in zip(models, heads):
+    for m, head in zip(models, heads, strict=True):
         for name, value in m.head.named_parameters():
             assert torch.equal(value, head[name])
     assert not any(name.startswith("head.") for name in cts.phi)
@@ -172,7 +174,7 @@ def test_reptile_meta_updates_once_per_k_by_hand():
     user_loop(cts, models, opts, batches, k - 1)
     assert all(torch.equal(cts.phi[n], phi0[n]) for n in phi0)
     # the last inner step by hand, then the meta-update
-    for model, opt, b in zip(models, opts, batches):
+    for model, opt, b in zip(models, opts, batches, strict=True):
         opt.zero_grad()
         nn.functional.cross_entropy(model(b[k - 1][0]), b[k - 1][1]).backward()
         opt.step()
@@ -182,18 +184,23 @@ def test_reptile_meta_updates_once_per_k_by_hand():
         torch.testing.assert_close(cts.phi[n], phi0[n] - beta * (phi0[n] - mean_theta[n]), rtol=0, atol=1e-7)
 
 
-@pytest.mark.parametrize("make_opt", [
-    functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9),
-    functools.partial(torch.optim.Adam, lr=0.01),
-], ids=["sgd-momentum", "adam"])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9),
+        functools.partial(torch.optim.Adam, lr=0.01),
+    ],
+    ids=["sgd-momentum", "adam"],
+)
 def test_reset_inner_state_matches_fresh_torch_optimizers(make_opt):
     steps, k = 11, 4
     batches = make_batches(2, steps)
 
     models_a = make_models()
     opts_a = [make_opt(m.parameters()) for m in models_a]
-    cts_a = ContinualTrajectoryShifting(models_a, k=k, meta_lr=0.3, inner_optimizers=opts_a,
-                                        reset_inner_state=True)
+    cts_a = ContinualTrajectoryShifting(
+        models_a, k=k, meta_lr=0.3, inner_optimizers=opts_a, reset_inner_state=True
+    )
 
     def is_cleared(step):
         if step % k == 0:
@@ -213,8 +220,8 @@ def test_reset_inner_state_matches_fresh_torch_optimizers(make_opt):
     user_loop(cts_b, models_b, opts_b, batches, steps, between=recreate)
     for n in cts_a.phi:
         assert torch.equal(cts_a.phi[n], cts_b.phi[n])
-    for ma, mb in zip(models_a, models_b):
-        for (n, va), vb in zip(ma.named_parameters(), mb.parameters()):
+    for ma, mb in zip(models_a, models_b, strict=True):
+        for (n, va), vb in zip(ma.named_parameters(), mb.parameters(), strict=True):
             assert torch.equal(va, vb), n
 
 
@@ -243,21 +250,21 @@ def test_state_dict_round_trip_resumes_exactly():
 
     models2, opts2, cts2 = setup()
     cts2.load_state_dict(saved["cts"])
-    for o, s in zip(opts2, saved["opts"]):
+    for o, s in zip(opts2, saved["opts"], strict=True):
         o.load_state_dict(s)
     assert cts2.steps == split
     user_loop(cts2, models2, opts2, batches, steps - split, start=split)
     for n in cts.phi:
         assert torch.equal(cts.phi[n], cts2.phi[n])
-    for m, m2 in zip(models, models2):
-        for a, b in zip(m.parameters(), m2.parameters()):
+    for m, m2 in zip(models, models2, strict=True):
+        for a, b in zip(m.parameters(), m2.parameters(), strict=True):
             assert torch.equal(a, b)
 
 
 def test_export_state_dict_is_model_shaped_with_phi():
     torch.manual_seed(0)
-    # (a ReLU before the BatchNorm: a bias right before BatchNorm gets a zero gradient up to rounding, so whether
-    # it moves at all would depend on the CPU's kernels)
+    # (a ReLU before the BatchNorm: a bias right before BatchNorm gets a zero gradient up to rounding, so
+    # whether it moves at all would depend on the CPU's kernels)
     models = [nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.BatchNorm1d(4), nn.Linear(4, c)) for c in (2, 5)]
     batches = [[(torch.randn(8, 3), torch.randint(0, c, (8,))) for _ in range(3)] for c in (2, 5)]
     opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in models]
@@ -296,16 +303,25 @@ def test_shared_shapes_that_differ_name_the_parameter_and_both_shapes():
         ContinualTrajectoryShifting([Net(), short], shared=lambda n, p: n.startswith("body"))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"k": 0}, "k .* must be an integer > 0, got 0"),
-    ({"k": 2.5}, "must be an integer > 0"),
-    ({"k": 2, "meta_every": 3}, "meta_every must be <= K=2"),
-    ({"algorithm": "fomaml"}, "unknown drop-in algorithm 'fomaml' \\(valid: cts, cts-reptile, reptile\\)"),
-    ({"algorithm": "reptile", "meta_every": 5}, "meta_every applies to CTS algorithms; reptile meta-updates every k steps"),
-    ({"meta_lr": -1.0}, "meta learning rate must be a number > 0"),
-    ({"reset_inner_state": True}, "needs inner_optimizers="),
-    ({"meta_optimizer": torch.optim.SGD([torch.zeros(1)], lr=0.1)}, "must be a factory"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"k": 0}, "k .* must be an integer > 0, got 0"),
+        ({"k": 2.5}, "must be an integer > 0"),
+        ({"k": 2, "meta_every": 3}, "meta_every must be <= K=2"),
+        (
+            {"algorithm": "fomaml"},
+            "unknown drop-in algorithm 'fomaml' \\(valid: cts, cts-reptile, reptile\\)",
+        ),
+        (
+            {"algorithm": "reptile", "meta_every": 5},
+            "meta_every applies to CTS algorithms; reptile meta-updates every k steps",
+        ),
+        ({"meta_lr": -1.0}, "meta learning rate must be a number > 0"),
+        ({"reset_inner_state": True}, "needs inner_optimizers="),
+        ({"meta_optimizer": torch.optim.SGD([torch.zeros(1)], lr=0.1)}, "must be a factory"),
+    ],
+)
 def test_bad_arguments(kwargs, message):
     with pytest.raises(UserError, match=message) as err:
         ContinualTrajectoryShifting(make_models(1), **kwargs)

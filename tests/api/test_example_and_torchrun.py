@@ -39,8 +39,20 @@ def test_import_largemeta_does_not_import_torch():
 def test_torchrun_one_task_per_process_matches_one_process(tmp_path):
     args = ["--tasks", "2", "--steps", "30", "--k", "10", "--meta-lr", "0.1"]
     run([sys.executable, str(EXAMPLE), *args, "--save-phi", str(tmp_path / "one.pt")])
-    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(EXAMPLE),
-         *args, "--save-phi", str(tmp_path / "two.pt")])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(EXAMPLE),
+            *args,
+            "--save-phi",
+            str(tmp_path / "two.pt"),
+        ]
+    )
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert list(one) == list(two)
     for name in one:
@@ -49,8 +61,18 @@ def test_torchrun_one_task_per_process_matches_one_process(tmp_path):
 
 @pytest.mark.distributed
 def test_torchrun_ranks_with_different_shared_shapes_fail_on_every_rank():
-    out = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(Path(__file__).with_name("torchrun_mismatch_worker.py"))])
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(Path(__file__).with_name("torchrun_mismatch_worker.py")),
+        ]
+    )
     for rank in (0, 1):
-        assert (f"rank {rank}: shared parameter '0.weight' has shape (4, 3) in rank 0 but (5, 3) in rank 1"
-                in out), out
+        assert (
+            f"rank {rank}: shared parameter '0.weight' has shape (4, 3) in rank 0 but (5, 3) in rank 1" in out
+        ), out

@@ -4,7 +4,16 @@ import pytest
 import torch
 
 from largemeta.core import (
-    ALGORITHMS, FOMAML, IMAML, SGD, Leap, MetaLearner, Reptile, Schedule, ShiftErrorProbe, conjugate_gradient,
+    ALGORITHMS,
+    FOMAML,
+    IMAML,
+    SGD,
+    Leap,
+    MetaLearner,
+    Reptile,
+    Schedule,
+    ShiftErrorProbe,
+    conjugate_gradient,
 )
 from largemeta.errors import UserError
 
@@ -33,8 +42,9 @@ def test_reptile_k1_is_joint_gradient_descent():
     # K = 1: g = φ − θ₁ = α mean_t ∇f_t(φ) = 0.1·(1 + 3·(1−2))/2 = −0.1 → φ' = 1 + 0.05 = 1.05;
     # then ∇ = (1.05, 3·(−0.95)) → mean −0.9 → φ'' = 1.05 + 0.5·0.1·0.9 = 1.095.
     phi = phi_of(1.0)
-    learner = MetaLearner(phi, [Quadratic(1.0, 0.0), Quadratic(3.0, 2.0)], SGD(0.1), Reptile(),
-                          Schedule.plain(1), meta_lr=0.5)
+    learner = MetaLearner(
+        phi, [Quadratic(1.0, 0.0), Quadratic(3.0, 2.0)], SGD(0.1), Reptile(), Schedule.plain(1), meta_lr=0.5
+    )
     learner.inner_step()
     assert phi["x"].item() == pytest.approx(1.05, abs=1e-12)
     learner.inner_step()
@@ -59,12 +69,17 @@ def test_cts_by_hand():
 @pytest.mark.parametrize("reset", [False, True])
 def test_cts_with_meta_every_k_equals_plain(grad, reset):
     """meta_every = K puts the one meta-update just before the restart, which discards the shift."""
+
     def make(schedule):
         phi = phi_of(1.0, -2.0)
-        tasks = [Quadratic(torch.tensor([1.0, 0.5], dtype=D), 0.3), Quadratic(torch.tensor([2.0, 1.5], dtype=D), -1.0)]
+        tasks = [
+            Quadratic(torch.tensor([1.0, 0.5], dtype=D), 0.3),
+            Quadratic(torch.tensor([2.0, 1.5], dtype=D), -1.0),
+        ]
         mg, _ = ALGORITHMS.get(grad).build(5)
-        return phi, MetaLearner(phi, tasks, SGD(0.1, momentum=0.9), mg, schedule, meta_lr=0.3,
-                                reset_inner_state=reset)
+        return phi, MetaLearner(
+            phi, tasks, SGD(0.1, momentum=0.9), mg, schedule, meta_lr=0.3, reset_inner_state=reset
+        )
 
     phi_a, a = make(Schedule(k=5, meta_every=5, shift=True))
     phi_b, b = make(Schedule.plain(5))
@@ -77,8 +92,9 @@ def test_cts_with_meta_every_k_equals_plain(grad, reset):
 def test_fomaml_gradient_by_hand():
     # train f = ½(θ₀² + 2θ₁²), α = 0.1 from φ = (1, 1): θ₁ = (0.9, 0.8).
     # query q = (θ₀ − 1)² + θ₀θ₁: ∇q = (2(θ₀ − 1) + θ₁, θ₀) = (0.6, 0.9).
-    task = Quadratic(torch.tensor([1.0, 2.0], dtype=D),
-                     query=lambda p: (p["x"][0] - 1) ** 2 + p["x"][0] * p["x"][1])
+    task = Quadratic(
+        torch.tensor([1.0, 2.0], dtype=D), query=lambda p: (p["x"][0] - 1) ** 2 + p["x"][0] * p["x"][1]
+    )
     phi = phi_of(1.0, 1.0)
     learner = MetaLearner(phi, [task], SGD(0.1), FOMAML(), Schedule.plain(10))
     learner.inner_step()
@@ -102,7 +118,9 @@ def test_leap_gradient_by_hand():
 def test_leap_stabilizer_by_hand(stabilizer, expected):
     # ½x², α = 2.5 overshoots: θ: 1 → −1.5, loss 0.5 → 1.125 (Δℓ = +0.625).
     # The stabilizer uses Δℓ = −0.625: increment (2.5 + 0.625·1)/‖(−2.5, 0.625)‖; without it (2.5 − 0.625)/….
-    learner = MetaLearner(phi_of(1.0), [Quadratic(1.0)], SGD(2.5), Leap(stabilizer=stabilizer), Schedule.plain(10))
+    learner = MetaLearner(
+        phi_of(1.0), [Quadratic(1.0)], SGD(2.5), Leap(stabilizer=stabilizer), Schedule.plain(10)
+    )
     learner.run(2)
     length = (2.5**2 + 0.625**2) ** 0.5
     assert learner.meta_gradient_now()["x"].item() == pytest.approx(expected / length)
@@ -134,7 +152,9 @@ def test_imaml_solves_implicit_system():
         def query_loss(self, p):
             return 0.5 * (p["x"] - 1).pow(2).sum()
 
-    learner = MetaLearner(phi_of(1.0, -1.0), [Task()], SGD(0.1), IMAML(lam=0.5, cg_steps=10), Schedule.plain(3))
+    learner = MetaLearner(
+        phi_of(1.0, -1.0), [Task()], SGD(0.1), IMAML(lam=0.5, cg_steps=10), Schedule.plain(3)
+    )
     learner.run(2)
     theta = learner.params[0]["x"].detach()
     expected = torch.linalg.solve(torch.eye(2, dtype=D) + a / 0.5, theta - 1)
@@ -154,8 +174,15 @@ def test_private_parameters_are_never_shifted_reset_or_meta_learned():
         query_loss = train_loss
 
     phi = phi_of(0.5)
-    learner = MetaLearner(phi, [WithHead(), WithHead()], SGD(0.1), Reptile(), Schedule.cts(3), meta_lr=0.5,
-                          private=[{"head": torch.tensor([2.0], dtype=D)}, {"head": torch.tensor([-1.0], dtype=D)}])
+    learner = MetaLearner(
+        phi,
+        [WithHead(), WithHead()],
+        SGD(0.1),
+        Reptile(),
+        Schedule.cts(3),
+        meta_lr=0.5,
+        private=[{"head": torch.tensor([2.0], dtype=D)}, {"head": torch.tensor([-1.0], dtype=D)}],
+    )
     heads = [p["head"].clone() for p in learner.params]
     learner.inner_step()
     # the head moved by its own inner gradient only: no shift applied to it
@@ -187,8 +214,9 @@ def test_shift_error_is_zero_for_linear_losses_and_matches_hand_value_for_quadra
 
         query_loss = train_loss
 
-    learner = MetaLearner(phi_of(1.0, 1.0), [Linear()], SGD(0.1, momentum=0.9), Reptile(), Schedule.cts(8),
-                          meta_lr=0.3)
+    learner = MetaLearner(
+        phi_of(1.0, 1.0), [Linear()], SGD(0.1, momentum=0.9), Reptile(), Schedule.cts(8), meta_lr=0.3
+    )
     probe = ShiftErrorProbe(learner)
     learner.run(8)
     assert [r["k"] for r in probe.records] == [1, 2, 4, 8]
@@ -202,9 +230,14 @@ def test_shift_error_is_zero_for_linear_losses_and_matches_hand_value_for_quadra
 
 
 def test_schedule_rejects_bad_values():
-    for bad in (dict(k=0, meta_every=1, shift=True), dict(k=5, meta_every=6, shift=True),
-                dict(k=-3, meta_every=1, shift=False)):
+    for bad in (
+        dict(k=0, meta_every=1, shift=True),
+        dict(k=5, meta_every=6, shift=True),
+        dict(k=-3, meta_every=1, shift=False),
+    ):
         with pytest.raises(UserError):
             Schedule(**bad)
-    with pytest.raises(UserError, match=r"unknown algorithm 'maml' \(valid: cts, cts-fomaml, cts-fomaml-official"):
+    with pytest.raises(
+        UserError, match=r"unknown algorithm 'maml' \(valid: cts, cts-fomaml, cts-fomaml-official"
+    ):
         ALGORITHMS.get("maml")

@@ -9,13 +9,19 @@ from largemeta.errors import UserError
 CASES = [
     (SGD(0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
     (SGD(0.1, momentum=0.9), lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)),
-    (SGD(0.05, momentum=0.9, dampening=0.1, weight_decay=5e-4),
-     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=5e-4)),
-    (SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-2),
-     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2)),
+    (
+        SGD(0.05, momentum=0.9, dampening=0.1, weight_decay=5e-4),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=5e-4),
+    ),
+    (
+        SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-2),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2),
+    ),
     (Adam(1e-2), lambda p: torch.optim.Adam(p, lr=1e-2)),
-    (Adam(3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=5e-4),
-     lambda p: torch.optim.Adam(p, lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=5e-4)),
+    (
+        Adam(3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=5e-4),
+        lambda p: torch.optim.Adam(p, lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=5e-4),
+    ),
 ]
 
 
@@ -38,7 +44,7 @@ def test_matches_torch_optim(ours, theirs):
         opt.zero_grad()
         _loss(ref).backward()
         opt.step()
-        for a, b in zip(mine, ref):
+        for a, b in zip(mine, ref, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert state["step"] == 25
 
@@ -51,10 +57,17 @@ def test_state_is_per_task_and_resettable():
     assert s2["momentum_buffer"] is None and s1["momentum_buffer"] is not None
 
 
-@pytest.mark.parametrize("bad", [
-    lambda: SGD(0.0), lambda: SGD(-1.0), lambda: SGD(0.1, momentum=1.5), lambda: Adam(float("nan")),
-    lambda: SGD(0.1, nesterov=True), lambda: INNER_OPTIMIZERS.create("rmsprop", lr=0.1),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: SGD(0.0),
+        lambda: SGD(-1.0),
+        lambda: SGD(0.1, momentum=1.5),
+        lambda: Adam(float("nan")),
+        lambda: SGD(0.1, nesterov=True),
+        lambda: INNER_OPTIMIZERS.create("rmsprop", lr=0.1),
+    ],
+)
 def test_bad_hyperparameters(bad):
     with pytest.raises(UserError) as err:
         bad()
@@ -62,5 +75,7 @@ def test_bad_hyperparameters(bad):
 
 
 def test_unknown_optimizer_lists_valid_names():
-    with pytest.raises(UserError, match=r"unknown inner optimizer 'rmsprop' \(valid: adam, nesterov, sgd, sgdm\)"):
+    with pytest.raises(
+        UserError, match=r"unknown inner optimizer 'rmsprop' \(valid: adam, nesterov, sgd, sgdm\)"
+    ):
         INNER_OPTIMIZERS.create("rmsprop", lr=0.1)

@@ -53,9 +53,15 @@ print(json.dumps({"short": growth(name, 10), "long": growth(name, 1000)}))
 @pytest.mark.parametrize("name", ["cts", "reptile", "fomaml", "cts-leap", "imaml"])
 def test_memory_flat_in_k(name):
     src = os.path.dirname(os.path.dirname(largemeta.__file__))
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
-    out = subprocess.run([sys.executable, "-c", PROBE, name], env=env, capture_output=True, text=True, check=True)
+    env = {
+        **os.environ,
+        "MALLOC_MMAP_THRESHOLD_": "65536",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, name], env=env, capture_output=True, text=True, check=True
+    )
     figures = json.loads(out.stdout)
     mib = {k: v / 2**20 for k, v in figures.items()}
     assert figures["long"] <= figures["short"] + 16 * 2**20, f"resident growth K=1000 vs K=10: {mib}"

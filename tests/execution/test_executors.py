@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from largemeta.testing import make_learner
 
 from largemeta.core import FOMAML, IMAML, SGD, Adam, Leap, Schedule
 from largemeta.core.params import flatten
 from largemeta.errors import UserError
 from largemeta.execution import EXECUTORS, Autocast, Batched, ChannelsLast, CudaGraphMetaStep, loop_gradients
+from largemeta.testing import make_learner
 
 STEPS = 6  # crosses a restart (K = 4) and runs CTS meta-updates + shifts every step
 
@@ -19,7 +19,8 @@ PAPER_HPARAMS = dict(inner=SGD(0.01, momentum=0.9, weight_decay=5e-4), meta_lr=0
 
 
 def run_pair(executor, steps=STEPS, **kw):
-    """The same problem (same seeds) run by the plain loop and by ``executor``: per-step losses and learners."""
+    """The same problem (same seeds) run by the plain loop and by ``executor``: per-step losses and
+    learners."""
     ref, fast = make_learner(loop_gradients, **kw), make_learner(executor, **kw)
     ref_losses = torch.stack([ref.inner_step() for _ in range(steps)])
     fast_losses = torch.stack([fast.inner_step() for _ in range(steps)])
@@ -45,7 +46,9 @@ def test_channels_last_matches_loop_in_fp32():
     conv = fast.phi["features.0.weight"]
     assert conv.is_contiguous(memory_format=torch.channels_last)
     assert fast.params[1]["features.4.weight"].is_contiguous(memory_format=torch.channels_last)
-    assert fast.controller.outer.param_groups[0]["params"][0] is conv  # converted in place: the optimizer still sees φ
+    assert (
+        fast.controller.outer.param_groups[0]["params"][0] is conv
+    )  # converted in place: the optimizer still sees φ
     assert fast.tasks[0].train_batch()[0].is_contiguous(memory_format=torch.channels_last)
 
 
@@ -93,12 +96,15 @@ def test_batched_groups_only_same_shapes():
     assert keys[0] == keys[1] and keys[0] != keys[2]
 
 
-@pytest.mark.parametrize("meta_gradient, schedule", [
-    (Leap(), Schedule.cts(k=4)),  # observes every step (losses and gradients)
-    # adds a proximal regularizer to the inner loss; K > steps because the conjugate-gradient solve of the
-    # meta-update amplifies fp32 rounding differences beyond any executor's control
-    (IMAML(proximal=True), Schedule.plain(k=10)),
-])
+@pytest.mark.parametrize(
+    "meta_gradient, schedule",
+    [
+        (Leap(), Schedule.cts(k=4)),  # observes every step (losses and gradients)
+        # adds a proximal regularizer to the inner loss; K > steps because the conjugate-gradient solve of the
+        # meta-update amplifies fp32 rounding differences beyond any executor's control
+        (IMAML(proximal=True), Schedule.plain(k=10)),
+    ],
+)
 def test_batched_matches_loop_for_stateful_meta_gradients(meta_gradient, schedule):
     kw = dict(schedule=schedule, specs=((16, 5), (16, 5)))
     ref = make_learner(loop_gradients, meta_gradient=meta_gradient, **kw)
@@ -127,11 +133,14 @@ def test_executors_by_name():
         EXECUTORS.create("vmap")
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(inner=Adam(1e-3)), "SGD inner optimizer, got Adam: its bias correction uses the step count"),
-    (dict(meta_gradient=Leap()), "'leap' meta-gradient: it reads host-side floats"),
-    (dict(meta_gradient=IMAML(), schedule=Schedule.plain(4)), "'imaml' meta-gradient"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(inner=Adam(1e-3)), "SGD inner optimizer, got Adam: its bias correction uses the step count"),
+        (dict(meta_gradient=Leap()), "'leap' meta-gradient: it reads host-side floats"),
+        (dict(meta_gradient=IMAML(), schedule=Schedule.plain(4)), "'imaml' meta-gradient"),
+    ],
+)
 def test_cuda_graph_refuses_unsupported_settings(kw, message):
     with pytest.raises(UserError, match=message):
         CudaGraphMetaStep(make_learner(**kw))
@@ -184,6 +193,7 @@ def test_cuda_graph_fomaml_matches_eager_loop():
     assert graph._graphs
     assert_learners_close(ref, fast, rtol=1e-3, atol=1e-4)
 
+
 @pytest.mark.parametrize("executor", [ChannelsLast(), Batched()], ids=["channels_last", "batched"])
 def test_resnet20_fast_paths_match_loop(executor):
     """ResNet-20's zero-pad shortcuts (strided slicing, channel padding) under NHWC and under vmap."""
@@ -198,7 +208,8 @@ def test_resnet20_fast_paths_match_loop(executor):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["channels_last", "batched", "autocast", "channels_last+autocast"])
 def test_fast_paths_on_gpu_match_loop(name):
-    """The CPU oracles again on CUDA (cuDNN kernels; vmap's batching rule for BatchNorm with batched buffers)."""
+    """The CPU oracles again on CUDA (cuDNN kernels; vmap's batching rule for BatchNorm with batched
+    buffers)."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     bf16 = "autocast" in name
@@ -210,9 +221,9 @@ def test_fast_paths_on_gpu_match_loop(name):
 
 
 class _EmulatedGraph:
-    """A CPU stand-in for ``torch.cuda.CUDAGraph`` that keeps the semantics the wrapper relies on: capture runs
-    nothing and returns a static output; each replay runs the recorded tensor work again and writes the static
-    output, while Python-side effects (the inner optimizers' step counters) are not repeated."""
+    """A CPU stand-in for ``torch.cuda.CUDAGraph`` that keeps the semantics the wrapper relies on: capture
+    runs nothing and returns a static output; each replay runs the recorded tensor work again and writes the
+    static output, while Python-side effects (the inner optimizers' step counters) are not repeated."""
 
     instances: list[_EmulatedGraph] = []
 
@@ -224,7 +235,7 @@ class _EmulatedGraph:
         states = self.learner.runner.inner_states
         steps = [s["step"] for s in states]
         self.out.copy_(self.fn())
-        for s, n in zip(states, steps):
+        for s, n in zip(states, steps, strict=True):
             s["step"] = n
 
 
@@ -279,6 +290,6 @@ def test_cuda_graph_bookkeeping_matches_eager_loop_emulated(emulated_cuda, case)
     assert probes[0].records == probes[1].records  # on_step hooks ran after every replayed step
     captured = len(_EmulatedGraph.instances)
     # cts/fomaml: one graph (a meta-update every step); plain: with and without a meta-update; a reset inner
-    # state re-creates the momentum buffers at each restart (steps 4, 8): the step after runs eagerly, the next
-    # one recaptures.
+    # state re-creates the momentum buffers at each restart (steps 4, 8): the step after runs eagerly, the
+    # next one recaptures.
     assert captured == {"cts": 1, "fomaml": 1, "plain": 2, "reset_inner_state": 3}[case]

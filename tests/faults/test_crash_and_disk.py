@@ -1,4 +1,5 @@
-"""Fault injection: kill -9 at random moments (checkpoint writes included), corrupt checkpoints, failing disks.
+"""Fault injection: kill -9 at random moments (checkpoint writes included), corrupt checkpoints, failing
+disks.
 
 Each case: a one-line error (no traceback), a non-zero exit, and no file saved before is changed.
 """
@@ -23,8 +24,11 @@ SRC = str(Path(largemeta.__file__).resolve().parents[1])
 
 
 def env():
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
-            "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def sets(cfg):
@@ -42,8 +46,22 @@ def phi(run):
 def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_phi(tiny_suite, tiny_config, tmp_path):
     cfg = tiny_config(tiny_suite, checkpoint_every=1, log_every=1)  # a checkpoint write on every step
     steps = "200"
-    subprocess.run([sys.executable, "-m", "largemeta", "train", "--out", str(tmp_path / "straight"),
-                    "--steps", steps, *sets(cfg)], env=env(), check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "largemeta",
+            "train",
+            "--out",
+            str(tmp_path / "straight"),
+            "--steps",
+            steps,
+            *sets(cfg),
+        ],
+        env=env(),
+        check=True,
+        capture_output=True,
+    )
     run = tmp_path / "crashy"
     rng = random.Random(0)
     args = [sys.executable, "-m", "largemeta", "train", "--steps", steps]
@@ -104,7 +122,9 @@ def test_checkpoint_from_another_architecture(tiny_suite, tiny_config, tmp_path,
     trainer = Trainer(from_mapping(tiny_config(tiny_suite, steps=4)), tmp_path / "run", progress=False)
     trainer.run()
     trainer.close()
-    other = Trainer(from_mapping(tiny_config(tiny_suite, steps=4, width=16)), tmp_path / "other", progress=False)
+    other = Trainer(
+        from_mapping(tiny_config(tiny_suite, steps=4, width=16)), tmp_path / "other", progress=False
+    )
     other.run()
     other.close()
     # graft the width-16 checkpoint into the width-8 run folder: same config keys, another architecture
@@ -121,10 +141,9 @@ def test_checkpoint_cannot_execute_code(tmp_path, capsys):
         def __reduce__(self):
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
-    import pickle
-
     import hashlib
     import io
+    import pickle
 
     buffer = io.BytesIO()
     torch.save({"format": checkpoint.FORMAT, "x": Evil()}, buffer, pickle_module=pickle)

@@ -11,14 +11,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 import largemeta
 
 SRC = str(Path(largemeta.__file__).resolve().parents[1])
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def corpus(tmp: Path) -> dict[str, list[str]]:
@@ -77,21 +81,37 @@ def corpus(tmp: Path) -> dict[str, list[str]]:
 def test_corrupt_and_hostile_inputs(tmp_path, tiny_suite, tiny_config):
     # what is "saved before": a finished run and a data cache with a converted dataset
     cache = tmp_path / "cache"
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "LARGEMETA_DATA_DIR": str(cache),
-           "LARGEMETA_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": SRC,
+        "OMP_NUM_THREADS": "1",
+        "LARGEMETA_DATA_DIR": str(cache),
+        "LARGEMETA_OFFLINE": "1",
+    }
     run = tmp_path / "run"
     sets = [a for k, v in tiny_config(tiny_suite, steps=2).items() for a in ("--set", f"{k}={v}")]
-    ok = subprocess.run([sys.executable, "-m", "largemeta", "train", "--out", str(run), *sets], env=env,
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "largemeta", "train", "--out", str(run), *sets],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     np.savez(tmp_path / "good.npz", x=np.zeros((8, 6, 6), np.uint8), y=np.arange(8) % 2)
-    assert subprocess.run([sys.executable, "-m", "largemeta", "data", "info", str(tmp_path / "good.npz")],
-                          env=env, capture_output=True).returncode == 0
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "largemeta", "data", "info", str(tmp_path / "good.npz")],
+            env=env,
+            capture_output=True,
+        ).returncode
+        == 0
+    )
     before = {"run": tree_digest(run), "cache": tree_digest(cache) if cache.exists() else {}}
     failures = []
     for name, argv in corpus(tmp_path / "inputs").items():
-        out = subprocess.run([sys.executable, "-m", "largemeta", *argv], env=env, capture_output=True, text=True,
-                             timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "largemeta", *argv], env=env, capture_output=True, text=True, timeout=120
+        )
         lines = out.stderr.strip().splitlines()
         if out.returncode != 2 or len(lines) != 1 or "Traceback" in out.stderr:
             failures.append(f"{name}: exit {out.returncode}, stderr {out.stderr[-400:]!r}")

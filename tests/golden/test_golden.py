@@ -1,9 +1,10 @@
-"""The redesign invariant: φ is bit-identical to what version 0.1 produced, and a v0.1 run folder still resumes.
+"""The redesign invariant: φ is bit-identical to what version 0.1 produced, and a v0.1 run folder still
+resumes.
 
 The hashes below were recorded with version 0.1, before the layers above the core were redesigned
-(``golden_runs.py`` says what each case runs). A change of any of them means results changed, which a refactoring
-must never do. ``run_v0_1/`` is a run folder written by version 0.1 at step 6 of 12: resumed by today's code it
-must reach the φ of version 0.1's uninterrupted run, and evaluate.
+(``golden_runs.py`` says what each case runs). A change of any of them means results changed, which a
+refactoring must never do. ``run_v0_1/`` is a run folder written by version 0.1 at step 6 of 12: resumed by
+today's code it must reach the φ of version 0.1's uninterrupted run, and evaluate.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ import pytest
 
 HERE = Path(__file__).parent
 # What decides float rounding on a CPU, pinned: one thread and AVX2 kernels (AVX-512 ones round differently).
-PINNED = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "avx2",
-          "ONEDNN_MAX_CPU_ISA": "AVX2"}
+PINNED = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+}
 
 GOLDEN = {
     "cts": "5f7bcc6316ecc477cc56a538a5592b3b83de9346a5d7bf90f11ec7ca76e5048e",
@@ -60,8 +65,13 @@ def _has_avx2() -> bool:
 def test_phi_is_bit_identical_to_version_0_1_and_a_v0_1_run_folder_resumes(tmp_path):
     run = tmp_path / "run_v0_1"
     shutil.copytree(HERE / "run_v0_1", run)
-    proc = subprocess.run([sys.executable, str(HERE / "golden_runs.py"), str(run)], capture_output=True,
-                          text=True, env={**os.environ, **PINNED}, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "golden_runs.py"), str(run)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **PINNED},
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout)
     changed = {case: got.get(case) for case in GOLDEN if got.get(case) != GOLDEN[case]}

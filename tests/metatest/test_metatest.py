@@ -38,11 +38,23 @@ def test_ci95_by_hand():
     assert ci95([0.7]) == 0.0
 
 
-@pytest.mark.parametrize("df, t", [
-    # two-sided 95 % quantiles from standard tables: exact at every size, not 1.96 beyond 30
-    (1, 12.7062), (2, 4.3027), (3, 3.1824), (5, 2.5706), (10, 2.2281), (30, 2.0423), (31, 2.0395),
-    (40, 2.0211), (60, 2.0003), (120, 1.9799), (1000, 1.9623),
-])
+@pytest.mark.parametrize(
+    "df, t",
+    [
+        # two-sided 95 % quantiles from standard tables: exact at every size, not 1.96 beyond 30
+        (1, 12.7062),
+        (2, 4.3027),
+        (3, 3.1824),
+        (5, 2.5706),
+        (10, 2.2281),
+        (30, 2.0423),
+        (31, 2.0395),
+        (40, 2.0211),
+        (60, 2.0003),
+        (120, 1.9799),
+        (1000, 1.9623),
+    ],
+)
 def test_t_quantile_matches_tables(df, t):
     assert t_quantile(0.95, df) == pytest.approx(t, abs=1e-4)
 
@@ -63,8 +75,26 @@ def test_evaluate_end_to_end_from_run_export_and_scratch(tiny_suite, tiny_config
     results = {}
     for init in (str(run), str(tmp_path / "phi.safetensors"), "scratch"):
         extra = ["--model", "convnet", "--width", "8", "--channels", "1"] if init == "scratch" else []
-        assert main(["evaluate", "--init", init, "--suite", str(tiny_suite), "--steps", "6", "--seeds", "2",
-                     "--batch-size", "8", "--json", *extra]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--init",
+                    init,
+                    "--suite",
+                    str(tiny_suite),
+                    "--steps",
+                    "6",
+                    "--seeds",
+                    "2",
+                    "--batch-size",
+                    "8",
+                    "--json",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         results[init] = json.loads(capsys.readouterr().out)
     r = results[str(run)]
     assert set(r["tasks"]) == {"target"} and len(r["tasks"]["target"]["per_seed"]) == 2
@@ -79,16 +109,28 @@ def test_architecture_mismatch_names_the_tensor(tiny_suite, tiny_config, tmp_pat
     run = run_tiny(tiny_suite, tiny_config, tmp_path / "run", steps=4)
     code = main(["evaluate", "--init", str(run), "--suite", str(tiny_suite), "--width", "16", "--steps", "2"])
     err = capsys.readouterr().err
-    assert code == 2 and "tensor 'features.0.weight' has shape (8, 1, 3, 3), the model needs (16, 1, 3, 3)" in err
+    assert (
+        code == 2
+        and "tensor 'features.0.weight' has shape (8, 1, 3, 3), the model needs (16, 1, 3, 3)" in err
+    )
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["evaluate", "--init", "scratch", "--tasks", "no_such_dataset", "--steps", "2"], "no_such_dataset"),
-    (["evaluate", "--init", "scratch", "--suite", "offline", "--steps", "0"], "--steps: '0' is out of range"),
-    (["evaluate", "--init", "scratch", "--suite", "offline", "--seeds", "-1"], "--seeds: '-1' is out of range"),
-    (["evaluate", "--init", "/nonexistent", "--suite", "offline"], "is not 'scratch', a run folder or"),
-    (["evaluate", "--init", "scratch"], "needs --suite SUITE or --tasks"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["evaluate", "--init", "scratch", "--tasks", "no_such_dataset", "--steps", "2"], "no_such_dataset"),
+        (
+            ["evaluate", "--init", "scratch", "--suite", "offline", "--steps", "0"],
+            "--steps: '0' is out of range",
+        ),
+        (
+            ["evaluate", "--init", "scratch", "--suite", "offline", "--seeds", "-1"],
+            "--seeds: '-1' is out of range",
+        ),
+        (["evaluate", "--init", "/nonexistent", "--suite", "offline"], "is not 'scratch', a run folder or"),
+        (["evaluate", "--init", "scratch"], "needs --suite SUITE or --tasks"),
+    ],
+)
 def test_bad_input(capsys, argv, needle):
     with pytest.raises(SystemExit) as info:
         raise SystemExit(main(argv))
@@ -98,8 +140,13 @@ def test_bad_input(capsys, argv, needle):
 
 def test_convergence_and_report(tiny_suite, tiny_config, tmp_path, capsys):
     cfg = from_mapping(tiny_config(tiny_suite, steps=8))
-    result = convergence(cfg, ["cts", "reptile", "scratch"], tmp_path / "exp", fractions=(0.5, 1.0),
-                         settings=EvalSettings(steps=3, seeds=2, batch_size=8))
+    result = convergence(
+        cfg,
+        ["cts", "reptile", "scratch"],
+        tmp_path / "exp",
+        fractions=(0.5, 1.0),
+        settings=EvalSettings(steps=3, seeds=2, batch_size=8),
+    )
     assert result["milestones"] == [4, 8]
     assert set(result["algorithms"]) == {"cts", "reptile", "scratch"}
     assert "| cts |" in table(result)
@@ -117,14 +164,59 @@ def test_report_of_an_empty_folder_is_an_error(tmp_path, capsys):
 
 def test_k_ablation_and_its_plot(tiny_suite, tiny_config, tmp_path, capsys):
     sets = [a for k, v in tiny_config(tiny_suite).items() if k != "steps" for a in ("--set", f"{k}={v}")]
-    code = main(["experiment", "k-ablation", "--config", str(tiny_suite.parent / "none.toml"), "--out",
-                 str(tmp_path / "kab"), "--ks", "2,4", "--algos", "cts,reptile", "--steps", "4", "--eval-steps", "2",
-                 "--seeds", "2", "--eval-batch-size", "8", "--json", *sets])
+    code = main(
+        [
+            "experiment",
+            "k-ablation",
+            "--config",
+            str(tiny_suite.parent / "none.toml"),
+            "--out",
+            str(tmp_path / "kab"),
+            "--ks",
+            "2,4",
+            "--algos",
+            "cts,reptile",
+            "--steps",
+            "4",
+            "--eval-steps",
+            "2",
+            "--seeds",
+            "2",
+            "--eval-batch-size",
+            "8",
+            "--json",
+            *sets,
+        ]
+    )
     assert code == 2 and "does not exist" in capsys.readouterr().err  # a missing config file is refused
     (tmp_path / "c.toml").write_text("")
-    assert main(["experiment", "k-ablation", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "kab"),
-                 "--ks", "2,4", "--algos", "cts,reptile", "--steps", "4", "--eval-steps", "2", "--seeds", "2",
-                 "--eval-batch-size", "8", "--json", *sets]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                "k-ablation",
+                "--config",
+                str(tmp_path / "c.toml"),
+                "--out",
+                str(tmp_path / "kab"),
+                "--ks",
+                "2,4",
+                "--algos",
+                "cts,reptile",
+                "--steps",
+                "4",
+                "--eval-steps",
+                "2",
+                "--seeds",
+                "2",
+                "--eval-batch-size",
+                "8",
+                "--json",
+                *sets,
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["ks"] == [2, 4] and set(result["algorithms"]["cts"]) == {"2", "4"}
     assert (tmp_path / "kab" / "k_ablation.png").exists() and (tmp_path / "kab" / "reptile_k4").is_dir()
@@ -133,10 +225,39 @@ def test_k_ablation_and_its_plot(tiny_suite, tiny_config, tmp_path, capsys):
 def test_tune_picks_beta_on_meta_training_tasks_only(tiny_suite, tiny_config, tmp_path, capsys):
     sets = [a for k, v in tiny_config(tiny_suite).items() if k != "steps" for a in ("--set", f"{k}={v}")]
     (tmp_path / "c.toml").write_text("")
-    assert main(["experiment", "tune", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "tune"),
-                 "--algos", "cts,reptile", "--betas", "0.01,1", "--steps", "4", "--val-steps", "2", "--val-seeds", "2",
-                 "--val-train-size", "16", "--eval-steps", "2", "--seeds", "2", "--eval-batch-size", "8", "--json",
-                 *sets]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                "tune",
+                "--config",
+                str(tmp_path / "c.toml"),
+                "--out",
+                str(tmp_path / "tune"),
+                "--algos",
+                "cts,reptile",
+                "--betas",
+                "0.01,1",
+                "--steps",
+                "4",
+                "--val-steps",
+                "2",
+                "--val-seeds",
+                "2",
+                "--val-train-size",
+                "16",
+                "--eval-steps",
+                "2",
+                "--seeds",
+                "2",
+                "--eval-batch-size",
+                "8",
+                "--json",
+                *sets,
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     for algo in ("cts", "reptile"):
         val = result["validation"][algo]
@@ -152,9 +273,36 @@ def test_pretrained_experiment(tiny_suite, tiny_config, tmp_path, capsys):
     sets = [a for k, v in tiny_config(tiny_suite).items() if k != "steps" for a in ("--set", f"{k}={v}")]
     (tmp_path / "c.toml").write_text("")
     capsys.readouterr()
-    assert main(["experiment", "pretrained", "--config", str(tmp_path / "c.toml"), "--init",
-                 str(tmp_path / "phi.safetensors"), "--sizes", "8,16", "--out", str(tmp_path / "pre"), "--steps", "4",
-                 "--eval-steps", "2", "--seeds", "2", "--eval-batch-size", "8", "--json", *sets]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                "pretrained",
+                "--config",
+                str(tmp_path / "c.toml"),
+                "--init",
+                str(tmp_path / "phi.safetensors"),
+                "--sizes",
+                "8,16",
+                "--out",
+                str(tmp_path / "pre"),
+                "--steps",
+                "4",
+                "--eval-steps",
+                "2",
+                "--seeds",
+                "2",
+                "--eval-batch-size",
+                "8",
+                "--json",
+                *sets,
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
-    assert set(result["algorithms"]) == {"finetune", "cts"} and set(result["algorithms"]["cts"]) == {"8", "16"}
+    assert set(result["algorithms"]) == {"finetune", "cts"} and set(result["algorithms"]["cts"]) == {
+        "8",
+        "16",
+    }
     assert "gain of cts" in table(result) and (tmp_path / "pre" / "pretrained.png").exists()

@@ -18,9 +18,9 @@ PROBE = """<script>
 window.__errors = [];
 window.addEventListener('error', e => window.__errors.push(String(e.message || e.type)), true);
 window.addEventListener('load', () => {
-  const imgs = Array.from(document.images);
-  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
-  document.body.setAttribute('data-probe', JSON.stringify({images: imgs.length, loaded: ok, errors: window.__errors}));
+  const imgs = Array.from(document.images); const ok = imgs.filter(i => i.complete && i.naturalWidth >
+  0).length; document.body.setAttribute('data-probe', JSON.stringify({images: imgs.length, loaded: ok, errors:
+  window.__errors}));
 });
 </script>"""
 
@@ -28,10 +28,18 @@ window.addEventListener('load', () => {
 def fake_convergence(folder):
     task = {"mean_accuracy": 0.4, "ci95": 0.02, "per_seed": [0.39, 0.41], "curve": {"10": 0.4}}
     acc = {"init": "x", "steps": 10, "seeds": 2, "tasks": {"t": task}, "mean_accuracy": 0.4}
-    result = {"experiment": "convergence", "milestones": [5, 10], "config": {"algo": "cts"},
-              "algorithms": {a: {"accuracy": {"5": acc, "10": acc}, "loss": [{"step": 5, "mean_loss": 2.0},
-                                                                          {"step": 10, "mean_loss": 1.5}]}
-                             for a in ("cts", "reptile")}}
+    result = {
+        "experiment": "convergence",
+        "milestones": [5, 10],
+        "config": {"algo": "cts"},
+        "algorithms": {
+            a: {
+                "accuracy": {"5": acc, "10": acc},
+                "loss": [{"step": 5, "mean_loss": 2.0}, {"step": 10, "mean_loss": 1.5}],
+            }
+            for a in ("cts", "reptile")
+        },
+    }
     folder.mkdir()
     (folder / "results.json").write_text(json.dumps(result))
 
@@ -43,11 +51,26 @@ def test_report_renders_in_headless_chromium(tmp_path):
     probed = tmp_path / "probed.html"
     probed.write_text(page.read_text().replace("<head>", "<head>" + PROBE, 1))
     out = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-         "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probed.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     marker = out.stdout.split('data-probe="', 1)[1].split('"', 1)[0].replace("&quot;", '"')

@@ -31,7 +31,9 @@ def test_loss_by_hand_and_closed_form_gradient():
     x = (ENV.targets[t] + d).view(1, 2)
     assert ENV.task_loss(t, x).item() == pytest.approx(0.0, abs=1e-20)
     # (u, v) = (0, 0): k₀·121 + k₂·49
-    assert ENV.task_loss(t, ENV.targets[t].view(1, 2)).item() == pytest.approx(0.73845121 * 121 + 0.9954126 * 49)
+    assert ENV.task_loss(t, ENV.targets[t].view(1, 2)).item() == pytest.approx(
+        0.73845121 * 121 + 0.9954126 * 49
+    )
     pts = torch.randn(8, 7, 2, dtype=torch.float64) * 6
     live = pts.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(ENV.losses(live).sum(), live)
@@ -45,8 +47,15 @@ def test_vectorized_flow_step_equals_engine_loop():
     fast = reptile_update(ENV, starts, 20, SGD(0.05, momentum=0.9), 0.1)
     phi = {"x": starts.clone()}
     tasks = [SyntheticTask(ENV, t) for t in range(8)]
-    learner = MetaLearner(phi, tasks, SGD(0.05, momentum=0.9), Reptile(), Schedule.plain(20), meta_lr=0.1,
-                          reset_inner_state=True)
+    learner = MetaLearner(
+        phi,
+        tasks,
+        SGD(0.05, momentum=0.9),
+        Reptile(),
+        Schedule.plain(20),
+        meta_lr=0.1,
+        reset_inner_state=True,
+    )
     learner.run(20)
     torch.testing.assert_close(fast, phi["x"], rtol=1e-10, atol=1e-10)
 
@@ -79,21 +88,46 @@ def test_cts_beats_reptile_at_equal_budget(capsys, k, inner):
 
 
 def test_compare_writes_figures_and_shift_error(capsys, tmp_path):
-    out = run_json(capsys, "synthetic", "compare", "--k", "80", "--inner", "sgd", "--budget", "80",
-                   "--shift-error", "--json", "--out", str(tmp_path))
+    out = run_json(
+        capsys,
+        "synthetic",
+        "compare",
+        "--k",
+        "80",
+        "--inner",
+        "sgd",
+        "--budget",
+        "80",
+        "--shift-error",
+        "--json",
+        "--out",
+        str(tmp_path),
+    )
     assert out["shift_error"]["k"] == list(range(1, 81))
     assert len(out["shift_error"]["per_start"]) == 9
     assert (tmp_path / "compare_k80_sgd.png").exists() and (tmp_path / "shift_error_k80_sgd.png").exists()
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["synthetic", "flow", "--k", "0"], "--k: '0' is out of range (valid: an integer >= 1)"),
-    (["synthetic", "compare", "--k", "80", "--inner", "sgd", "--inner-lr", "-0.1"], "--inner-lr: '-0.1' is out of range"),
-    (["synthetic", "compare", "--k", "80", "--inner", "rmsprop"], "invalid choice: 'rmsprop'"),
-    (["synthetic", "compare", "--k", "80", "--inner", "sgd", "--algos", "maml"],
-     "unknown algorithm 'maml' (valid: cts, cts-fomaml, cts-fomaml-official, cts-reptile, fomaml, reptile)"),
-    (["synthetic", "flow", "--k", "5", "--env", "/nonexistent/env.npz"], "'/nonexistent/env.npz' does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["synthetic", "flow", "--k", "0"], "--k: '0' is out of range (valid: an integer >= 1)"),
+        (
+            ["synthetic", "compare", "--k", "80", "--inner", "sgd", "--inner-lr", "-0.1"],
+            "--inner-lr: '-0.1' is out of range",
+        ),
+        (["synthetic", "compare", "--k", "80", "--inner", "rmsprop"], "invalid choice: 'rmsprop'"),
+        (
+            ["synthetic", "compare", "--k", "80", "--inner", "sgd", "--algos", "maml"],
+            "unknown algorithm 'maml' (valid: cts, cts-fomaml, cts-fomaml-official, cts-reptile, fomaml, "
+            "reptile)",
+        ),
+        (
+            ["synthetic", "flow", "--k", "5", "--env", "/nonexistent/env.npz"],
+            "'/nonexistent/env.npz' does not exist",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(capsys, argv, needle):
     with pytest.raises(SystemExit) as exit_info:
         code = main(argv)

@@ -13,24 +13,36 @@ def test_defaults_validate_and_shipped_configs_load():
     from_mapping({})
     assert load_config("configs/offline.toml").algo == "cts"
     paper = load_config("configs/paper.toml")
-    assert (paper.model, paper.k, paper.steps, paper.batch_size, paper.meta_lr) == ("resnet20", 1000, 200000, 128, 0.01)
+    assert (paper.model, paper.k, paper.steps, paper.batch_size, paper.meta_lr) == (
+        "resnet20",
+        1000,
+        200000,
+        128,
+        0.01,
+    )
 
 
-@pytest.mark.parametrize("values, needle", [
-    ({"kk": 5}, "unknown config key 'kk' (did you mean 'k'?)"),
-    ({"k": "ten"}, "config key 'k' must be an integer, got 'ten'"),
-    ({"k": 10**12}, "config key 'k' out of range"),
-    ({"batch_size": -8}, "config key 'batch_size' out of range"),
-    ({"inner_lr": 0}, "config key 'inner_lr' out of range"),
-    ({"meta_lr": float("nan")}, "config key 'meta_lr' out of range"),
-    ({"algo": "maml"}, "unknown algorithm 'maml' (valid: cts, cts-fomaml, cts-fomaml-official, cts-leap"),
-    ({"inner_optimizer": "rmsprop"}, "unknown inner optimizer 'rmsprop'"),
-    ({"reset_inner_state": "yes"}, "config key 'reset_inner_state' must be true or false"),
-    ({"meta_every": 5, "k": 2}, "1 <= meta_every <= k=2"),
-    ({"algo": "single"}, "algo 'single' trains on one task"),
-    ({"device": "tpu"}, "config key 'device' must be cpu, cuda, cuda:N or auto"),
-    ({"algo": "multitask", "executor": "batched"}, "joint training (algo 'multitask') runs the plain loop"),
-])
+@pytest.mark.parametrize(
+    "values, needle",
+    [
+        ({"kk": 5}, "unknown config key 'kk' (did you mean 'k'?)"),
+        ({"k": "ten"}, "config key 'k' must be an integer, got 'ten'"),
+        ({"k": 10**12}, "config key 'k' out of range"),
+        ({"batch_size": -8}, "config key 'batch_size' out of range"),
+        ({"inner_lr": 0}, "config key 'inner_lr' out of range"),
+        ({"meta_lr": float("nan")}, "config key 'meta_lr' out of range"),
+        ({"algo": "maml"}, "unknown algorithm 'maml' (valid: cts, cts-fomaml, cts-fomaml-official, cts-leap"),
+        ({"inner_optimizer": "rmsprop"}, "unknown inner optimizer 'rmsprop'"),
+        ({"reset_inner_state": "yes"}, "config key 'reset_inner_state' must be true or false"),
+        ({"meta_every": 5, "k": 2}, "1 <= meta_every <= k=2"),
+        ({"algo": "single"}, "algo 'single' trains on one task"),
+        ({"device": "tpu"}, "config key 'device' must be cpu, cuda, cuda:N or auto"),
+        (
+            {"algo": "multitask", "executor": "batched"},
+            "joint training (algo 'multitask') runs the plain loop",
+        ),
+    ],
+)
 def test_bad_values(values, needle):
     with pytest.raises(UserError) as err:
         from_mapping(values)
@@ -61,13 +73,16 @@ def test_set_overrides_parse_by_type():
         parse_override("k")
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["train", "--config", "configs/offline.toml"], "train needs --out RUN_DIR"),
-    (["train", "--out", "x", "--set", "bogus=1"], "unknown config key 'bogus'"),
-    (["train", "--out", "x", "--steps", "0"], "config key 'steps' out of range"),
-    (["train", "--resume", "/nonexistent/run"], "no config.json there"),
-    (["train", "--resume", "a", "--out", "b"], "--resume continues RUN_DIR in place"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--config", "configs/offline.toml"], "train needs --out RUN_DIR"),
+        (["train", "--out", "x", "--set", "bogus=1"], "unknown config key 'bogus'"),
+        (["train", "--out", "x", "--steps", "0"], "config key 'steps' out of range"),
+        (["train", "--resume", "/nonexistent/run"], "no config.json there"),
+        (["train", "--resume", "a", "--out", "b"], "--resume continues RUN_DIR in place"),
+    ],
+)
 def test_cli_bad_input(capsys, argv, needle):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -75,8 +90,12 @@ def test_cli_bad_input(capsys, argv, needle):
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(sorted(FIELDS)), st.one_of(st.integers(), st.floats(), st.text(max_size=5),
-                                                                     st.booleans())))
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(FIELDS)),
+        st.one_of(st.integers(), st.floats(), st.text(max_size=5), st.booleans()),
+    )
+)
 def test_any_mapping_is_accepted_or_refused_in_one_line(values):
     try:
         cfg = from_mapping(values)

@@ -16,20 +16,32 @@ SRC = str(Path(largemeta.__file__).resolve().parents[1])
 
 
 def cli(args, nproc=1, timeout=240):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
     if nproc == 1:
         cmd = [sys.executable, "-m", "largemeta", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "largemeta", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "largemeta",
+            *args,
+        ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
 
 def spawn_ranks(args, stdout=subprocess.PIPE):
-    """Both ranks of a 2-rank gloo run started by hand (not torchrun, which would stop the survivor itself)."""
+    """Both ranks of a 2-rank gloo run started by hand (not torchrun, which would stop the survivor
+    itself)."""
     import socket
 
     with socket.socket() as s:
@@ -37,9 +49,17 @@ def spawn_ranks(args, stdout=subprocess.PIPE):
         port = s.getsockname()[1]
     procs = []
     for rank in (0, 1):
-        env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "LARGEMETA_COLLECTIVE_TIMEOUT": "20"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": SRC,
+            "OMP_NUM_THREADS": "1",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "LARGEMETA_COLLECTIVE_TIMEOUT": "20",
+        }
         procs.append(subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True))
     return procs
 
@@ -66,7 +86,7 @@ def test_two_ranks_equal_one_process(tiny_suite, tiny_config, tmp_path, algo):
     assert_close(phi(tmp_path / "one"), phi(tmp_path / "two"))
     one = checkpoint.load(tmp_path / "one" / "checkpoint.pt")["tasks"]
     two = checkpoint.load(tmp_path / "two" / "checkpoint.pt")["tasks"]
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert_close(a["params"], b["params"])
 
 
@@ -77,8 +97,12 @@ def test_two_rank_run_resumes_on_one_rank(tiny_suite, tiny_config, tmp_path):
     cli(["train", "--resume", str(tmp_path / "split"), "--steps", "12"])
     assert_close(phi(tmp_path / "straight"), phi(tmp_path / "split"))
     assert torch.equal(
-        checkpoint.load(tmp_path / "straight" / "checkpoint.pt")["tasks"][1]["task"]["sampler"]["train"]["generator"],
-        checkpoint.load(tmp_path / "split" / "checkpoint.pt")["tasks"][1]["task"]["sampler"]["train"]["generator"],
+        checkpoint.load(tmp_path / "straight" / "checkpoint.pt")["tasks"][1]["task"]["sampler"]["train"][
+            "generator"
+        ],
+        checkpoint.load(tmp_path / "split" / "checkpoint.pt")["tasks"][1]["task"]["sampler"]["train"][
+            "generator"
+        ],
     )
 
 
@@ -87,8 +111,19 @@ def test_survivor_exits_with_a_clear_message_when_a_rank_dies(tiny_suite, tiny_c
     import time
 
     cfg = tiny_config(tiny_suite, log_every=2, checkpoint_every=1000)
-    procs = spawn_ranks([sys.executable, "-m", "largemeta", "train", "--out", str(tmp_path / "run"), "--steps",
-                         "100000", *sets(cfg)])
+    procs = spawn_ranks(
+        [
+            sys.executable,
+            "-m",
+            "largemeta",
+            "train",
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "100000",
+            *sets(cfg),
+        ]
+    )
     try:
         metrics = tmp_path / "run" / "metrics.jsonl"
         deadline = time.time() + 120
@@ -119,8 +154,20 @@ def test_run_with_a_killed_rank_resumes_on_two_ranks_and_on_one(tiny_suite, tiny
 
     cfg = tiny_config(tiny_suite, log_every=2, checkpoint_every=4)
     cli(["train", "--out", str(tmp_path / "straight"), "--steps", "40", *sets(cfg)])
-    procs = spawn_ranks([sys.executable, "-m", "largemeta", "train", "--out", str(tmp_path / "run"), "--steps", "40",
-                         *sets(cfg)], stdout=subprocess.DEVNULL)
+    procs = spawn_ranks(
+        [
+            sys.executable,
+            "-m",
+            "largemeta",
+            "train",
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "40",
+            *sets(cfg),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         ckpt = tmp_path / "run" / "checkpoint.pt"
         deadline = time.time() + 120

@@ -1,4 +1,5 @@
-"""largemeta train end to end on tiny real runs: every algorithm trains, logs, checkpoints, resumes, exports."""
+"""largemeta train end to end on tiny real runs: every algorithm trains, logs, checkpoints, resumes,
+exports."""
 
 import json
 
@@ -40,8 +41,10 @@ def test_cts_lowers_the_training_loss(tiny_suite, tiny_config, tmp_path):
     assert lines[-1]["shift_norm"] > 0 and lines[-1]["meta_grad_norm"] > 0
 
 
-@pytest.mark.parametrize("algo, split", [("cts", 6), ("cts-leap", 6), ("cts-leap", 8), ("leap", 4), ("fomaml", 6),
-                                         ("multitask", 6)])
+@pytest.mark.parametrize(
+    "algo, split",
+    [("cts", 6), ("cts-leap", 6), ("cts-leap", 8), ("leap", 4), ("fomaml", 6), ("multitask", 6)],
+)
 def test_resume_is_bit_exact(tiny_suite, tiny_config, tmp_path, algo, split):
     # split 4 and 8 fall on restarts (K = 4): Leap's per-task state is empty there
     cfg = tiny_config(tiny_suite, algo=algo, steps=12)
@@ -53,10 +56,12 @@ def test_resume_is_bit_exact(tiny_suite, tiny_config, tmp_path, algo, split):
         assert torch.equal(a[k], b[k]), k
     sa = checkpoint.load(tmp_path / "straight" / "checkpoint.pt")["tasks"]
     sb = checkpoint.load(tmp_path / "split" / "checkpoint.pt")["tasks"]
-    for ta, tb in zip(sa, sb):
+    for ta, tb in zip(sa, sb, strict=True):
         for k in ta["params"]:
             assert torch.equal(ta["params"][k], tb["params"][k])
-        assert torch.equal(ta["task"]["sampler"]["train"]["generator"], tb["task"]["sampler"]["train"]["generator"])
+        assert torch.equal(
+            ta["task"]["sampler"]["train"]["generator"], tb["task"]["sampler"]["train"]["generator"]
+        )
 
 
 def test_resume_refuses_a_different_config(tiny_suite, tiny_config, tmp_path, capsys):
@@ -95,7 +100,9 @@ def test_cli_train_and_export(tiny_suite, tiny_config, tmp_path, capsys):
         assert torch.equal(state[k], v)
 
 
-def test_nan_loss_stops_with_task_and_step_and_keeps_the_checkpoint(tiny_suite, tiny_config, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_task_and_step_and_keeps_the_checkpoint(
+    tiny_suite, tiny_config, tmp_path, monkeypatch
+):
     from largemeta.models.task import ImageTask
 
     cfg = tiny_config(tiny_suite, steps=12, checkpoint_every=4)
@@ -126,7 +133,9 @@ def test_train_from_an_exported_init(tiny_suite, tiny_config, tmp_path, capsys):
         assert torch.equal(v, start[k])  # φ starts where the first run ended
     trainer.close()
     bad = tiny_config(tiny_suite, steps=1, init=str(tmp_path / "phi.safetensors"), width=16)
-    with pytest.raises(Exception, match=r"tensor 'features.0.weight' has shape \(8, 1, 3, 3\), the model needs"):
+    with pytest.raises(
+        Exception, match=r"tensor 'features.0.weight' has shape \(8, 1, 3, 3\), the model needs"
+    ):
         Trainer(from_mapping(bad), tmp_path / "third", progress=False)
 
 
@@ -161,8 +170,9 @@ class _NanGradient(torch.autograd.Function):
 
 
 @pytest.mark.parametrize("poison_step, caught_by", [(7, "loss"), (8, "parameter")])
-def test_nan_gradient_never_reaches_a_checkpoint(tiny_suite, tiny_config, tmp_path, monkeypatch, poison_step,
-                                                 caught_by):
+def test_nan_gradient_never_reaches_a_checkpoint(
+    tiny_suite, tiny_config, tmp_path, monkeypatch, poison_step, caught_by
+):
     # poisoned at step 7: the next loss is non-finite; at step 8 (a checkpoint step): the save refuses
     from largemeta.models.task import ImageTask
 
@@ -173,7 +183,11 @@ def test_nan_gradient_never_reaches_a_checkpoint(tiny_suite, tiny_config, tmp_pa
     def poisoned(self, params):
         calls["n"] += 1
         loss = original(self, params)
-        return _NanGradient.apply(loss) if (self.name == "t2" and calls["n"] == 3 * (poison_step - 1) + 3) else loss
+        return (
+            _NanGradient.apply(loss)
+            if (self.name == "t2" and calls["n"] == 3 * (poison_step - 1) + 3)
+            else loss
+        )
 
     monkeypatch.setattr(ImageTask, "train_loss", poisoned)
     trainer = Trainer(from_mapping(cfg), tmp_path / "run", progress=False)

@@ -36,8 +36,11 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = OneLineParser(prog="largemeta", description="Large-scale meta-learning with Continual Trajectory "
-                           "Shifting (CTS) and its first-order baselines.")
+    parser = OneLineParser(
+        prog="largemeta",
+        description="Large-scale meta-learning with Continual Trajectory "
+        "Shifting (CTS) and its first-order baselines.",
+    )
     parser.add_argument("--version", action="version", version=f"largemeta {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)

@@ -10,7 +10,9 @@ from largemeta.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="fine-tune an initialization on meta-test targets (the paper's protocol)")
+    p = sub.add_parser(
+        "evaluate", help="fine-tune an initialization on meta-test targets (the paper's protocol)"
+    )
     p.add_argument("--init", required=True, help="RUN_DIR, FILE.safetensors (largemeta export) or scratch")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--suite", help="evaluate on this suite's meta-test tasks")
@@ -19,10 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per target (3)")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--train-size", help="comma list: sub-sample each target's training set to these sizes")
-    p.add_argument("--model", help="body for a scratch init (convnet, resnet20, resnet18); default: the init's")
+    p.add_argument(
+        "--model", help="body for a scratch init (convnet, resnet20, resnet18); default: the init's"
+    )
     p.add_argument("--width", type=positive_int, help="body width for --model")
     p.add_argument("--image-size", type=positive_int, default=28, help="image size of --tasks targets (28)")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="input channels (default: the init's, else 1)")
+    p.add_argument(
+        "--channels", type=int, choices=(1, 3), help="input channels (default: the init's, else 1)"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (cpu)")
     p.add_argument("--data-dir", help="dataset cache folder")
     p.add_argument("--out", help="folder for results.json")
@@ -38,7 +44,9 @@ def parse_sizes(text: str | None) -> list[int | None]:
         try:
             n = int(part)
         except ValueError:
-            raise UserError(f"--train-size {part!r} is not an integer (valid: positive integers, comma separated)") from None
+            raise UserError(
+                f"--train-size {part!r} is not an integer (valid: positive integers, comma separated)"
+            ) from None
         if n < 1:
             raise UserError(f"--train-size {n} is out of range (valid: positive integers)")
         sizes.append(n)
@@ -60,9 +68,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if not specs:
             raise UserError(f"suite {args.suite!r} has no meta-test tasks")
     elif args.tasks:
-        specs = [TaskSpec(name=Path(t).stem if ("/" in t or t.endswith(".npz")) else t, dataset=t,
-                          image_size=args.image_size, channels=channels, crop_padding=4, flip=False)
-                 for t in args.tasks]
+        specs = [
+            TaskSpec(
+                name=Path(t).stem if ("/" in t or t.endswith(".npz")) else t,
+                dataset=t,
+                image_size=args.image_size,
+                channels=channels,
+                crop_padding=4,
+                flip=False,
+            )
+            for t in args.tasks
+        ]
     else:
         raise UserError("evaluate needs --suite SUITE or --tasks NAME_OR_PATH...")
     bad = [s.name for s in specs if s.channels != channels]
@@ -70,9 +86,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"targets {bad} have {specs[0].channels} channels, the init's model takes {channels}")
     device = resolve_device(args.device, 0)
     out = output_dir(args.out)
-    runs = {n: meta_test(init, specs, steps=args.steps, seeds=args.seeds, batch_size=args.batch_size,
-                        train_size=n, device=device, data_dir=args.data_dir) for n in sizes}
-    result = runs[None] if sizes == [None] else {"init": init.name, "by_train_size": {str(n): r for n, r in runs.items()}}
+    runs = {
+        n: meta_test(
+            init,
+            specs,
+            steps=args.steps,
+            seeds=args.seeds,
+            batch_size=args.batch_size,
+            train_size=n,
+            device=device,
+            data_dir=args.data_dir,
+        )
+        for n in sizes
+    }
+    result = (
+        runs[None]
+        if sizes == [None]
+        else {"init": init.name, "by_train_size": {str(n): r for n, r in runs.items()}}
+    )
     if out is not None:
         (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.json:

@@ -1,4 +1,5 @@
-"""``largemeta experiment`` (convergence, k-ablation, pretrained), ``largemeta report`` and ``largemeta demo``."""
+"""``largemeta experiment`` (convergence, k-ablation, pretrained), ``largemeta report`` and ``largemeta
+demo``."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ from largemeta.errors import UserError
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--eval-steps", type=positive_int, default=1000, help="fine-tuning steps per target (1000)")
+    p.add_argument(
+        "--eval-steps", type=positive_int, default=1000, help="fine-tuning steps per target (1000)"
+    )
     p.add_argument("--seeds", type=positive_int, default=3, help="evaluation seeds (3)")
     p.add_argument("--eval-batch-size", type=positive_int, default=128)
-    p.add_argument("--train-size", type=positive_int, help="sub-sample each target's training set to this size")
+    p.add_argument(
+        "--train-size", type=positive_int, help="sub-sample each target's training set to this size"
+    )
     p.add_argument("--targets", help="comma list of the suite's meta-test tasks (default: all)")
 
 
@@ -36,21 +41,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmds.required = True
     conv = cmds.add_parser("convergence", help="meta-test accuracy vs cumulative inner steps, per algorithm")
     _common(conv, "cts,reptile,leap,fomaml,imaml")
-    conv.add_argument("--milestones", default="0.025,0.05,0.1,0.25,0.5,1",
-                      help="fractions of the budget at which φ is evaluated")
+    conv.add_argument(
+        "--milestones",
+        default="0.025,0.05,0.1,0.25,0.5,1",
+        help="fractions of the budget at which φ is evaluated",
+    )
     conv.set_defaults(func=run_convergence)
     kab = cmds.add_parser("k-ablation", help="meta-test accuracy vs K")
     _common(kab, "cts,reptile,leap")
     kab.add_argument("--ks", default="10,100,1000", help="comma list of K")
     kab.set_defaults(func=run_k_ablation)
 
-    tun = cmds.add_parser("tune", help="fair tuning: each algorithm at its best β, chosen on the meta-training tasks")
+    tun = cmds.add_parser(
+        "tune", help="fair tuning: each algorithm at its best β, chosen on the meta-training tasks"
+    )
     _common(tun, "cts,reptile,leap")
     tun.add_argument("--betas", default="0.003,0.01,0.03,0.1,0.3,1", help="meta learning rates to try")
-    tun.add_argument("--val-steps", type=positive_int, default=100, help="fine-tuning steps for validation (100)")
+    tun.add_argument(
+        "--val-steps", type=positive_int, default=100, help="fine-tuning steps for validation (100)"
+    )
     tun.add_argument("--val-seeds", type=positive_int, default=2)
-    tun.add_argument("--val-train-size", type=positive_int, default=200,
-                     help="training images per meta-training task when validating (200)")
+    tun.add_argument(
+        "--val-train-size",
+        type=positive_int,
+        default=200,
+        help="training images per meta-training task when validating (200)",
+    )
     tun.set_defaults(func=run_tune)
     pre = cmds.add_parser("pretrained", help="CTS on top of a pretrained model vs plain fine-tuning of it")
     _common(pre, "cts")
@@ -113,8 +129,15 @@ def run_convergence(args: argparse.Namespace) -> int:
     cfg = _config(args)
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     out = output_dir(args.out)
-    result = convergence(cfg, algos, out, fractions=_floats(args.milestones, "--milestones"),
-                         settings=_settings(args), device=args.device, log=_log)
+    result = convergence(
+        cfg,
+        algos,
+        out,
+        fractions=_floats(args.milestones, "--milestones"),
+        settings=_settings(args),
+        device=args.device,
+        log=_log,
+    )
     plot_convergence(result, out)
     print_json(result) if args.json else print(table(result))
     return 0
@@ -127,8 +150,9 @@ def run_k_ablation(args: argparse.Namespace) -> int:
     cfg = _config(args)
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     out = output_dir(args.out)
-    result = k_ablation(cfg, algos, _ints(args.ks, "--ks"), out, settings=_settings(args), device=args.device,
-                        log=_log)
+    result = k_ablation(
+        cfg, algos, _ints(args.ks, "--ks"), out, settings=_settings(args), device=args.device, log=_log
+    )
     plot_k_ablation(result, out)
     print_json(result) if args.json else print(table(result))
     return 0
@@ -140,8 +164,16 @@ def run_tune(args: argparse.Namespace) -> int:
     cfg = _config(args)
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     validation = EvalSettings(args.val_steps, args.val_seeds, args.eval_batch_size, args.val_train_size)
-    result = tune(cfg, algos, _floats(args.betas, "--betas"), output_dir(args.out), validation=validation,
-                  test=_settings(args), device=args.device, log=_log)
+    result = tune(
+        cfg,
+        algos,
+        _floats(args.betas, "--betas"),
+        output_dir(args.out),
+        validation=validation,
+        test=_settings(args),
+        device=args.device,
+        log=_log,
+    )
     print_json(result) if args.json else print(table(result))
     return 0
 
@@ -158,8 +190,15 @@ def run_pretrained(args: argparse.Namespace) -> int:
         raise UserError(f"experiment pretrained meta-trains one algorithm, got --algos {args.algos!r}")
     cfg = dataclasses.replace(cfg, algo=algos[0])
     out = output_dir(args.out)
-    result = pretrained(cfg, args.init, _ints(args.sizes, "--sizes"), out, settings=_settings(args),
-                        device=args.device, log=_log)
+    result = pretrained(
+        cfg,
+        args.init,
+        _ints(args.sizes, "--sizes"),
+        out,
+        settings=_settings(args),
+        device=args.device,
+        log=_log,
+    )
     plot_pretrained(result, out)
     print_json(result) if args.json else print(table(result))
     return 0
@@ -177,9 +216,15 @@ def run_report(args: argparse.Namespace) -> int:
 
 # The demo: the offline suite's convergence experiment, sized for 2 CPU cores (≈ 8 minutes).
 DEMO = {"steps": 3000, "width": 16, "batch_size": 16, "k": 100, "log_every": 50, "checkpoint_every": 750}
-# Limited data (20 images per class) makes the held-out QuickDraw targets discriminate between initializations.
-DEMO_EVAL = {"steps": 200, "seeds": 3, "batch_size": 64, "train_size": 700,
-             "targets": ("quickdraw_t1", "quickdraw_t2", "quickdraw_t3")}
+# Limited data (20 images per class) makes the held-out QuickDraw targets discriminate between
+# initializations.
+DEMO_EVAL = {
+    "steps": 200,
+    "seeds": 3,
+    "batch_size": 64,
+    "train_size": 700,
+    "targets": ("quickdraw_t1", "quickdraw_t2", "quickdraw_t3"),
+}
 DEMO_ALGOS = ("cts", "reptile", "leap", "scratch")
 
 
@@ -204,14 +249,24 @@ def run_demo(args: argparse.Namespace) -> int:
     md, page = write_report(out)
     seconds = time.perf_counter() - started
     if args.json:
-        print_json({"milestones": result["milestones"], "seconds": round(seconds, 1),
-                    "algorithms": {a: {m: overall(e["accuracy"][m])[0] for m in e["accuracy"]}
-                                   for a, e in result["algorithms"].items()},
-                    "report": str(page)})
+        print_json(
+            {
+                "milestones": result["milestones"],
+                "seconds": round(seconds, 1),
+                "algorithms": {
+                    a: {m: overall(e["accuracy"][m])[0] for m in e["accuracy"]}
+                    for a, e in result["algorithms"].items()
+                },
+                "report": str(page),
+            }
+        )
         return 0
-    print(f"Meta-test accuracy (%, ± 95 % interval over {settings.seeds} seeds) on held-out QuickDraw classes "
-          f"({settings.train_size} training images per target, {settings.steps} fine-tuning steps), against "
-          "cumulative inner steps per meta-training task:")
+    print(
+        f"Meta-test accuracy (%, ± 95 % interval over {settings.seeds} seeds) on held-out QuickDraw classes "
+        f"({settings.train_size} training images per target, {settings.steps} fine-tuning steps), against "
+        "cumulative inner steps per meta-training task:"
+    )
     print(table(result))
-    print(f"report: {page}   final φ of each algorithm: {out}/<algo> (usable as --init)   ({seconds / 60:.1f} min)")
+    print(f"report: {page}   final φ of each algorithm: {out}/<algo> (usable as --init)", end="")
+    print(f"   ({seconds / 60:.1f} min)")
     return 0

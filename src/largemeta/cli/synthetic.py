@@ -38,9 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(cmp)
     cmp.add_argument("--inner", choices=[o for o in INNER_OPTIMIZERS if o != "nesterov"], required=True)
     cmp.add_argument("--budget", type=positive_int, default=240, help="cumulative inner steps per task (240)")
-    cmp.add_argument("--algos", default="reptile,cts", help=f"comma list of {', '.join(SYNTHETIC_ALGORITHMS)}")
-    cmp.add_argument("--shift-error", action="store_true",
-                     help="also measure ‖θ_shifted − U_k(φ)‖ along the first CTS trajectory of each start")
+    cmp.add_argument(
+        "--algos", default="reptile,cts", help=f"comma list of {', '.join(SYNTHETIC_ALGORITHMS)}"
+    )
+    cmp.add_argument(
+        "--shift-error",
+        action="store_true",
+        help="also measure ‖θ_shifted − U_k(φ)‖ along the first CTS trajectory of each start",
+    )
     cmp.set_defaults(func=run_compare)
 
     demo = cmds.add_parser("demo", help="all 6 Reptile-vs-CTS cells and the flow at K = 5 and 100 (≈ 1 min)")
@@ -61,11 +66,23 @@ def run_flow(args: argparse.Namespace) -> int:
     result = meta_flow(env, grid_points(args.grid), args.k, inner, args.meta_lr, max_iters=args.max_iters)
     minima, counts = cluster(result.ends[result.settled], args.radius)
     seconds = time.perf_counter() - started
-    status = {name: int((result.status == code).sum()) for name, code in
-              (("fixed_point", FIXED), ("cycle", CYCLE), ("diverged", DIVERGED), ("unsettled", UNSETTLED))}
+    status = {
+        name: int((result.status == code).sum())
+        for name, code in (
+            ("fixed_point", FIXED),
+            ("cycle", CYCLE),
+            ("diverged", DIVERGED),
+            ("unsettled", UNSETTLED),
+        )
+    }
     report = {
-        "k": args.k, "grid": args.grid, "minima": len(minima), "points": minima.tolist(),
-        "basin_sizes": counts.tolist(), "starts": status, "seconds": round(seconds, 2),
+        "k": args.k,
+        "grid": args.grid,
+        "minima": len(minima),
+        "points": minima.tolist(),
+        "basin_sizes": counts.tolist(),
+        "starts": status,
+        "seconds": round(seconds, 2),
     }
     if out is not None:
         from largemeta.synthetic.plots import plot_flow
@@ -74,10 +91,12 @@ def run_flow(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     else:
-        print(f"K = {args.k}: {len(minima)} meta-level local minima from {args.grid}×{args.grid} starts "
-              f"({status['fixed_point']} fixed points, {status['cycle']} settled cycles, "
-              f"{status['diverged']} diverged, {status['unsettled']} unsettled) in {seconds:.1f} s")
-        for (x, y), n in zip(minima.tolist(), counts.tolist()):
+        print(
+            f"K = {args.k}: {len(minima)} meta-level local minima from {args.grid}×{args.grid} starts "
+            f"({status['fixed_point']} fixed points, {status['cycle']} settled cycles, "
+            f"{status['diverged']} diverged, {status['unsettled']} unsettled) in {seconds:.1f} s"
+        )
+        for (x, y), n in zip(minima.tolist(), counts.tolist(), strict=True):
             print(f"  ({x:7.3f}, {y:7.3f})  basin of {n} starts")
         if "figure" in report:
             print(f"figure: {report['figure']}")
@@ -93,8 +112,9 @@ def run_compare(args: argparse.Namespace) -> int:
         if a not in SYNTHETIC_ALGORITHMS:
             raise choice_error("algorithm", a, SYNTHETIC_ALGORITHMS)
     out = output_dir(args.out)
-    results = compare(env, args.k, args.inner, args.budget, algos=algos, inner_lr=args.inner_lr,
-                      meta_lr=args.meta_lr)
+    results = compare(
+        env, args.k, args.inner, args.budget, algos=algos, inner_lr=args.inner_lr, meta_lr=args.meta_lr
+    )
     report: dict = {"k": args.k, "inner": args.inner, "budget": args.budget, "starts": PAPER_STARTS}
     for name, res in results.items():
         report[name] = res.losses.tolist()
@@ -113,16 +133,26 @@ def run_compare(args: argparse.Namespace) -> int:
         from largemeta.synthetic.plots import plot_compare, plot_shift_error
 
         inner = SGD(args.inner_lr, momentum=0.9)
-        report["figure"] = str(plot_compare(out / f"compare_k{args.k}_{args.inner}.png", env,
-                                            {n: r.path for n, r in results.items()}, args.k, inner))
+        report["figure"] = str(
+            plot_compare(
+                out / f"compare_k{args.k}_{args.inner}.png",
+                env,
+                {n: r.path for n, r in results.items()},
+                args.k,
+                inner,
+            )
+        )
         if shift is not None:
-            report["shift_error_figure"] = str(plot_shift_error(out / f"shift_error_k{args.k}_{args.inner}.png",
-                                                                shift, args.k))
+            report["shift_error_figure"] = str(
+                plot_shift_error(out / f"shift_error_k{args.k}_{args.inner}.png", shift, args.k)
+            )
     if args.json:
         print_json(report)
         return 0
-    print(f"K = {args.k}, inner {args.inner}, budget {args.budget} inner steps; mean task loss after {args.k} "
-          "Adam steps from the final φ (lower is better; nan = diverged)")
+    print(
+        f"K = {args.k}, inner {args.inner}, budget {args.budget} inner steps; mean task loss after {args.k} "
+        "Adam steps from the final φ (lower is better; nan = diverged)"
+    )
     print("start          " + "".join(f"{n:>12}" for n in results))
     for i, s in enumerate(PAPER_STARTS):
         row = "".join(f"{results[n].losses[i].item():12.3f}" for n in results)
@@ -140,7 +170,8 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     """The paper's synthetic comparison end to end: 6 cells K ∈ {80, 120} × inner ∈ {sgd, sgdm, adam} from the
-    9 starts at 240 inner steps, the meta-gradient flow at K = 5 and K = 100; tables printed, figures written."""
+    9 starts at 240 inner steps, the meta-gradient flow at K = 5 and K = 100; tables printed, figures
+    written."""
     from largemeta.synthetic.plots import plot_compare, plot_flow
 
     env = load_env()
@@ -154,8 +185,13 @@ def run_demo(args: argparse.Namespace) -> int:
             wins = int(((cts < rep) | (torch.isnan(rep) & ~torch.isnan(cts))).sum())
             cells[f"k{k}_{inner}"] = {"reptile": rep.tolist(), "cts": cts.tolist(), "cts_wins": wins}
             if inner == "sgdm":
-                plot_compare(out / f"compare_k{k}_{inner}.png", env, {n: r.path for n, r in res.items()}, k,
-                             SGD(0.05, momentum=0.9))
+                plot_compare(
+                    out / f"compare_k{k}_{inner}.png",
+                    env,
+                    {n: r.path for n, r in res.items()},
+                    k,
+                    SGD(0.05, momentum=0.9),
+                )
     flows = {}
     for k in (5, 100):
         inner = SGD(0.05, momentum=0.9)
@@ -168,7 +204,9 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
         return 0
-    print("Reptile vs CTS, 9 starts, 240 inner steps each; mean task loss after K Adam steps (nan = diverged)")
+    print(
+        "Reptile vs CTS, 9 starts, 240 inner steps each; mean task loss after K Adam steps (nan = diverged)"
+    )
     print(f"{'cell':<12}{'Reptile mean':>14}{'CTS mean':>10}{'CTS wins':>10}")
     total = 0
     for name, cell in cells.items():

@@ -10,9 +10,12 @@ from largemeta.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="meta-train over a suite's image tasks (CTS or any baseline)",
-                       description="Meta-train a body over a suite's meta-train tasks. Under torchrun: "
-                       "torchrun --nproc_per_node N --no-python largemeta train ...")
+    p = sub.add_parser(
+        "train",
+        help="meta-train over a suite's image tasks (CTS or any baseline)",
+        description="Meta-train a body over a suite's meta-train tasks. Under torchrun: "
+        "torchrun --nproc_per_node N --no-python largemeta train ...",
+    )
     p.add_argument("--config", help="TOML config (see configs/); flags below override it")
     p.add_argument("--out", help="run folder (new) — required unless --resume")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
@@ -21,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, help="inner steps per trajectory")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, cuda:N, auto")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key (repeatable)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key (repeatable)"
+    )
     p.add_argument("--json", action="store_true", help="print the last metrics line as JSON")
     p.set_defaults(func=run_train)
 
@@ -46,8 +51,8 @@ def overrides(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from largemeta.train.config import from_mapping, load_config
     from largemeta.runs import read_config
+    from largemeta.train.config import from_mapping, load_config
     from largemeta.train.trainer import Trainer
 
     if args.resume and args.out and Path(args.out) != Path(args.resume):
@@ -69,8 +74,9 @@ def run_train(args: argparse.Namespace) -> int:
         if args.json:
             print_json(last)
         else:
-            print(f"trained {cfg.algo} for {cfg.steps} steps; mean loss {last.get('mean_loss', float('nan')):.4f}; "
-                  f"run folder {args.resume or args.out}")
+            loss = last.get("mean_loss", float("nan"))
+            folder = args.resume or args.out
+            print(f"trained {cfg.algo} for {cfg.steps} steps; mean loss {loss:.4f}; run folder {folder}")
     return 0
 
 

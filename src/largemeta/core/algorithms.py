@@ -1,15 +1,15 @@
 """The algorithm table: every algorithm name the library knows, once.
 
-An :class:`Algorithm` is a frozen spec: which meta-gradient it uses and whether CTS shifts the running trajectories
-(a meta-update after every ``meta_every`` inner steps) or the plain schedule applies (one meta-update per K steps).
-Everything else a layer needs to know — does it read query batches, can a CUDA graph capture it, can it run over a
-user's own loop, does the synthetic benchmark's batch of starts stay independent — is derived from the
-meta-gradient class (:mod:`largemeta.core.metagrad`). The command line's choices, config validation, the trainer,
-the execution checks, the drop-in API and the synthetic benchmark all read this table: adding an algorithm is one
-entry here (plus its meta-gradient class).
+An :class:`Algorithm` is a frozen spec: which meta-gradient it uses and whether CTS shifts the running
+trajectories (a meta-update after every ``meta_every`` inner steps) or the plain schedule applies (one
+meta-update per K steps). Everything else a layer needs to know — does it read query batches, can a CUDA graph
+capture it, can it run over a user's own loop, does the synthetic benchmark's batch of starts stay independent
+— is derived from the meta-gradient class (:mod:`largemeta.core.metagrad`). The command line's choices, config
+validation, the trainer, the execution checks, the drop-in API and the synthetic benchmark all read this
+table: adding an algorithm is one entry here (plus its meta-gradient class).
 
-Joint training (``multitask``, ``single``) has no meta-gradient: one body trained on every task's loss at once,
-the multi-task and fine-tuning baselines of the paper.
+Joint training (``multitask``, ``single``) has no meta-gradient: one body trained on every task's loss at
+once, the multi-task and fine-tuning baselines of the paper.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ class Algorithm:
         return Schedule.cts(k, meta_every) if self.cts else Schedule.plain(k)
 
     def build(self, k: int, meta_every: int = 1, **options: Any) -> tuple[MetaGradient, Schedule]:
-        """The meta-gradient (given the ``options`` its class takes, e.g. iMAML's ``lam``) and the schedule."""
+        """The meta-gradient (given the ``options`` its class takes, e.g. iMAML's ``lam``) and the
+        schedule."""
         if self.joint:
             raise ValueError(f"{self.name!r} is joint training: it has no meta-gradient")
         return META_GRADIENTS.create(self.meta_gradient, **options), self.schedule(k, meta_every)
@@ -79,10 +80,18 @@ for _algo in (
     Algorithm("cts", "reptile", cts=True, summary="CTS on Reptile, the paper's headline algorithm"),
     Algorithm("cts-reptile", "reptile", cts=True, summary="the same as cts"),
     Algorithm("reptile", "reptile", summary="Reptile: φ − θ after K steps"),
-    Algorithm("cts-fomaml", "fomaml", cts=True,
-              summary="CTS on FOMAML as defined: a held-out query batch's gradient after each inner step"),
-    Algorithm("cts-fomaml-official", "fomaml-pre-step", cts=True,
-              summary="CTS on FOMAML as the paper's reference code: the step's training gradient, before the step"),
+    Algorithm(
+        "cts-fomaml",
+        "fomaml",
+        cts=True,
+        summary="CTS on FOMAML as defined: a held-out query batch's gradient after each inner step",
+    ),
+    Algorithm(
+        "cts-fomaml-official",
+        "fomaml-pre-step",
+        cts=True,
+        summary="CTS on FOMAML as the paper's reference code: the step's training gradient, before the step",
+    ),
     Algorithm("fomaml", "fomaml", summary="first-order MAML: a query batch's gradient after K steps"),
     Algorithm("cts-leap", "leap", cts=True, summary="CTS on Leap's path-length gradient"),
     Algorithm("leap", "leap", summary="Leap: the path-length gradient of K steps"),

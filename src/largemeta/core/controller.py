@@ -1,8 +1,9 @@
-"""The outer half of meta-learning: φ, its optimizer, the meta-gradient and the schedule of updates and restarts.
+"""The outer half of meta-learning: φ, its optimizer, the meta-gradient and the schedule of updates and
+restarts.
 
 A :class:`MetaController` never takes an inner step. It is handed the running trajectories — every task's
-parameter dict θ_t, holding each key of φ (the *shared* part) plus task-private keys such as a head — and, after
-each inner step of all of them, does what the :class:`Schedule` asks::
+parameter dict θ_t, holding each key of φ (the *shared* part) plus task-private keys such as a head — and,
+after each inner step of all of them, does what the :class:`Schedule` asks::
 
     if step % meta_every == 0:                  # a meta-update
         g  = mean_t meta_gradient_t(φ, θ_t)     # over every task of every rank: one all-reduce
@@ -11,8 +12,8 @@ each inner step of all of them, does what the :class:`Schedule` asks::
     if step % k == 0:                           # restart every trajectory from φ
         shared(θ_t) = φ
 
-Who takes the inner steps is not its business: the library's :class:`~largemeta.core.runner.TaskRunner` (the CLI
-trainer, :class:`~largemeta.core.engine.MetaLearner`) or a user's own loop (:mod:`largemeta.api`).
+Who takes the inner steps is not its business: the library's :class:`~largemeta.core.runner.TaskRunner` (the
+CLI trainer, :class:`~largemeta.core.engine.MetaLearner`) or a user's own loop (:mod:`largemeta.api`).
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ Hook = Callable[["MetaController"], None]
 
 
 class MetaController:
-    """φ and everything that moves it: the outer optimizer, the meta-gradient, the schedule, shifts and restarts.
+    """φ and everything that moves it: the outer optimizer, the meta-gradient, the schedule, shifts and
+    restarts.
 
     Args:
         phi: the shared initialization; its tensors are updated in place by ``outer``.
@@ -83,13 +85,22 @@ class MetaController:
         group: a ``torch.distributed`` process group whose ranks hold the other tasks; the meta-gradient is
             averaged over all tasks of all ranks with one flattened all-reduce.
 
-    The trajectories are passed to each call (``trajectories[t]`` is task t's live parameter dict), so the same
-    controller serves tensors it owns and a user's live model parameters. ``on_step`` hooks run after every counted
-    inner step (after its meta-update), ``on_restart`` hooks after every restart; each gets the controller.
+    The trajectories are passed to each call (``trajectories[t]`` is task t's live parameter dict), so the
+    same controller serves tensors it owns and a user's live model parameters. ``on_step`` hooks run after
+    every counted inner step (after its meta-update), ``on_restart`` hooks after every restart; each gets the
+    controller.
     """
 
-    def __init__(self, phi: Params, meta_gradient: MetaGradient, schedule: Schedule, *,
-                 outer: torch.optim.Optimizer | None = None, meta_lr: float = 0.01, group: Any = None) -> None:
+    def __init__(
+        self,
+        phi: Params,
+        meta_gradient: MetaGradient,
+        schedule: Schedule,
+        *,
+        outer: torch.optim.Optimizer | None = None,
+        meta_lr: float = 0.01,
+        group: Any = None,
+    ) -> None:
         if schedule.shift and not meta_gradient.supports_cts:
             valid = [n for n in META_GRADIENTS if META_GRADIENTS.get(n).supports_cts]
             raise UserError(f"{meta_gradient.name} has no CTS form (valid with CTS: {', '.join(valid)})")
@@ -153,7 +164,8 @@ class MetaController:
         return unflatten(mean_over_all_tasks(total, len(trajectories), self.group), self.phi)
 
     def meta_update(self, trajectories: Trajectories, tasks: Sequence[Task] | None = None) -> Params:
-        """Step φ with the current meta-gradient; with CTS shift every trajectory by φ' − φ. Returns φ' − φ."""
+        """Step φ with the current meta-gradient; with CTS shift every trajectory by φ' − φ. Returns φ' −
+        φ."""
         g = self.meta_gradient_now(trajectories, tasks)
         keys = list(self.phi)
         phi = [self.phi[k] for k in keys]
@@ -196,7 +208,8 @@ class MetaController:
 
     # ------------------------------------------------------------------------------------------- state
     def state_dict(self, num_tasks: int = 0) -> dict[str, Any]:
-        """Step, φ, the outer optimizer, and the meta-gradient's state of tasks ``0..num_tasks-1`` (a list)."""
+        """Step, φ, the outer optimizer, and the meta-gradient's state of tasks ``0..num_tasks-1`` (a
+        list)."""
         return {
             "step": self.step,
             "phi": clone(self.phi),

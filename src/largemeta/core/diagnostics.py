@@ -30,11 +30,14 @@ class ShiftErrorProbe:
     steps of the probe task.
     """
 
-    def __init__(self, learner: MetaLearner, task: int = 0, at: Iterable[int] | None = None,
-                 every: int = 1) -> None:
+    def __init__(
+        self, learner: MetaLearner, task: int = 0, at: Iterable[int] | None = None, every: int = 1
+    ) -> None:
         k = learner.schedule.k
         self.learner, self.task, self.every = learner, task, every
-        self.at = sorted(set(at)) if at is not None else sorted({min(2**i, k) for i in range(k.bit_length() + 1)})
+        self.at = (
+            sorted(set(at)) if at is not None else sorted({min(2**i, k) for i in range(k.bit_length() + 1)})
+        )
         self.records: list[dict[str, float]] = []
         self._snapshot()
         learner.controller.on_restart.append(lambda _: self._snapshot())

@@ -1,7 +1,8 @@
 """One loop for every first-order meta-learner and its Continual Trajectory Shifting (CTS) form.
 
 :class:`MetaLearner` composes the two halves — a :class:`~largemeta.core.runner.TaskRunner` that takes every
-task's inner steps and a :class:`~largemeta.core.controller.MetaController` that moves φ — into the paper's loop::
+task's inner steps and a :class:`~largemeta.core.controller.MetaController` that moves φ — into the paper's
+loop::
 
     every inner step:
         every task t: θ_t ← inner optimizer step on a minibatch of task t      (runner)
@@ -52,12 +53,13 @@ class MetaLearner:
             (:class:`~largemeta.core.runner.Executor`; default the plain loop). Fast paths plug in here and
             are tested against it.
 
-    ``learner.controller`` and ``learner.runner`` are the two halves; the properties below are read-only views.
+    ``learner.controller`` and ``learner.runner`` are the two halves; the properties below are read-only
+    views.
 
     Example (CTS on Reptile)::
 
-        learner = MetaLearner(phi, tasks, SGD(0.05, momentum=0.9), Reptile(), Schedule.cts(k=100), meta_lr=0.1)
-        learner.run(240)
+        learner = MetaLearner(phi, tasks, SGD(0.05, momentum=0.9), Reptile(), Schedule.cts(k=100),
+        meta_lr=0.1) learner.run(240)
     """
 
     def __init__(
@@ -75,9 +77,17 @@ class MetaLearner:
         group: Any = None,
         executor: Executor | None = None,
     ) -> None:
-        self.controller = MetaController(phi, meta_gradient, schedule, outer=outer, meta_lr=meta_lr, group=group)
-        self.runner = TaskRunner(phi, tasks, inner, private=private, executor=executor,
-                                 regularizer=lambda shared: meta_gradient.regularizer(phi, shared))
+        self.controller = MetaController(
+            phi, meta_gradient, schedule, outer=outer, meta_lr=meta_lr, group=group
+        )
+        self.runner = TaskRunner(
+            phi,
+            tasks,
+            inner,
+            private=private,
+            executor=executor,
+            regularizer=lambda shared: meta_gradient.regularizer(phi, shared),
+        )
         self.reset_inner_state = reset_inner_state
         # First of the restart hooks, so that later ones (the shift-error probe) see the fresh states.
         self.controller.on_restart.append(self._on_restart)

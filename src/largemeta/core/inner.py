@@ -23,7 +23,8 @@ State = dict[str, Any]
 
 @dataclass(frozen=True)
 class SGD:
-    """SGD with optional momentum, dampening, Nesterov momentum and L2 weight decay (= ``torch.optim.SGD``)."""
+    """SGD with optional momentum, dampening, Nesterov momentum and L2 weight decay (=
+    ``torch.optim.SGD``)."""
 
     lr: float
     momentum: float = 0.0
@@ -105,8 +106,8 @@ class Adam:
 InnerOptimizer = SGD | Adam
 
 INNER_OPTIMIZERS: Registry[type] = Registry("inner optimizer")
-"""Inner optimizers by name; ``INNER_OPTIMIZERS.create(name, lr=..., momentum=..., weight_decay=...)`` passes the
-options each one takes (``sgd`` has no momentum, ``adam`` none either)."""
+"""Inner optimizers by name; ``INNER_OPTIMIZERS.create(name, lr=..., momentum=..., weight_decay=...)`` passes
+the options each one takes (``sgd`` has no momentum, ``adam`` none either)."""
 
 
 @INNER_OPTIMIZERS.register("sgd")

@@ -51,15 +51,18 @@ class MetaGradient:
     supports_cts = True
     """Is the gradient defined along a running trajectory (so CTS can take it at every step)?"""
     before_inner_step = False
-    """Is the meta-update taken after a step's gradients and before its inner optimizer step (instead of after)?"""
+    """Is the meta-update taken after a step's gradients and before its inner optimizer step (instead of
+    after)?"""
     uses_query = False
     """Does :meth:`task_gradient` read held-out query batches (``task.query_loss``)?"""
     uses_parameters_only = False
-    """Does :meth:`task_gradient` need nothing but φ and θ_t (no losses, no hooks): usable over a user's own loop?"""
+    """Does :meth:`task_gradient` need nothing but φ and θ_t (no losses, no hooks): usable over a user's own
+    loop?"""
     graphable = False
     """Is it pure device work (no host-side values), so a CUDA graph can capture it?"""
     elementwise = False
-    """Does a batch of independent problems stacked in one tensor stay independent (no norms over the batch)?"""
+    """Does a batch of independent problems stacked in one tensor stay independent (no norms over the
+    batch)?"""
 
     def restart(self, t: int, phi: Params) -> None:
         pass
@@ -90,7 +93,7 @@ def _loss_grad(loss_fn, params: Params, keys: list[str]) -> Params:
     live = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     loss = loss_fn(live)
     grads = torch.autograd.grad(loss, [live[k] for k in keys])
-    return dict(zip(keys, grads))
+    return dict(zip(keys, grads, strict=True))
 
 
 class Reptile(MetaGradient):
@@ -101,11 +104,18 @@ class Reptile(MetaGradient):
 
     def task_gradient(self, t: int, phi: Params, params: Params, task: Task) -> Params:
         keys = list(phi)
-        return dict(zip(keys, torch._foreach_sub([phi[k] for k in keys], [params[k].detach() for k in keys])))
+        return dict(
+            zip(
+                keys,
+                torch._foreach_sub([phi[k] for k in keys], [params[k].detach() for k in keys]),
+                strict=True,
+            )
+        )
 
 
 class FOMAML(MetaGradient):
-    """First-order MAML (Finn et al. 2017): g_t = ∇L_query(θ_t), the query-loss gradient at the current θ_t."""
+    """First-order MAML (Finn et al. 2017): g_t = ∇L_query(θ_t), the query-loss gradient at the current
+    θ_t."""
 
     name = "fomaml"
     uses_query = graphable = elementwise = True
@@ -116,12 +126,12 @@ class FOMAML(MetaGradient):
 
 class PreStepFOMAML(MetaGradient):
     """FOMAML as the paper's public reference code applies CTS to it: g_t = ∇L_train(θ_t), the gradient of the
-    step's own *training* minibatch at the pre-step θ_t (the gradient the inner step then uses, without its weight
-    decay). The meta-update and the CTS shift come *between* computing that gradient and the inner optimizer
-    step, which then applies the (pre-shift) gradient at the shifted θ_t (weight decay there).
+    step's own *training* minibatch at the pre-step θ_t (the gradient the inner step then uses, without its
+    weight decay). The meta-update and the CTS shift come *between* computing that gradient and the inner
+    optimizer step, which then applies the (pre-shift) gradient at the shifted θ_t (weight decay there).
 
-    :class:`FOMAML` is FOMAML as defined: a held-out query batch, after the inner step. With the official ordering
-    the two codes agree to float rounding (notes §8).
+    :class:`FOMAML` is FOMAML as defined: a held-out query batch, after the inner step. With the official
+    ordering the two codes agree to float rounding (notes §8).
     """
 
     name = "fomaml-pre-step"
@@ -154,7 +164,9 @@ class Leap(MetaGradient):
     name = "leap"
     observes = True
 
-    def __init__(self, loss_term: bool = True, norm: bool = True, stabilizer: bool = True, eps: float = 1e-12):
+    def __init__(
+        self, loss_term: bool = True, norm: bool = True, stabilizer: bool = True, eps: float = 1e-12
+    ):
         self.loss_term, self.norm, self.stabilizer, self.eps = loss_term, norm, stabilizer, eps
         self.acc: dict[int, Params] = {}
         self.prev: dict[int, tuple[Params, float, Params]] = {}
@@ -264,6 +276,7 @@ class IMAML(MetaGradient):
 
 
 META_GRADIENTS: Registry[type[MetaGradient]] = Registry("meta-gradient")
-"""Meta-gradient classes by name; ``META_GRADIENTS.create(name, **options)`` passes the options each one takes."""
+"""Meta-gradient classes by name; ``META_GRADIENTS.create(name, **options)`` passes the options each one
+takes."""
 for _cls in (Reptile, FOMAML, PreStepFOMAML, Leap, IMAML):
     META_GRADIENTS.add(_cls.name, _cls)

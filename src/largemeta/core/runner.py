@@ -1,16 +1,17 @@
 """The inner half of meta-learning: every task's own optimization θ_t, one inner step at a time.
 
-One inner step of one task is, everywhere in the library (the engine's loop, the batched executor, the shift-error
-probe's replay, joint training)::
+One inner step of one task is, everywhere in the library (the engine's loop, the batched executor, the
+shift-error probe's replay, joint training)::
 
     loss = task.train_loss(θ)                         # the task's next training minibatch
     grads = ∇_θ (loss + regularizer(θ))               # the regularizer: iMAML's optional proximal term
     inner optimizer step on θ with grads              # per-task state: momentum buffers, Adam moments
 
-:func:`loss_and_gradients` is the first two lines, :func:`inner_step` all three. A :class:`TaskRunner` holds the
-tasks, their parameter dicts (every key of φ plus task-private keys such as a head) and inner optimizer states, and
-an *executor*: how the gradients of all tasks are computed — the plain loop (:func:`loop_gradients`), or a fast path
-(batched, mixed precision, channels-last; :mod:`largemeta.execution`) tested against it. The runner applies them.
+:func:`loss_and_gradients` is the first two lines, :func:`inner_step` all three. A :class:`TaskRunner` holds
+the tasks, their parameter dicts (every key of φ plus task-private keys such as a head) and inner optimizer
+states, and an *executor*: how the gradients of all tasks are computed — the plain loop
+(:func:`loop_gradients`), or a fast path (batched, mixed precision, channels-last; :mod:`largemeta.execution`)
+tested against it. The runner applies them.
 """
 
 from __future__ import annotations
@@ -27,21 +28,23 @@ from largemeta.core.metagrad import Task
 from largemeta.core.params import Params, clone
 
 Regularizer = Callable[[Params], "Tensor | None"]
-"""``regularizer(shared) -> Tensor | None``: an extra term of the inner loss at the task's shared parameters."""
+"""``regularizer(shared) -> Tensor | None``: an extra term of the inner loss at the task's shared
+parameters."""
 TaskGradients = tuple[int, Tensor, list[Tensor]]
 """``(t, detached training loss, gradients of every tensor of task t's parameter dict in dict order)``."""
 
 
 class Executor(Protocol):
     """How the gradients of one inner step of every task are computed: yields :data:`TaskGradients`, in any
-    order, one per task. The runner applies each as it comes, so a streaming executor holds one task's gradients
-    at a time."""
+    order, one per task. The runner applies each as it comes, so a streaming executor holds one task's
+    gradients at a time."""
 
     def __call__(self, runner: TaskRunner) -> Iterable[TaskGradients]: ...
 
 
-def loss_and_gradients(task: Task, params: Params, regularizer: Regularizer | None = None,
-                       shared: Iterable[str] = ()) -> tuple[Tensor, list[Tensor]]:
+def loss_and_gradients(
+    task: Task, params: Params, regularizer: Regularizer | None = None, shared: Iterable[str] = ()
+) -> tuple[Tensor, list[Tensor]]:
     """The training loss on ``task``'s next minibatch and the gradient of loss (+ ``regularizer`` at the
     ``shared`` keys) w.r.t. every tensor of ``params`` (dict order); no graph is kept."""
     loss = task.train_loss(params)
@@ -50,8 +53,14 @@ def loss_and_gradients(task: Task, params: Params, regularizer: Regularizer | No
     return loss.detach(), list(grads)
 
 
-def inner_step(task: Task, params: Params, inner: InnerOptimizer, state: dict[str, Any],
-               regularizer: Regularizer | None = None, shared: Iterable[str] = ()) -> Tensor:
+def inner_step(
+    task: Task,
+    params: Params,
+    inner: InnerOptimizer,
+    state: dict[str, Any],
+    regularizer: Regularizer | None = None,
+    shared: Iterable[str] = (),
+) -> Tensor:
     """One inner optimizer step of one task, in place; returns its (detached) training loss."""
     loss, grads = loss_and_gradients(task, params, regularizer, shared)
     inner.step(list(params.values()), grads, state)
@@ -80,9 +89,16 @@ class TaskRunner:
         regularizer: the inner loss's extra term (iMAML's proximal term), or None.
     """
 
-    def __init__(self, phi: Params, tasks: Sequence[Task], inner: InnerOptimizer, *,
-                 private: Sequence[Params] | None = None, executor: Executor | None = None,
-                 regularizer: Regularizer | None = None) -> None:
+    def __init__(
+        self,
+        phi: Params,
+        tasks: Sequence[Task],
+        inner: InnerOptimizer,
+        *,
+        private: Sequence[Params] | None = None,
+        executor: Executor | None = None,
+        regularizer: Regularizer | None = None,
+    ) -> None:
         if private is not None and len(private) != len(tasks):
             raise ValueError(f"{len(private)} private parameter sets for {len(tasks)} tasks")
         self.phi = phi
@@ -105,8 +121,9 @@ class TaskRunner:
 
     def task_gradients(self, t: int, params: Params | None = None) -> tuple[Tensor, list[Tensor]]:
         """Task t's training loss and gradients at ``params`` (default: its own θ_t)."""
-        return loss_and_gradients(self.tasks[t], self.params[t] if params is None else params,
-                                  self.regularizer, self.phi)
+        return loss_and_gradients(
+            self.tasks[t], self.params[t] if params is None else params, self.regularizer, self.phi
+        )
 
     def step(self, observe: Observer | None = None, before_apply: Callable[[], None] | None = None) -> Tensor:
         """One inner step of every task; returns their training losses (in task order).
@@ -134,7 +151,9 @@ class TaskRunner:
     def _observe(self, observe: Observer | None, t: int, loss: Tensor, grads: list[Tensor]) -> None:
         if observe is not None:
             by_name = dict(zip(self.params[t], grads, strict=True))
-            observe(t, {k: self.params[t][k].detach() for k in self.phi}, loss, {k: by_name[k] for k in self.phi})
+            observe(
+                t, {k: self.params[t][k].detach() for k in self.phi}, loss, {k: by_name[k] for k in self.phi}
+            )
 
     def apply(self, t: int, grads: list[Tensor]) -> None:
         """Task t's inner optimizer step with ``grads`` (dict order of its parameters)."""

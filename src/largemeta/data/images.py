@@ -274,7 +274,8 @@ class TrainQuerySampler:
     """A task's minibatch sampler for the training loop (a ``BatchSampler``): its training stream and, for
     meta-gradients that read held-out batches (FOMAML, iMAML), a query stream from a held-out share of its
     training images (:meth:`TaskImages.split_query`: fixed by the task's seed; the two streams have their own
-    generators, so replaying the training stream — the shift-error probe — is not disturbed by query draws)."""
+    generators, so replaying the training stream — the shift-error probe — is not disturbed by query
+    draws)."""
 
     def __init__(self, images: TaskImages, query_fraction: float | None = None) -> None:
         self.train, self.query = images.split_query(query_fraction) if query_fraction else (images, None)
@@ -284,7 +285,9 @@ class TrainQuerySampler:
 
     def sample_query(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.query is None:
-            raise RuntimeError("this task has no query split (only meta-gradients that use query batches have one)")
+            raise RuntimeError(
+                "this task has no query split (only meta-gradients that use query batches have one)"
+            )
         return self.query.sample_train(batch)
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Fast paths for the per-step task loop, each tested against the plain loop.
 
-* executors (:mod:`largemeta.execution.executors`): how one inner step's gradients of every task are computed —
-  ``loop``, ``channels_last``, ``autocast`` (bf16), ``channels_last+autocast``, ``batched`` (vmap over
+* executors (:mod:`largemeta.execution.executors`): how one inner step's gradients of every task are computed
+  — ``loop``, ``channels_last``, ``autocast`` (bf16), ``channels_last+autocast``, ``batched`` (vmap over
   same-shaped tasks); by name from :data:`EXECUTORS`;
 * :class:`~largemeta.execution.cuda_graph.CudaGraphMetaStep`: the whole meta-step as one CUDA graph (the
   ``cuda_graph`` choice of the trainer's ``executor`` key: the loop executor, captured).
@@ -25,5 +25,15 @@ GRAPH = "cuda_graph"
 STEP_CHOICES = (*EXECUTORS.names(), GRAPH)
 """Every valid value of the trainer's ``executor`` key."""
 
-__all__ = ["EXECUTORS", "GRAPH", "STEP_CHOICES", "Autocast", "Batched", "ChannelsLast", "CudaGraphMetaStep",
-           "Executor", "check_graphable", "loop_gradients"]
+__all__ = [
+    "EXECUTORS",
+    "GRAPH",
+    "STEP_CHOICES",
+    "Autocast",
+    "Batched",
+    "ChannelsLast",
+    "CudaGraphMetaStep",
+    "Executor",
+    "check_graphable",
+    "loop_gradients",
+]

@@ -24,26 +24,27 @@ class CudaGraphMetaStep:
             losses = step()
 
     How: the first ``warmup`` steps run eagerly on a side stream (library initialization, lazily created
-    momentum buffers). Then each task gets static input tensors; before every replay a fresh batch is drawn from
-    the task's sampler and copied into them, and the graph (captured once with the tasks reading the static
-    tensors) replays ``learner.device_step`` — the executor, the inner optimizer steps and, on meta-update steps,
-    the controller's meta-update. Two graphs are kept: with and without a meta-update, so any ``meta_every``
-    works. Host-side bookkeeping stays eager: the inner optimizers' step counters, then the controller's own
-    ``end_step`` (its step counter, ``on_step`` hooks such as the shift-error probe, restarts). If any captured
-    tensor is replaced (a restart that re-creates the inner state, ``learner.load_state_dict``), the graphs are
-    captured again; a step whose lazily created state does not exist yet runs eagerly.
+    momentum buffers). Then each task gets static input tensors; before every replay a fresh batch is drawn
+    from the task's sampler and copied into them, and the graph (captured once with the tasks reading the
+    static tensors) replays ``learner.device_step`` — the executor, the inner optimizer steps and, on
+    meta-update steps, the controller's meta-update. Two graphs are kept: with and without a meta-update, so
+    any ``meta_every`` works. Host-side bookkeeping stays eager: the inner optimizers' step counters, then the
+    controller's own ``end_step`` (its step counter, ``on_step`` hooks such as the shift-error probe,
+    restarts). If any captured tensor is replaced (a restart that re-creates the inner state,
+    ``learner.load_state_dict``), the graphs are captured again; a step whose lazily created state does not
+    exist yet runs eagerly.
 
     Refused (:class:`~largemeta.errors.UserError`) when it cannot be right: no CUDA or parameters off the GPU;
-    an inner optimizer other than SGD (Adam's bias correction uses its step count as a Python float that changes
-    every step — a graph would freeze it); meta-gradients that read host-side values (Leap turns losses into
-    Python floats; iMAML's conjugate gradient does too: ``graphable`` is false); an outer optimizer other than
-    ``torch.optim.SGD``;
-    a process group (not tested); tasks without ``static_inputs`` (:class:`~largemeta.models.task.ImageTask`).
-    Batches are drawn train-then-query per task rather than interleaved with computation: samplers must use
-    separate generators for the two (``RandomImageSampler`` does) for results to equal the eager loop's.
+    an inner optimizer other than SGD (Adam's bias correction uses its step count as a Python float that
+    changes every step — a graph would freeze it); meta-gradients that read host-side values (Leap turns
+    losses into Python floats; iMAML's conjugate gradient does too: ``graphable`` is false); an outer
+    optimizer other than ``torch.optim.SGD``; a process group (not tested); tasks without ``static_inputs``
+    (:class:`~largemeta.models.task.ImageTask`). Batches are drawn train-then-query per task rather than
+    interleaved with computation: samplers must use separate generators for the two (``RandomImageSampler``
+    does) for results to equal the eager loop's.
 
-    Untested on real hardware by its authors (no GPU on their machines); a ``gpu``-marked test compares it with
-    the eager loop.
+    Untested on real hardware by its authors (no GPU on their machines); a ``gpu``-marked test compares it
+    with the eager loop.
     """
 
     def __init__(self, learner: MetaLearner, warmup: int = 3) -> None:
@@ -157,21 +158,25 @@ def check_graphable(learner: MetaLearner) -> None:
     if not isinstance(inner, SGD):
         raise UserError(
             f"CUDA graph capture needs an SGD inner optimizer, got {type(inner).__name__}: its bias "
-            "correction uses the step count as a host-side float that changes every step")
+            "correction uses the step count as a host-side float that changes every step"
+        )
     if not mg.graphable:
         valid = [n for n in META_GRADIENTS if META_GRADIENTS.get(n).graphable]
         raise UserError(
             f"CUDA graph capture does not support the {mg.name!r} meta-gradient: it reads host-side floats "
-            f"(valid: {', '.join(valid)})")
+            f"(valid: {', '.join(valid)})"
+        )
     if type(outer) is not torch.optim.SGD:
-        raise UserError(f"CUDA graph capture needs torch.optim.SGD as the outer optimizer, got "
-                        f"{type(outer).__name__}")
+        raise UserError(
+            f"CUDA graph capture needs torch.optim.SGD as the outer optimizer, got {type(outer).__name__}"
+        )
     if learner.controller.group is not None:
         raise UserError("CUDA graph capture with a process group is not supported")
     missing = [getattr(t, "name", i) for i, t in enumerate(learner.tasks) if not hasattr(t, "static_inputs")]
     if missing:
         raise UserError(
-            f"CUDA graph capture needs tasks with static_inputs() (ImageTask); tasks {missing} lack it")
+            f"CUDA graph capture needs tasks with static_inputs() (ImageTask); tasks {missing} lack it"
+        )
     _check_device(learner)
 
 

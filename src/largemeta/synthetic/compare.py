@@ -28,7 +28,8 @@ PAPER_STARTS = [[x, y] for x in (-5.0, 5.0, 15.0) for y in (-5.0, 5.0, 15.0)]
 
 
 def score(env: SyntheticEnv, phi: Tensor, k: int, lr: float = 0.05) -> Tensor:
-    """Average final task loss after k Adam steps from each point of ``phi`` (S, 2) → (S,); NaN if diverged."""
+    """Average final task loss after k Adam steps from each point of ``phi`` (S, 2) → (S,); NaN if
+    diverged."""
     with torch.no_grad():
         losses = env.losses(unroll(env, phi, k, Adam(lr))).mean(0)
     return torch.where(torch.isfinite(losses) & torch.isfinite(phi).all(1), losses, torch.nan)
@@ -60,8 +61,13 @@ def run(
     phi = {"x": starts.clone()}
     tasks = [SyntheticTask(env, t) for t in range(env.num_tasks)]
     learner = MetaLearner(
-        phi, tasks, INNER_OPTIMIZERS.create(inner, lr=inner_lr), meta_gradient, schedule,
-        meta_lr=meta_lr, reset_inner_state=True,
+        phi,
+        tasks,
+        INNER_OPTIMIZERS.create(inner, lr=inner_lr),
+        meta_gradient,
+        schedule,
+        meta_lr=meta_lr,
+        reset_inner_state=True,
     )
     shift_probe = ShiftErrorProbe(learner, task=0, at=range(1, k + 1)) if probe else None
     path = [phi["x"].clone()]

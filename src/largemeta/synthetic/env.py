@@ -37,7 +37,8 @@ class SyntheticEnv:
         return self.targets.shape[0]
 
     def _rotated(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(u, v, cos a_t, sin a_t) of points ``x`` (T, ..., 2): the offset from c_t rotated by a_t, over 3."""
+        """(u, v, cos a_t, sin a_t) of points ``x`` (T, ..., 2): the offset from c_t rotated by a_t, over
+        3."""
         shape = (self.num_tasks,) + (1,) * (x.dim() - 2)
         c, s = torch.cos(self.angles).view(shape), torch.sin(self.angles).view(shape)
         d = x - self.targets.view(shape + (2,))
@@ -79,7 +80,9 @@ def load_env(path: str | Path | None = None, dtype: torch.dtype = torch.float64)
     else:
         source, name = Path(path), str(path)
         if not source.is_file():
-            raise UserError(f"environment file {name!r} does not exist (expected an .npz with coeff, angles, targets)")
+            raise UserError(
+                f"environment file {name!r} does not exist (expected an .npz with coeff, angles, targets)"
+            )
     try:
         with source.open("rb") as fh, np.load(fh, allow_pickle=False) as data:
             arrays = {k: np.asarray(data[k]) for k in data.files}
@@ -87,9 +90,16 @@ def load_env(path: str | Path | None = None, dtype: torch.dtype = torch.float64)
         raise UserError(f"environment file {name!r} is not a readable .npz ({err})") from None
     missing = [k for k in ("coeff", "angles", "targets") if k not in arrays]
     if missing:
-        raise UserError(f"environment file {name!r} lacks {', '.join(missing)} (needs coeff, angles, targets)")
+        raise UserError(
+            f"environment file {name!r} lacks {', '.join(missing)} (needs coeff, angles, targets)"
+        )
     coeff, angles, targets = arrays["coeff"], arrays["angles"].reshape(-1), arrays["targets"]
-    if coeff.shape != (4,) or targets.ndim != 2 or targets.shape[1] != 2 or angles.shape[0] != targets.shape[0]:
+    if (
+        coeff.shape != (4,)
+        or targets.ndim != 2
+        or targets.shape[1] != 2
+        or angles.shape[0] != targets.shape[0]
+    ):
         raise UserError(
             f"environment file {name!r} has coeff {coeff.shape}, angles {arrays['angles'].shape}, "
             f"targets {targets.shape} (valid: coeff (4,), angles (T,) or (T, 1), targets (T, 2))"

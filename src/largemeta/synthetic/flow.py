@@ -126,7 +126,7 @@ def cluster(points: Tensor, radius: float) -> tuple[Tensor, Tensor]:
     centres: list[Tensor] = []
     members: list[list[Tensor]] = []
     for p in points:
-        for c, group in zip(centres, members):
+        for c, group in zip(centres, members, strict=True):
             if (p - c).norm() <= radius:
                 group.append(p)
                 break

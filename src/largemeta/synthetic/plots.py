@@ -15,9 +15,15 @@ from largemeta.synthetic.env import SyntheticEnv  # noqa: E402
 from largemeta.synthetic.flow import FlowResult, grid_points, meta_loss  # noqa: E402
 
 
-def _contour(ax, env: SyntheticEnv, k: int, inner: InnerOptimizer, lo: float, hi: float, n: int = 121) -> None:
+def _contour(
+    ax, env: SyntheticEnv, k: int, inner: InnerOptimizer, lo: float, hi: float, n: int = 121
+) -> None:
     pts = grid_points(n, lo, hi, env.coeff.dtype)
-    z = meta_loss(env, pts, k, inner) if k > 0 else env.losses(pts.unsqueeze(0).expand(env.num_tasks, -1, -1)).mean(0)
+    z = (
+        meta_loss(env, pts, k, inner)
+        if k > 0
+        else env.losses(pts.unsqueeze(0).expand(env.num_tasks, -1, -1)).mean(0)
+    )
     z = torch.nan_to_num(z, nan=1e6, posinf=1e6).clamp(max=1e6).log10().view(n, n)
     axis = torch.linspace(lo, hi, n)
     cs = ax.contourf(axis, axis, z.numpy(), levels=30, cmap="viridis")
@@ -41,8 +47,16 @@ def plot_flow(path: Path, env: SyntheticEnv, result: FlowResult, minima: torch.T
         xy = trail[:, i]
         xy = xy[torch.isfinite(xy).all(1)]
         ax.plot(xy[:, 0], xy[:, 1], color="white", lw=0.5, alpha=0.6)
-    ax.scatter(minima[:, 0], minima[:, 1], color="red", marker="*", s=120, edgecolor="black", zorder=5,
-               label=f"{len(minima)} meta-level minima")
+    ax.scatter(
+        minima[:, 0],
+        minima[:, 1],
+        color="red",
+        marker="*",
+        s=120,
+        edgecolor="black",
+        zorder=5,
+        label=f"{len(minima)} meta-level minima",
+    )
     ax.set_title(f"Reptile meta-gradient flow, K = {k} ({len(result.starts)} starts)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -60,7 +74,15 @@ def plot_compare(path: Path, env: SyntheticEnv, paths: dict[str, list[torch.Tens
         for i in range(trail.shape[1]):
             xy = trail[:, i]
             xy = xy[torch.isfinite(xy).all(1)]
-            ax.plot(xy[:, 0], xy[:, 1], "-o", ms=2, lw=1.2, color=colours.get(name), label=name if i == 0 else None)
+            ax.plot(
+                xy[:, 0],
+                xy[:, 1],
+                "-o",
+                ms=2,
+                lw=1.2,
+                color=colours.get(name),
+                label=name if i == 0 else None,
+            )
     ax.set_title(f"φ paths at an equal budget of inner steps, K = {k}")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -1,9 +1,9 @@
 """Building a training run from its config: where it runs, its tasks, its learner and how a step executes.
 
-:func:`place` joins the process group (under torchrun) and picks the device; :func:`build_run` loads this rank's
-share of the suite's meta-train tasks, creates the body, φ and the heads, and wires the learner the algorithm table
-asks for (:mod:`largemeta.core.algorithms`) with the configured executor. Nothing here writes files or runs a
-step: the trainer (:mod:`largemeta.train.trainer`) does both.
+:func:`place` joins the process group (under torchrun) and picks the device; :func:`build_run` loads this
+rank's share of the suite's meta-train tasks, creates the body, φ and the heads, and wires the learner the
+algorithm table asks for (:mod:`largemeta.core.algorithms`) with the configured executor. Nothing here writes
+files or runs a step: the trainer (:mod:`largemeta.train.trainer`) does both.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class Placement:
 
 
 def resolve_device(name: str, rank: int = 0) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available) → the device (``cuda`` picks LOCAL_RANK's)."""
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available) → the device (``cuda`` picks
+    LOCAL_RANK's)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -83,8 +84,10 @@ def initial_phi(cfg: TrainConfig, body_params: Params) -> Params:
         try:
             pretrained = create_model(name, in_channels=3, weights="DEFAULT")
         except (OSError, RuntimeError) as err:  # torchvision tries its hub when the weights are not cached
-            raise UserError(f"init {cfg.init!r}: torchvision's ImageNet weights are not available here "
-                            f"({str(err).splitlines()[0][:120]}); offline, start from a φ of your own") from None
+            raise UserError(
+                f"init {cfg.init!r}: torchvision's ImageNet weights are not available here "
+                f"({str(err).splitlines()[0][:120]}); offline, start from a φ of your own"
+            ) from None
         source = split_state(pretrained)[0]
     else:
         source = load_weights(cfg.init).phi
@@ -130,23 +133,43 @@ def build_run(cfg: TrainConfig, placement: Placement) -> Run:
     phi = {k: v.to(placement.device) for k, v in phi.items()}
     algo = ALGORITHMS.get(cfg.algo)
     tasks, heads = _build_tasks(cfg, specs, mine, body, buffers, placement.device, algo.uses_query)
-    inner = INNER_OPTIMIZERS.create(cfg.inner_optimizer, lr=cfg.inner_lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
+    inner = INNER_OPTIMIZERS.create(
+        cfg.inner_optimizer, lr=cfg.inner_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     if algo.joint:
         learner: MetaLearner | JointLearner = JointLearner(phi, tasks, inner, heads, group=placement.group)
         return Run(cfg, placement, specs, mine, body, tasks, learner, learner.inner_step)
-    meta_gradient, schedule = algo.build(cfg.k, cfg.meta_every, lam=cfg.imaml_lambda, cg_steps=cfg.imaml_cg_steps)
+    meta_gradient, schedule = algo.build(
+        cfg.k, cfg.meta_every, lam=cfg.imaml_lambda, cg_steps=cfg.imaml_cg_steps
+    )
     outer = getattr(torch.optim, META_OPTIMIZERS[cfg.meta_optimizer])(list(phi.values()), lr=cfg.meta_lr)
     executor = EXECUTORS.create("loop" if cfg.executor == GRAPH else cfg.executor)
-    learner = MetaLearner(phi, tasks, inner, meta_gradient, schedule, private=heads, outer=outer,
-                          reset_inner_state=cfg.reset_inner_state, group=placement.group, executor=executor)
+    learner = MetaLearner(
+        phi,
+        tasks,
+        inner,
+        meta_gradient,
+        schedule,
+        private=heads,
+        outer=outer,
+        reset_inner_state=cfg.reset_inner_state,
+        group=placement.group,
+        executor=executor,
+    )
     take_step = CudaGraphMetaStep(learner) if cfg.executor == GRAPH else learner.inner_step
     probe = ShiftErrorProbe(learner, task=0, every=cfg.shift_error_every) if cfg.shift_error_every else None
     return Run(cfg, placement, specs, mine, body, tasks, learner, take_step, probe)
 
 
-def _build_tasks(cfg: TrainConfig, specs: list[TaskSpec], mine: list[int], body: nn.Module, buffers: Params,
-                 device: torch.device, uses_query: bool) -> tuple[list[ImageTask], list[Params]]:
+def _build_tasks(
+    cfg: TrainConfig,
+    specs: list[TaskSpec],
+    mine: list[int],
+    body: nn.Module,
+    buffers: Params,
+    device: torch.device,
+    uses_query: bool,
+) -> tuple[list[ImageTask], list[Params]]:
     datasets = Datasets(data_dir=cfg.data_dir or None)
     tasks, heads = [], []
     for gi in mine:
@@ -154,8 +177,15 @@ def _build_tasks(cfg: TrainConfig, specs: list[TaskSpec], mine: list[int], body:
         seed = task_seed(cfg.seed, gi)
         images = datasets.task_images(spec, device=device, seed=seed)
         sampler = TrainQuerySampler(images, cfg.query_fraction if uses_query else None)
-        task = ImageTask(body, sampler, classes=images.num_classes, batch_size=cfg.batch_size,
-                         buffers={k: v.clone() for k, v in buffers.items()}, device=device, name=spec.name)
+        task = ImageTask(
+            body,
+            sampler,
+            classes=images.num_classes,
+            batch_size=cfg.batch_size,
+            buffers={k: v.clone() for k, v in buffers.items()},
+            device=device,
+            name=spec.name,
+        )
         head = init_head(images.num_classes, task.num_features, torch.Generator().manual_seed(seed))
         tasks.append(task)
         heads.append({k: v.to(device) for k, v in head.items()})

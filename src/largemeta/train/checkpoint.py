@@ -3,8 +3,8 @@
 ``save`` writes to a temporary file in the same folder, fsyncs it, renames it over the target and fsyncs the
 folder: a crash at any moment leaves either the previous checkpoint or the new one, never a torn file.
 ``load`` uses ``torch.load(weights_only=True)``: tensors, numbers, strings, lists and dicts only, so a
-checkpoint cannot run code. The file is ``torch.save``'s bytes followed by a trailer holding their sha256, so a
-flipped bit anywhere (tensor data included, which torch's own format does not check) is refused, not loaded.
+checkpoint cannot run code. The file is ``torch.save``'s bytes followed by a trailer holding their sha256, so
+a flipped bit anywhere (tensor data included, which torch's own format does not check) is refused, not loaded.
 Every failure is a one-line :class:`UserError` naming the file.
 """
 
@@ -48,7 +48,9 @@ def atomic_write(path: Path, write) -> None:
             os.close(dir_fd)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {str(path)!r}: {err.strerror or err}; the previous file is intact") from None
+        raise UserError(
+            f"cannot write {str(path)!r}: {err.strerror or err}; the previous file is intact"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -74,14 +76,18 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     data = path.read_bytes()
     payload, trailer = data[:-_TRAILER_LEN], data[-_TRAILER_LEN:]
     if len(data) < _TRAILER_LEN or not trailer.startswith(TRAILER):
-        raise UserError(f"checkpoint {str(path)!r} is corrupt or not a largemeta checkpoint (no checksum trailer)")
-    if hashlib.sha256(payload).hexdigest().encode() != trailer[len(TRAILER):]:
+        raise UserError(
+            f"checkpoint {str(path)!r} is corrupt or not a largemeta checkpoint (no checksum trailer)"
+        )
+    if hashlib.sha256(payload).hexdigest().encode() != trailer[len(TRAILER) :]:
         raise UserError(f"checkpoint {str(path)!r} is corrupt (sha256 mismatch: truncated or altered)")
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"checkpoint {str(path)!r} is corrupt or not a largemeta checkpoint ({first[:160]})") from None
+        raise UserError(
+            f"checkpoint {str(path)!r} is corrupt or not a largemeta checkpoint ({first[:160]})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"checkpoint {str(path)!r} is not a {FORMAT} file")
     return state

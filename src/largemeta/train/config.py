@@ -109,9 +109,13 @@ RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "device", "tensor
 
 def _type_name(name: str) -> str:
     default = FIELDS[name].default
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a list of names"}[
-        type(default)
-    ]
+    return {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        tuple: "a list of names",
+    }[type(default)]
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -180,7 +184,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         if not p.is_file() and str(path) in shipped_configs():
             p = Path(str(resources.files("largemeta.configs") / f"{path}.toml"))
         if not p.is_file():
-            raise UserError(f"config file {str(path)!r} does not exist (shipped: {', '.join(shipped_configs())})")
+            raise UserError(
+                f"config file {str(path)!r} does not exist (shipped: {', '.join(shipped_configs())})"
+            )
         try:
             raw = tomllib.loads(p.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
@@ -196,7 +202,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 
 def shipped_configs() -> list[str]:
     """Names of the configs shipped with largemeta (``--config offline`` finds ``offline.toml``)."""
-    return sorted(p.name[:-5] for p in resources.files("largemeta.configs").iterdir() if p.name.endswith(".toml"))
+    return sorted(
+        p.name[:-5] for p in resources.files("largemeta.configs").iterdir() if p.name.endswith(".toml")
+    )
 
 
 def _range(name: str, ok: bool, valid: str) -> None:
@@ -221,7 +229,9 @@ def validate(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         _range(name, 0 < v < float("inf"), f"a finite number > 0, got {v}")
     _range("momentum", 0 <= cfg.momentum < 1, f"0 <= momentum < 1, got {cfg.momentum}")
-    _range("weight_decay", 0 <= cfg.weight_decay < float("inf"), f"a finite number >= 0, got {cfg.weight_decay}")
+    _range(
+        "weight_decay", 0 <= cfg.weight_decay < float("inf"), f"a finite number >= 0, got {cfg.weight_decay}"
+    )
     _range("query_fraction", 0 < cfg.query_fraction < 1, f"0 < query_fraction < 1, got {cfg.query_fraction}")
     _range("imaml_cg_steps", 1 <= cfg.imaml_cg_steps <= 1000, f"1..1000, got {cfg.imaml_cg_steps}")
     _range("seed", 0 <= cfg.seed < 2**63, f"0 <= seed < 2**63, got {cfg.seed}")
@@ -231,8 +241,10 @@ def validate(cfg: TrainConfig) -> None:
     _range("eval_batches", 0 <= cfg.eval_batches <= 1000, f"0..1000, got {cfg.eval_batches}")
     _range("shift_error_every", cfg.shift_error_every >= 0, f">= 0, got {cfg.shift_error_every}")
     if algo.joint and cfg.executor != "loop":
-        raise UserError(f"joint training (algo {cfg.algo!r}) runs the plain loop: executor must be 'loop', "
-                        f"got {cfg.executor!r}")
+        raise UserError(
+            f"joint training (algo {cfg.algo!r}) runs the plain loop: executor must be 'loop', "
+            f"got {cfg.executor!r}"
+        )
     if algo.single_task and len(cfg.tasks) != 1:
         raise UserError(f"algo {cfg.algo!r} trains on one task: set tasks to one name, got {list(cfg.tasks)}")
     if cfg.shift_error_every and not algo.cts:

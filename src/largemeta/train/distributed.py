@@ -2,7 +2,8 @@
 
 ``torchrun --nproc_per_node N --no-python largemeta train ...`` sets RANK/WORLD_SIZE/MASTER_ADDR; we join with
 gloo on CPU and NCCL on GPU, with a collective timeout so that a rank that dies makes the others fail within
-that time instead of hanging. Multi-node: torchrun's own ``--nnodes``, ``--node_rank`` and ``--rdzv_endpoint``.
+that time instead of hanging. Multi-node: torchrun's own ``--nnodes``, ``--node_rank`` and
+``--rdzv_endpoint``.
 """
 
 from __future__ import annotations

@@ -30,8 +30,12 @@ def export(run_dir: Path, out: Path) -> Path:
     tensors = {**{k: v.contiguous() for k, v in weights.phi.items()}, **buffers}
     from safetensors.torch import save
 
-    meta = {"format": "largemeta-phi", "model": cfg.model, "step": str(weights.step),
-            "config": json.dumps(cfg.to_dict())}
+    meta = {
+        "format": "largemeta-phi",
+        "model": cfg.model,
+        "step": str(weights.step),
+        "config": json.dumps(cfg.to_dict()),
+    }
     payload = save(tensors, metadata=meta)
     checkpoint.atomic_write(out, lambda fh: fh.write(payload))
     return out

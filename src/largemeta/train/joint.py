@@ -1,9 +1,11 @@
-"""Joint (multi-task) training of the shared body with per-task heads — the multi-task and fine-tuning baselines.
+"""Joint (multi-task) training of the shared body with per-task heads — the multi-task and fine-tuning
+baselines.
 
 One body φ for all tasks: each step, every task's loss gradient is taken at the same φ; the body steps with
 their average (over all tasks of all ranks: one all-reduce), each head with its own task's gradient. One inner
-optimizer state for the body, one per head. ``single`` is this with one task (pre-training a model to fine-tune).
-Same surface as :class:`largemeta.core.MetaLearner` where the trainer needs it (step, phi, params, state).
+optimizer state for the body, one per head. ``single`` is this with one task (pre-training a model to
+fine-tune). Same surface as :class:`largemeta.core.MetaLearner` where the trainer needs it (step, phi, params,
+state).
 """
 
 from __future__ import annotations
@@ -23,8 +25,14 @@ from largemeta.core.runner import loss_and_gradients
 
 
 class JointLearner:
-    def __init__(self, phi: Params, tasks: Sequence[Task], inner: InnerOptimizer, private: Sequence[Params],
-                 group: Any = None) -> None:
+    def __init__(
+        self,
+        phi: Params,
+        tasks: Sequence[Task],
+        inner: InnerOptimizer,
+        private: Sequence[Params],
+        group: Any = None,
+    ) -> None:
         self.phi = {k: v.requires_grad_(True) for k, v in phi.items()}
         self.tasks = list(tasks)
         self.inner = inner
@@ -41,11 +49,13 @@ class JointLearner:
         keys = list(self.phi)
         total = [torch.zeros_like(self.phi[k]) for k in keys]
         losses = []
-        for task, params, head, state in zip(self.tasks, self.params, self.heads, self.head_states, strict=True):
+        for task, params, head, state in zip(
+            self.tasks, self.params, self.heads, self.head_states, strict=True
+        ):
             # the body's gradient at the shared φ is summed over tasks; each head steps on its own gradient
             loss, grads = loss_and_gradients(task, params)  # params: {**φ, **head}, the body tensors shared
             torch._foreach_add_(total, grads[: len(keys)])
-            self.inner.step(list(head.values()), grads[len(keys):], state)
+            self.inner.step(list(head.values()), grads[len(keys) :], state)
             losses.append(loss)
         flat = torch.cat([g.reshape(-1) for g in total])
         mean = unflatten(mean_over_all_tasks(flat, len(self.tasks), self.group), self.phi)
@@ -54,16 +64,20 @@ class JointLearner:
         return torch.stack(losses)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "phi": clone(self.phi), "params": [clone(h) for h in self.heads],
-                "inner_states": [copy.deepcopy(s) for s in self.head_states],
-                "body_state": copy.deepcopy(self.body_state)}
+        return {
+            "step": self.step,
+            "phi": clone(self.phi),
+            "params": [clone(h) for h in self.heads],
+            "inner_states": [copy.deepcopy(s) for s in self.head_states],
+            "body_state": copy.deepcopy(self.body_state),
+        }
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         for k, v in state["phi"].items():
             self.phi[k].copy_(v)
-        for mine, saved in zip(self.heads, state["params"]):
+        for mine, saved in zip(self.heads, state["params"], strict=True):
             for k, v in saved.items():
                 mine[k].copy_(v)
         self.head_states = copy.deepcopy(state["inner_states"])

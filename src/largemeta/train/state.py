@@ -1,4 +1,5 @@
-"""The layout of a training checkpoint: what is saved per run and per task, gathered from and spread over ranks.
+"""The layout of a training checkpoint: what is saved per run and per task, gathered from and spread over
+ranks.
 
 ::
 
@@ -6,10 +7,10 @@
      "shared": {"step", "phi", "outer", ...},            # the same on every rank
      "tasks": [{"params", "inner_state", "task", "meta"}, ...]}   # one per meta-train task, global order
 
-``params`` are the task's θ (shared keys and head), ``inner_state`` its inner optimizer state, ``task`` its sampler
-and BatchNorm state, ``meta`` what the meta-gradient accumulated along its trajectory (Leap's path). Each rank
-holds a shard of the tasks: :func:`collect` gathers every task's state on rank 0, :func:`restore` hands each rank
-its own, so a run resumes on any number of ranks.
+``params`` are the task's θ (shared keys and head), ``inner_state`` its inner optimizer state, ``task`` its
+sampler and BatchNorm state, ``meta`` what the meta-gradient accumulated along its trajectory (Leap's path).
+Each rank holds a shard of the tasks: :func:`collect` gathers every task's state on rank 0, :func:`restore`
+hands each rank its own, so a run resumes on any number of ranks.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ PER_TASK = ("params", "inner_states", "meta_gradient")
 def collect(run: Run) -> dict[str, Any] | None:
     """The whole run's checkpoint state on rank 0 (None on the other ranks, which send theirs)."""
     learner_state = _to_cpu(run.learner.state_dict())
-    piece = {"tasks": run.mine, "learner": learner_state, "task_states": [_to_cpu(t.state_dict()) for t in run.tasks]}
+    piece = {
+        "tasks": run.mine,
+        "learner": learner_state,
+        "task_states": [_to_cpu(t.state_dict()) for t in run.tasks],
+    }
     pieces = distributed.gather(piece, run.placement.group)
     if pieces is None:
         return None
@@ -38,11 +43,21 @@ def collect(run: Run) -> dict[str, Any] | None:
         learner = piece["learner"]
         metas = learner.get("meta_gradient", [{}] * len(piece["tasks"]))
         for local, gi in enumerate(piece["tasks"]):
-            per_task[gi] = {"params": learner["params"][local], "inner_state": learner["inner_states"][local],
-                            "task": piece["task_states"][local], "meta": metas[local]}
+            per_task[gi] = {
+                "params": learner["params"][local],
+                "inner_state": learner["inner_states"][local],
+                "task": piece["task_states"][local],
+                "meta": metas[local],
+            }
     shared = {k: v for k, v in pieces[0]["learner"].items() if k not in PER_TASK}
-    return {"config": run.cfg.to_dict(), "step": shared["step"], "world": run.placement.world,
-            "task_names": [s.name for s in run.specs], "shared": shared, "tasks": per_task}
+    return {
+        "config": run.cfg.to_dict(),
+        "step": shared["step"],
+        "world": run.placement.world,
+        "task_names": [s.name for s in run.specs],
+        "shared": shared,
+        "tasks": per_task,
+    }
 
 
 def restore(run: Run, state: dict[str, Any]) -> None:
@@ -91,7 +106,9 @@ def _check_shapes(expected: Any, got: Any, where: str = "") -> None:
     if isinstance(expected, torch.Tensor):
         if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            raise UserError(f"checkpoint tensor {where or '?'} has shape {shape}, this run needs {tuple(expected.shape)}")
+            raise UserError(
+                f"checkpoint tensor {where or '?'} has shape {shape}, this run needs {tuple(expected.shape)}"
+            )
     elif isinstance(expected, dict) and isinstance(got, dict):
         for k in expected:
             if k in got:

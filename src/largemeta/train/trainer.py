@@ -5,8 +5,8 @@
 
 :mod:`largemeta.train.build` builds the run (device, process group, tasks, learner, executor),
 :mod:`largemeta.train.state` lays out its checkpoint; this module owns the run folder (:mod:`largemeta.runs`)
-and the loop: steps, non-finite guards, metrics lines, TensorBoard events, checkpoints. Under torchrun each rank
-holds a shard of the tasks and rank 0 writes the files.
+and the loop: steps, non-finite guards, metrics lines, TensorBoard events, checkpoints. Under torchrun each
+rank holds a shard of the tasks and rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -34,9 +34,12 @@ class NonFiniteLoss(UserError):
 
 
 class Trainer:
-    """One training run: ``Trainer(cfg, run_dir).run()`` trains to ``cfg.steps`` (resuming with ``resume``)."""
+    """One training run: ``Trainer(cfg, run_dir).run()`` trains to ``cfg.steps`` (resuming with
+    ``resume``)."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True) -> None:
+    def __init__(
+        self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True
+    ) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.placement = place(cfg)
         self.rank = self.placement.rank
@@ -83,8 +86,9 @@ class Trainer:
             bad = next((k for k, v in params.items() if not torch.isfinite(v).all()), None)
             if bad is not None:
                 raise NonFiniteLoss(
-                    f"non-finite parameter {bad!r} in task {task.name!r} at step {self.learner.step}; stopped — "
-                    f"the last good checkpoint is {str(self.run_dir / CHECKPOINT)!r}")
+                    f"non-finite parameter {bad!r} in task {task.name!r} at step {self.learner.step}; "
+                    f"stopped — the last good checkpoint is {str(self.run_dir / CHECKPOINT)!r}"
+                )
         whole = state.collect(self.run_state)
         if whole is not None:
             checkpoint.save(self.run_dir / CHECKPOINT, whole)
@@ -107,7 +111,9 @@ class Trainer:
             while self.learner.step < cfg.steps:
                 take_step = self.run_state.take_step
                 group = self.placement.group
-                losses = distributed.guarded(take_step, "the meta-update all-reduce") if group else take_step()
+                losses = (
+                    distributed.guarded(take_step, "the meta-update all-reduce") if group else take_step()
+                )
                 step = self.learner.step
                 losses = losses.detach().double().cpu()
                 bad = (~torch.isfinite(losses)).nonzero()
@@ -115,13 +121,16 @@ class Trainer:
                     t = int(bad[0])
                     raise NonFiniteLoss(
                         f"non-finite loss {losses[t].item()} in task {self.tasks[t].name!r} at step {step}; "
-                        f"stopped — the last good checkpoint is {str(self.run_dir / CHECKPOINT)!r}")
+                        f"stopped — the last good checkpoint is {str(self.run_dir / CHECKPOINT)!r}"
+                    )
                 window_losses += losses
                 window += 1
                 if bar is not None:
                     bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:
-                    last = self._log(step, window_losses / window, window / (time.perf_counter() - t0), metrics, writer)
+                    last = self._log(
+                        step, window_losses / window, window / (time.perf_counter() - t0), metrics, writer
+                    )
                     window_losses.zero_()
                     window, t0 = 0, time.perf_counter()
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -136,7 +145,8 @@ class Trainer:
         return last
 
     def _held_out_accuracy(self) -> list[float]:
-        """Each local task's accuracy on the first ``eval_batches`` batches of its held-out split (NaN: none)."""
+        """Each local task's accuracy on the first ``eval_batches`` batches of its held-out split (NaN:
+        none)."""
         out = []
         for task, params in zip(self.tasks, self.learner.params, strict=True):
             batches = itertools.islice(task.sampler.train.iter_eval(256), self.cfg.eval_batches)
@@ -154,9 +164,13 @@ class Trainer:
         for part in gathered or []:
             tasks.update(part)
         record = {
-            "step": step, "inner_steps": step, "time": time.time(), "steps_per_s": rate,
+            "step": step,
+            "inner_steps": step,
+            "time": time.time(),
+            "steps_per_s": rate,
             "mean_loss": sum(t["loss"] for t in tasks.values()) / len(tasks),
-            "meta_grad_norm": self.learner.last_meta_grad_norm, "shift_norm": self.learner.last_shift_norm,
+            "meta_grad_norm": self.learner.last_meta_grad_norm,
+            "shift_norm": self.learner.last_shift_norm,
             "tasks": tasks,
         }
         probe = self.run_state.probe
@@ -181,7 +195,9 @@ class Trainer:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise UserError("tensorboard = true needs the tensorboard package: pip install largemeta[tensorboard]") from None
+            raise UserError(
+                "tensorboard = true needs the tensorboard package: pip install largemeta[tensorboard]"
+            ) from None
         return SummaryWriter(str(self.run_dir / TENSORBOARD))
 
     def close(self) -> None:
@@ -196,5 +212,3 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
-
-
