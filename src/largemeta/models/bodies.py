@@ -1,8 +1,9 @@
 """Feature extractors ("bodies") shared by all tasks; each task adds its own linear head.
 
-Every registered body is an ``nn.Module`` mapping images (B, C, H, W) to features (B, F) with
+Every built-in body is an ``nn.Module`` mapping images (B, C, H, W) to features (B, F) with
 ``body.num_features == F``, for any input size the architecture allows (28–84 px for the small ones). Heads are
-*not* part of a body: they stay out of φ (see :mod:`largemeta.models.functional`).
+*not* part of a body: they stay out of φ (see :mod:`largemeta.models.functional`). Each factory names the
+options it takes (``create_model`` passes it only those), so ``resnet18`` simply has no ``width``.
 """
 
 from __future__ import annotations
@@ -13,19 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largemeta.errors import UserError, check_positive
-from largemeta.models.registry import Registry
-
-MODELS: Registry[nn.Module] = Registry("model")
-register_model = MODELS.register
-
-
-def create_model(name: str, **kwargs: object) -> nn.Module:
-    """Build a registered body by name, e.g. ``create_model("resnet20", in_channels=1)``."""
-    return MODELS.create(name, **kwargs)
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    return MODELS.names(pattern)
+from largemeta.models.factory import register_model
 
 
 class ZeroPadShortcut(nn.Module):
