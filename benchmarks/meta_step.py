@@ -37,9 +37,8 @@ import torch
 
 from largemeta.core import SGD, MetaLearner, Reptile, Schedule
 from largemeta.execution import CudaGraphMetaStep, make_executor
-from largemeta.models import create_model, split_state
-from largemeta.models.synthetic import RandomImageSampler
-from largemeta.models.task import ImageTask
+from largemeta.models import ImageTask, create_model, init_head, split_state
+from largemeta.testing import RandomImageSampler
 
 SIZES = {
     "paper": dict(model="resnet20", model_kw={}, batch=128,
@@ -62,7 +61,7 @@ def build(size: str, device: str, schedule: Schedule, executor: str = "loop", se
         sampler = RandomImageSampler(px, classes, pool=2 * cfg["batch"], seed=10 * i, device=device)
         task = ImageTask(body, sampler, classes=classes, batch_size=cfg["batch"], name=f"task{i}")
         tasks.append(task)
-        heads.append(task.init_head(torch.Generator().manual_seed(i)))
+        heads.append(init_head(classes, body.num_features, torch.Generator().manual_seed(i)))
     heads = [{k: v.to(device) for k, v in h.items()} for h in heads]
     graph = executor.startswith("cuda_graph")
     inner_executor = executor.removeprefix("cuda_graph").removeprefix("+") or "loop" if graph else executor

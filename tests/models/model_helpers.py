@@ -8,9 +8,8 @@ from __future__ import annotations
 import torch
 
 from largemeta.core import SGD, MetaLearner, Reptile, Schedule
-from largemeta.models import create_model, split_state
-from largemeta.models.synthetic import RandomImageSampler
-from largemeta.models.task import ImageTask
+from largemeta.models import ImageTask, create_model, init_head, split_state
+from largemeta.testing import RandomImageSampler
 
 
 def image_problem(specs=((16, 5), (16, 5), (20, 3)), *, model="convnet", batch=8, seed=0, device="cpu",
@@ -25,7 +24,8 @@ def image_problem(specs=((16, 5), (16, 5), (20, 3)), *, model="convnet", batch=8
         sampler = RandomImageSampler(size, classes, pool=64, seed=100 * seed + 10 * i)
         task = ImageTask(body, sampler, classes=classes, batch_size=batch, device=device, name=f"t{i}")
         tasks.append(task)
-        heads.append(task.init_head(torch.Generator().manual_seed(1000 + i)))
+        head = init_head(classes, body.num_features, torch.Generator().manual_seed(1000 + i))
+        heads.append({k: v.to(device) for k, v in head.items()})
     return body, phi, tasks, heads
 
 

@@ -27,7 +27,7 @@ PAPER_HPARAMS = dict(inner=SGD(0.01, momentum=0.9, weight_decay=5e-4), meta_lr=0
 
 
 def run_pair(executor, steps=STEPS, **kw):
-    """The same problem (same seeds) run by the plain loop and by ``executor``: per-step losses and learners."""
+    """The same problem (same seeds) run by the plain loop and by ``executor``: per-step losses, learners."""
     ref, fast = make_learner(loop_executor, **kw), make_learner(executor, **kw)
     ref_losses = torch.stack([ref.inner_step() for _ in range(steps)])
     fast_losses = torch.stack([fast.inner_step() for _ in range(steps)])
@@ -204,7 +204,7 @@ def test_resnet20_fast_paths_match_loop(executor):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["channels_last", "batched", "autocast", "channels_last+autocast"])
 def test_fast_paths_on_gpu_match_loop(name):
-    """The CPU oracles again on CUDA (cuDNN kernels; vmap's batching rule for BatchNorm with batched buffers)."""
+    """The CPU oracles again on CUDA (cuDNN kernels; vmap's BatchNorm batching rule with batched buffers)."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     bf16 = "autocast" in name
@@ -216,9 +216,9 @@ def test_fast_paths_on_gpu_match_loop(name):
 
 
 class _EmulatedGraph:
-    """A CPU stand-in for ``torch.cuda.CUDAGraph`` that keeps the semantics the wrapper relies on: capture runs
-    nothing and returns a static output; each replay runs the recorded tensor work again and writes the static
-    output, while Python-side effects (the inner optimizers' step counters) are not repeated."""
+    """A CPU stand-in for ``torch.cuda.CUDAGraph`` that keeps the semantics the wrapper relies on: capture
+    runs nothing and returns a static output; each replay runs the recorded tensor work again and writes the
+    static output, while Python-side effects (the inner optimizers' step counters) are not repeated."""
 
     instances: list[_EmulatedGraph] = []
 
@@ -230,7 +230,7 @@ class _EmulatedGraph:
         states = self.learner.inner_states
         steps = [s["step"] for s in states]
         self.out.copy_(self.fn())
-        for s, n in zip(states, steps):
+        for s, n in zip(states, steps, strict=True):
             s["step"] = n
 
 
@@ -285,7 +285,7 @@ def test_cuda_graph_bookkeeping_matches_eager_loop_emulated(emulated_cuda, case)
     assert [s["step"] for s in fast.inner_states] == [s["step"] for s in ref.inner_states]
     assert probes[0].records == probes[1].records  # on_step hooks ran after every replayed step
     captured = len(_EmulatedGraph.instances)
-    # cts/fomaml: one graph (a meta-update every step); plain: with and without a meta-update; a reset inner
-    # state re-creates the momentum buffers at each restart (steps 4, 8): the step after runs eagerly, the next
-    # one recaptures.
+    # cts/fomaml: one graph (a meta-update every step); plain: with and without a meta-update; a reset
+    # inner state re-creates the momentum buffers at each restart (steps 4, 8): the step after runs eagerly,
+    # the next one recaptures.
     assert captured == {"cts": 1, "fomaml": 1, "plain": 2, "reset_inner_state": 3}[case]

@@ -1,8 +1,8 @@
 """Feature extractors ("bodies") shared by all tasks; each task adds its own linear head.
 
 Every built-in body is an ``nn.Module`` mapping images (B, C, H, W) to features (B, F) with
-``body.num_features == F``, for any input size the architecture allows (28–84 px for the small ones). Heads are
-*not* part of a body: they stay out of φ (see :mod:`largemeta.models.functional`). Each factory names the
+``body.num_features == F``, for any input size the architecture allows (28–84 px for the small ones). Heads
+are *not* part of a body: they stay out of φ (see :mod:`largemeta.models.functional`). Each factory names the
 options it takes (``create_model`` passes it only those), so ``resnet18`` simply has no ``width``.
 """
 
@@ -20,7 +20,8 @@ from largemeta.models.factory import register_model
 class ZeroPadShortcut(nn.Module):
     """He et al. (2016) option A: a parameter-free identity shortcut for a block that halves the resolution
     and widens the channels: subsample by taking every other pixel (what a 1×1 stride-2 identity would see)
-    and zero-pad the new channels, half before and half after the old ones (as the common CIFAR ResNet code)."""
+    and zero-pad the new channels, half before and half after the old ones (as the common CIFAR ResNet
+    code)."""
 
     def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
         super().__init__()
@@ -55,8 +56,8 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """CIFAR-style ResNet (He et al. 2016, §4.2): a 3×3 stem, three stages of ``blocks`` basic blocks at widths
-    w, 2w, 4w (the 2nd and 3rd halve the resolution), global average pooling. Depth = 6·blocks + 2."""
+    """CIFAR-style ResNet (He et al. 2016, §4.2): a 3×3 stem, three stages of ``blocks`` basic blocks at
+    widths w, 2w, 4w (the 2nd and 3rd halve the resolution), global average pooling. Depth = 6·blocks + 2."""
 
     def __init__(self, blocks: int = 3, width: int = 16, in_channels: int = 3) -> None:
         super().__init__()

@@ -349,7 +349,7 @@ class Trainer:
             for i, (x, y) in enumerate(data.iter_eval(256)):
                 if i >= self.cfg.eval_batches:
                     break
-                acc = task.evaluate(params, x, y)["accuracy"]
+                acc = task.loss_and_accuracy(params, x, y)["accuracy"]
                 correct += acc * len(y)
                 total += len(y)
             out.append(correct / max(total, 1))

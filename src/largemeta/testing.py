@@ -1,8 +1,8 @@
-"""An in-memory sampler of random images, for tests and benchmarks (no data files needed).
+"""Helpers for tests and benchmarks: stand-ins that need no data files.
 
-A fixed pool of random images with random labels: a network can memorize it, so losses go down, and batches are
-drawn with the sampler's own generators, so its ``state_dict()`` replays the same stream. Query batches use a
-separate generator, so drawing them never changes the training stream.
+:class:`RandomImageSampler` is a fixed pool of random images with random labels: a network can memorize it, so
+losses go down, and batches are drawn with the sampler's own generators, so its ``state_dict()`` replays the
+same stream. Query batches use a separate generator, so drawing them never changes the training stream.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from torch import Tensor
 
 
 class RandomImageSampler:
-    """``pool`` random images (``channels`` × ``size`` × ``size``, N(0, 1)) with labels in [0, classes)."""
+    """A :class:`~largemeta.models.task.BatchSampler` over ``pool`` random images (``channels`` × ``size``
+    × ``size``, N(0, 1)) with labels in [0, classes)."""
 
     def __init__(self, size: int, classes: int, *, channels: int = 3, pool: int = 256, seed: int = 0,
                  device: torch.device | str = "cpu") -> None:
