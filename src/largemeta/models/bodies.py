@@ -134,6 +134,10 @@ def resnet18(in_channels: int = 3, weights: str | None = None) -> nn.Module:
         models = importlib.import_module("torchvision.models")
     except ImportError as err:
         raise UserError("model 'resnet18' needs torchvision: pip install largemeta[vision]") from err
+    except Exception as err:  # installed, but built for another torch (e.g. "operator torchvision::nms ...")
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UserError(f"model 'resnet18' needs torchvision, which does not import here "
+                        f"({type(err).__name__}: {first}): install the build that matches torch") from err
     net = models.resnet18(weights=weights)
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)

@@ -59,7 +59,7 @@ class ImageTask:
         body = create_model("convnet", in_channels=1)
         phi, _ = split_state(body)
         task = ImageTask(body, sampler, classes=10, batch_size=32)
-        head = init_head(10, body.num_features, torch.Generator().manual_seed(0))
+        head = init_head(10, feature_size(body, 1, 28), torch.Generator().manual_seed(0))
         loss = task.train_loss({**phi, **head})
     """
 
@@ -90,7 +90,17 @@ class ImageTask:
 
     @property
     def num_features(self) -> int:
-        return int(self.body.num_features)
+        """The body's declared ``num_features`` (every built-in body has one).
+
+        Superseded by :func:`largemeta.models.feature_size`, which also sizes bodies that declare none (by one
+        forward pass; the task does not know its image size); kept while the trainer and evaluation read it.
+        """
+        declared = getattr(self.body, "num_features", None)
+        if declared is None:
+            raise UserError(f"body {type(self.body).__name__} declares no num_features: set "
+                            "body.num_features to its feature size F in the factory "
+                            "(largemeta.models.feature_size finds F)")
+        return int(declared)
 
     # Batches -------------------------------------------------------------------------------------------
     def _prepare(self, batch: Batch) -> Batch:
