@@ -37,9 +37,8 @@ from collections.abc import Callable
 import torch
 
 from largemeta.core import SGD, MetaLearner, Reptile, Schedule
-from largemeta.execution import CudaGraphMetaStep, make_executor
-from largemeta.models import create_model, split_state
-from largemeta.models.task import ImageTask
+from largemeta.execution import EXECUTORS, CudaGraphMetaStep
+from largemeta.models import ImageTask, create_model, init_head, split_state
 from largemeta.testing import RandomImageSampler
 
 SIZES = {
@@ -66,7 +65,7 @@ def build(size: str, device: str, schedule: Schedule, executor: str = "loop", se
         sampler = RandomImageSampler(px, classes, pool=2 * cfg["batch"], seed=10 * i, device=device)
         task = ImageTask(body, sampler, classes=classes, batch_size=cfg["batch"], name=f"task{i}")
         tasks.append(task)
-        heads.append(task.init_head(torch.Generator().manual_seed(i)))
+        heads.append(init_head(classes, body.num_features, torch.Generator().manual_seed(i)))
     heads = [{k: v.to(device) for k, v in h.items()} for h in heads]
     graph = executor.startswith("cuda_graph")
     inner_executor = executor.removeprefix("cuda_graph").removeprefix("+") or "loop" if graph else executor
@@ -78,7 +77,7 @@ def build(size: str, device: str, schedule: Schedule, executor: str = "loop", se
         schedule,
         private=heads,
         meta_lr=0.01,
-        executor=make_executor(inner_executor),
+        executor=EXECUTORS.create(inner_executor),
     )
     # One eager warm-up step inside the graph wrapper, so the capture happens during the benchmark's warm-up
     # (main() insists on >= 2 warm-up steps) and is never timed.

@@ -122,7 +122,7 @@ def convergence(
             for m in milestones:
                 log(f"{algo}: training to {m} inner steps")
                 _train_to(dataclasses.replace(cfg, algo=algo), run_dir, m)
-                entry["accuracy"][str(m)] = ev(load_init(str(run_dir)))
+                entry["accuracy"][str(m)] = ev(load_init(str(run_dir), model=cfg.model))
                 log(f"{algo} @ {m}: mean accuracy {100 * entry['accuracy'][str(m)]['mean_accuracy']:.2f} %")
             entry["loss"] = _metrics(run_dir)
         entry["seconds"] = round(time.perf_counter() - started, 1)
@@ -162,7 +162,7 @@ def k_ablation(
                 cfg.steps,
             )
             r = meta_test(
-                load_init(str(run_dir)),
+                load_init(str(run_dir), model=cfg.model),
                 specs,
                 steps=settings.steps,
                 seeds=settings.seeds,
@@ -292,11 +292,15 @@ def tune(
             run_dir = out / f"{algo}_beta{beta:g}"
             log(f"{algo}, β = {beta:g}")
             _train_to(dataclasses.replace(cfg, algo=algo, meta_lr=beta), run_dir, cfg.steps)
-            scores[f"{beta:g}"] = ev(load_init(str(run_dir)), val_specs, validation)["mean_accuracy"]
+            scores[f"{beta:g}"] = ev(load_init(str(run_dir), model=cfg.model), val_specs, validation)[
+                "mean_accuracy"
+            ]
         best = max(scores, key=scores.get)
         result["validation"][algo], result["best"][algo] = scores, best
         log(f"{algo}: best β = {best} (validation {100 * scores[best]:.2f} %)")
-        result["test"][algo] = ev(load_init(str(out / f"{algo}_beta{best}")), test_specs, test)
+        result["test"][algo] = ev(
+            load_init(str(out / f"{algo}_beta{best}"), model=cfg.model), test_specs, test
+        )
         (out / RESULTS).write_text(json.dumps(result, indent=1) + "\n")
     result["test"]["scratch"] = ev(scratch(cfg.model, test_specs[0].channels, cfg.width), test_specs, test)
     (out / RESULTS).write_text(json.dumps(result, indent=1) + "\n")
@@ -323,7 +327,10 @@ def pretrained(
     run_dir = out / cfg.algo
     log(f"meta-training {cfg.algo} from {init}")
     _train_to(dataclasses.replace(cfg, init=init), run_dir, cfg.steps)
-    starts = {"finetune": load_init(init), cfg.algo: load_init(str(run_dir))}
+    starts = {
+        "finetune": load_init(init, model=cfg.model),
+        cfg.algo: load_init(str(run_dir), model=cfg.model),
+    }
     result: dict[str, Any] = {
         "experiment": "pretrained",
         "config": cfg.to_dict(),

@@ -20,7 +20,7 @@ from largemeta.core.params import Params
 from largemeta.data.images import Datasets, TaskImages, task_seed
 from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError
-from largemeta.models import create_model, init_head, split_state
+from largemeta.models import create_model, feature_size, init_head, is_code_reference, split_state
 from largemeta.models.task import ImageTask
 from largemeta.runs import fit_to_body, load_weights
 from largemeta.stats import ci95
@@ -62,6 +62,12 @@ def load_init(source: str, *, model: str | None = None, width: int | None = None
     if not (path.is_dir() or (path.suffix == ".safetensors" and path.is_file())):
         raise UserError(f"--init {source!r} is not 'scratch', a run folder or an existing .safetensors file")
     weights = load_weights(source)
+    if model is None and is_code_reference(weights.model):
+        # naming the body's code in a file must not be enough to run it: the checkpoint itself runs no code
+        raise UserError(
+            f"--init {source!r} names model code {weights.model!r}; pass --model "
+            f"{weights.model} to import and run it"
+        )
     width = width or weights.config.get("width")
     options = {"in_channels": weights.in_channels or channels, **({"width": width} if width else {})}
     return Init(str(source), model or weights.model, options, weights.phi, int(weights.config.get("seed", 0)))
@@ -134,7 +140,8 @@ def fine_tune(
         device=device,
         name=data.name,
     )
-    head = init_head(data.num_classes, task.num_features, torch.Generator().manual_seed(seed))
+    features = feature_size(body, data.spec.channels, data.spec.image_size)
+    head = init_head(data.num_classes, features, torch.Generator().manual_seed(seed))
     params = {k: v.to(device).requires_grad_(True) for k, v in {**phi, **head}.items()}
     optimizer, schedule = fine_tune_optimizer(list(params.values()), steps, lr, weight_decay)
     marks = {max(1, round(steps * i / curve_points)) for i in range(1, curve_points + 1)}

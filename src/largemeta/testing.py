@@ -20,7 +20,8 @@ from largemeta.models.task import ImageTask
 
 
 class RandomImageSampler:
-    """``pool`` random images (``channels`` × ``size`` × ``size``, N(0, 1)) with labels in [0, classes)."""
+    """A :class:`~largemeta.models.task.BatchSampler` over ``pool`` random images (``channels`` × ``size``
+    × ``size``, N(0, 1)) with labels in [0, classes)."""
 
     def __init__(
         self,

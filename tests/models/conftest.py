@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from largemeta.testing import image_problem
 
 

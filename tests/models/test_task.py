@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
+import torch.nn.functional as F
 
 from largemeta.core import FOMAML, SGD, MetaLearner, Reptile, Schedule, ShiftErrorProbe
 from largemeta.core.params import clone
-from largemeta.testing import RandomImageSampler
-from largemeta.models.task import ImageTask, Sampler
-
-from largemeta.testing import image_problem, make_learner
+from largemeta.errors import UserError
+from largemeta.models import BatchSampler, ImageTask, init_head
+from largemeta.testing import RandomImageSampler, image_problem, make_learner
 
 
 def test_sampler_protocol_and_state_replays_batches():
     s = RandomImageSampler(12, 4, pool=16, seed=0)
-    assert isinstance(s, Sampler)
+    assert isinstance(s, BatchSampler)
     state = s.state_dict()
     x1, y1 = s.sample_train(5)
     s.sample_query(3)  # the query stream does not disturb the training stream
@@ -38,19 +41,42 @@ def test_losses_and_state_dict_round_trip(problem):
     assert torch.isfinite(task.query_loss(params))
     live = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     grads = torch.autograd.grad(task.train_loss(live), list(live.values()))
-    named = dict(zip(live, grads))
+    named = dict(zip(live, grads, strict=True))
     assert named["head.weight"].abs().sum() > 0 and named["features.0.weight"].abs().sum() > 0
 
 
-def test_evaluate_and_accuracy(problem):
+def test_loss_and_accuracy_equal_the_eval_mode_module_and_leave_buffers_alone(problem):
+    """The oracle: the body as a plain module holding φ and the task's running statistics, in eval mode."""
     body, phi, tasks, heads = problem
-    task = tasks[0]
+    task, params = tasks[0], {**phi, **heads[0]}
+    for _ in range(3):  # running statistics away from their initial (0, 1), so reading them matters
+        task.train_loss(params)
     x, y = task.sampler.x, task.sampler.y
+    module = copy.deepcopy(body)
+    module.load_state_dict({**phi, **task.buffers})
+    logits = F.linear(module.eval()(x), heads[0]["head.weight"], heads[0]["head.bias"])
     buffers = clone(task.buffers)
-    result = task.evaluate({**phi, **heads[0]}, x, y, batch_size=10)
-    assert set(result) == {"loss", "accuracy"} and 0.0 <= result["accuracy"] <= 1.0
-    assert task.accuracy({**phi, **heads[0]}, x, y) == result["accuracy"]
+    result = task.loss_and_accuracy(params, x, y, batch_size=10)  # 64 images in 7 chunks
+    assert set(result) == {"loss", "accuracy"}
+    torch.testing.assert_close(torch.tensor(result["loss"]), F.cross_entropy(logits, y), rtol=1e-5, atol=1e-6)
+    assert result["accuracy"] == (logits.argmax(1) == y).sum().item() / len(y)
     assert all(torch.equal(buffers[k], task.buffers[k]) for k in buffers)  # eval mode: buffers untouched
+
+
+def test_train_forward_updates_buffers_to_the_hand_computed_running_mean(problem):
+    """BatchNorm's update, by hand: running = (1 − 0.1)·running + 0.1·batch statistic (unbiased variance)."""
+    body, phi, tasks, heads = problem
+    task, params = tasks[0], {**phi, **heads[0]}
+    x, y = task.train_batch()
+    conv = F.conv2d(x, phi["features.0.weight"], padding=1)  # the first conv has no bias
+    with task.static_inputs((x, y)):
+        task.train_loss(params)
+    torch.testing.assert_close(task.buffers["features.1.running_mean"], 0.1 * conv.mean((0, 2, 3)))
+    torch.testing.assert_close(task.buffers["features.1.running_var"], 0.9 + 0.1 * conv.var((0, 2, 3)))
+    assert int(task.buffers["features.1.num_batches_tracked"]) == 1
+    assert int(tasks[1].buffers["features.1.num_batches_tracked"]) == 0  # another task's buffers: untouched
+    task.query_loss(params)  # a query forward is one more minibatch of this task
+    assert int(task.buffers["features.1.num_batches_tracked"]) == 2
 
 
 def test_head_names_do_not_clash_with_body(problem):
@@ -62,9 +88,10 @@ def test_cts_meta_learner_reduces_image_task_losses():
     """Two tiny tasks, CTS on Reptile with SGD inner steps: training losses go down and φ moves."""
     body, phi, tasks, heads = image_problem(specs=((16, 3), (16, 4)), batch=16, seed=1, width=16)
     phi0 = clone(phi)
-    learner = MetaLearner(phi, tasks, SGD(0.05, momentum=0.9), Reptile(), Schedule.cts(k=20), private=heads,
-                          meta_lr=0.1)
-    first = torch.stack([task.train_loss({**p}) for task, p in zip(tasks, learner.params)]).detach()
+    learner = MetaLearner(
+        phi, tasks, SGD(0.05, momentum=0.9), Reptile(), Schedule.cts(k=20), private=heads, meta_lr=0.1
+    )
+    first = torch.stack([t.train_loss({**p}) for t, p in zip(tasks, learner.params, strict=True)]).detach()
     losses = [learner.inner_step() for _ in range(15)]
     last = torch.stack(losses[-3:]).mean(0)
     assert (last < 0.7 * first).all(), (first, last)
@@ -85,10 +112,26 @@ def test_fomaml_uses_query_batches_and_probe_replays():
     assert all(r["displacement"] > 0 for r in probe.records)
 
 
-def test_image_task_device_argument_moves_batches():
-    body, phi, tasks, heads = image_problem(device="cpu")
-    x, y = tasks[0].train_batch()
-    assert x.device.type == "cpu" and x.shape[0] == 8
+def test_image_task_moves_batches_and_buffers_to_its_device():
+    """On the meta device (shapes only): a task ignoring ``device`` would hand out the sampler's tensors."""
+    body, phi, tasks, heads = image_problem()
+    task = ImageTask(body, tasks[0].sampler, classes=5, batch_size=8, device="meta")
+    x, y = task.train_batch()
+    assert (x.device.type, y.device.type) == ("meta", "meta") and x.shape == (8, 3, 16, 16)
+    assert all(v.device.type == "meta" for v in task.buffers.values())
+    assert tasks[0].sampler.x.device.type == "cpu"  # the sampler's pool stays where it is
+    assert all(v.device.type == "cpu" for v in body.buffers())  # and so does the template
+    loss = task.train_loss({k: v.to("meta") for k, v in {**phi, **heads[0]}.items()})
+    assert loss.device.type == "meta" and loss.shape == ()
+    # without a device, batches stay where the sampler makes them
+    plain = ImageTask(body, tasks[0].sampler, classes=5, batch_size=8)
+    assert plain.device is None and plain.train_batch()[0].device.type == "cpu"
+
+
+def test_image_task_refuses_a_bad_device(problem):
+    body, _, tasks, _ = problem
+    with pytest.raises(UserError, match=r"device 'gpu' is not a torch device \(valid: cpu, cuda"):
+        ImageTask(body, tasks[0].sampler, classes=5, batch_size=8, device="gpu")
 
 
 def test_custom_sampler_protocol():
@@ -104,11 +147,11 @@ def test_custom_sampler_protocol():
     body, phi, _, _ = image_problem()
     task = ImageTask(body, Fixed(), classes=2, batch_size=4)
     assert task.state_dict()["sampler"] is None  # a sampler without state: nothing to replay
-    assert torch.isfinite(task.train_loss({**phi, **task.init_head()}))
+    assert torch.isfinite(task.train_loss({**phi, **init_head(2, body.num_features)}))
 
 
 def test_static_inputs_replace_sampling_and_are_restored(problem):
-    """Graph capture's contract: inside ``static_inputs`` every loss reads the given tensors, nothing is drawn."""
+    """Graph capture's contract: inside ``static_inputs`` every loss reads the given tensors (no draws)."""
     body, phi, tasks, heads = problem
     task, params = tasks[0], {**phi, **heads[0]}
     x, y = task.train_batch()
@@ -120,5 +163,6 @@ def test_static_inputs_replace_sampling_and_are_restored(problem):
         x.mul_(0)  # refilled in place: the next loss sees the new contents
         b = task.train_loss(params)
     assert not torch.equal(a, b)
-    assert all(torch.equal(s, t) for s, t in zip(state.values(), task.sampler.state_dict().values()))
+    after = task.sampler.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)
     assert task.train_batch()[0] is not x  # sampling again outside the context

@@ -1,24 +1,37 @@
-"""Models: registered bodies (``resnet20``, ``convnet``, ``resnet18``), per-task heads and BN buffers,
-image tasks."""
+"""Models: bodies (``resnet20``, ``convnet``, ``resnet18`` and any registered or named backbone), per-task
+heads and BatchNorm buffers, image tasks."""
 
-from largemeta.models.bodies import (
+from largemeta.models.bodies import BasicBlock, CifarResNet, ConvNet, ZeroPadShortcut, count_parameters
+from largemeta.models.factory import (
+    ENTRY_POINT_GROUP,
     MODELS,
-    BasicBlock,
-    CifarResNet,
-    ConvNet,
-    ZeroPadShortcut,
-    count_parameters,
     create_model,
+    feature_size,
+    is_code_reference,
     list_models,
     register_model,
 )
-from largemeta.models.functional import HEAD, apply, features, init_head, split_state, to_channels_last
-from largemeta.models.registry import Registry
-from largemeta.models.task import ImageTask, Sampler
+from largemeta.models.functional import HEAD, apply, features, init_head, split_state
+from largemeta.models.task import BatchSampler, ImageTask
 
 __all__ = [
-    "HEAD", "MODELS", "BasicBlock", "CifarResNet", "ConvNet", "ImageTask", "Registry",
-    "Sampler", "ZeroPadShortcut", "apply",
-    "count_parameters", "create_model", "features", "init_head", "list_models", "register_model",
-    "split_state", "to_channels_last",
+    "ENTRY_POINT_GROUP",
+    "HEAD",
+    "MODELS",
+    "BasicBlock",
+    "BatchSampler",
+    "CifarResNet",
+    "ConvNet",
+    "ImageTask",
+    "ZeroPadShortcut",
+    "apply",
+    "count_parameters",
+    "create_model",
+    "feature_size",
+    "features",
+    "init_head",
+    "is_code_reference",
+    "list_models",
+    "register_model",
+    "split_state",
 ]

@@ -1,8 +1,9 @@
 """Feature extractors ("bodies") shared by all tasks; each task adds its own linear head.
 
-Every registered body is an ``nn.Module`` mapping images (B, C, H, W) to features (B, F) with
-``body.num_features == F``, for any input size the architecture allows (28–84 px for the small ones). Heads are
-*not* part of a body: they stay out of φ (see :mod:`largemeta.models.functional`).
+Every built-in body is an ``nn.Module`` mapping images (B, C, H, W) to features (B, F) with
+``body.num_features == F``, for any input size the architecture allows (28–84 px for the small ones). Heads
+are *not* part of a body: they stay out of φ (see :mod:`largemeta.models.functional`). Each factory names the
+options it takes (``create_model`` passes it only those), so ``resnet18`` simply has no ``width``.
 """
 
 from __future__ import annotations
@@ -13,25 +14,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largemeta.errors import UserError, check_positive
-from largemeta.models.registry import Registry
-
-MODELS: Registry[nn.Module] = Registry("model")
-register_model = MODELS.register
-
-
-def create_model(name: str, **kwargs: object) -> nn.Module:
-    """Build a registered body by name, e.g. ``create_model("resnet20", in_channels=1)``."""
-    return MODELS.create(name, **kwargs)
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    return MODELS.names(pattern)
+from largemeta.models.factory import register_model
 
 
 class ZeroPadShortcut(nn.Module):
     """He et al. (2016) option A: a parameter-free identity shortcut for a block that halves the resolution
     and widens the channels: subsample by taking every other pixel (what a 1×1 stride-2 identity would see)
-    and zero-pad the new channels, half before and half after the old ones (as the common CIFAR ResNet code)."""
+    and zero-pad the new channels, half before and half after the old ones (as the common CIFAR ResNet
+    code)."""
 
     def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
         super().__init__()
@@ -66,8 +56,8 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """CIFAR-style ResNet (He et al. 2016, §4.2): a 3×3 stem, three stages of ``blocks`` basic blocks at widths
-    w, 2w, 4w (the 2nd and 3rd halve the resolution), global average pooling. Depth = 6·blocks + 2."""
+    """CIFAR-style ResNet (He et al. 2016, §4.2): a 3×3 stem, three stages of ``blocks`` basic blocks at
+    widths w, 2w, 4w (the 2nd and 3rd halve the resolution), global average pooling. Depth = 6·blocks + 2."""
 
     def __init__(self, blocks: int = 3, width: int = 16, in_channels: int = 3) -> None:
         super().__init__()
@@ -144,6 +134,12 @@ def resnet18(in_channels: int = 3, weights: str | None = None) -> nn.Module:
         models = importlib.import_module("torchvision.models")
     except ImportError as err:
         raise UserError("model 'resnet18' needs torchvision: pip install largemeta[vision]") from err
+    except Exception as err:  # installed, but built for another torch (e.g. "operator torchvision::nms ...")
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UserError(
+            f"model 'resnet18' needs torchvision, which does not import here "
+            f"({type(err).__name__}: {first}): install the build that matches torch"
+        ) from err
     net = models.resnet18(weights=weights)
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
@@ -154,5 +150,3 @@ def resnet18(in_channels: int = 3, weights: str | None = None) -> nn.Module:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-

@@ -1,7 +1,8 @@
 """Stateless use of a body: one module *template*, many tasks, each with its own tensors.
 
 A task's parameters are a dict: the body's parameters under their module names (the shared part, φ, which
-includes BatchNorm's affine weights) plus its head under ``head.weight`` / ``head.bias`` (private, never in φ).
+includes BatchNorm's affine weights) plus its head under ``head.weight`` / ``head.bias`` (private, never in
+φ).
 BatchNorm running statistics are *buffers*, one dict per task: each task normalizes its own domain with its
 own statistics at evaluation time, and they are never meta-learned, shifted or reset. :func:`apply` runs the
 template through ``torch.func.functional_call`` with a task's tensors swapped in, so the template's own
@@ -53,8 +54,13 @@ def body_params(params: Mapping[str, Tensor]) -> Params:
     return {k: v for k, v in params.items() if not k.startswith(HEAD)}
 
 
-def features(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor,
-             train: bool = True) -> Tensor:
+def features(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    x: Tensor,
+    train: bool = True,
+) -> Tensor:
     """The body's features of ``x`` with a task's parameters and BatchNorm buffers.
 
     In train mode BatchNorm normalizes with batch statistics and updates ``buffers`` in place (the running
@@ -68,14 +74,13 @@ def features(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[st
         model.train(was)
 
 
-def apply(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor,
-          train: bool = True) -> Tensor:
+def apply(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    x: Tensor,
+    train: bool = True,
+) -> Tensor:
     """Logits of ``x``: the body (see :func:`features`) followed by the task's head ``params['head.*']``."""
     feats = features(model, params, buffers, x, train)
     return F.linear(feats, params[HEAD + "weight"], params[HEAD + "bias"])
-
-
-def to_channels_last(params: Mapping[str, Tensor]) -> Params:
-    """The same dict with every 4-d tensor (conv weights) in ``torch.channels_last`` memory format."""
-    nhwc = torch.channels_last
-    return {k: v.contiguous(memory_format=nhwc) if v.dim() == 4 else v for k, v in params.items()}

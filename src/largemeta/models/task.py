@@ -1,9 +1,10 @@
 """Image classification tasks for the core loop: a shared body template, per-task BN buffers and a head.
 
-:class:`ImageTask` implements :class:`largemeta.core.metagrad.Task` over a *sampler*, the data layer's view of
-one dataset (``TaskImages`` provides it; tests use an in-memory synthetic one). The task owns its BatchNorm
-buffers (updated by every training forward) and asks the sampler for a fresh batch on every loss, so inner
-steps, FOMAML's query losses and the shift-error probe's replay all see the sampler's stream.
+:class:`ImageTask` implements :class:`largemeta.core.metagrad.Task` over a :class:`BatchSampler`, the data
+layer's view of one dataset (``TaskData`` provides it; tests use
+:class:`largemeta.testing.RandomImageSampler`). The task owns its BatchNorm buffers (updated by every training
+forward) and asks the sampler for a fresh batch on every loss, so inner steps, FOMAML's query losses and the
+shift-error probe's replay all see the sampler's stream.
 """
 
 from __future__ import annotations
@@ -18,15 +19,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from largemeta.core.params import Params
-from largemeta.errors import check_positive
-from largemeta.models.functional import HEAD, apply, init_head, split_state
+from largemeta.errors import UserError, check_positive
+from largemeta.models.functional import HEAD, apply, split_state
 
 Batch = tuple[Tensor, Tensor]
 
 
 @runtime_checkable
-class Sampler(Protocol):
-    """Minibatches of one task: images float (B, C, H, W) and labels long (B,)."""
+class BatchSampler(Protocol):
+    """Minibatches of one task: images float (B, C, H, W) and labels long (B,).
+
+    Training and query batches come from separate streams (FOMAML and iMAML draw query batches; the others
+    never call :meth:`sample_query`). A sampler may also have ``state_dict()`` / ``load_state_dict()``, which
+    make checkpoints resume and the shift-error probe replay the same batches.
+    """
 
     def sample_train(self, batch: int) -> Batch: ...
 
@@ -38,27 +44,29 @@ class ImageTask:
 
     Args:
         body: the shared body template (never mutated; only its structure is used).
-        sampler: where batches come from (see :class:`Sampler`); its ``state_dict()`` / ``load_state_dict()``,
-            when present, are this task's (checkpoints, the shift-error probe's replay).
+        sampler: where batches come from (see :class:`BatchSampler`); its ``state_dict()`` /
+            ``load_state_dict()``, when present, are this task's (checkpoints, the shift-error probe's
+            replay).
         classes: head width.
         batch_size: training batch size; ``query_batch_size`` defaults to it.
         buffers: this task's BatchNorm buffers; default a copy of the template's.
-        device: where batches are moved (parameters are the caller's).
+        device: where batches and the buffers are moved (parameters are the caller's); any torch device,
+            ``"meta"`` included (shapes only).
         name: for messages and metrics.
 
     Example::
 
-        body = create_model("convnet")
+        body = create_model("convnet", in_channels=1)
         phi, _ = split_state(body)
         task = ImageTask(body, sampler, classes=10, batch_size=32)
-        head = init_head(10, body.num_features, torch.Generator().manual_seed(0))
+        head = init_head(10, feature_size(body, 1, 28), torch.Generator().manual_seed(0))
         loss = task.train_loss({**phi, **head})
     """
 
     def __init__(
         self,
         body: nn.Module,
-        sampler: Sampler,
+        sampler: BatchSampler,
         *,
         classes: int,
         batch_size: int,
@@ -72,21 +80,13 @@ class ImageTask:
         self.body, self.sampler, self.classes, self.name = body, sampler, classes, name
         self.batch_size = batch_size
         self.query_batch_size = query_batch_size or batch_size
-        self.device = torch.device(device) if device is not None else None
+        self.device = _device(device) if device is not None else None
         self.buffers = buffers if buffers is not None else split_state(body)[1]
         if self.device is not None:
             self.buffers = {k: v.to(self.device) for k, v in self.buffers.items()}
         self.memory_format = torch.contiguous_format
         """Memory format of input batches; the channels-last executor sets ``torch.channels_last``."""
         self._static: dict[str, Batch] = {}
-
-    @property
-    def num_features(self) -> int:
-        return int(self.body.num_features)
-
-    def init_head(self, generator: torch.Generator | None = None) -> Params:
-        head = init_head(self.classes, self.num_features, generator)
-        return {k: v.to(self.device) for k, v in head.items()} if self.device is not None else head
 
     # Batches -------------------------------------------------------------------------------------------
     def _prepare(self, batch: Batch) -> Batch:
@@ -97,12 +97,18 @@ class ImageTask:
 
     def train_batch(self) -> Batch:
         """The next training batch (the static one while :meth:`static_inputs` is active)."""
-        return self._static["train"] if "train" in self._static else self._prepare(
-            self.sampler.sample_train(self.batch_size))
+        return (
+            self._static["train"]
+            if "train" in self._static
+            else self._prepare(self.sampler.sample_train(self.batch_size))
+        )
 
     def query_batch(self) -> Batch:
-        return self._static["query"] if "query" in self._static else self._prepare(
-            self.sampler.sample_query(self.query_batch_size))
+        return (
+            self._static["query"]
+            if "query" in self._static
+            else self._prepare(self.sampler.sample_query(self.query_batch_size))
+        )
 
     @contextmanager
     def static_inputs(self, train: Batch, query: Batch | None = None) -> Iterator[None]:
@@ -124,7 +130,7 @@ class ImageTask:
     def loss_on(
         self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor, y: Tensor
     ) -> Tensor:
-        """Training-mode cross-entropy with explicit buffers (pure apart from the buffer update; vmappable)."""
+        """Training-mode cross-entropy with explicit buffers (pure but for the buffer update; vmappable)."""
         return F.cross_entropy(apply(self.body, params, buffers, x, train=True), y)
 
     def train_loss(self, params: Params) -> Tensor:
@@ -137,10 +143,12 @@ class ImageTask:
         return self.loss_on(params, self.buffers, *self.query_batch())
 
     @torch.no_grad()
-    def evaluate(
+    def loss_and_accuracy(
         self, params: Mapping[str, Tensor], x: Tensor, y: Tensor, batch_size: int = 256
     ) -> dict[str, float]:
-        """Mean loss and accuracy on (x, y) in eval mode (running statistics, nothing updated)."""
+        """``{"loss": mean cross-entropy, "accuracy": fraction correct}`` on (x, y), in eval mode: BatchNorm
+        normalizes with this task's running statistics and nothing is updated. ``batch_size`` bounds
+        memory."""
         total_loss, correct = 0.0, 0
         for i in range(0, len(x), batch_size):
             xb, yb = self._prepare((x[i : i + batch_size], y[i : i + batch_size]))
@@ -149,9 +157,6 @@ class ImageTask:
             correct += int((out.argmax(1) == yb).sum())
         n = max(len(x), 1)
         return {"loss": total_loss / n, "accuracy": correct / n}
-
-    def accuracy(self, params: Mapping[str, Tensor], x: Tensor, y: Tensor) -> float:
-        return self.evaluate(params, x, y)["accuracy"]
 
     # Checkpoints -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -165,3 +170,12 @@ class ImageTask:
             self.sampler.load_state_dict(copy.deepcopy(state["sampler"]))
         for k, v in state["buffers"].items():
             self.buffers[k].copy_(v)  # in place: executors and graphs may hold these tensors
+
+
+def _device(device: torch.device | str) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(
+            f"device {device!r} is not a torch device (valid: cpu, cuda, cuda:N, mps, meta)"
+        ) from None

@@ -25,7 +25,7 @@ from largemeta.data.images import Datasets, TrainQuerySampler, task_seed
 from largemeta.data.tasks import TaskSpec, load_suite
 from largemeta.errors import UserError
 from largemeta.execution import EXECUTORS, GRAPH, CudaGraphMetaStep
-from largemeta.models import create_model, init_head, split_state
+from largemeta.models import create_model, feature_size, init_head, split_state
 from largemeta.models.task import ImageTask
 from largemeta.runs import fit_to_body, load_weights
 from largemeta.train import distributed
@@ -186,7 +186,8 @@ def _build_tasks(
             device=device,
             name=spec.name,
         )
-        head = init_head(images.num_classes, task.num_features, torch.Generator().manual_seed(seed))
+        features = feature_size(body, spec.channels, spec.image_size)
+        head = init_head(images.num_classes, features, torch.Generator().manual_seed(seed))
         tasks.append(task)
         heads.append({k: v.to(device) for k, v in head.items()})
     return tasks, heads

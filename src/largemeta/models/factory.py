@@ -1,0 +1,290 @@
+"""Bodies by name: the registry of built-in bodies, and any backbone a user names.
+
+:func:`create_model` accepts
+
+- a registered name: ``convnet``, ``resnet20``, ``resnet18`` or one added with :func:`register_model`;
+- ``package.module:factory``: any importable callable (a function or an ``nn.Module`` class);
+- ``path/to/file.py:factory``: a factory defined in a Python file (loaded as a module of its own; the file's
+  folder is *not* put on ``sys.path``, so it cannot shadow installed modules, and it cannot import its
+  neighbours: for that, put the folder on ``PYTHONPATH`` and write ``file:factory``);
+- ``timm:NAME``: a `timm <https://github.com/huggingface/pytorch-image-models>`_ architecture without its
+  classifier (``pip install largemeta[timm]``);
+- a name that an installed package registers in the entry-point group ``largemeta.models`` (looked up only
+  when the name is not built in, so a plugin can never replace a built-in body).
+
+A body maps images (B, C, H, W) to features (B, F). Options are offered, not imposed: a call site passes
+everything it knows (``create_model(name, in_channels=c, width=w)``) and each factory receives the options its
+signature names (all of them if it takes ``**kwargs``), so no call site needs to know which body has a width.
+Options set to ``None`` count as not given: the factory's default applies. A user factory that takes
+``in_channels`` is told the tasks' channel count; one that does not must already expect it. The head's input
+size is the body's ``num_features`` when it declares one, else found by one forward pass
+(:func:`feature_size`).
+
+Naming a module or file runs its code, like ``torch.hub.load``: take model names from configs you trust.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import re
+import sys
+from collections.abc import Callable
+from itertools import chain
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from largemeta.errors import UserError, check_positive
+from largemeta.registry import Registry, call_with_accepted
+
+Factory = Callable[..., nn.Module]
+
+MODELS: Registry[Factory] = Registry("model")
+"""The built-in bodies (and any registered in this process with :func:`register_model`)."""
+
+register_model = MODELS.register
+
+ENTRY_POINT_GROUP = "largemeta.models"
+"""Entry-point group in which installed packages register bodies by name (``name = "pkg.mod:factory"``)."""
+
+SPELLINGS = ("package.module:factory", "path/to/file.py:factory", "timm:NAME")
+"""How a model outside the registry is named (listed in the error for an unknown name)."""
+
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def create_model(name: str, **options: Any) -> nn.Module:
+    """Build the body ``name`` (see the module docstring for the spellings) with the ``options`` it takes.
+
+    Example: ``create_model("resnet20", in_channels=1, width=16)``;
+    ``create_model("examples/my_body.py:small_cnn", in_channels=1, width=16)`` (``small_cnn`` gets only
+    ``in_channels`` if that is all it names). Bad names and factories raise a one-line :class:`UserError`.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"model must be a registered name or one of {', '.join(SPELLINGS)}, got {name!r}")
+    options = {k: v for k, v in options.items() if v is not None}
+    if name in MODELS:
+        return MODELS.create(name, **options)
+    factory = _find_factory(name)
+    if not callable(factory):
+        raise UserError(
+            f"model {name!r}: {type(factory).__name__} object is not callable "
+            "(a factory is a function or class returning a torch.nn.Module)"
+        )
+    try:
+        body = call_with_accepted(factory, **options)
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"model {name!r}: the factory raised {_first_line(err)}") from err
+    if not isinstance(body, nn.Module):
+        raise UserError(
+            f"model {name!r}: the factory returned a {type(body).__name__}, not a torch.nn.Module"
+        )
+    return body
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names usable without a ``:`` (built in, registered, or from installed packages' entry points) that
+    match the shell-style ``pattern``, sorted. Entry points are listed, not imported."""
+    plugins = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(n for n in set(MODELS.names()) | plugins if fnmatch.fnmatchcase(n, pattern))
+
+
+def is_code_reference(name: str) -> bool:
+    """Whether ``name`` imports a module or runs a file (``module:factory``, ``file.py:factory``).
+
+    A caller that reads a model name from a file it does not trust (a downloaded ``.safetensors``'s metadata)
+    can refuse such names; registered names, entry points and ``timm:`` only load installed code.
+    """
+    return ":" in name and not name.startswith("timm:") and name not in MODELS
+
+
+def _find_factory(name: str) -> Any:
+    """The factory an unregistered ``name`` refers to, imported but not called (a :class:`UserError` when it
+    cannot be)."""
+    if name.startswith("timm:"):
+        return _timm_factory(name)
+    if ":" in name:
+        return _reference(name)
+    return _entry_point(name)
+
+
+def feature_size(body: nn.Module, channels: int, image_size: int | tuple[int, int]) -> int:
+    """F, the size of the features ``body`` gives for images of ``channels`` × ``image_size`` px.
+
+    ``body.num_features`` when the body declares it (every built-in body does); otherwise one forward pass of
+    a dummy batch of two zero images, without gradients and in eval mode (nothing is updated, no random
+    numbers are drawn): on the meta device when the body's operations allow it (no arithmetic, no memory),
+    else for real on the device of the body's parameters. A body whose output is not a (B, F) batch is a
+    :class:`UserError` that says what shape it gave.
+    """
+    declared = getattr(body, "num_features", None)
+    if declared is not None:
+        if isinstance(declared, bool) or not isinstance(declared, int) or declared < 1:
+            raise UserError(f"body {type(body).__name__}: num_features must be an int >= 1, got {declared!r}")
+        return declared
+    check_positive("channels", channels, integer=True)
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    check_positive("image size", height, integer=True)
+    check_positive("image size", width, integer=True)
+    shape = (2, channels, height, width)
+    was = body.training
+    body.eval()
+    try:
+        with torch.no_grad():
+            try:
+                out = _meta_forward(body, shape)
+            except Exception:  # an operation without a meta kernel, or a real error: the real run says which
+                out = _real_forward(body, shape)
+    finally:
+        body.train(was)
+    given = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != shape[0] or out.shape[1] < 1:
+        hint = " (pool and flatten its output)" if isinstance(out, Tensor) and out.dim() > 2 else ""
+        raise UserError(
+            f"body {type(body).__name__} must map images (B, C, H, W) to features (B, F): "
+            f"a batch of shape {shape} gave {given}{hint}"
+        )
+    return int(out.shape[1])
+
+
+# Forward passes for feature_size ------------------------------------------------------------------------
+def _meta_forward(body: nn.Module, shape: tuple[int, ...]) -> Any:
+    """The body on shapes only: its tensors replaced by meta tensors, the module itself untouched."""
+    named = chain(body.named_parameters(), body.named_buffers())
+    tensors = {k: torch.empty_like(v, device="meta") for k, v in named}
+    return functional_call(body, tensors, (torch.zeros(shape, device="meta"),))
+
+
+def _real_forward(body: nn.Module, shape: tuple[int, ...]) -> Any:
+    device = next((t.device for t in chain(body.parameters(), body.buffers())), torch.device("cpu"))
+    try:
+        return body(torch.zeros(shape, device=device))
+    except Exception as err:
+        raise UserError(
+            f"body {type(body).__name__} failed on a batch of shape {shape}: {_first_line(err)} "
+            "(does its factory take in_channels?)"
+        ) from err
+
+
+# Resolving names -------------------------------------------------------------------------------------------
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def _reference(name: str) -> Any:
+    """``package.module:attr`` or ``path/to/file.py:attr`` (``attr`` may be dotted, as in entry points)."""
+    where, _, attr = name.rpartition(":")
+    if not where or not _DOTTED.fullmatch(attr):
+        raise UserError(f"model {name!r}: expected {' or '.join(SPELLINGS[:2])}")
+    is_file = where.endswith(".py") or "/" in where or "\\" in where
+    if is_file:
+        module = _import_file(name, Path(where).expanduser())
+    elif _DOTTED.fullmatch(where):
+        module = _import_module(name, where)
+    else:
+        raise UserError(f"model {name!r}: {where!r} is neither a module name nor a path to a .py file")
+    found: Any = module
+    for part in attr.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise UserError(f"model {name!r}: {where!r} has no attribute {attr!r}") from None
+    return found
+
+
+def _import_module(name: str, module: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except Exception as err:
+        hint = ""
+        if isinstance(err, ModuleNotFoundError) and err.name == module.split(".")[0]:
+            stem = module.split(".")[-1]
+            hint = f" (is its folder on PYTHONPATH? a file can be named as path/to/{stem}.py:...)"
+        raise UserError(f"model {name!r}: cannot import module {module!r}: {_first_line(err)}{hint}") from err
+
+
+_FILES: dict[Path, tuple[tuple[int, int], ModuleType]] = {}
+
+
+def _import_file(name: str, path: Path) -> ModuleType:
+    """The module of a ``.py`` file, executed once per version of the file (its mtime and size)."""
+    if path.suffix != ".py":
+        raise UserError(f"model {name!r}: {str(path)!r} is not a .py file")
+    if not path.is_file():
+        raise UserError(f"model {name!r}: no such file {str(path)!r}")
+    path = path.resolve()
+    stat = path.stat()
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    if path in _FILES and _FILES[path][0] == stamp:
+        return _FILES[path][1]
+    # A name of its own (never the stem alone: a file called torch.py must not replace torch in sys.modules);
+    # registered while it runs, as importlib does, so dataclasses and pickling-by-reference inside it work.
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+    stem = re.sub(r"\W", "_", path.stem)
+    module_name = f"_largemeta_file_{stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"model {name!r}: cannot load {str(path)!r} as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        sys.modules.pop(module_name, None)
+        raise UserError(f"model {name!r}: cannot import file {str(path)!r}: {_first_line(err)}") from err
+    _FILES[path] = (stamp, module)
+    return module
+
+
+def _entry_point(name: str) -> Any:
+    found = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name))
+    if not found:
+        raise UserError(f"unknown model {name!r} (valid: {', '.join([*list_models(), *SPELLINGS])})")
+    targets = sorted({ep.value for ep in found})
+    if len(targets) > 1:
+        raise UserError(
+            f"model {name!r} is registered by several installed packages ({', '.join(targets)}); "
+            "name one of them as package.module:factory"
+        )
+    ep = found[0]
+    try:
+        return ep.load()
+    except Exception as err:
+        raise UserError(
+            f"model {name!r} (entry point {ep.value!r} of group {ENTRY_POINT_GROUP!r}): "
+            f"cannot load it: {_first_line(err)}"
+        ) from err
+
+
+def _timm_factory(name: str) -> Factory:
+    """A factory for ``timm:NAME``: the architecture with ``num_classes=0``, whose output is pooled features
+    (timm models declare them as ``num_features``)."""
+    arch = name[len("timm:") :]
+    try:
+        timm = importlib.import_module("timm")
+    except Exception as err:
+        raise UserError(
+            f"model {name!r} needs timm, which does not import here ({_first_line(err)}): "
+            "pip install largemeta[timm]"
+        ) from err
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch}*")[:5] if arch else []
+        also = f" (similar: {', '.join(close)})" if close else " (see timm.list_models())"
+        raise UserError(f"unknown timm model {arch!r}{also}")
+
+    def timm_body(in_channels: int = 3) -> nn.Module:
+        return timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_channels)
+
+    timm_body.__name__ = timm_body.__qualname__ = f"timm_{arch}"
+    return timm_body
