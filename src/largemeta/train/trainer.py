@@ -1,6 +1,6 @@
 """``largemeta train``: the training loop and its logging, one process or many.
 
-    trainer = Trainer(load_config("configs/offline.toml", {"algo": "cts"}), Path("runs/cts"))
+    trainer = Trainer(load_config("offline", {"algo": "cts"}), Path("runs/cts"))
     trainer.run()
 
 :mod:`largemeta.train.build` builds the run (device, process group, tasks, learner, executor),
