@@ -102,12 +102,14 @@ def test_fomaml_gradient_by_hand():
 
 
 def test_official_cts_fomaml_by_hand():
-    # The reference code's CTS-FOMAML: g = mean_t ∇f_t(θ_t) on the step's training batch, at the pre-step θ,
-    # without weight decay; meta-update and shift first, then the inner SGD step with that gradient (its weight
-    # decay at the shifted θ). Tasks x² (∇ = 2x) and ½(x − 2)² (∇ = x − 2); α = 0.1, wd = 0.1, β = 0.25, φ = 1.
+    # The reference code's CTS-FOMAML: g = mean_t ∇f_t(θ_t) on the step's training batch, at the pre-step
+    # θ, without weight decay; meta-update and shift first, then the inner SGD step with that gradient (its
+    # weight decay at the shifted θ). Tasks x² (∇ = 2x) and ½(x − 2)² (∇ = x − 2); α = 0.1, wd = 0.1,
+    # β = 0.25, φ = 1.
     # step 1: g = (2 + (−1))/2 = 0.5 → φ = 0.875, both θ → 0.875;
     #         θ_a = 0.875 − 0.1·(2 + 0.0875) = 0.66625, θ_b = 0.875 − 0.1·(−1 + 0.0875) = 0.96625.
-    # step 2: g = (1.3325 − 1.03375)/2 = 0.149375 → φ = 0.83765625, shift −0.03734375 → 0.62890625, 0.92890625;
+    # step 2: g = (1.3325 − 1.03375)/2 = 0.149375 → φ = 0.83765625, shift −0.03734375 →
+    #         θ = 0.62890625, 0.92890625;
     #         θ_a = 0.62890625 − 0.1·(1.3325 + 0.062890625) = 0.4893671875,
     #         θ_b = 0.92890625 − 0.1·(−1.03375 + 0.092890625) = 1.0229921875.
     mg, schedule = ALGORITHMS.get("cts-fomaml-official").build(10)

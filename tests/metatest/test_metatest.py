@@ -306,7 +306,8 @@ def test_pretrained_experiment(tiny_suite, tiny_config, tmp_path, capsys):
         "16",
     }
     assert "gain of cts" in table(result) and (tmp_path / "pre" / "pretrained.png").exists()
-    # the baseline is plain fine-tuning of the given model: the protocol run on it directly gives the same numbers
+    # the baseline is plain fine-tuning of the given model: the protocol run on it directly gives the same
+    # numbers
     from largemeta.data.tasks import load_suite
     from largemeta.metatest import load_init, meta_test
 
