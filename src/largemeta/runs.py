@@ -3,7 +3,7 @@
 A run folder (``largemeta train --out RUN``) holds::
 
     config.json      the resolved config (human-readable copy)
-    checkpoint.pt    the latest checkpoint (largemeta.train.checkpoint)
+    checkpoint.pt    the latest checkpoint (largemeta.checkpoint)
     metrics.jsonl    one JSON line per log step
     tensorboard/     optional event files
 
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from largemeta import checkpoint
 from largemeta.core.params import Params
 from largemeta.errors import UserError
-from largemeta.train import checkpoint
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
+from largemeta import checkpoint
 from largemeta.cli import main
-from largemeta.train import checkpoint
 from largemeta.train.config import TRAIN_ALGORITHMS, from_mapping
 from largemeta.train.trainer import Trainer
 

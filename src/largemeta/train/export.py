@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
+from largemeta import checkpoint
 from largemeta.errors import UserError
 from largemeta.models import create_model, split_state
 from largemeta.runs import load_weights
-from largemeta.train import checkpoint
 from largemeta.train.config import from_mapping
 
 

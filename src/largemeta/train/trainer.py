@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
+from largemeta import checkpoint
 from largemeta.errors import UserError
 from largemeta.metatest import accuracy
 from largemeta.runs import CHECKPOINT, CONFIG, METRICS, TENSORBOARD, read_config
-from largemeta.train import checkpoint, distributed, state
+from largemeta.train import distributed, state
 from largemeta.train.build import build_run, place
 from largemeta.train.config import TrainConfig, diff, save_config
 
