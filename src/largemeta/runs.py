@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open
+
 from largemeta import checkpoint
 from largemeta.core.params import Params
 from largemeta.errors import UserError
@@ -71,9 +74,6 @@ def load_weights(source: str | Path) -> TrainedWeights:
         state = checkpoint.load(path / CHECKPOINT)
         return TrainedWeights(str(source), state["shared"]["phi"], state["config"], int(state["step"]))
     if path.suffix == ".safetensors" and path.is_file():
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file, safe_open
-
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}

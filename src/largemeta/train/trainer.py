@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from largemeta import checkpoint
 from largemeta.errors import UserError
@@ -102,8 +103,6 @@ class Trainer:
         writer = self._tensorboard() if self.rank == 0 else None
         bar = None
         if self.progress and sys.stderr.isatty():
-            from tqdm import tqdm
-
             bar = tqdm(total=cfg.steps, initial=self.learner.step, unit="step", dynamic_ncols=True)
         window_losses = torch.zeros(len(self.tasks), dtype=torch.float64)
         window, t0 = 0, time.perf_counter()
