@@ -1,7 +1,7 @@
 """The layering of docs/architecture.md, checked against the code's imports (function-level ones included).
 
-Imports only point down the list of layers; within a layer they must not form a cycle. ``largemeta/__init__.py``
-(the package's face, which re-exports lazily) is exempt.
+Imports only point down the list of layers; within a layer they must not form a cycle.
+``largemeta/__init__.py`` (the package's face, which re-exports lazily) is exempt.
 """
 
 from __future__ import annotations

@@ -328,7 +328,7 @@ def test_user_body_gets_per_task_batchnorm_statistics_1d_and_2d():
     assert not torch.allclose(tasks[0].buffers["1.running_mean"], tasks[1].buffers["1.running_mean"])
     assert all(torch.equal(v, template[k]) for k, v in body.state_dict().items())
     before = {k: v.clone() for k, v in tasks[0].buffers.items()}
-    tasks[0].loss_and_accuracy(params[0], *tasks[0].sampler.sample_query(8))
+    tasks[0].loss_and_accuracy(params[0], [tasks[0].sampler.sample_query(8)])
     assert all(torch.equal(before[k], tasks[0].buffers[k]) for k in before)
 
 

@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from largemeta import checkpoint
 from largemeta.errors import UserError
-from largemeta.metatest import accuracy
 from largemeta.runs import CHECKPOINT, CONFIG, METRICS, TENSORBOARD, read_config
 from largemeta.train import distributed, state
 from largemeta.train.build import build_run, place
@@ -150,7 +149,7 @@ class Trainer:
         out = []
         for task, params in zip(self.tasks, self.learner.params, strict=True):
             batches = itertools.islice(task.sampler.train.iter_eval(256), self.cfg.eval_batches)
-            out.append(accuracy(task, params, batches))
+            out.append(task.loss_and_accuracy(params, batches)["accuracy"])
         return out
 
     def _log(self, step: int, losses: torch.Tensor, rate: float, metrics, writer) -> dict[str, Any]:
