@@ -2,18 +2,22 @@
 
 Each command group lives in its own module exposing ``register(subparsers)``; the handler it installs
 (``set_defaults(func=...)``) takes the parsed namespace and returns an exit code. Bad input raises
-:class:`largemeta.errors.UserError`, printed here as one line on stderr with exit code 2.
+:class:`largemeta.errors.UserError`, printed here as one line on stderr with exit code 2. SIGTERM and SIGINT
+are handled (:mod:`largemeta.signals`): a command that stopped resumably exits 75, any other 128 + the
+signal.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from largemeta import __version__
-from largemeta.errors import UserError
+from largemeta.errors import Preempted, UserError
 
 # Command-group modules, in the order their help lists them.
 # largemeta.cli.synthetic is added on the main branch; this branch does not have it yet.
@@ -51,18 +55,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UserError as err:
-        if args.debug:
-            traceback.print_exc()
-        print(f"largemeta: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("largemeta: interrupted", file=sys.stderr)
-        return 130
+    from largemeta import signals
+
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    with signals.handling(), warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            return int(args.func(args) or 0)
+        except UserError as err:
+            if debug:
+                traceback.print_exc()
+            print(f"largemeta: error: {err}", file=sys.stderr)
+            return err.exit_code
+        except Preempted as err:
+            print(f"largemeta: {err}", file=sys.stderr)
+            return err.exit_code
+        except KeyboardInterrupt as err:  # SIGINT, or SIGTERM (errors.Stopped), where no work is resumable
+            signum = getattr(err, "signum", signal.SIGINT)
+            what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+            print(f"largemeta: {what}", file=sys.stderr)
+            return 128 + signum
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"largemeta: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover
