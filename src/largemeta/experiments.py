@@ -124,9 +124,14 @@ class Record:
                     )
                 return
             old = read_results(folder / RESULTS).get("request")
+            if not isinstance(old, dict):
+                raise UserError(
+                    f"{str(folder / RESULTS)!r} was written by another command or an earlier version (it "
+                    "records no request to continue); pass another --out"
+                )
             if old != request:
-                what = f"'largemeta {old.get('command')}'" if isinstance(old, dict) else "another command"
-                keys = _differing(old, request) if isinstance(old, dict) else ["request"]
+                what = f"'largemeta {old.get('command')}'"
+                keys = _differing(old, request)
                 raise UserError(
                     f"{str(folder)!r} holds the results of {what} with other settings "
                     f"({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''} differ); run the same command "

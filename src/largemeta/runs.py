@@ -205,7 +205,7 @@ def claim(
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{str(folder)!r} exists and is not a folder")
     if folder.is_dir():
-        accept(folder, contents(folder))
+        accept(folder, _contents(folder))
     elif not create:
         raise UserError(f"{what} {str(folder)!r} does not exist")
     created = not folder.exists()
@@ -217,16 +217,26 @@ def claim(
         lock = lock_folder(folder)
     except BaseException:
         if created:
-            folder.rmdir()
+            try:
+                folder.rmdir()  # only if empty: another process may have made it too, and holds it
+            except OSError:
+                pass
         raise
     taken = Claim(folder, lock, created)
     try:
-        accept(folder, contents(folder))
+        accept(folder, _contents(folder))
         sweep_temporaries(folder)
     except BaseException:
         taken.abandon()
         raise
     return taken
+
+
+def _contents(folder: Path) -> list[str]:
+    try:
+        return contents(folder)
+    except OSError as err:
+        raise UserError(f"cannot read folder {str(folder)!r}: {err.strerror or err}") from None
 
 
 def _listing(names: list[str]) -> str:

@@ -47,7 +47,10 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read checkpoint {str(path)!r}: {err.strerror or err}") from None
     payload, trailer = data[:-_TRAILER_LEN], data[-_TRAILER_LEN:]
     if len(data) < _TRAILER_LEN or not trailer.startswith(TRAILER):
         raise UserError(

@@ -38,7 +38,7 @@ from largemeta.metatest import accuracy, check_image_size
 from largemeta.runs import CHECKPOINT, CONFIG, METRICS, TENSORBOARD
 from largemeta.train import checkpoint, distributed, state
 from largemeta.train.build import build_run, place
-from largemeta.train.config import RESUMABLE_CHANGES, TrainConfig, diff, save_config
+from largemeta.train.config import RESUMABLE_CHANGES, TrainConfig, diff, from_mapping, save_config
 
 
 class NonFiniteLoss(UserError):
@@ -136,7 +136,7 @@ class Trainer:
             copy: Any = runs.read_config(self.run_dir)
         except UserError:
             copy = None
-        if copy != saved["config"]:  # edited by hand (or lost): the checkpoint's config rules
+        if copy is None or diff(copy, from_mapping(saved["config"])):  # edited or lost: the checkpoint rules
             warnings.warn(
                 f"{str(self.run_dir / CONFIG)!r} is not the checkpoint's config (edited or damaged); "
                 f"it is ignored and rewritten from the checkpoint",
@@ -252,7 +252,7 @@ class Trainer:
                         window, t0 = 0, time.perf_counter()
                     if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                         self.save()
-                    if stop:
+                    if stop and step < cfg.steps:  # at the last step the run is simply done
                         raise self._preempted(step)
         finally:
             if bar is not None:
