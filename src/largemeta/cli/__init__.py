@@ -58,8 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from largemeta import signals
 
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
-    with signals.handling(), warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    with signals.handling():
         try:
             parser = build_parser()
             args = parser.parse_args(argv)
@@ -77,10 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
             print(f"largemeta: {what}", file=sys.stderr)
             return 128 + signum
+        finally:
+            warnings.formatwarning = formatwarning
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"largemeta: warning: {message}", file=sys.stderr)
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"largemeta: warning: {message}\n"
 
 
 if __name__ == "__main__":  # pragma: no cover
