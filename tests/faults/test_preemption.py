@@ -137,7 +137,9 @@ def test_a_signal_during_an_atomic_write_leaves_no_temporary_file(tmp_path):
 
 
 def test_ctrl_c_in_the_first_second_is_one_line(tiny_suite, tiny_config, tmp_path):
-    # wherever it lands — imports, argument parsing, loading data, the loop — one line and a clean exit
+    # wherever it lands — imports (deferred to their end: a module interrupted half-way would break the next
+    # import), argument parsing, loading data, the loop — one line and a clean exit. (Before the interpreter
+    # has run largemeta's main, a few tens of ms, Python's own handler answers.)
     for i, delay in enumerate((0.4, 0.8, 1.2)):
         proc = subprocess.Popen(
             [
@@ -159,7 +161,7 @@ def test_ctrl_c_in_the_first_second_is_one_line(tiny_suite, tiny_config, tmp_pat
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
-        assert proc.returncode in (130, PREEMPTED_EXIT), (delay, err)
+        assert proc.returncode == PREEMPTED_EXIT, (delay, err)  # train is resumable wherever it stopped
         assert err.count("\n") == 1 and "Traceback" not in err, (delay, err)
 
 
@@ -285,3 +287,16 @@ def test_train_help_documents_the_exit_codes(capsys):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "75 stopped by SIGTERM or SIGINT after writing a checkpoint" in out and "--resume" in out
+
+
+def test_a_signal_during_an_import_waits_for_its_end(tmp_path, monkeypatch):
+    (tmp_path / "half_way.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.1)\nCOMPLETE = True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with signals.handling(), pytest.raises(Stopped):
+        import half_way  # noqa: F401
+
+        time.sleep(5)  # the signal is raised here, once the import is over, not inside the module
+    assert sys.modules["half_way"].COMPLETE  # not a half-initialised module
+    del sys.modules["half_way"]

@@ -30,6 +30,10 @@ COMMAND_MODULES = (
 )
 
 
+RESUMABLE = ("train", "experiment", "demo")
+"""Commands whose work survives a signal (exit 75: run them again); they also say so with resumable=True."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (``largemeta synthetic flow: error: ...``), exit 2."""
 
@@ -57,28 +61,45 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from largemeta import signals
 
-    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    parsed: list[argparse.Namespace] = []
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
-    with signals.handling():
-        try:
-            parser = build_parser()
-            args = parser.parse_args(argv)
-            return int(args.func(args) or 0)
-        except UserError as err:
-            if debug:
-                traceback.print_exc()
-            print(f"largemeta: error: {err}", file=sys.stderr)
-            return err.exit_code
-        except Preempted as err:
-            print(f"largemeta: {err}", file=sys.stderr)
-            return err.exit_code
-        except KeyboardInterrupt as err:  # SIGINT, or SIGTERM (errors.Stopped), where no work is resumable
-            signum = getattr(err, "signum", signal.SIGINT)
-            what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-            print(f"largemeta: {what}", file=sys.stderr)
-            return 128 + signum
-        finally:
-            warnings.formatwarning = formatwarning
+    try:
+        with signals.handling():
+            try:
+                return _run(argv, raw, parsed)
+            except KeyboardInterrupt as err:  # SIGINT, or SIGTERM (errors.Stopped), even while reporting
+                return _stopped(err, raw, parsed[0] if parsed else None)
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _run(argv: Sequence[str] | None, raw: list[str], parsed: list[argparse.Namespace]) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        parsed.append(args)
+        return int(args.func(args) or 0)
+    except UserError as err:
+        if "--debug" in raw:
+            traceback.print_exc()
+        print(f"largemeta: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except Preempted as err:
+        print(f"largemeta: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def _stopped(err: KeyboardInterrupt, raw: list[str], args: argparse.Namespace | None) -> int:
+    """A signal before a command could say more: a resumable command has nothing half done (exit 75, run it
+    again); any other exits 128 + the signal."""
+    signum = getattr(err, "signum", signal.SIGINT)
+    name = signal.Signals(signum).name
+    command = next((a for a in raw if not a.startswith("-")), None)
+    if getattr(args, "resumable", command in RESUMABLE):
+        print(f"largemeta: stopped by {name} before work began; run the same command again", file=sys.stderr)
+        return Preempted.exit_code
+    print(f"largemeta: {'interrupted' if signum == signal.SIGINT else f'stopped by {name}'}", file=sys.stderr)
+    return 128 + signum
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

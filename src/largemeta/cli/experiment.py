@@ -58,11 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="0.025,0.05,0.1,0.25,0.5,1",
         help="fractions of the budget at which φ is evaluated",
     )
-    conv.set_defaults(func=run_convergence)
+    conv.set_defaults(func=run_convergence, resumable=True)
     kab = cmds.add_parser("k-ablation", help="meta-test accuracy vs K")
     _common(kab, "cts,reptile,leap")
     kab.add_argument("--ks", default="10,100,1000", help="comma list of K")
-    kab.set_defaults(func=run_k_ablation)
+    kab.set_defaults(func=run_k_ablation, resumable=True)
 
     tun = cmds.add_parser(
         "tune", help="fair tuning: each algorithm at its best β, chosen on the meta-training tasks"
@@ -79,12 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=200,
         help="training images per meta-training task when validating (200)",
     )
-    tun.set_defaults(func=run_tune)
+    tun.set_defaults(func=run_tune, resumable=True)
     pre = cmds.add_parser("pretrained", help="CTS on top of a pretrained model vs plain fine-tuning of it")
     _common(pre, "cts")
     pre.add_argument("--init", required=True, help="RUN_DIR, FILE.safetensors or torchvision:resnet18")
     pre.add_argument("--sizes", default="500,1000,2000,5000", help="target training-set sizes")
-    pre.set_defaults(func=run_pretrained)
+    pre.set_defaults(func=run_pretrained, resumable=True)
 
     rep = sub.add_parser("report", help="Markdown + self-contained HTML report of a results folder")
     rep.add_argument("dir")
@@ -94,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", default="runs/demo", help=f"results folder (runs/demo); {RESUMABLE}")
     demo.add_argument("--json", action="store_true")
     demo.add_argument("--steps", type=positive_int, default=None, help="budget (default: the demo's)")
-    demo.set_defaults(func=run_demo)
+    demo.set_defaults(func=run_demo, resumable=True)
 
 
 def _ints(text: str, what: str) -> list[int]:

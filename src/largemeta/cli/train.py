@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key (repeatable)"
     )
     p.add_argument("--json", action="store_true", help="print the last metrics line as JSON")
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=run_train, resumable=True)
 
     e = sub.add_parser("export", help="write a run's φ as a plain model state_dict (.safetensors)")
     e.add_argument("run_dir")
