@@ -91,20 +91,19 @@ class Trainer:
     def _open_folder(self, resume: bool) -> dict[str, Any] | None:
         """Rank 0 claims the folder and checks the checkpoint; every rank learns the outcome (one line for
         all, at once, instead of a collective timing out) and, resuming, loads the checkpoint."""
-        saved = None
+        saved, failure = None, None
         outcome: tuple[str, int] | None = None
         if self.rank == 0:
             try:
                 saved = self._claim(resume)
-            except UserError as err:
-                outcome = (str(err), err.exit_code)
+            except BaseException as err:
                 if self.placement.group is None:
                     raise
-            except BaseException:
-                outcome = ("rank 0 failed while opening the run folder", 1)
-                if self.placement.group is None:
-                    raise
+                failure = err
+                outcome = (str(err), err.exit_code) if isinstance(err, UserError) else ("rank 0 failed", 1)
         outcome = distributed.broadcast(outcome, self.placement.group)
+        if failure is not None:
+            raise failure
         if outcome is not None:
             err = UserError(outcome[0])
             err.exit_code = outcome[1]
