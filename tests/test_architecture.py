@@ -25,7 +25,8 @@ LAYERS = [
     ["data"],
     ["core"],
     ["checkpoint", "registry"],
-    ["stats", "errors"],
+    ["files", "signals", "stats"],
+    ["errors"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -29,3 +29,32 @@ def check_positive(name: str, value: float, *, integer: bool = False) -> None:
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok or not value > 0 or value != value or value == float("inf"):
         raise UserError(f"{name} must be {kind} > 0, got {value!r}")
+
+
+PREEMPTED_EXIT = 75
+"""Exit code of a command stopped by SIGTERM or SIGINT after leaving its work resumable (EX_TEMPFAIL of
+sysexits.h: "a temporary failure; the user is invited to retry"): ``train`` wrote a checkpoint at the step it
+stopped, an experiment kept its finished parts. Distinct from errors (1 to 4) and from a plain kill (128 + N),
+so a job script can tell "preempted, resume me" apart."""
+
+
+class Preempted(Exception):
+    """The command stopped on a signal and left everything resumable; ``str(err)`` says how to continue."""
+
+    exit_code = PREEMPTED_EXIT
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGINT arrived where the work cannot stop at a step boundary (raised by the handler of
+    :mod:`largemeta.signals`); a ``KeyboardInterrupt``, so ``finally`` blocks and temporary-file clean-up
+    run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def signal_name(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name

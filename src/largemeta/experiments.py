@@ -1,29 +1,38 @@
 """The paper's experiments as functions: meta-test accuracy against cumulative inner steps (convergence),
-against the horizon K (k-ablation). Each algorithm trains once, resuming exactly from milestone to milestone;
-φ is evaluated at every milestone with the meta-test protocol (:mod:`largemeta.metatest`). Everything lands in
-``out/results.json`` plus one run folder per algorithm (usable as ``--init``); plots and reports read the
-JSON.
+against the horizon K (k-ablation), at each algorithm's best β (tune), and on top of a pretrained model.
+Each algorithm trains once, resuming exactly from milestone to milestone; φ is evaluated at every milestone
+with the meta-test protocol (:mod:`largemeta.metatest`). Everything lands in ``out/results.json`` plus one run
+folder per trained model (usable as ``--init``); plots and reports read the JSON.
+
+An experiment is resumable: ``results.json`` records the request (the command, its config and settings) and
+each finished part (``done``), and is rewritten atomically after every part. Run again with the same request,
+an experiment skips the finished parts (saying so), resumes a half-trained run folder from its checkpoint and
+carries on; a different request on the same folder is refused, naming what differs. The folder is locked
+while an experiment writes it (:func:`largemeta.runs.claim`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from largemeta import signals
 from largemeta.data.tasks import TaskSpec, load_suite
 from largemeta.errors import UserError
+from largemeta.files import atomic_write_text
 from largemeta.metatest import Init, load_init, meta_test, scratch
-from largemeta.runs import CHECKPOINT, METRICS
+from largemeta.runs import CHECKPOINT, METRICS, RESULTS, claim, read_checkpoint, read_results
 from largemeta.stats import ci95
 from largemeta.train.build import select_tasks
-from largemeta.train.config import TRAIN_ALGORITHMS, TrainConfig
+from largemeta.train.config import RESUMABLE_CHANGES, TRAIN_ALGORITHMS, TrainConfig
 from largemeta.train.trainer import Trainer
 
-RESULTS = "results.json"
+__all__ = ["RESULTS", "EvalSettings", "Record", "convergence", "k_ablation", "pretrained", "table", "tune"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +63,18 @@ def milestones_of(steps: int, fractions: Sequence[float]) -> list[int]:
 
 
 def _train_to(cfg: TrainConfig, run_dir: Path, steps: int) -> None:
+    """Train ``run_dir`` to ``steps``: a new run, or its checkpoint resumed (the config must be the same)."""
     resume = (run_dir / CHECKPOINT).exists()
+    if resume and read_checkpoint(run_dir)["step"] > steps:
+        raise UserError(
+            f"{str(run_dir)!r} is already past {steps} steps: it was not trained by this experiment"
+        )
     trainer = Trainer(dataclasses.replace(cfg, steps=steps), run_dir, resume=resume, progress=False)
     try:
         trainer.run()
     finally:
         trainer.close()
+    signals.check()  # a signal that came with the last step: stop here, the run is saved
 
 
 def _metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -72,6 +87,103 @@ def _metrics(run_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
+def request_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The config keys that decide an experiment's results (how often to log or save, where the data sit and
+    the device may change between two runs of it)."""
+    return {k: v for k, v in cfg.to_dict().items() if k == "steps" or k not in RESUMABLE_CHANGES}
+
+
+def _differing(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            d
+            for k in dict.fromkeys([*old, *new])
+            for d in _differing(old.get(k), new.get(k), f"{prefix}{k}.")
+        ]
+    return [] if old == new else [prefix.rstrip(".") or "request"]
+
+
+class Record:
+    """An experiment's ``results.json``: the request, the finished parts and the results so far.
+
+    ``Record(out, skeleton, log)`` claims ``out`` (locked until :meth:`close`). A new folder gets
+    ``skeleton`` (which holds ``request``); a folder holding the results of the same request is continued; any
+    other folder is refused in one line before anything is written."""
+
+    def __init__(self, out: Path, skeleton: dict[str, Any], log: Callable[[str], None]) -> None:
+        self.out, self.log = Path(out), log
+        skeleton = json.loads(json.dumps(skeleton))  # what the file will hold, lists for tuples
+        request = skeleton["request"]
+
+        def accept(folder: Path, names: list[str]) -> None:
+            if RESULTS not in names:
+                if names:
+                    raise UserError(
+                        f"{str(folder)!r} is not empty and holds no experiment (no {RESULTS}); nothing was "
+                        "written: pass a new or empty --out"
+                    )
+                return
+            old = read_results(folder / RESULTS).get("request")
+            if not isinstance(old, dict):
+                raise UserError(
+                    f"{str(folder / RESULTS)!r} was written by another command or an earlier version (it "
+                    "records no request to continue); pass another --out"
+                )
+            if old != request:
+                what = f"'largemeta {old.get('command')}'"
+                keys = _differing(old, request)
+                raise UserError(
+                    f"{str(folder)!r} holds the results of {what} with other settings "
+                    f"({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''} differ); run the same command "
+                    "to continue it, or pass another --out"
+                )
+
+        self.claim = claim(self.out, accept, what="experiment folder")
+        try:
+            if (self.out / RESULTS).exists():
+                self.result = read_results(self.out / RESULTS)
+                done = self.result.setdefault("done", [])
+                self.result["complete"] = False
+                log(f"continuing the experiment in {self.out}: {len(done)} part(s) done before")
+            else:
+                self.result = {**skeleton, "done": [], "complete": False}
+                self.save()
+        except BaseException:
+            self.claim.abandon()
+            raise
+
+    def done(self, part: str) -> bool:
+        """Whether ``part`` was finished before (then skipped, saying so)."""
+        if part in self.result["done"]:
+            self.log(f"{part}: done before, skipped")
+            return True
+        signals.check()
+        return False
+
+    def finish(self, part: str) -> None:
+        self.result["done"].append(part)
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_text(self.out / RESULTS, json.dumps(self.result, indent=1) + "\n")
+
+    def close(self, complete: bool = False) -> None:
+        if complete:
+            self.result["complete"] = True
+            self.save()
+        self.claim.release()
+
+    def __enter__(self) -> Record:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        self.close(complete=kind is None)
+
+
+def _timed(entry: dict[str, Any], started: float) -> None:
+    entry["seconds"] = round(entry.get("seconds", 0.0) + time.perf_counter() - started, 1)
+
+
 def convergence(
     cfg: TrainConfig,
     algos: Sequence[str],
@@ -81,20 +193,28 @@ def convergence(
     settings: EvalSettings = EvalSettings(),
     device: str = "cpu",
     log: Callable[[str], None] = lambda s: None,
+    command: str = "experiment convergence",
 ) -> dict[str, Any]:
     """Train each algorithm at an equal budget of ``cfg.steps`` inner steps per task; evaluate at
     milestones."""
     for a in algos:
         if a not in TRAIN_ALGORITHMS + ("scratch",):
             raise UserError(f"unknown algorithm {a!r} (valid: {', '.join(TRAIN_ALGORITHMS + ('scratch',))})")
-    out.mkdir(parents=True, exist_ok=True)
     milestones = milestones_of(cfg.steps, fractions)
     specs = targets_of(cfg, settings.targets)
-    result: dict[str, Any] = {
+    eval_settings = dataclasses.asdict(settings)
+    skeleton: dict[str, Any] = {
         "experiment": "convergence",
+        "request": {
+            "command": command,
+            "config": request_config(cfg),
+            "algos": list(algos),
+            "milestones": milestones,
+            "eval": eval_settings,
+        },
         "config": cfg.to_dict(),
         "milestones": milestones,
-        "eval": dataclasses.asdict(settings),
+        "eval": eval_settings,
         "algorithms": {},
     }
     channels = specs[0].channels
@@ -111,23 +231,32 @@ def convergence(
             data_dir=cfg.data_dir or None,
         )
 
-    for algo in algos:
-        started = time.perf_counter()
-        if algo == "scratch":
-            r = ev(scratch(cfg.model, channels, cfg.width))
-            entry = {"accuracy": {str(m): r for m in milestones}, "loss": []}
-        else:
+    with Record(out, skeleton, log) as record:
+        result = record.result
+        for algo in algos:
+            entry = result["algorithms"].setdefault(algo, {"accuracy": {}, "loss": []})
+            if algo == "scratch":
+                if not record.done("scratch"):
+                    started = time.perf_counter()
+                    r = ev(scratch(cfg.model, channels, cfg.width))
+                    entry["accuracy"] = {str(m): r for m in milestones}
+                    _timed(entry, started)
+                    record.finish("scratch")
+                continue
             run_dir = out / algo
-            entry = {"accuracy": {}, "run_dir": str(run_dir)}
+            entry["run_dir"] = str(run_dir)
             for m in milestones:
+                part = f"{algo} @ {m} steps"
+                if record.done(part):
+                    continue
+                started = time.perf_counter()
                 log(f"{algo}: training to {m} inner steps")
                 _train_to(dataclasses.replace(cfg, algo=algo), run_dir, m)
                 entry["accuracy"][str(m)] = ev(load_init(str(run_dir), model=cfg.model))
+                entry["loss"] = _metrics(run_dir)
                 log(f"{algo} @ {m}: mean accuracy {100 * entry['accuracy'][str(m)]['mean_accuracy']:.2f} %")
-            entry["loss"] = _metrics(run_dir)
-        entry["seconds"] = round(time.perf_counter() - started, 1)
-        result["algorithms"][algo] = entry
-        (out / RESULTS).write_text(json.dumps(result, indent=1) + "\n")
+                _timed(entry, started)
+                record.finish(part)
     return result
 
 
@@ -140,44 +269,57 @@ def k_ablation(
     settings: EvalSettings = EvalSettings(),
     device: str = "cpu",
     log: Callable[[str], None] = lambda s: None,
+    command: str = "experiment k-ablation",
 ) -> dict[str, Any]:
     """Final meta-test accuracy against K for each algorithm, at the same budget."""
-    out.mkdir(parents=True, exist_ok=True)
     specs = targets_of(cfg, settings.targets)
-    result: dict[str, Any] = {
+    eval_settings = dataclasses.asdict(settings)
+    skeleton: dict[str, Any] = {
         "experiment": "k-ablation",
+        "request": {
+            "command": command,
+            "config": request_config(cfg),
+            "algos": list(algos),
+            "ks": list(ks),
+            "eval": eval_settings,
+        },
         "config": cfg.to_dict(),
         "ks": list(ks),
-        "eval": dataclasses.asdict(settings),
+        "eval": eval_settings,
         "algorithms": {},
     }
-    for algo in algos:
-        result["algorithms"][algo] = {}
-        for k in ks:
-            run_dir = out / f"{algo}_k{k}"
-            log(f"{algo}, K = {k}")
-            _train_to(
-                dataclasses.replace(cfg, algo=algo, k=k, meta_every=min(cfg.meta_every, k)),
-                run_dir,
-                cfg.steps,
-            )
-            r = meta_test(
-                load_init(str(run_dir), model=cfg.model),
-                specs,
-                steps=settings.steps,
-                seeds=settings.seeds,
-                batch_size=settings.batch_size,
-                train_size=settings.train_size,
-                device=device,
-                data_dir=cfg.data_dir or None,
-            )
-            result["algorithms"][algo][str(k)] = r
-            (out / RESULTS).write_text(json.dumps(result, indent=1) + "\n")
+    with Record(out, skeleton, log) as record:
+        result = record.result
+        for algo in algos:
+            by_k = result["algorithms"].setdefault(algo, {})
+            for k in ks:
+                part = f"{algo}, K = {k}"
+                if record.done(part):
+                    continue
+                run_dir = out / f"{algo}_k{k}"
+                log(part)
+                _train_to(
+                    dataclasses.replace(cfg, algo=algo, k=k, meta_every=min(cfg.meta_every, k)),
+                    run_dir,
+                    cfg.steps,
+                )
+                by_k[str(k)] = meta_test(
+                    load_init(str(run_dir), model=cfg.model),
+                    specs,
+                    steps=settings.steps,
+                    seeds=settings.seeds,
+                    batch_size=settings.batch_size,
+                    train_size=settings.train_size,
+                    device=device,
+                    data_dir=cfg.data_dir or None,
+                )
+                record.finish(part)
     return result
 
 
 def table(result: dict[str, Any]) -> str:
-    """A Markdown table of mean accuracy ± 95 % interval (over seeds, averaged over targets)."""
+    """A Markdown table of mean accuracy ± 95 % interval (over seeds, averaged over targets); a part not
+    finished yet (an experiment stopped half-way) is an empty cell."""
     if result["experiment"] == "tune":
         betas = [f"{b:g}" for b in result["betas"]]
         rows = [
@@ -198,31 +340,30 @@ def table(result: dict[str, Any]) -> str:
             "|---" * (len(sizes) + 1) + "|",
         ]
         for name, by_size in result["algorithms"].items():
-            rows.append(f"| {name} | " + " | ".join(_cell(by_size[n]) for n in sizes) + " |")
+            rows.append(f"| {name} | " + " | ".join(_cell(by_size.get(n)) for n in sizes) + " |")
         names = list(result["algorithms"])
         if len(names) == 2:
+            first, second = (result["algorithms"][n] for n in names)
             gains = [
-                100
-                * (
-                    overall(result["algorithms"][names[1]][n])[0]
-                    - overall(result["algorithms"][names[0]][n])[0]
-                )
+                f"{100 * (overall(second[n])[0] - overall(first[n])[0]):+.1f}"
+                if n in first and n in second
+                else "—"
                 for n in sizes
             ]
-            rows.append(f"| gain of {names[1]} | " + " | ".join(f"{g:+.1f}" for g in gains) + " |")
+            rows.append(f"| gain of {names[1]} | " + " | ".join(gains) + " |")
         return "\n".join(rows)
     if result["experiment"] == "convergence":
         cols = [str(m) for m in result["milestones"]]
         header = "| algorithm | " + " | ".join(f"{c} steps" for c in cols) + " |"
         rows = [header, "|---" * (len(cols) + 1) + "|"]
         for algo, entry in result["algorithms"].items():
-            cells = [_cell(entry["accuracy"][c]) for c in cols]
+            cells = [_cell(entry["accuracy"].get(c)) for c in cols]
             rows.append(f"| {algo} | " + " | ".join(cells) + " |")
         return "\n".join(rows)
     cols = [str(k) for k in result["ks"]]
     rows = ["| algorithm | " + " | ".join(f"K = {c}" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for algo, by_k in result["algorithms"].items():
-        rows.append(f"| {algo} | " + " | ".join(_cell(by_k[c]) for c in cols) + " |")
+        rows.append(f"| {algo} | " + " | ".join(_cell(by_k.get(c)) for c in cols) + " |")
     return "\n".join(rows)
 
 
@@ -235,7 +376,9 @@ def overall(r: dict[str, Any]) -> tuple[float, float]:
     return r["mean_accuracy"], ci95(per_seed)
 
 
-def _cell(r: dict[str, Any]) -> str:
+def _cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "—"
     mean, width = overall(r)
     return f"{100 * mean:.1f} ± {100 * width:.1f}"
 
@@ -250,6 +393,7 @@ def tune(
     test: EvalSettings = EvalSettings(),
     device: str = "cpu",
     log: Callable[[str], None] = lambda s: None,
+    command: str = "experiment tune",
 ) -> dict[str, Any]:
     """Fair tuning: each algorithm at its own best meta learning rate β, chosen on the *meta-training* tasks.
 
@@ -258,13 +402,20 @@ def tune(
     task); the best β per algorithm is then — and only then — evaluated on the meta-test targets. The
     meta-test targets never influence the choice.
     """
-    if not betas or min(betas) <= 0:
-        raise UserError(f"--betas must be positive numbers, got {list(betas)}")
-    out.mkdir(parents=True, exist_ok=True)
+    if not betas or not all(math.isfinite(b) and b > 0 for b in betas):
+        raise UserError(f"--betas must be finite numbers > 0, got {list(betas)}")
     val_specs = select_tasks(load_suite(cfg.suite).meta_train, cfg.tasks)
     test_specs = targets_of(cfg, test.targets)
-    result: dict[str, Any] = {
+    skeleton: dict[str, Any] = {
         "experiment": "tune",
+        "request": {
+            "command": command,
+            "config": request_config(cfg),
+            "algos": list(algos),
+            "betas": list(betas),
+            "validation_eval": dataclasses.asdict(validation),
+            "eval": dataclasses.asdict(test),
+        },
         "config": cfg.to_dict(),
         "betas": list(betas),
         "validation_eval": dataclasses.asdict(validation),
@@ -286,24 +437,33 @@ def tune(
             data_dir=cfg.data_dir or None,
         )
 
-    for algo in algos:
-        scores = {}
-        for beta in betas:
-            run_dir = out / f"{algo}_beta{beta:g}"
-            log(f"{algo}, β = {beta:g}")
-            _train_to(dataclasses.replace(cfg, algo=algo, meta_lr=beta), run_dir, cfg.steps)
-            scores[f"{beta:g}"] = ev(load_init(str(run_dir), model=cfg.model), val_specs, validation)[
-                "mean_accuracy"
-            ]
-        best = max(scores, key=scores.get)
-        result["validation"][algo], result["best"][algo] = scores, best
-        log(f"{algo}: best β = {best} (validation {100 * scores[best]:.2f} %)")
-        result["test"][algo] = ev(
-            load_init(str(out / f"{algo}_beta{best}"), model=cfg.model), test_specs, test
-        )
-        (out / RESULTS).write_text(json.dumps(result, indent=1) + "\n")
-    result["test"]["scratch"] = ev(scratch(cfg.model, test_specs[0].channels, cfg.width), test_specs, test)
-    (out / RESULTS).write_text(json.dumps(result, indent=1) + "\n")
+    with Record(out, skeleton, log) as record:
+        result = record.result
+        for algo in algos:
+            scores = result["validation"].setdefault(algo, {})
+            for beta in betas:
+                part = f"{algo}, β = {beta:g}"
+                if record.done(part):
+                    continue
+                run_dir = out / f"{algo}_beta{beta:g}"
+                log(part)
+                _train_to(dataclasses.replace(cfg, algo=algo, meta_lr=beta), run_dir, cfg.steps)
+                init = load_init(str(run_dir), model=cfg.model)
+                scores[f"{beta:g}"] = ev(init, val_specs, validation)["mean_accuracy"]
+                record.finish(part)
+            best = max(scores, key=scores.get)
+            result["best"][algo] = best
+            part = f"{algo} at its best β, on the meta-test targets"
+            if not record.done(part):
+                log(f"{algo}: best β = {best} (validation {100 * scores[best]:.2f} %)")
+                init = load_init(str(out / f"{algo}_beta{best}"), model=cfg.model)
+                result["test"][algo] = ev(init, test_specs, test)
+                record.finish(part)
+        if not record.done("scratch"):
+            result["test"]["scratch"] = ev(
+                scratch(cfg.model, test_specs[0].channels, cfg.width), test_specs, test
+            )
+            record.finish("scratch")
     return result
 
 
@@ -316,42 +476,56 @@ def pretrained(
     settings: EvalSettings = EvalSettings(),
     device: str = "cpu",
     log: Callable[[str], None] = lambda s: None,
+    command: str = "experiment pretrained",
 ) -> dict[str, Any]:
     """CTS on top of a pretrained model vs plain fine-tuning of that model, per target training-set size.
 
     ``init`` is fine-tuned directly (the baseline) and used as the starting φ of meta-training with
     ``cfg.algo`` (CTS by default); both are evaluated on the meta-test targets sub-sampled to each size.
     """
-    out.mkdir(parents=True, exist_ok=True)
     specs = targets_of(cfg, settings.targets)
-    run_dir = out / cfg.algo
-    log(f"meta-training {cfg.algo} from {init}")
-    _train_to(dataclasses.replace(cfg, init=init), run_dir, cfg.steps)
-    starts = {
-        "finetune": load_init(init, model=cfg.model),
-        cfg.algo: load_init(str(run_dir), model=cfg.model),
-    }
-    result: dict[str, Any] = {
+    eval_settings = dataclasses.asdict(settings)
+    skeleton: dict[str, Any] = {
         "experiment": "pretrained",
+        "request": {
+            "command": command,
+            "config": request_config(cfg),
+            "init": init,
+            "sizes": list(sizes),
+            "eval": eval_settings,
+        },
         "config": cfg.to_dict(),
         "init": init,
         "sizes": list(sizes),
-        "eval": dataclasses.asdict(settings),
+        "eval": eval_settings,
         "algorithms": {},
     }
-    for name, start in starts.items():
-        result["algorithms"][name] = {}
-        for n in sizes:
-            log(f"{name}, {n} training images per target")
-            result["algorithms"][name][str(n)] = meta_test(
-                start,
-                specs,
-                steps=settings.steps,
-                seeds=settings.seeds,
-                batch_size=settings.batch_size,
-                train_size=n,
-                device=device,
-                data_dir=cfg.data_dir or None,
-            )
-        (out / RESULTS).write_text(json.dumps(result, indent=1) + "\n")
+    with Record(out, skeleton, log) as record:
+        result = record.result
+        run_dir = out / cfg.algo
+        if not record.done(f"meta-training {cfg.algo}"):
+            log(f"meta-training {cfg.algo} from {init}")
+            _train_to(dataclasses.replace(cfg, init=init), run_dir, cfg.steps)
+            record.finish(f"meta-training {cfg.algo}")
+        starts = {"finetune": init, cfg.algo: str(run_dir)}
+        for name, source in starts.items():
+            by_size = result["algorithms"].setdefault(name, {})
+            start = None
+            for n in sizes:
+                part = f"{name}, {n} training images per target"
+                if record.done(part):
+                    continue
+                log(part)
+                start = start or load_init(source, model=cfg.model)
+                by_size[str(n)] = meta_test(
+                    start,
+                    specs,
+                    steps=settings.steps,
+                    seeds=settings.seeds,
+                    batch_size=settings.batch_size,
+                    train_size=n,
+                    device=device,
+                    data_dir=cfg.data_dir or None,
+                )
+                record.finish(part)
     return result

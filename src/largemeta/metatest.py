@@ -72,6 +72,25 @@ def load_init(source: str, *, model: str | None = None, width: int | None = None
     return Init(str(source), model or weights.model, options, weights.phi, int(weights.config.get("seed", 0)))
 
 
+def check_image_size(body: torch.nn.Module, channels: int, image_size: int, what: str) -> None:
+    """A one-line error unless ``body`` takes images of ``channels`` × ``image_size`` px (one forward pass of
+    two zero images, in eval mode: nothing is updated)."""
+    was = body.training
+    body.eval()
+    device = next((p.device for p in body.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            body(torch.zeros(2, channels, image_size, image_size, device=device))
+    except (RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"{what}: the body cannot take {image_size}x{image_size} px images ({first}); "
+            "use a larger image size"
+        ) from None
+    finally:
+        body.train(was)
+
+
 def body_and_phi(init: Init, seed: int) -> tuple[torch.nn.Module, Params, Params]:
     """The body template, φ for it (checked against its shapes), and fresh BatchNorm buffers."""
     torch.manual_seed(seed)
@@ -159,10 +178,19 @@ def meta_test(
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     results: dict[str, Any] = {}
     datasets = Datasets(data_dir=data_dir)
+    with torch.random.fork_rng(devices=[]):  # creating the body must not move the random stream
+        body = create_model(init.model, **init.model_options)
+    for size, channels in dict.fromkeys((s.image_size, s.channels) for s in specs):
+        check_image_size(body, channels, size, f"init {init.name!r} ({init.model})")
     for i, spec in enumerate(specs):
         per_seed, curves = [], []
         for s in range(seeds):
             data = datasets.task_images(spec, device=device, seed=task_seed(s, i))
+            if data.num_eval == 0:
+                raise UserError(
+                    f"target {spec.name!r} has no test images (its {spec.eval_split!r} split is empty): "
+                    "nothing to measure accuracy on"
+                )
             if train_size is not None:
                 data = data.subsample(total=train_size, seed=s)
             curve = fine_tune(

@@ -2,7 +2,9 @@
 
 ``write_report(dir)`` collects every ``results.json`` under ``dir`` (convergence, k-ablation, evaluate) and
 the synthetic figures, and writes ``report.md`` and a self-contained ``report.html`` (figures embedded as data
-URIs).
+URIs). Results of an experiment stopped half-way are reported as far as they go. The folders written are
+locked meanwhile (:func:`largemeta.files.lock_folder`); a ``report.md`` or ``report.html`` that this command
+did not write is refused, never overwritten; a damaged ``results.json`` is a one-line error naming it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ import torch  # noqa: E402
 
 import largemeta  # noqa: E402
 from largemeta.errors import UserError  # noqa: E402
-from largemeta.experiments import RESULTS, overall, table  # noqa: E402
+from largemeta.experiments import overall, table  # noqa: E402
+from largemeta.files import atomic_write_text, lock_folder  # noqa: E402
+from largemeta.runs import RESULTS, read_results  # noqa: E402
+
+MARK_MD = "# largemeta report"
+MARK_HTML = "<title>largemeta report</title>"
+"""How a report this command wrote begins (``report.md``) or what it holds (``report.html``)."""
 
 
 def _accuracy_plot(
@@ -31,8 +39,12 @@ def _accuracy_plot(
 ) -> Path:
     """Accuracy (%) with 95 % intervals over seeds against a log-scaled x, one line per series."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for name, (xs, results) in series.items():
-        stats = [overall(r) for r in results]
+    for name, (all_xs, all_results) in series.items():
+        done = [(x, r) for x, r in zip(all_xs, all_results, strict=True) if r is not None]
+        if not done:
+            continue
+        xs = [x for x, _ in done]
+        stats = [overall(r) for _, r in done]
         ax.errorbar(
             xs,
             [100 * s[0] for s in stats],
@@ -57,7 +69,8 @@ def _accuracy_plot(
 def plot_convergence(result: dict[str, Any], out: Path) -> list[Path]:
     milestones = result["milestones"]
     series = {
-        a: (milestones, [e["accuracy"][str(m)] for m in milestones]) for a, e in result["algorithms"].items()
+        a: (milestones, [e["accuracy"].get(str(m)) for m in milestones])
+        for a, e in result["algorithms"].items()
     }
     acc = _accuracy_plot(
         series,
@@ -86,7 +99,7 @@ def plot_convergence(result: dict[str, Any], out: Path) -> list[Path]:
 
 def plot_k_ablation(result: dict[str, Any], out: Path) -> list[Path]:
     ks = result["ks"]
-    series = {a: (ks, [by_k[str(k)] for k in ks]) for a, by_k in result["algorithms"].items()}
+    series = {a: (ks, [by_k.get(str(k)) for k in ks]) for a, by_k in result["algorithms"].items()}
     return [
         _accuracy_plot(
             series, "K (inner steps per trajectory)", "Meta-test accuracy vs. K", out / "k_ablation.png"
@@ -96,7 +109,7 @@ def plot_k_ablation(result: dict[str, Any], out: Path) -> list[Path]:
 
 def plot_pretrained(result: dict[str, Any], out: Path) -> list[Path]:
     sizes = result["sizes"]
-    series = {n: (sizes, [by[str(k)] for k in sizes]) for n, by in result["algorithms"].items()}
+    series = {n: (sizes, [by.get(str(k)) for k in sizes]) for n, by in result["algorithms"].items()}
     return [
         _accuracy_plot(
             series,
@@ -120,42 +133,71 @@ def environment() -> dict[str, str]:
     }
 
 
+def _section(path: Path, directory: Path) -> tuple[str, str, list[Path], dict[str, Any] | None] | None:
+    """(title, markdown, figures, config) of one results file (None: not one a report shows)."""
+    result = read_results(path)
+    kind = result.get("experiment", "evaluate")
+    rel = path.parent.relative_to(directory)
+    if kind == "convergence":
+        figs = plot_convergence(result, path.parent)
+        return (f"Convergence ({rel})", table(result), figs, result.get("config"))
+    if kind == "k-ablation":
+        figs = plot_k_ablation(result, path.parent)
+        return (f"K ablation ({rel})", table(result), figs, result.get("config"))
+    if kind == "tune":
+        return (f"Fair tuning: each algorithm at its best β ({rel})", table(result), [], result.get("config"))
+    if kind == "pretrained":
+        figs = plot_pretrained(result, path.parent)
+        return (f"Meta-training on a pretrained start ({rel})", table(result), figs, result.get("config"))
+    if "tasks" in result:
+        rows = ["| target | accuracy (%) | 95 % interval |", "|---|---|---|"]
+        rows += [
+            f"| {n} | {100 * t['mean_accuracy']:.2f} | ± {100 * t['ci95']:.2f} |"
+            for n, t in result["tasks"].items()
+        ]
+        return (f"Evaluation of {result.get('init')} ({rel})", "\n".join(rows), [], None)
+    return None
+
+
+def _refuse_foreign(path: Path, mark: str) -> None:
+    if path.exists():
+        try:
+            ours = mark in path.read_text(errors="replace")[:4096]
+        except OSError:
+            ours = False
+        if not ours:
+            raise UserError(
+                f"{str(path)!r} exists and was not written by 'largemeta report'; move it away first"
+            )
+
+
 def write_report(directory: Path) -> tuple[Path, Path]:
     directory = Path(directory)
+    md_path, html_path = directory / "report.md", directory / "report.html"
+    _refuse_foreign(md_path, MARK_MD)
+    _refuse_foreign(html_path, MARK_HTML)
+    found = sorted(directory.rglob(RESULTS))
+    locks = [lock_folder(folder) for folder in dict.fromkeys([directory, *(p.parent for p in found)])]
+    try:
+        return _write_report(directory, found, md_path, html_path)
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+
+
+def _write_report(directory: Path, found: list[Path], md_path: Path, html_path: Path) -> tuple[Path, Path]:
     sections: list[
         tuple[str, str, list[Path], dict[str, Any] | None]
     ] = []  # (title, markdown, figures, config)
-    for path in sorted(directory.rglob(RESULTS)):
-        result = json.loads(path.read_text())
-        kind = result.get("experiment", "evaluate")
-        rel = path.parent.relative_to(directory)
-        if kind == "convergence":
-            figs = plot_convergence(result, path.parent)
-            sections.append((f"Convergence ({rel})", table(result), figs, result.get("config")))
-        elif kind == "k-ablation":
-            figs = plot_k_ablation(result, path.parent)
-            sections.append((f"K ablation ({rel})", table(result), figs, result.get("config")))
-        elif kind == "tune":
-            sections.append(
-                (
-                    f"Fair tuning: each algorithm at its best β ({rel})",
-                    table(result),
-                    [],
-                    result.get("config"),
-                )
-            )
-        elif kind == "pretrained":
-            figs = plot_pretrained(result, path.parent)
-            sections.append(
-                (f"Meta-training on a pretrained start ({rel})", table(result), figs, result.get("config"))
-            )
-        elif "tasks" in result:
-            rows = ["| target | accuracy (%) | 95 % interval |", "|---|---|---|"]
-            rows += [
-                f"| {n} | {100 * t['mean_accuracy']:.2f} | ± {100 * t['ci95']:.2f} |"
-                for n, t in result["tasks"].items()
-            ]
-            sections.append((f"Evaluation of {result.get('init')} ({rel})", "\n".join(rows), [], None))
+    for path in found:
+        try:
+            section = _section(path, directory)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as err:
+            raise UserError(
+                f"{str(path)!r} is not a largemeta results file ({type(err).__name__}: {str(err)[:80]})"
+            ) from None
+        if section is not None:
+            sections.append(section)
     synthetic = sorted(
         p for p in directory.rglob("*.png") if p.name.startswith(("flow_k", "compare_k", "shift_error"))
     )
@@ -164,9 +206,9 @@ def write_report(directory: Path) -> tuple[Path, Path]:
     if not sections:
         raise UserError(f"{str(directory)!r} holds no results.json or synthetic figures to report")
     env = environment()
-    md = ["# largemeta report", ""]
+    md = [MARK_MD, ""]
     page = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>largemeta report</title>",
+        f"<!doctype html><html><head><meta charset='utf-8'>{MARK_HTML}",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.2em .6em}"
         "img{max-width:100%}pre{background:#f4f4f4;padding:.6em;overflow:auto}</style></head><body>",
@@ -202,9 +244,8 @@ def write_report(directory: Path) -> tuple[Path, Path]:
         f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in env.items()
     ]
     page.append("</ul></body></html>")
-    md_path, html_path = directory / "report.md", directory / "report.html"
-    md_path.write_text("\n".join(md) + "\n")
-    html_path.write_text("\n".join(page) + "\n")
+    atomic_write_text(md_path, "\n".join(md) + "\n")
+    atomic_write_text(html_path, "\n".join(page) + "\n")
     return md_path, html_path
 
 

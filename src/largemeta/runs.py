@@ -1,11 +1,17 @@
-"""Run folders and trained weights: where a run keeps its files, and how φ is read back for a new start.
+"""Run folders and trained weights: where a run keeps its files, who may write them, and how φ is read back.
 
 A run folder (``largemeta train --out RUN``) holds::
 
-    config.json      the resolved config (human-readable copy)
-    checkpoint.pt    the latest checkpoint (largemeta.checkpoint)
-    metrics.jsonl    one JSON line per log step
+    checkpoint.pt    the latest checkpoint (largemeta.checkpoint): the state, the resolved config and
+                     the run's identity — the source of truth for --resume
+    config.json      the resolved config (a human-readable copy; never read back)
+    run.json         the run's identity {run_id, algo, seed, created} (a copy; it tells a foreign checkpoint)
+    metrics.jsonl    one JSON line per log step (cut back to the checkpoint's step on resume)
     tensorboard/     optional event files
+
+A results folder (``evaluate --out``, the experiments) holds ``results.json``. :func:`claim` takes a folder
+for one command: it refuses a folder holding something else before anything is written, then locks it
+(:func:`largemeta.files.lock_folder`) for the life of the command.
 
 φ can be read back from a run folder (its checkpoint) or from a ``.safetensors`` file written by
 ``largemeta export``; :func:`fit_to_body` is the one check that such a φ fits a body, tensor by tensor.
@@ -14,38 +20,279 @@ This module sits below both the trainer and the meta-test protocol.
 
 from __future__ import annotations
 
+import datetime
 import json
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 
-from largemeta import checkpoint
+from largemeta import __version__, checkpoint
 from largemeta.core.params import Params
 from largemeta.errors import UserError
+from largemeta.files import FolderLock, atomic_write_text, contents, lock_folder, sweep_temporaries
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
+RUN = "run.json"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
+RESULTS = "results.json"
+RUN_FILES = frozenset({CHECKPOINT, CONFIG, RUN, METRICS, TENSORBOARD})
+"""What a run folder may hold."""
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    """The resolved config a run folder was started with (``config.json``)."""
+    """The human-readable copy of a run's resolved config (``config.json``); --resume reads the
+    checkpoint's."""
     config_file = Path(run_dir) / CONFIG
     if not config_file.is_file():
         raise UserError(f"{str(run_dir)!r} is not a run folder: no {CONFIG} there")
     try:
         config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise UserError(f"{str(run_dir)!r}: {CONFIG} is corrupt") from None
     if not isinstance(config, dict):
         raise UserError(f"{str(run_dir)!r}: {CONFIG} is not a JSON object")
     return config
 
 
+# The checkpoint's layout as far as readers outside the trainer rely on it: key -> (type, what it is).
+_LAYOUT: dict[tuple[str, ...], type] = {
+    ("config",): dict,
+    ("step",): int,
+    ("shared",): dict,
+    ("shared", "phi"): dict,
+    ("tasks",): list,
+    ("task_names",): list,
+}
+
+
+def read_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """A run folder's checkpoint, checked to hold what a checkpoint holds (a one-line error otherwise)."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        if not Path(run_dir).is_dir():
+            raise UserError(f"run folder {str(run_dir)!r} does not exist")
+        if (Path(run_dir) / RUN).is_file():
+            raise UserError(
+                f"{str(run_dir)!r} has no checkpoint yet: its run stopped before writing one; "
+                f"start it again with --out {run_dir}"
+            )
+        raise UserError(f"{str(run_dir)!r} is not a run folder: no {CHECKPOINT} there")
+    state = checkpoint.load(path, map_location="cpu")
+    for keys, kind in _LAYOUT.items():
+        value: Any = state
+        for k in keys:
+            value = value.get(k) if isinstance(value, dict) else None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise UserError(
+                f"checkpoint {str(path)!r} is incomplete: {'.'.join(keys)} is missing or not a "
+                f"{kind.__name__} (not a whole largemeta checkpoint)"
+            )
+    if not all(isinstance(v, torch.Tensor) for v in state["shared"]["phi"].values()):
+        raise UserError(f"checkpoint {str(path)!r} is incomplete: shared.phi holds something not a tensor")
+    if "identity" in state and not isinstance(state["identity"], dict):
+        raise UserError(f"checkpoint {str(path)!r} is incomplete: its identity is not a mapping")
+    return state
+
+
+# Identity -----------------------------------------------------------------------------------------------
+def new_identity(algo: str, seed: int) -> dict[str, Any]:
+    """A new run's identity: a random id, what it trains and when it started."""
+    return {
+        "run_id": uuid.uuid4().hex,
+        "algo": algo,
+        "seed": seed,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "largemeta": __version__,
+    }
+
+
+def describe(identity: dict[str, Any] | None) -> str:
+    if not identity:
+        return "a run of version 0.1 (no identity)"
+    return f"run {str(identity.get('run_id'))[:8]} ({identity.get('algo')}, seed {identity.get('seed')})"
+
+
+def _recorded_identity(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        recorded = json.loads((Path(run_dir) / RUN).read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return recorded if isinstance(recorded, dict) and isinstance(recorded.get("run_id"), str) else None
+
+
+def check_identity(run_dir: Path, saved: dict[str, Any]) -> dict[str, Any]:
+    """The identity to continue ``saved`` with; refuses a checkpoint that belongs to another run than the
+    folder's (``run.json``). A version 0.1 checkpoint (no identity, no run.json) is adopted: it gets one."""
+    recorded = _recorded_identity(run_dir)
+    identity = saved.get("identity")
+    if recorded is not None and (identity is None or identity.get("run_id") != recorded["run_id"]):
+        raise UserError(
+            f"{str(Path(run_dir) / CHECKPOINT)!r} is the checkpoint of {describe(identity)}, not of this "
+            f"folder's {describe(recorded)} ({RUN}); put the folder's own checkpoint back, or resume the "
+            "folder it came from"
+        )
+    if identity is None:
+        config = saved["config"]
+        identity = {**new_identity(str(config.get("algo")), int(config.get("seed", 0))), "created": None}
+    return identity
+
+
+def write_identity(run_dir: Path, identity: dict[str, Any]) -> None:
+    atomic_write_text(Path(run_dir) / RUN, json.dumps(identity, indent=2) + "\n")
+
+
+# Metrics ------------------------------------------------------------------------------------------------
+def cut_metrics(path: Path, step: int) -> dict[str, Any]:
+    """Cut ``metrics.jsonl`` back to the lines of steps <= ``step`` (those after the checkpoint will be
+    logged again), dropping a line torn by a crash; returns the last line kept (empty: none)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    raw = path.read_bytes()
+    kept: list[bytes] = []
+    last: dict[str, Any] = {}
+    for line in raw.splitlines(keepends=True):
+        try:
+            record = json.loads(line) if line.endswith(b"\n") else None
+        except (ValueError, RecursionError):
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+            last = record
+    if len(b"".join(kept)) != len(raw):
+        atomic_write_text(path, b"".join(kept).decode())
+    return last
+
+
+# Claiming a folder --------------------------------------------------------------------------------------
+@dataclass
+class Claim:
+    """A folder this process writes: locked until :meth:`release` (or :meth:`abandon`)."""
+
+    folder: Path
+    lock: FolderLock
+    created: bool
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def abandon(self) -> None:
+        """Give the folder back as it was found: a folder created for nothing is removed again."""
+        self.lock.release()
+        if self.created:
+            try:
+                self.folder.rmdir()  # only if empty: nothing was written
+            except OSError:
+                pass
+
+
+def claim(
+    folder: Path, accept: Callable[[Path, list[str]], None], *, what: str = "folder", create: bool = True
+) -> Claim:
+    """Lock ``folder`` for this command after ``accept(folder, names)`` has agreed to what it holds.
+
+    ``accept`` raises :class:`UserError` for a folder holding something else; it is asked before anything is
+    written (the folder is not even created) and again once the lock is held, when no one else can write.
+    Temporary files a killed writer left are swept then."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{str(folder)!r} exists and is not a folder")
+    if folder.is_dir():
+        accept(folder, _contents(folder))
+    elif not create:
+        raise UserError(f"{what} {str(folder)!r} does not exist")
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot write {what} {str(folder)!r}: {err.strerror or err}") from None
+    try:
+        lock = lock_folder(folder)
+    except BaseException:
+        if created:
+            try:
+                folder.rmdir()  # only if empty: another process may have made it too, and holds it
+            except OSError:
+                pass
+        raise
+    taken = Claim(folder, lock, created)
+    try:
+        accept(folder, _contents(folder))
+        sweep_temporaries(folder)
+    except BaseException:
+        taken.abandon()
+        raise
+    return taken
+
+
+def _contents(folder: Path) -> list[str]:
+    try:
+        return contents(folder)
+    except OSError as err:
+        raise UserError(f"cannot read folder {str(folder)!r}: {err.strerror or err}") from None
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def accept_new_run(folder: Path, names: list[str]) -> None:
+    """A new run goes into an empty folder, or one holding a run that never wrote a checkpoint."""
+    if CHECKPOINT in names:
+        raise UserError(f"{str(folder)!r} already holds a run; use --resume {folder} or another --out")
+    if names and not (RUN in names and set(names) <= RUN_FILES):
+        raise UserError(
+            f"{str(folder)!r} is not empty and is not a largemeta run folder (it holds {_listing(names)}); "
+            "nothing was written: pass a new or empty folder"
+        )
+
+
+def accept_run(folder: Path, names: list[str]) -> None:
+    """--resume needs a run folder with a checkpoint."""
+    if CHECKPOINT not in names:
+        read_checkpoint(folder)  # raises the right one-line error
+
+
+def accept_results(kind: str) -> Callable[[Path, list[str]], None]:
+    """An ``evaluate --out`` folder: empty (results.json is written once, never overwritten)."""
+
+    def accept(folder: Path, names: list[str]) -> None:
+        if RESULTS in names:
+            raise UserError(
+                f"{str(folder)!r} already holds {RESULTS} (of {kind} or another command); pass another --out"
+            )
+        if names:
+            raise UserError(
+                f"{str(folder)!r} is not empty (it holds {_listing(names)}); nothing was written: "
+                "pass a new or empty folder"
+            )
+
+    return accept
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A ``results.json`` as a JSON object (a one-line error naming the file otherwise)."""
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {str(path)!r}: {getattr(err, 'strerror', None) or err}") from None
+    except (ValueError, RecursionError):
+        raise UserError(f"{str(path)!r} is not valid JSON (a damaged results file)") from None
+    if not isinstance(result, dict):
+        raise UserError(f"{str(path)!r} is not a largemeta results file (not a JSON object)")
+    return result
+
+
+# Trained weights ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainedWeights:
     """φ read from a run folder or an exported file, and the config of the run that trained it."""
@@ -55,6 +302,8 @@ class TrainedWeights:
     config: dict[str, Any] = field(default_factory=dict)
     step: int | None = None
     """Cumulative inner steps per task that trained φ (when recorded)."""
+    channels: int | None = None
+    """Input channels of the body, when recorded (exports since 0.2)."""
 
     @property
     def model(self) -> str:
@@ -62,29 +311,56 @@ class TrainedWeights:
 
     @property
     def in_channels(self) -> int | None:
-        """Input channels of the body, read off its first convolution (None without one)."""
+        """Input channels of the body: as recorded, else read off its first convolution (None when that is
+        not 1 or 3: then the first convolution is not there, and fitting φ to the body names it)."""
+        if self.channels in (1, 3):
+            return self.channels
         conv = next((v for v in self.phi.values() if v.dim() == 4), None)
-        return int(conv.shape[1]) if conv is not None else None
+        return int(conv.shape[1]) if conv is not None and conv.shape[1] in (1, 3) else None
+
+
+def check_finite(tensors: Params, what: str) -> None:
+    """A one-line error naming the first tensor holding NaN or inf."""
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise UserError(f"{what}: tensor {k!r} holds NaN or inf; refusing to use it")
 
 
 def load_weights(source: str | Path) -> TrainedWeights:
-    """φ from a run folder (its checkpoint) or a ``.safetensors`` file written by ``largemeta export``."""
+    """φ from a run folder (its checkpoint) or a ``.safetensors`` file written by ``largemeta export``;
+    refused when any of it is not finite."""
     path = Path(source)
     if path.is_dir():
-        state = checkpoint.load(path / CHECKPOINT)
-        return TrainedWeights(str(source), state["shared"]["phi"], state["config"], int(state["step"]))
-    if path.suffix == ".safetensors" and path.is_file():
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError) as err:
-            raise UserError(f"{str(source)!r} is not a readable .safetensors file ({err})") from None
-        if "config" not in meta:
-            raise UserError(f"{str(source)!r} has no largemeta metadata (write it with 'largemeta export')")
-        step = int(meta["step"]) if meta.get("step", "").isdigit() else None
-        return TrainedWeights(str(source), tensors, json.loads(meta["config"]), step)
-    raise UserError(f"{str(source)!r} is not a run folder or an existing .safetensors file")
+        state = read_checkpoint(path)
+        weights = TrainedWeights(str(source), state["shared"]["phi"], state["config"], int(state["step"]))
+    elif path.suffix == ".safetensors" and path.is_file():
+        weights = _load_safetensors(path, str(source))
+    else:
+        raise UserError(f"{str(source)!r} is not a run folder or an existing .safetensors file")
+    check_finite(weights.phi, f"φ of {str(source)!r}")
+    return weights
+
+
+def _load_safetensors(path: Path, source: str) -> TrainedWeights:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{source!r} is not a readable .safetensors file ({err})") from None
+    if "config" not in meta:
+        raise UserError(f"{source!r} has no largemeta metadata (write it with 'largemeta export')")
+    try:
+        config = json.loads(meta["config"])
+    except (ValueError, RecursionError):
+        config = None
+    if not isinstance(config, dict):
+        raise UserError(
+            f"{source!r}: its 'config' metadata is not a JSON object (write it with 'largemeta export')"
+        )
+    step = int(meta["step"]) if meta.get("step", "").isdigit() else None
+    channels = int(meta["in_channels"]) if meta.get("in_channels", "") in ("1", "3") else None
+    return TrainedWeights(source, tensors, config, step, channels)
 
 
 def fit_to_body(phi: Params, body_params: Params, *, what: str, model: str) -> Params:

@@ -115,7 +115,7 @@ def test_damaged_checkpoint_is_refused_in_one_line(tiny_suite, tiny_config, tmp_
     assert {p.name: digest(p) for p in (tmp_path / "run").iterdir() if p.is_file()} == before
 
 
-def test_checkpoint_from_another_architecture(tiny_suite, tiny_config, tmp_path, capsys):
+def test_checkpoint_from_another_run_or_architecture(tiny_suite, tiny_config, tmp_path, capsys):
     from largemeta.train.config import from_mapping
     from largemeta.train.trainer import Trainer
 
@@ -127,8 +127,19 @@ def test_checkpoint_from_another_architecture(tiny_suite, tiny_config, tmp_path,
     )
     other.run()
     other.close()
-    # graft the width-16 checkpoint into the width-8 run folder: same config keys, another architecture
+    own = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
+    # copied into the width-8 run folder, the width-16 checkpoint is another run's: refused by its identity
     (tmp_path / "run" / "checkpoint.pt").write_bytes((tmp_path / "other" / "checkpoint.pt").read_bytes())
+    before = digest(tmp_path / "run" / "checkpoint.pt")
+    code = main(["train", "--resume", str(tmp_path / "run"), "--steps", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is the checkpoint of run" in err and err.count("\n") == 1
+    assert digest(tmp_path / "run" / "checkpoint.pt") == before
+    # grafted under the run's own config and identity (a valid checksum): its tensors still do not fit
+    graft = checkpoint.load(tmp_path / "other" / "checkpoint.pt")
+    graft.update(config=own["config"], identity=own["identity"])
+    del graft["format"]
+    checkpoint.save(tmp_path / "run" / "checkpoint.pt", graft)
     before = digest(tmp_path / "run" / "checkpoint.pt")
     code = main(["train", "--resume", str(tmp_path / "run"), "--steps", "8"])
     err = capsys.readouterr().err

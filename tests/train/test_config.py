@@ -79,7 +79,7 @@ def test_set_overrides_parse_by_type():
         (["train", "--config", "offline"], "train needs --out RUN_DIR"),
         (["train", "--out", "x", "--set", "bogus=1"], "unknown config key 'bogus'"),
         (["train", "--out", "x", "--steps", "0"], "config key 'steps' out of range"),
-        (["train", "--resume", "/nonexistent/run"], "no config.json there"),
+        (["train", "--resume", "/nonexistent/run"], "run folder '/nonexistent/run' does not exist"),
         (["train", "--resume", "a", "--out", "b"], "--resume continues RUN_DIR in place"),
     ],
 )

@@ -2,18 +2,22 @@
 
 Each command group lives in its own module exposing ``register(subparsers)``; the handler it installs
 (``set_defaults(func=...)``) takes the parsed namespace and returns an exit code. Bad input raises
-:class:`largemeta.errors.UserError`, printed here as one line on stderr with exit code 2.
+:class:`largemeta.errors.UserError`, printed here as one line on stderr with exit code 2. SIGTERM and SIGINT
+are handled (:mod:`largemeta.signals`): a command that stopped resumably exits 75, any other 128 + the
+signal.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from largemeta import __version__
-from largemeta.errors import UserError
+from largemeta.errors import Preempted, UserError
 
 # Command-group modules, in the order their help lists them.
 COMMAND_MODULES = (
@@ -23,6 +27,10 @@ COMMAND_MODULES = (
     "largemeta.cli.data",
     "largemeta.cli.synthetic",
 )
+
+
+RESUMABLE = ("train", "experiment", "demo")
+"""Commands whose work survives a signal (exit 75: run them again); they also say so with resumable=True."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -50,18 +58,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from largemeta import signals
+
+    raw = list(sys.argv[1:] if argv is None else argv)
+    parsed: list[argparse.Namespace] = []
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
+        with signals.handling():
+            try:
+                return _run(argv, raw, parsed)
+            except KeyboardInterrupt as err:  # SIGINT, or SIGTERM (errors.Stopped), even while reporting
+                return _stopped(err, raw, parsed[0] if parsed else None)
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _run(argv: Sequence[str] | None, raw: list[str], parsed: list[argparse.Namespace]) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        parsed.append(args)
         return int(args.func(args) or 0)
     except UserError as err:
-        if args.debug:
+        if "--debug" in raw:
             traceback.print_exc()
         print(f"largemeta: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("largemeta: interrupted", file=sys.stderr)
-        return 130
+    except Preempted as err:
+        print(f"largemeta: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def _stopped(err: KeyboardInterrupt, raw: list[str], args: argparse.Namespace | None) -> int:
+    """A signal before a command could say more: a resumable command has nothing half done (exit 75, run it
+    again); any other exits 128 + the signal."""
+    signum = getattr(err, "signum", signal.SIGINT)
+    name = signal.Signals(signum).name
+    command = next((a for a in raw if not a.startswith("-")), None)
+    if getattr(args, "resumable", command in RESUMABLE):
+        print(f"largemeta: stopped by {name} before work began; run the same command again", file=sys.stderr)
+        return Preempted.exit_code
+    print(f"largemeta: {'interrupted' if signum == signal.SIGINT else f'stopped by {name}'}", file=sys.stderr)
+    return 128 + signum
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"largemeta: warning: {message}\n"
 
 
 if __name__ == "__main__":  # pragma: no cover

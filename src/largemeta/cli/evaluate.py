@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from largemeta.cli.common import output_dir, positive_int, print_json
+from largemeta.cli.common import positive_int, print_json
 from largemeta.errors import UserError
 
 
@@ -25,15 +25,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--model", help="body for a scratch init (convnet, resnet20, resnet18); default: the init's"
     )
     p.add_argument("--width", type=positive_int, help="body width for --model")
-    p.add_argument("--image-size", type=positive_int, default=28, help="image size of --tasks targets (28)")
+    p.add_argument(
+        "--image-size",
+        type=image_size,
+        default=28,
+        help=f"image size of --tasks targets ({MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}; 28)",
+    )
     p.add_argument(
         "--channels", type=int, choices=(1, 3), help="input channels (default: the init's, else 1)"
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (cpu)")
     p.add_argument("--data-dir", help="dataset cache folder")
-    p.add_argument("--out", help="folder for results.json")
+    p.add_argument("--out", help="folder for results.json (new or empty; locked while evaluating)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_evaluate)
+
+
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 4, 1024
+
+
+def image_size(text: str) -> int:
+    value = positive_int(text)
+    if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is out of range (valid: {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} pixels)"
+        )
+    return value
 
 
 def parse_sizes(text: str | None) -> list[int | None]:
@@ -56,7 +73,9 @@ def parse_sizes(text: str | None) -> list[int | None]:
 def run_evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from largemeta import runs as runs_module
     from largemeta.data.tasks import TaskSpec, load_suite
+    from largemeta.files import atomic_write_text
     from largemeta.metatest import load_init, meta_test
     from largemeta.train.build import resolve_device
 
@@ -85,27 +104,35 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if bad:
         raise UserError(f"targets {bad} have {specs[0].channels} channels, the init's model takes {channels}")
     device = resolve_device(args.device, 0)
-    out = output_dir(args.out)
-    runs = {
-        n: meta_test(
-            init,
-            specs,
-            steps=args.steps,
-            seeds=args.seeds,
-            batch_size=args.batch_size,
-            train_size=n,
-            device=device,
-            data_dir=args.data_dir,
+    # claimed before the long evaluation: a folder holding anything is refused before anything is written
+    claim = runs_module.claim(Path(args.out), runs_module.accept_results("evaluate")) if args.out else None
+    try:
+        runs = {
+            n: meta_test(
+                init,
+                specs,
+                steps=args.steps,
+                seeds=args.seeds,
+                batch_size=args.batch_size,
+                train_size=n,
+                device=device,
+                data_dir=args.data_dir,
+            )
+            for n in sizes
+        }
+        result = (
+            runs[None]
+            if sizes == [None]
+            else {"init": init.name, "by_train_size": {str(n): r for n, r in runs.items()}}
         )
-        for n in sizes
-    }
-    result = (
-        runs[None]
-        if sizes == [None]
-        else {"init": init.name, "by_train_size": {str(n): r for n, r in runs.items()}}
-    )
-    if out is not None:
-        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+        if claim is not None:
+            atomic_write_text(claim.folder / runs_module.RESULTS, json.dumps(result, indent=2) + "\n")
+    except BaseException:
+        if claim is not None:
+            claim.abandon()
+        raise
+    if claim is not None:
+        claim.release()
     if args.json:
         print_json(result)
         return 0

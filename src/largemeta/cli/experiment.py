@@ -1,15 +1,27 @@
-"""``largemeta experiment`` (convergence, k-ablation, pretrained), ``largemeta report`` and ``largemeta
-demo``."""
+"""``largemeta experiment`` (convergence, k-ablation, tune, pretrained), ``largemeta report`` and ``largemeta
+demo``.
+
+Experiments and the demo are resumable: stopped by SIGTERM or SIGINT they exit 75 (what is finished stays in
+``OUT/results.json``, a half-trained run keeps its checkpoint), and the same command run again carries on.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from largemeta.cli.common import output_dir, positive_int, print_json
-from largemeta.errors import UserError
+from largemeta.cli.common import positive_int, print_json
+from largemeta.errors import Preempted, Stopped, UserError
+
+RESUMABLE = (
+    "stopped by SIGTERM or SIGINT, it exits 75 and the same command run again continues where it stopped "
+    "(finished parts are not redone)"
+)
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
@@ -27,7 +39,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 def _common(p: argparse.ArgumentParser, algos: str) -> None:
     p.add_argument("--config", default="offline", help="TOML config or shipped name (offline)")
     p.add_argument("--algos", default=algos, help=f"comma list ({algos})")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help=f"results folder (new, or this experiment's: {RESUMABLE})")
     p.add_argument("--steps", type=positive_int, help="budget: cumulative inner steps per task")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", default="cpu")
@@ -46,11 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="0.025,0.05,0.1,0.25,0.5,1",
         help="fractions of the budget at which φ is evaluated",
     )
-    conv.set_defaults(func=run_convergence)
+    conv.set_defaults(func=run_convergence, resumable=True)
     kab = cmds.add_parser("k-ablation", help="meta-test accuracy vs K")
     _common(kab, "cts,reptile,leap")
     kab.add_argument("--ks", default="10,100,1000", help="comma list of K")
-    kab.set_defaults(func=run_k_ablation)
+    kab.set_defaults(func=run_k_ablation, resumable=True)
 
     tun = cmds.add_parser(
         "tune", help="fair tuning: each algorithm at its best β, chosen on the meta-training tasks"
@@ -67,22 +79,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=200,
         help="training images per meta-training task when validating (200)",
     )
-    tun.set_defaults(func=run_tune)
+    tun.set_defaults(func=run_tune, resumable=True)
     pre = cmds.add_parser("pretrained", help="CTS on top of a pretrained model vs plain fine-tuning of it")
     _common(pre, "cts")
     pre.add_argument("--init", required=True, help="RUN_DIR, FILE.safetensors or torchvision:resnet18")
     pre.add_argument("--sizes", default="500,1000,2000,5000", help="target training-set sizes")
-    pre.set_defaults(func=run_pretrained)
+    pre.set_defaults(func=run_pretrained, resumable=True)
 
     rep = sub.add_parser("report", help="Markdown + self-contained HTML report of a results folder")
     rep.add_argument("dir")
     rep.set_defaults(func=run_report)
 
     demo = sub.add_parser("demo", help="the main job: CTS vs Reptile vs Leap vs scratch on the offline suite")
-    demo.add_argument("--out", default="runs/demo", help="results folder (runs/demo)")
+    demo.add_argument("--out", default="runs/demo", help=f"results folder (runs/demo); {RESUMABLE}")
     demo.add_argument("--json", action="store_true")
     demo.add_argument("--steps", type=positive_int, default=None, help="budget (default: the demo's)")
-    demo.set_defaults(func=run_demo)
+    demo.set_defaults(func=run_demo, resumable=True)
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -97,18 +109,32 @@ def _ints(text: str, what: str) -> list[int]:
 
 def _floats(text: str, what: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        out = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"{what} {text!r} is not a comma list of numbers") from None
+    if not out or not all(math.isfinite(x) and x > 0 for x in out):
+        raise UserError(f"{what} {text!r}: every value must be a finite number > 0")
+    return out
 
 
 def _config(args: argparse.Namespace):
-    from largemeta.train.config import load_config, parse_override
+    from largemeta.cli.train import overrides
+    from largemeta.train.config import load_config
 
-    values = dict(parse_override(s) for s in args.set)
-    if args.steps:
-        values["steps"] = args.steps
-    return load_config(args.config, values)
+    return load_config(args.config, overrides(args, flags=("steps",)))
+
+
+@contextmanager
+def _resumable(out: str) -> Iterator[None]:
+    """A signal stops the experiment resumably: exit 75 with how to continue."""
+    try:
+        yield
+    except (Preempted, Stopped) as err:
+        what = getattr(err, "signal", None) or getattr(err, "signal_name", "a signal")
+        raise Preempted(
+            f"stopped by {what}; finished parts are kept in {out}/results.json and a half-trained run keeps "
+            "its checkpoint: run the same command again to continue"
+        ) from None
 
 
 def _settings(args: argparse.Namespace):
@@ -128,16 +154,17 @@ def run_convergence(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-    out = output_dir(args.out)
-    result = convergence(
-        cfg,
-        algos,
-        out,
-        fractions=_floats(args.milestones, "--milestones"),
-        settings=_settings(args),
-        device=args.device,
-        log=_log,
-    )
+    out = Path(args.out)
+    with _resumable(args.out):
+        result = convergence(
+            cfg,
+            algos,
+            out,
+            fractions=_floats(args.milestones, "--milestones"),
+            settings=_settings(args),
+            device=args.device,
+            log=_log,
+        )
     plot_convergence(result, out)
     print_json(result) if args.json else print(table(result))
     return 0
@@ -149,10 +176,11 @@ def run_k_ablation(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-    out = output_dir(args.out)
-    result = k_ablation(
-        cfg, algos, _ints(args.ks, "--ks"), out, settings=_settings(args), device=args.device, log=_log
-    )
+    out = Path(args.out)
+    with _resumable(args.out):
+        result = k_ablation(
+            cfg, algos, _ints(args.ks, "--ks"), out, settings=_settings(args), device=args.device, log=_log
+        )
     plot_k_ablation(result, out)
     print_json(result) if args.json else print(table(result))
     return 0
@@ -164,16 +192,17 @@ def run_tune(args: argparse.Namespace) -> int:
     cfg = _config(args)
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     validation = EvalSettings(args.val_steps, args.val_seeds, args.eval_batch_size, args.val_train_size)
-    result = tune(
-        cfg,
-        algos,
-        _floats(args.betas, "--betas"),
-        output_dir(args.out),
-        validation=validation,
-        test=_settings(args),
-        device=args.device,
-        log=_log,
-    )
+    with _resumable(args.out):
+        result = tune(
+            cfg,
+            algos,
+            _floats(args.betas, "--betas"),
+            Path(args.out),
+            validation=validation,
+            test=_settings(args),
+            device=args.device,
+            log=_log,
+        )
     print_json(result) if args.json else print(table(result))
     return 0
 
@@ -189,16 +218,17 @@ def run_pretrained(args: argparse.Namespace) -> int:
     if len(algos) != 1:
         raise UserError(f"experiment pretrained meta-trains one algorithm, got --algos {args.algos!r}")
     cfg = dataclasses.replace(cfg, algo=algos[0])
-    out = output_dir(args.out)
-    result = pretrained(
-        cfg,
-        args.init,
-        _ints(args.sizes, "--sizes"),
-        out,
-        settings=_settings(args),
-        device=args.device,
-        log=_log,
-    )
+    out = Path(args.out)
+    with _resumable(args.out):
+        result = pretrained(
+            cfg,
+            args.init,
+            _ints(args.sizes, "--sizes"),
+            out,
+            settings=_settings(args),
+            device=args.device,
+            log=_log,
+        )
     plot_pretrained(result, out)
     print_json(result) if args.json else print(table(result))
     return 0
@@ -236,15 +266,16 @@ def run_demo(args: argparse.Namespace) -> int:
     from largemeta.train.config import load_config
 
     started = time.perf_counter()
-    out = output_dir(args.out)
-    if (out / "results.json").exists():
-        raise UserError(f"{args.out!r} already holds a demo; pass another --out or remove it")
+    out = Path(args.out)
     cfg = load_config("offline", {**DEMO, **({"steps": args.steps} if args.steps else {})})
-    for name in sorted(load_suite(cfg.suite).datasets()):
-        _log(f"dataset {name}")
-        fetch_dataset(name)
     settings = EvalSettings(**DEMO_EVAL)
-    result = convergence(cfg, DEMO_ALGOS, out, fractions=(0.25, 0.5, 1.0), settings=settings, log=_log)
+    with _resumable(args.out):
+        for name in sorted(load_suite(cfg.suite).datasets()):
+            _log(f"dataset {name}")
+            fetch_dataset(name)
+        result = convergence(
+            cfg, DEMO_ALGOS, out, fractions=(0.25, 0.5, 1.0), settings=settings, log=_log, command="demo"
+        )
     plot_convergence(result, out)
     md, page = write_report(out)
     seconds = time.perf_counter() - started

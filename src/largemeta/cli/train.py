@@ -8,19 +8,31 @@ from pathlib import Path
 from largemeta.cli.common import print_json
 from largemeta.errors import UserError
 
+EXIT_CODES = """exit codes: 0 done; 2 bad input (one line on stderr, nothing saved before is changed);
+3 another rank died or stopped responding; 4 a NaN or inf stopped the run (the last good checkpoint is kept);
+75 stopped by SIGTERM or SIGINT after writing a checkpoint at the step it stopped (continue with --resume
+RUN_DIR; a second signal stops at once, keeping the previous checkpoint)"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="meta-train over a suite's image tasks (CTS or any baseline)",
         description="Meta-train a body over a suite's meta-train tasks. Under torchrun: "
-        "torchrun --nproc_per_node N --no-python largemeta train ...",
+        "torchrun --nproc_per_node N --no-python largemeta train ... The run folder is locked while a "
+        "process trains it; --resume continues from the checkpoint, whose config is the run's.",
+        epilog=EXIT_CODES,
     )
     p.add_argument(
         "--config", help="a TOML config file, or a shipped one by name (offline, paper); flags override it"
     )
-    p.add_argument("--out", help="run folder (new) — required unless --resume")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
+    p.add_argument("--out", help="run folder (new or empty) — required unless --resume")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR exactly where its checkpoint stopped (flags may change only "
+        "steps, checkpoint_every, log_every, device, tensorboard, data_dir)",
+    )
     p.add_argument("--algo", help="an algorithm of 'largemeta algorithms' (cts, reptile, leap, ...)")
     p.add_argument("--steps", type=int, help="cumulative inner steps per task")
     p.add_argument("--k", type=int, help="inner steps per trajectory")
@@ -30,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key (repeatable)"
     )
     p.add_argument("--json", action="store_true", help="print the last metrics line as JSON")
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=run_train, resumable=True)
 
     a = sub.add_parser("algorithms", help="the algorithm table: every --algo name and what it needs")
     a.add_argument("--json", action="store_true")
@@ -42,22 +54,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_export)
 
 
-def overrides(args: argparse.Namespace) -> dict:
+FLAG_KEYS = ("algo", "steps", "k", "seed", "device")
+
+
+def overrides(args: argparse.Namespace, flags: tuple[str, ...] = FLAG_KEYS) -> dict:
+    """Config values given on the command line: ``--set KEY=VALUE`` and the flags named in ``flags``; the
+    same key given twice with different values is refused (one line)."""
     from largemeta.train.config import parse_override
 
-    values = {}
-    for key in ("algo", "steps", "k", "seed", "device"):
-        value = getattr(args, key)
+    values: dict = {}
+    given: dict = {}
+    for key in flags:
+        value = getattr(args, key, None)
         if value is not None:
-            values[key] = value
+            values[key], given[key] = value, f"--{key.replace('_', '-')} {value}"
     for text in args.set:
         name, value = parse_override(text)
-        values[name] = value
+        if name in values and values[name] != value:
+            raise UserError(f"{given[name]} and --set {text.strip()} disagree; give {name} once")
+        values[name], given[name] = value, f"--set {text.strip()}"
     return values
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from largemeta.runs import read_config
+    from largemeta import runs
+    from largemeta.errors import Preempted, Stopped
     from largemeta.train.config import from_mapping, load_config
     from largemeta.train.trainer import Trainer
 
@@ -65,24 +86,36 @@ def run_train(args: argparse.Namespace) -> int:
         raise UserError("--resume continues RUN_DIR in place; drop --out or make it the same folder")
     if not args.resume and not args.out:
         raise UserError("train needs --out RUN_DIR (a new folder) or --resume RUN_DIR")
+    folder = Path(args.resume or args.out)
     if args.resume:
-        saved = read_config(Path(args.resume))
+        # the checkpoint holds the run's config: flags may change only the resumable keys (the trainer checks)
+        saved = runs.read_checkpoint(folder)["config"]
         base = load_config(args.config) if args.config else from_mapping(saved)
         cfg = from_mapping(overrides(args), base)
     else:
         cfg = load_config(args.config, overrides(args))
-    trainer = Trainer(cfg, Path(args.resume or args.out), resume=bool(args.resume))
     try:
-        last = trainer.run()
-    finally:
-        trainer.close()
+        trainer = Trainer(cfg, folder, resume=bool(args.resume))
+        try:
+            last = trainer.run()
+        finally:
+            trainer.close()
+    except Stopped as stop:  # a signal before the loop began, or a second one: nothing half-written is kept
+        kept = (
+            f"the checkpoint in {str(folder)!r} is intact; continue with: largemeta train --resume {folder}"
+            if (folder / runs.CHECKPOINT).is_file()
+            else "nothing was trained; run the same command again"
+        )
+        raise Preempted(f"stopped by {stop.signal_name}; {kept}") from None
     if trainer.rank == 0:
         if args.json:
             print_json(last)
+        elif trainer.steps_run == 0:
+            print(f"run {folder} is already at step {trainer.learner.step} of {cfg.steps}; nothing to do")
         else:
-            loss = last.get("mean_loss", float("nan"))
-            folder = args.resume or args.out
-            print(f"trained {cfg.algo} for {cfg.steps} steps; mean loss {loss:.4f}; run folder {folder}")
+            loss = last.get("mean_loss")
+            shown = f"{loss:.4f}" if isinstance(loss, (int, float)) else "not finite"
+            print(f"trained {cfg.algo} for {cfg.steps} steps; mean loss {shown}; run folder {folder}")
     return 0
 
 

@@ -63,6 +63,10 @@ class ArrayDataset:
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if x.dtype != np.uint8 or x.ndim != 4:
                 raise UserError(f"{what}: x_{split} must be uint8 (N, H, W, C), got {x.dtype} {x.shape}")
+            if min(x.shape[1:3]) < 1 or x.shape[3] not in (1, 3):
+                raise UserError(
+                    f"{what}: x_{split} images must be at least 1x1 px with 1 or 3 channels, got {x.shape}"
+                )
             if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
                 raise UserError(
                     f"{what}: y_{split} must be integer (N,) matching x_{split}, "

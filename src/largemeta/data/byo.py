@@ -21,6 +21,8 @@ from __future__ import annotations
 import warnings
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +66,18 @@ def _class_dirs(root: Path) -> list[Path]:
 _GREY_MODES = ("1", "L", "I", "I;16", "F")
 
 
+@contextmanager
+def _bombs_are_errors() -> Iterator[None]:
+    """Pillow warns about an image of more than MAX_IMAGE_PIXELS and raises above twice that: both make it a
+    bad image here (a decompression bomb is never decoded)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
 def _probe(path: Path) -> tuple[tuple[int, int], bool]:
     """(width, height) and whether the image is grey, from the header only (no pixel decoding)."""
-    with Image.open(path) as im:
+    with _bombs_are_errors(), Image.open(path) as im:
         if im.mode == "P":
             pal = im.getpalette() or []
             grey = all(pal[i] == pal[i + 1] == pal[i + 2] for i in range(0, len(pal) - 2, 3))
@@ -87,7 +98,7 @@ def square_resize(im: Image.Image, side: int) -> Image.Image:
 
 
 def _decode(path: Path, side: int | None, rgb: bool) -> np.ndarray:
-    with Image.open(path) as im:
+    with _bombs_are_errors(), Image.open(path) as im:
         im = im.convert("RGB" if rgb else "L")
     if side is not None:
         im = square_resize(im, side)
@@ -113,7 +124,15 @@ def _bad_image(path: Path, err: Exception, skip: bool, bad: list[Path]) -> None:
     bad.append(path)
 
 
-_READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)  # SyntaxError: PIL's broken headers
+# SyntaxError: PIL's broken headers; DecompressionBomb*: an image too large to decode safely
+_READ_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    ValueError,
+    SyntaxError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
 
 
 def load_folder(
@@ -200,6 +219,10 @@ def _check_images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
         raise UserError(
             f"{path}: '{key}' must have shape (N, H, W) or (N, H, W, C) with C 1 or 3, got {x.shape}"
         )
+    if min(x.shape[1:3]) < 1:
+        raise UserError(
+            f"{path}: '{key}' holds images of {x.shape[1]}x{x.shape[2]} px; they need at least 1x1"
+        )
     return x
 
 
@@ -233,6 +256,8 @@ def load_npz(path: Path) -> ArrayDataset:
         raise UserError(f"{path}: give both x_test and y_test, or neither")
     x = _check_images(path, "x", arrays["x"])
     y = _check_labels(path, "y", arrays["y"], len(x))
+    if len(x) == 0:
+        raise UserError(f"{path}: 'x' holds no images")
     has_test = "x_test" in arrays
     if has_test:
         x_te = _check_images(path, "x_test", arrays["x_test"])

@@ -254,4 +254,6 @@ def load_suite(name_or_path: str | Path) -> Suite:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{source}: not valid TOML: {err}") from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply to be a suite") from None
     return suite_from_dict(raw, source)

@@ -1,7 +1,7 @@
 """Image classification tasks for the core loop: a shared body template, per-task BN buffers and a head.
 
 :class:`ImageTask` implements :class:`largemeta.core.metagrad.Task` over a :class:`BatchSampler`, the data
-layer's view of one dataset (``TaskData`` provides it; tests use
+layer's view of one dataset (``TrainQuerySampler`` over ``TaskImages`` provides it; tests use
 :class:`largemeta.testing.RandomImageSampler`). The task owns its BatchNorm buffers (updated by every training
 forward) and asks the sampler for a fresh batch on every loss, so inner steps, FOMAML's query losses and the
 shift-error probe's replay all see the sampler's stream.

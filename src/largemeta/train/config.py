@@ -20,6 +20,7 @@ from largemeta.core.algorithms import ALGORITHMS
 from largemeta.core.inner import INNER_OPTIMIZERS
 from largemeta.errors import UserError, choice_error
 from largemeta.execution import STEP_CHOICES
+from largemeta.files import atomic_write_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,6 +31,8 @@ TRAIN_ALGORITHMS = tuple(ALGORITHMS)
 META_OPTIMIZERS = {"sgd": "SGD", "adam": "Adam"}
 """The outer optimizer choices and their ``torch.optim`` classes."""
 MAX_STEPS = 10**9
+FLOAT32_MAX = 3.4028234663852886e38
+"""Rates and coefficients meet float32 tensors: a larger value overflows there, so it is refused here."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raw = tomllib.loads(p.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise UserError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+        except RecursionError:
+            raise UserError(f"config file {str(path)!r} is nested too deeply to be a config") from None
         for key, value in raw.items():
             if isinstance(value, dict):  # [section] tables only group keys for readability
                 values.update(value)
@@ -227,10 +232,12 @@ def validate(cfg: TrainConfig) -> None:
     _range("width", 1 <= cfg.width <= 4096, f"1 <= width <= 4096, got {cfg.width}")
     for name in ("inner_lr", "meta_lr", "imaml_lambda"):
         v = getattr(cfg, name)
-        _range(name, 0 < v < float("inf"), f"a finite number > 0, got {v}")
+        _range(name, 0 < v <= FLOAT32_MAX, f"a number > 0 and <= {FLOAT32_MAX:.4g} (float32), got {v}")
     _range("momentum", 0 <= cfg.momentum < 1, f"0 <= momentum < 1, got {cfg.momentum}")
     _range(
-        "weight_decay", 0 <= cfg.weight_decay < float("inf"), f"a finite number >= 0, got {cfg.weight_decay}"
+        "weight_decay",
+        0 <= cfg.weight_decay <= FLOAT32_MAX,
+        f"a number >= 0 and <= {FLOAT32_MAX:.4g} (float32), got {cfg.weight_decay}",
     )
     _range("query_fraction", 0 < cfg.query_fraction < 1, f"0 < query_fraction < 1, got {cfg.query_fraction}")
     _range("imaml_cg_steps", 1 <= cfg.imaml_cg_steps <= 1000, f"1..1000, got {cfg.imaml_cg_steps}")
@@ -245,6 +252,9 @@ def validate(cfg: TrainConfig) -> None:
             f"joint training (algo {cfg.algo!r}) runs the plain loop: executor must be 'loop', "
             f"got {cfg.executor!r}"
         )
+    repeated = sorted({t for t in cfg.tasks if cfg.tasks.count(t) > 1})
+    if repeated:
+        raise UserError(f"config key 'tasks' names {', '.join(map(repr, repeated))} more than once")
     if algo.single_task and len(cfg.tasks) != 1:
         raise UserError(f"algo {cfg.algo!r} trains on one task: set tasks to one name, got {list(cfg.tasks)}")
     if cfg.shift_error_every and not algo.cts:
@@ -256,8 +266,10 @@ def validate(cfg: TrainConfig) -> None:
 def diff(saved: dict[str, Any], current: TrainConfig) -> list[str]:
     """Keys whose values differ between a saved run's config and ``current`` (resume check)."""
     now = current.to_dict()
-    return [k for k in FIELDS if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    defaults = TrainConfig().to_dict()  # a key added after the run was saved: its default then
+    return [k for k in FIELDS if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]]
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    """The human-readable copy of the resolved config (``config.json``), written atomically."""
+    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n")

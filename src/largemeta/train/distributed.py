@@ -36,7 +36,11 @@ def init(device: torch.device) -> tuple[int, int, Any]:
         return 0, 1, None
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=TIMEOUT_S))
+        # a rank that dies before the ranks connect: one line (exit 3) after the timeout, not a traceback
+        guarded(
+            lambda: dist.init_process_group(backend=backend, timeout=timedelta(seconds=TIMEOUT_S)),
+            "joining the other ranks",
+        )
     return dist.get_rank(), dist.get_world_size(), dist.group.WORLD
 
 
@@ -55,7 +59,7 @@ def guarded(fn: Callable[[], T], what: str) -> T:
         text = str(err).lower()
         if not isinstance(err, dist.DistError) and not any(w in text for w in _PEER_WORDS):
             raise  # a genuine bug, not a lost peer
-        rank = dist.get_rank() if dist.is_initialized() else 0
+        rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
         raise PeerLost(
             f"rank {rank}: {what} failed — another rank died or stopped responding "
             f"(collective timeout {TIMEOUT_S} s): {str(err).splitlines()[0][:200]}"
@@ -79,3 +83,22 @@ def barrier(group: Any) -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+# Agreement between ranks (used by the trainer's run-folder checks, preemption and non-finite guards) --------
+def broadcast(obj: T, group: Any) -> T:
+    """Rank 0's ``obj`` on every rank; just ``obj`` without a group."""
+    if group is None:
+        return obj
+    box = [obj]
+    guarded(lambda: dist.broadcast_object_list(box, src=0), "agreeing with rank 0")
+    return box[0]
+
+
+def any_rank(flags: list[bool], group: Any, device: torch.device) -> list[bool]:
+    """Each flag OR-ed over all ranks (one small all-reduce); ``flags`` itself without a group."""
+    if group is None:
+        return list(flags)
+    t = torch.tensor([float(f) for f in flags], device=device)
+    guarded(lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX), "agreeing with the other ranks")
+    return [bool(v) for v in t.tolist()]

@@ -1,12 +1,22 @@
 """``largemeta train``: the training loop and its logging, one process or many.
 
     trainer = Trainer(load_config("offline", {"algo": "cts"}), Path("runs/cts"))
-    trainer.run()
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
 
 :mod:`largemeta.train.build` builds the run (device, process group, tasks, learner, executor),
 :mod:`largemeta.train.state` lays out its checkpoint; this module owns the run folder (:mod:`largemeta.runs`)
-and the loop: steps, non-finite guards, metrics lines, TensorBoard events, checkpoints. Under torchrun each
-rank holds a shard of the tasks and rank 0 writes the files.
+and the loop: steps, non-finite guards, metrics lines, TensorBoard events, checkpoints, preemption.
+
+The run folder is claimed (checked, then locked for the life of the trainer) before anything is written, and
+nothing is written until the run is built. The checkpoint holds the resolved config and the run's identity;
+``resume=True`` continues it only when ``cfg`` differs from the checkpoint's config in resumable keys alone.
+SIGTERM or SIGINT during :meth:`Trainer.run` finishes the current step, writes a checkpoint and raises
+:class:`largemeta.errors.Preempted`. Under torchrun each rank holds a shard of the tasks; rank 0 checks, locks
+and writes the folder, and every decision that ends the loop (a signal, a non-finite value) is agreed by all
+ranks after the same step.
 """
 
 from __future__ import annotations
@@ -16,18 +26,20 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from largemeta import checkpoint
-from largemeta.errors import UserError
-from largemeta.runs import CHECKPOINT, CONFIG, METRICS, TENSORBOARD, read_config
+from largemeta import checkpoint, runs, signals
+from largemeta.errors import Preempted, UserError
+from largemeta.metatest import check_image_size
+from largemeta.runs import CHECKPOINT, CONFIG, METRICS, TENSORBOARD
 from largemeta.train import distributed, state
 from largemeta.train.build import build_run, place
-from largemeta.train.config import TrainConfig, diff, save_config
+from largemeta.train.config import RESUMABLE_CHANGES, TrainConfig, diff, from_mapping, save_config
 
 
 class NonFiniteLoss(UserError):
@@ -36,7 +48,7 @@ class NonFiniteLoss(UserError):
 
 class Trainer:
     """One training run: ``Trainer(cfg, run_dir).run()`` trains to ``cfg.steps`` (resuming with
-    ``resume``)."""
+    ``resume``); ``close()`` releases the run folder and the process group."""
 
     def __init__(
         self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True
@@ -45,10 +57,28 @@ class Trainer:
         self.placement = place(cfg)
         self.rank = self.placement.rank
         self.progress = progress and self.rank == 0
-        saved = self._prepare_run_dir(resume)
-        self.run_state = build_run(cfg, self.placement)
-        if saved is not None:
-            state.restore(self.run_state, saved)
+        self.claim: runs.Claim | None = None
+        self.identity: dict[str, Any] = {}
+        self.checkpoint_step: int | None = None
+        """Step of the last checkpoint in the folder (None: none yet)."""
+        self.last_record: dict[str, Any] = {}
+        self.steps_run = 0
+        try:
+            saved = self._open_folder(resume)
+            if cfg.tensorboard:
+                _tensorboard_writer_class()  # refuse a missing package before writing anything
+            self.run_state = build_run(cfg, self.placement)
+            for spec in {(s.channels, s.image_size): s for s in self.run_state.specs}.values():
+                check_image_size(self.run_state.body, spec.channels, spec.image_size, f"task {spec.name!r}")
+            if saved is not None:
+                state.restore(self.run_state, saved)
+            if self.rank == 0:
+                self._write_run_files(saved)
+        except BaseException:
+            if self.claim is not None:
+                self.claim.abandon()
+                self.claim = None
+            raise
 
     @property
     def learner(self):
@@ -58,82 +88,170 @@ class Trainer:
     def tasks(self):
         return self.run_state.tasks
 
-    def _prepare_run_dir(self, resume: bool) -> dict[str, Any] | None:
-        path = self.run_dir / CHECKPOINT
-        if resume:
-            saved_cfg = read_config(self.run_dir)
-            differing = diff(saved_cfg, self.cfg)
-            if differing:
-                pairs = ", ".join(f"{k}: {saved_cfg.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in differing)
-                raise UserError(f"--resume with a different config (only a longer steps is allowed): {pairs}")
-            saved = checkpoint.load(path, map_location="cpu")
-            if saved["step"] > self.cfg.steps:
-                raise UserError(f"--steps {self.cfg.steps} is below the {saved['step']} steps already done")
-            return saved
-        if path.exists():
-            raise UserError(f"{str(self.run_dir)!r} already holds a run; use --resume or another --out")
+    # the run folder ----------------------------------------------------------------------------------------
+    def _open_folder(self, resume: bool) -> dict[str, Any] | None:
+        """Rank 0 claims the folder and checks the checkpoint; every rank learns the outcome (one line for
+        all, at once, instead of a collective timing out) and, resuming, loads the checkpoint."""
+        saved, failure = None, None
+        outcome: tuple[str, int] | None = None
         if self.rank == 0:
             try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                save_config(self.cfg, self.run_dir / CONFIG)
-            except OSError as err:
-                raise UserError(f"cannot write run folder {str(self.run_dir)!r}: {err.strerror}") from None
+                saved = self._claim(resume)
+            except BaseException as err:
+                if self.placement.group is None:
+                    raise
+                failure = err
+                outcome = (str(err), err.exit_code) if isinstance(err, UserError) else ("rank 0 failed", 1)
+        outcome = distributed.broadcast(outcome, self.placement.group)
+        if failure is not None:
+            raise failure
+        if outcome is not None:
+            err = UserError(outcome[0])
+            err.exit_code = outcome[1]
+            raise err
+        if resume and saved is None:
+            saved = runs.read_checkpoint(self.run_dir)
+        return saved
+
+    def _claim(self, resume: bool) -> dict[str, Any] | None:
+        if not resume:
+            self.claim = runs.claim(self.run_dir, runs.accept_new_run, what="run folder")
+            self.identity = runs.new_identity(self.cfg.algo, self.cfg.seed)
+            return None
+        self.claim = runs.claim(self.run_dir, runs.accept_run, what="run folder", create=False)
+        saved = runs.read_checkpoint(self.run_dir)
+        self.identity = runs.check_identity(self.run_dir, saved)
+        differing = diff(saved["config"], self.cfg)
+        if differing:
+            pairs = ", ".join(
+                f"{k}: {saved['config'].get(k)!r} -> {getattr(self.cfg, k)!r}" for k in differing
+            )
+            raise UserError(
+                f"--resume with a different config (only {', '.join(RESUMABLE_CHANGES)} may change): {pairs}"
+            )
+        if saved["step"] > self.cfg.steps:
+            raise UserError(f"--steps {self.cfg.steps} is below the {saved['step']} steps already done")
+        self.checkpoint_step = int(saved["step"])
+        try:
+            copy: Any = runs.read_config(self.run_dir)
+        except UserError:
+            copy = None
+        if copy is None or diff(copy, from_mapping(saved["config"])):  # edited or lost: the checkpoint rules
+            warnings.warn(
+                f"{str(self.run_dir / CONFIG)!r} is not the checkpoint's config (edited or damaged); "
+                f"it is ignored and rewritten from the checkpoint",
+                stacklevel=2,
+            )
+        return saved
+
+    def _write_run_files(self, saved: dict[str, Any] | None) -> None:
+        """config.json and run.json (copies), and metrics.jsonl cut back to the checkpoint's step."""
+        save_config(self.cfg, self.run_dir / CONFIG)
+        runs.write_identity(self.run_dir, self.identity)
+        if saved is None:
+            (self.run_dir / METRICS).write_text("")
+        else:
+            self.last_record = runs.cut_metrics(self.run_dir / METRICS, int(saved["step"]))
+
+    def close(self) -> None:
+        """Release the run folder and leave the process group."""
+        if self.claim is not None:
+            self.claim.release()
+            self.claim = None
+        distributed.shutdown()
+
+    # checkpoints -------------------------------------------------------------------------------------------
+    def _last_good(self) -> str:
+        if self.checkpoint_step is None:
+            return (
+                f"no checkpoint was written yet (the first was due at step {self.cfg.checkpoint_every}); "
+                "nothing to resume"
+            )
+        return f"the last good checkpoint is {str(self.run_dir / CHECKPOINT)!r} (step {self.checkpoint_step})"
+
+    def _first_non_finite(self) -> str | None:
+        """Where this rank's state first holds NaN or inf: φ, each task's parameters and BatchNorm buffers."""
+        for task, params in zip(self.tasks, self.learner.params, strict=True):
+            for k, v in params.items():
+                if not bool(torch.isfinite(v).all()):
+                    return f"parameter {k!r} in task {task.name!r}"
+        for task in self.tasks:
+            for k, v in task.buffers.items():
+                if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                    return f"BatchNorm buffer {k!r} in task {task.name!r}"
+        for k, v in self.learner.phi.items():
+            if not bool(torch.isfinite(v).all()):
+                return f"parameter {k!r} of φ"
         return None
 
     def save(self) -> None:
-        """Write the checkpoint (rank 0), after making sure no non-finite parameter would reach it."""
-        # A non-finite gradient shows in the parameters before it shows in a loss (one step later).
-        for task, params in zip(self.tasks, self.learner.params, strict=True):
-            bad = next((k for k, v in params.items() if not torch.isfinite(v).all()), None)
-            if bad is not None:
-                raise NonFiniteLoss(
-                    f"non-finite parameter {bad!r} in task {task.name!r} at step {self.learner.step}; "
-                    f"stopped — the last good checkpoint is {str(self.run_dir / CHECKPOINT)!r}"
-                )
+        """Write the checkpoint (rank 0), after making sure that no non-finite parameter or buffer, on any
+        rank, would reach it."""
+        # A non-finite gradient shows in the parameters before it shows in a loss (one step later); an
+        # unstable inner step can leave the parameters finite and the BatchNorm statistics infinite.
+        bad = self._first_non_finite()
+        if distributed.any_rank([bad is not None], self.placement.group, self.placement.device)[0]:
+            where = bad or "state on another rank"
+            raise NonFiniteLoss(
+                f"non-finite {where} at step {self.learner.step}; stopped — {self._last_good()}"
+            )
         whole = state.collect(self.run_state)
         if whole is not None:
+            whole["identity"] = self.identity
             checkpoint.save(self.run_dir / CHECKPOINT, whole)
         distributed.barrier(self.placement.group)
+        self.checkpoint_step = self.learner.step
 
     # the loop ----------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Train to ``cfg.steps``; returns the last metrics line (the kept one when nothing was left)."""
         cfg = self.cfg
         metrics = open(self.run_dir / METRICS, "a") if self.rank == 0 else None
         writer = self._tensorboard() if self.rank == 0 else None
         bar = None
-        if self.progress and sys.stderr.isatty():
+        if self.progress and sys.stderr.isatty() and self.learner.step < cfg.steps:
             bar = tqdm(total=cfg.steps, initial=self.learner.step, unit="step", dynamic_ncols=True)
         window_losses = torch.zeros(len(self.tasks), dtype=torch.float64)
         window, t0 = 0, time.perf_counter()
-        last: dict[str, Any] = {}
+        last = self.last_record
         try:
-            while self.learner.step < cfg.steps:
-                take_step = self.run_state.take_step
-                group = self.placement.group
-                losses = (
-                    distributed.guarded(take_step, "the meta-update all-reduce") if group else take_step()
-                )
-                step = self.learner.step
-                losses = losses.detach().double().cpu()
-                bad = (~torch.isfinite(losses)).nonzero()
-                if len(bad):
-                    t = int(bad[0])
-                    raise NonFiniteLoss(
-                        f"non-finite loss {losses[t].item()} in task {self.tasks[t].name!r} at step {step}; "
-                        f"stopped — the last good checkpoint is {str(self.run_dir / CHECKPOINT)!r}"
+            with signals.deferred():
+                while self.learner.step < cfg.steps:
+                    take_step = self.run_state.take_step
+                    group = self.placement.group
+                    losses = (
+                        distributed.guarded(take_step, "the meta-update all-reduce") if group else take_step()
                     )
-                window_losses += losses
-                window += 1
-                if bar is not None:
-                    bar.update(1)
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    last = self._log(
-                        step, window_losses / window, window / (time.perf_counter() - t0), metrics, writer
+                    self.steps_run += 1
+                    step = self.learner.step
+                    losses = losses.detach().double().cpu()
+                    bad = (~torch.isfinite(losses)).nonzero()
+                    stop, bad_anywhere = distributed.any_rank(
+                        [signals.pending() is not None, len(bad) > 0], group, self.placement.device
                     )
-                    window_losses.zero_()
-                    window, t0 = 0, time.perf_counter()
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    self.save()
+                    if bad_anywhere:
+                        where = (
+                            f"loss {losses[int(bad[0])].item()} in task {self.tasks[int(bad[0])].name!r}"
+                            if len(bad)
+                            else "loss in a task of another rank"
+                        )
+                        raise NonFiniteLoss(
+                            f"non-finite {where} at step {step}; stopped — {self._last_good()}"
+                        )
+                    window_losses += losses
+                    window += 1
+                    if bar is not None:
+                        bar.update(1)
+                    if step % cfg.log_every == 0 or step == cfg.steps:
+                        last = self._log(
+                            step, window_losses / window, window / (time.perf_counter() - t0), metrics, writer
+                        )
+                        window_losses.zero_()
+                        window, t0 = 0, time.perf_counter()
+                    if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
+                        self.save()
+                    if stop and step < cfg.steps:  # at the last step the run is simply done
+                        raise self._preempted(step)
         finally:
             if bar is not None:
                 bar.close()
@@ -142,6 +260,16 @@ class Trainer:
             if writer is not None:
                 writer.close()
         return last
+
+    def _preempted(self, step: int) -> Preempted:
+        signum = signals.pending()
+        what = signals.name(signum) if signum is not None else "a signal on another rank"
+        err = Preempted(
+            f"stopped by {what} after step {step} of {self.cfg.steps}; checkpoint written to "
+            f"{str(self.run_dir / CHECKPOINT)!r}; continue with: largemeta train --resume {self.run_dir}"
+        )
+        err.step, err.signal = step, what  # type: ignore[attr-defined]
+        return err
 
     def _held_out_accuracy(self) -> list[float]:
         """Each local task's accuracy on the first ``eval_batches`` batches of its held-out split (NaN:
@@ -175,8 +303,14 @@ class Trainer:
         probe = self.run_state.probe
         if probe is not None and probe.records:
             record["shift_error"] = probe.records[-1]
-        metrics.write(json.dumps(_finite(record)) + "\n")
-        metrics.flush()
+        try:
+            metrics.write(json.dumps(_finite(record)) + "\n")
+            metrics.flush()
+        except OSError as err:
+            raise UserError(
+                f"cannot write {str(self.run_dir / METRICS)!r}: {err.strerror or err}; stopped at step "
+                f"{step} — {self._last_good()}"
+            ) from None
         if writer is not None:
             writer.add_scalar("train/mean_loss", record["mean_loss"], step)
             writer.add_scalar("train/steps_per_s", rate, step)
@@ -191,16 +325,17 @@ class Trainer:
     def _tensorboard(self):
         if not self.cfg.tensorboard:
             return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UserError(
-                "tensorboard = true needs the tensorboard package: pip install largemeta[tensorboard]"
-            ) from None
-        return SummaryWriter(str(self.run_dir / TENSORBOARD))
+        return _tensorboard_writer_class()(str(self.run_dir / TENSORBOARD))
 
-    def close(self) -> None:
-        distributed.shutdown()
+
+def _tensorboard_writer_class():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(
+            "tensorboard = true needs the tensorboard package: pip install largemeta[tensorboard]"
+        ) from None
+    return SummaryWriter
 
 
 def _finite(value: Any) -> Any:
