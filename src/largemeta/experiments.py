@@ -37,11 +37,26 @@ __all__ = ["RESULTS", "EvalSettings", "Record", "convergence", "k_ablation", "pr
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
+    """How φ is scored: the meta-test protocol's steps, seeds, batch size and training-set size."""
+
     steps: int = 1000
     seeds: int = 3
     batch_size: int = 128
     train_size: int | None = None
     targets: tuple[str, ...] = ()  # names of the suite's meta-test tasks (default: all)
+
+    def score(self, init: Init, specs: list[TaskSpec], *, device: str, data_dir: str) -> dict[str, Any]:
+        """The meta-test protocol with these settings (:func:`largemeta.metatest.meta_test`)."""
+        return meta_test(
+            init,
+            specs,
+            steps=self.steps,
+            seeds=self.seeds,
+            batch_size=self.batch_size,
+            train_size=self.train_size,
+            device=device,
+            data_dir=data_dir or None,
+        )
 
 
 def targets_of(cfg: TrainConfig, names: Sequence[str]) -> list[TaskSpec]:
@@ -220,16 +235,7 @@ def convergence(
     channels = specs[0].channels
 
     def ev(init: Init) -> dict[str, Any]:
-        return meta_test(
-            init,
-            specs,
-            steps=settings.steps,
-            seeds=settings.seeds,
-            batch_size=settings.batch_size,
-            train_size=settings.train_size,
-            device=device,
-            data_dir=cfg.data_dir or None,
-        )
+        return settings.score(init, specs, device=device, data_dir=cfg.data_dir)
 
     with Record(out, skeleton, log) as record:
         result = record.result
@@ -303,16 +309,8 @@ def k_ablation(
                     run_dir,
                     cfg.steps,
                 )
-                by_k[str(k)] = meta_test(
-                    load_init(str(run_dir), model=cfg.model),
-                    specs,
-                    steps=settings.steps,
-                    seeds=settings.seeds,
-                    batch_size=settings.batch_size,
-                    train_size=settings.train_size,
-                    device=device,
-                    data_dir=cfg.data_dir or None,
-                )
+                init = load_init(str(run_dir), model=cfg.model)
+                by_k[str(k)] = settings.score(init, specs, device=device, data_dir=cfg.data_dir)
                 record.finish(part)
     return result
 
@@ -426,16 +424,7 @@ def tune(
     }
 
     def ev(init: Init, specs: list[TaskSpec], s: EvalSettings) -> dict[str, Any]:
-        return meta_test(
-            init,
-            specs,
-            steps=s.steps,
-            seeds=s.seeds,
-            batch_size=s.batch_size,
-            train_size=s.train_size,
-            device=device,
-            data_dir=cfg.data_dir or None,
-        )
+        return s.score(init, specs, device=device, data_dir=cfg.data_dir)
 
     with Record(out, skeleton, log) as record:
         result = record.result
@@ -517,15 +506,7 @@ def pretrained(
                     continue
                 log(part)
                 start = start or load_init(source, model=cfg.model)
-                by_size[str(n)] = meta_test(
-                    start,
-                    specs,
-                    steps=settings.steps,
-                    seeds=settings.seeds,
-                    batch_size=settings.batch_size,
-                    train_size=n,
-                    device=device,
-                    data_dir=cfg.data_dir or None,
-                )
+                sized = dataclasses.replace(settings, train_size=n)
+                by_size[str(n)] = sized.score(start, specs, device=device, data_dir=cfg.data_dir)
                 record.finish(part)
     return result
