@@ -19,6 +19,7 @@ LAYERS = (
     "cache",
     "sources",
     "arrays",
+    "store",
     "augment",
     "tasks",
     "byo",
