@@ -22,6 +22,7 @@ LAYERS = (
     "store",
     "augment",
     "tasks",
+    "index",
     "byo",
     "packaged",
     "vision",
