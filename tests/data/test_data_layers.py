@@ -28,6 +28,8 @@ LAYERS = (
     "vision",
     "datasets",
     "images",
+    "stream",
+    "placement",
 )
 DATA_DIR = Path(largemeta.data.__file__).parent
 

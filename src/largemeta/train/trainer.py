@@ -45,7 +45,7 @@ class Trainer:
         self.rank = self.placement.rank
         self.progress = progress and self.rank == 0
         saved = self._prepare_run_dir(resume)
-        self.run_state = build_run(cfg, self.placement)
+        self.run_state = build_run(cfg, self.placement, saved)
         if saved is not None:
             state.restore(self.run_state, saved)
 
@@ -104,11 +104,12 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.learner.step, unit="step", dynamic_ncols=True)
-        window_losses = torch.zeros(len(self.tasks), dtype=torch.float64)
+        window_losses: dict[str, list[float]] = {}  # task -> [sum of its losses, steps] in this window
         window, t0 = 0, time.perf_counter()
         last: dict[str, Any] = {}
         try:
             while self.learner.step < cfg.steps:
+                names = [t.name for t in self.tasks]  # a task pool's restart at this step swaps tasks
                 take_step = self.run_state.take_step
                 group = self.placement.group
                 losses = (
@@ -120,18 +121,25 @@ class Trainer:
                 if len(bad):
                     t = int(bad[0])
                     raise NonFiniteLoss(
-                        f"non-finite loss {losses[t].item()} in task {self.tasks[t].name!r} at step {step}; "
+                        f"non-finite loss {losses[t].item()} in task {names[t]!r} at step {step}; "
                         f"stopped — the last good checkpoint is {str(self.run_dir / CHECKPOINT)!r}"
                     )
-                window_losses += losses
+                for name, loss in zip(names, losses.tolist(), strict=True):
+                    total = window_losses.setdefault(name, [0.0, 0])
+                    total[0] += loss
+                    total[1] += 1
                 window += 1
                 if bar is not None:
                     bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     last = self._log(
-                        step, window_losses / window, window / (time.perf_counter() - t0), metrics, writer
+                        step,
+                        {name: total / n for name, (total, n) in window_losses.items()},
+                        window / (time.perf_counter() - t0),
+                        metrics,
+                        writer,
                     )
-                    window_losses.zero_()
+                    window_losses.clear()
                     window, t0 = 0, time.perf_counter()
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                     self.save()
@@ -153,26 +161,31 @@ class Trainer:
             out.append(accuracy(task, params, batches))
         return out
 
-    def _log(self, step: int, losses: torch.Tensor, rate: float, metrics, writer) -> dict[str, Any]:
-        mine = {self.tasks[i].name: {"loss": float(losses[i])} for i in range(len(self.tasks))}
-        for name, acc in zip(mine, self._held_out_accuracy(), strict=True):
-            mine[name]["accuracy"] = acc
+    def _log(self, step: int, losses: dict[str, float], rate: float, metrics, writer) -> dict[str, Any]:
+        """``losses``: each task's mean training loss over the window (with a task pool, the tasks active in
+        it); held-out accuracy is measured for the tasks active now."""
+        mine: dict[str, dict[str, float]] = {name: {"loss": loss} for name, loss in losses.items()}
+        for task, acc in zip(self.tasks, self._held_out_accuracy(), strict=True):
+            mine.setdefault(task.name, {})["accuracy"] = acc
         gathered = distributed.gather(mine, self.placement.group)
         if self.rank != 0:
             return {}
         tasks: dict[str, Any] = {}
         for part in gathered or []:
-            tasks.update(part)
+            for name, fields in part.items():
+                tasks.setdefault(name, {}).update(fields)
+        trained = [t["loss"] for t in tasks.values() if "loss" in t]
         record = {
             "step": step,
             "inner_steps": step,
             "time": time.time(),
             "steps_per_s": rate,
-            "mean_loss": sum(t["loss"] for t in tasks.values()) / len(tasks),
+            "mean_loss": sum(trained) / len(trained),
             "meta_grad_norm": self.learner.last_meta_grad_norm,
             "shift_norm": self.learner.last_shift_norm,
             "tasks": tasks,
         }
+        record.update(self.run_state.log_fields())  # data placement; a task pool's active tasks and draws
         probe = self.run_state.probe
         if probe is not None and probe.records:
             record["shift_error"] = probe.records[-1]
@@ -201,6 +214,7 @@ class Trainer:
         return SummaryWriter(str(self.run_dir / TENSORBOARD))
 
     def close(self) -> None:
+        self.run_state.close()
         distributed.shutdown()
 
 
