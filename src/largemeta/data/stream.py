@@ -152,8 +152,8 @@ def decode_file(path: str, size: int, channels: int) -> torch.Tensor:
     with Image.open(path) as im:
         grey = im.mode in _GREY_MODES
         im = im.convert("L" if grey and channels == 1 else "RGB")  # decodes: a truncated file raises here
-    a = np.asarray(square_resize(im, size), dtype=np.uint8)
-    t = torch.from_numpy(a[..., None] if a.ndim == 2 else a.copy()).permute(2, 0, 1)
+    a = np.array(square_resize(im, size), dtype=np.uint8)  # a writable copy
+    t = torch.from_numpy(a[..., None] if a.ndim == 2 else a).permute(2, 0, 1)
     return to_grey(t[None])[0] if channels == 1 and t.shape[0] == 3 else t.contiguous()
 
 
@@ -343,6 +343,13 @@ class StreamHub:
         while True:
             try:
                 return next(self._iter)  # type: ignore[arg-type]
+            except (OSError, EOFError) as err:
+                # a batch in shared memory whose worker died before handing it over
+                self.shutdown()
+                raise StreamError(
+                    f"a data-loading worker process died while streaming {stream.what} (its batch was lost: "
+                    f"{type(err).__name__}: {err}); stopped — nothing was saved after the last checkpoint"
+                ) from None
             except RuntimeError as err:
                 text = str(err).splitlines()[0] if str(err) else type(err).__name__
                 if "timed out" in text:
