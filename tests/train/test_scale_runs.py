@@ -299,3 +299,43 @@ def test_a_worker_killed_mid_run_stops_in_one_line_with_the_checkpoint_intact(fo
     )
     state = checkpoint.load(run / "checkpoint.pt")  # whole, and from a step the schedule saves at
     assert state["step"] % 5 == 0
+
+
+def test_the_shipped_pool_config_and_suite():
+    from largemeta.data.tasks import load_suite
+    from largemeta.train.config import load_config
+
+    for cfg in (load_config("configs/pool.toml"), load_config("pool")):
+        assert cfg.suite == "pool" and cfg.tasks_per_trajectory == 4 and cfg.k % cfg.log_every == 0
+    suite = load_suite("pool")
+    assert len(suite.meta_train) == 23 and {t.dataset for t in suite.meta_train} == {
+        "mnist",
+        "fashion_mnist",
+        "digits",
+        "quickdraw",
+    }
+    quickdraw = [t for t in suite.meta_test if t.dataset == "quickdraw"]
+    assert [t.classes for t in quickdraw] == [
+        "240-274",
+        "275-309",
+        "310-344",
+    ]  # disjoint from the pool's 0-239
+
+
+@pytest.mark.network
+def test_the_pool_config_trains(builtin_datasets, tmp_path):
+    out = train(
+        ["--config", "configs/pool.toml", "--out", str(tmp_path / "run"), "--steps", "4", "--k", "2"]
+        + ["--device", "cpu", "--set", "width=4", "--set", "batch_size=4", "--set", "log_every=2"]
+        + ["--set", "eval_batches=0"]
+    )
+    lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [len(d["tasks"]) for line in lines for d in line["draws"]] == [4, 4, 4] and out.stderr == ""
+
+
+@pytest.fixture
+def builtin_datasets():
+    from largemeta.data.datasets import fetch_dataset
+
+    for name in ("mnist", "fashion_mnist", "quickdraw", "digits"):
+        fetch_dataset(name)
