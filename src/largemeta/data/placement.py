@@ -193,6 +193,12 @@ class TaskLoader:
                 self._mapped[name] = read_entry(folder, ds.name)
         return self._mapped[name]
 
+    def forget_datasets(self) -> None:
+        """Drop the loaded datasets (host arrays, memory maps): the tasks built so far keep what they need,
+        and a later task loads its dataset again."""
+        self.datasets = Datasets(data_dir=self.data_dir)
+        self._mapped.clear()
+
     def close(self) -> None:
         """Stop the streaming worker processes, if any were started."""
         if self._hub is not None:

@@ -199,6 +199,7 @@ def build_run(cfg: TrainConfig, placement: Placement, saved: dict[str, Any] | No
         tasks, heads = pool.start()
     else:
         tasks, heads = (list(part) for part in zip(*(build_task(gi) for gi in mine), strict=True))
+        loader.forget_datasets()  # every task is built: free the host copies (a pool keeps them, to redraw)
     inner = INNER_OPTIMIZERS.create(
         cfg.inner_optimizer, lr=cfg.inner_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
