@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run the fast test suite. Extra arguments go to pytest.
+# Set up (idempotent), lint, and run the fast test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.venv/bin/ruff check src tests benchmarks examples
+.venv/bin/ruff format --check --quiet src tests benchmarks examples
 exec .venv/bin/python -m pytest "$@"

@@ -8,7 +8,6 @@ the half-width of a 95 % Student-t interval over seeds (:mod:`largemeta.stats`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,20 +82,6 @@ def body_and_phi(init: Init, seed: int) -> tuple[torch.nn.Module, Params, Params
     return body, fit_to_body(init.phi, params, what=f"init {init.name!r}", model=init.model), buffers
 
 
-@torch.no_grad()
-def accuracy(
-    task: ImageTask, params: Mapping[str, Tensor], batches: Iterable[tuple[Tensor, Tensor]]
-) -> float:
-    """Share of correctly classified images over ``batches``, in eval mode (running statistics, nothing
-    updated); NaN when there are none."""
-    correct = total = 0
-    for x, y in batches:
-        out = task.logits(params, x.to(task.device or x.device), train=False)
-        correct += int((out.argmax(1) == y.to(out.device)).sum())
-        total += len(y)
-    return correct / total if total else float("nan")
-
-
 def fine_tune_optimizer(
     params: list[Tensor], steps: int, lr: float = 1e-3, weight_decay: float = 5e-4
 ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.MultiStepLR]:
@@ -152,7 +137,7 @@ def fine_tune(
         optimizer.step()
         schedule.step()
         if step + 1 in marks:
-            curve[step + 1] = accuracy(task, params, data.iter_eval(512))
+            curve[step + 1] = task.loss_and_accuracy(params, data.iter_eval(512))["accuracy"]
     return curve
 
 

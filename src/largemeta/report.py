@@ -18,7 +18,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy  # noqa: E402
+import torch  # noqa: E402
 
+import largemeta  # noqa: E402
+from largemeta.errors import UserError  # noqa: E402
 from largemeta.experiments import RESULTS, overall, table  # noqa: E402
 
 
@@ -104,11 +108,6 @@ def plot_pretrained(result: dict[str, Any], out: Path) -> list[Path]:
 
 
 def environment() -> dict[str, str]:
-    import numpy
-    import torch
-
-    import largemeta
-
     return {
         "largemeta": largemeta.__version__,
         "python": platform.python_version(),
@@ -163,8 +162,6 @@ def write_report(directory: Path) -> tuple[Path, Path]:
     if synthetic:
         sections.append(("Synthetic benchmark", "", synthetic, None))
     if not sections:
-        from largemeta.errors import UserError
-
         raise UserError(f"{str(directory)!r} holds no results.json or synthetic figures to report")
     env = environment()
     md = ["# largemeta report", ""]

@@ -3,7 +3,7 @@
 A run folder (``largemeta train --out RUN``) holds::
 
     config.json      the resolved config (human-readable copy)
-    checkpoint.pt    the latest checkpoint (largemeta.train.checkpoint)
+    checkpoint.pt    the latest checkpoint (largemeta.checkpoint)
     metrics.jsonl    one JSON line per log step
     tensorboard/     optional event files
 
@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open
+
+from largemeta import checkpoint
 from largemeta.core.params import Params
 from largemeta.errors import UserError
-from largemeta.train import checkpoint
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -71,9 +74,6 @@ def load_weights(source: str | Path) -> TrainedWeights:
         state = checkpoint.load(path / CHECKPOINT)
         return TrainedWeights(str(source), state["shared"]["phi"], state["config"], int(state["step"]))
     if path.suffix == ".safetensors" and path.is_file():
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file, safe_open
-
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}

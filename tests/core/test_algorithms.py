@@ -101,6 +101,41 @@ def test_fomaml_gradient_by_hand():
     torch.testing.assert_close(learner.meta_gradient_now()["x"], torch.tensor([0.6, 0.9], dtype=D))
 
 
+def test_official_cts_fomaml_by_hand():
+    # The reference code's CTS-FOMAML: g = mean_t ∇f_t(θ_t) on the step's training batch, at the pre-step
+    # θ, without weight decay; meta-update and shift first, then the inner SGD step with that gradient (its
+    # weight decay at the shifted θ). Tasks x² (∇ = 2x) and ½(x − 2)² (∇ = x − 2); α = 0.1, wd = 0.1,
+    # β = 0.25, φ = 1.
+    # step 1: g = (2 + (−1))/2 = 0.5 → φ = 0.875, both θ → 0.875;
+    #         θ_a = 0.875 − 0.1·(2 + 0.0875) = 0.66625, θ_b = 0.875 − 0.1·(−1 + 0.0875) = 0.96625.
+    # step 2: g = (1.3325 − 1.03375)/2 = 0.149375 → φ = 0.83765625, shift −0.03734375 →
+    #         θ = 0.62890625, 0.92890625;
+    #         θ_a = 0.62890625 − 0.1·(1.3325 + 0.062890625) = 0.4893671875,
+    #         θ_b = 0.92890625 − 0.1·(−1.03375 + 0.092890625) = 1.0229921875.
+    mg, schedule = ALGORITHMS.get("cts-fomaml-official").build(10)
+    assert schedule == Schedule.cts(10) and mg.before_inner_step
+    phi = phi_of(1.0)
+    learner = MetaLearner(
+        phi, [Quadratic(2.0), Quadratic(1.0, 2.0)], SGD(0.1, weight_decay=0.1), mg, schedule, meta_lr=0.25
+    )
+    learner.inner_step()
+    assert phi["x"].item() == pytest.approx(0.875, abs=1e-12)
+    assert [p["x"].item() for p in learner.params] == pytest.approx([0.66625, 0.96625], abs=1e-12)
+    learner.inner_step()
+    assert phi["x"].item() == pytest.approx(0.83765625, abs=1e-12)
+    assert [p["x"].item() for p in learner.params] == pytest.approx([0.4893671875, 1.0229921875], abs=1e-12)
+
+    # cts-fomaml as defined differs: the query gradient after the step (here the training loss as query)
+    # step 1: θ_a = 1 − 0.1·2.1 = 0.79, θ_b = 1 − 0.1·(−0.9) = 1.09; g = (1.58 − 0.91)/2 = 0.335 → φ = 0.91625
+    phi = phi_of(1.0)
+    mg, schedule = ALGORITHMS.get("cts-fomaml").build(10)
+    learner = MetaLearner(
+        phi, [Quadratic(2.0), Quadratic(1.0, 2.0)], SGD(0.1, weight_decay=0.1), mg, schedule, meta_lr=0.25
+    )
+    learner.inner_step()
+    assert phi["x"].item() == pytest.approx(0.91625, abs=1e-12)
+
+
 def test_leap_gradient_by_hand():
     # f = ½(θ₀² + 2θ₁²), SGD α = 0.1 from (1, 1): points (1,1), (0.9,0.8), (0.81,0.64) with losses
     # 1.5, 1.045, 0.73765 and gradients (1,2), (0.9,1.6).

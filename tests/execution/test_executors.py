@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from largemeta.core import FOMAML, IMAML, SGD, Adam, Leap, Schedule
+from largemeta.core import FOMAML, IMAML, SGD, Adam, Leap, PreStepFOMAML, Schedule
 from largemeta.core.params import flatten
 from largemeta.errors import UserError
 from largemeta.execution import EXECUTORS, Autocast, Batched, ChannelsLast, CudaGraphMetaStep, loop_gradients
@@ -103,6 +103,8 @@ def test_batched_groups_only_same_shapes():
         # adds a proximal regularizer to the inner loss; K > steps because the conjugate-gradient solve of the
         # meta-update amplifies fp32 rounding differences beyond any executor's control
         (IMAML(proximal=True), Schedule.plain(k=10)),
+        # meta-updates between the gradients and the inner steps: every task's gradients held at once
+        (PreStepFOMAML(), Schedule.cts(k=4)),
     ],
 )
 def test_batched_matches_loop_for_stateful_meta_gradients(meta_gradient, schedule):
@@ -265,7 +267,7 @@ def emulated_cuda(monkeypatch):
     return current
 
 
-@pytest.mark.parametrize("case", ["cts", "plain", "fomaml", "reset_inner_state"])
+@pytest.mark.parametrize("case", ["cts", "plain", "fomaml", "reset_inner_state", "fomaml-official"])
 def test_cuda_graph_bookkeeping_matches_eager_loop_emulated(emulated_cuda, case):
     """On CPU with an emulated graph: the wrapper's schedule logic (which graph, static inputs, step counters,
     hooks, restarts, recapture when tensors are replaced) gives exactly the eager loop's run."""
@@ -276,6 +278,7 @@ def test_cuda_graph_bookkeeping_matches_eager_loop_emulated(emulated_cuda, case)
         "plain": dict(schedule=Schedule.plain(k=3)),
         "fomaml": dict(schedule=Schedule.cts(k=4), meta_gradient=FOMAML()),
         "reset_inner_state": dict(schedule=Schedule.cts(k=4)),
+        "fomaml-official": dict(schedule=Schedule.cts(k=4), meta_gradient=PreStepFOMAML()),
     }[case]
     reset = case == "reset_inner_state"
     ref, fast = make_learner(reset_inner_state=reset, **kw), make_learner(reset_inner_state=reset, **kw)
@@ -292,4 +295,4 @@ def test_cuda_graph_bookkeeping_matches_eager_loop_emulated(emulated_cuda, case)
     # cts/fomaml: one graph (a meta-update every step); plain: with and without a meta-update; a reset inner
     # state re-creates the momentum buffers at each restart (steps 4, 8): the step after runs eagerly, the
     # next one recaptures.
-    assert captured == {"cts": 1, "fomaml": 1, "plain": 2, "reset_inner_state": 3}[case]
+    assert captured == {"cts": 1, "fomaml": 1, "plain": 2, "reset_inner_state": 3, "fomaml-official": 1}[case]

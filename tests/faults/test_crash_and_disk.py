@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import largemeta
+from largemeta import checkpoint
 from largemeta.cli import main
-from largemeta.train import checkpoint
 
 SRC = str(Path(largemeta.__file__).resolve().parents[1])
 

@@ -306,3 +306,21 @@ def test_pretrained_experiment(tiny_suite, tiny_config, tmp_path, capsys):
         "16",
     }
     assert "gain of cts" in table(result) and (tmp_path / "pre" / "pretrained.png").exists()
+    # the baseline is plain fine-tuning of the given model: the protocol run on it directly gives the same
+    # numbers
+    from largemeta.data.tasks import load_suite
+    from largemeta.metatest import load_init, meta_test
+
+    specs = list(load_suite(tiny_suite).meta_test)
+    for n in (8, 16):
+        direct = meta_test(
+            load_init(str(tmp_path / "phi.safetensors")), specs, steps=2, seeds=2, batch_size=8, train_size=n
+        )
+        assert result["algorithms"]["finetune"][str(n)]["tasks"] == direct["tasks"]
+    # CTS meta-trained on top of that model: its run started from it, and moved away from it
+    from largemeta.runs import load_weights
+
+    start, trained = load_weights(tmp_path / "phi.safetensors"), load_weights(tmp_path / "pre" / "cts")
+    assert trained.config["init"] == str(tmp_path / "phi.safetensors") and trained.step == 4
+    assert set(trained.phi) <= set(start.phi)
+    assert any(not torch.equal(trained.phi[k], start.phi[k]) for k in trained.phi)

@@ -328,7 +328,7 @@ def test_user_body_gets_per_task_batchnorm_statistics_1d_and_2d():
     assert not torch.allclose(tasks[0].buffers["1.running_mean"], tasks[1].buffers["1.running_mean"])
     assert all(torch.equal(v, template[k]) for k, v in body.state_dict().items())
     before = {k: v.clone() for k, v in tasks[0].buffers.items()}
-    tasks[0].loss_and_accuracy(params[0], *tasks[0].sampler.sample_query(8))
+    tasks[0].loss_and_accuracy(params[0], [tasks[0].sampler.sample_query(8)])
     assert all(torch.equal(before[k], tasks[0].buffers[k]) for k in before)
 
 
@@ -377,8 +377,8 @@ def small_cnn(in_channels=1, width=32):
 
 @pytest.mark.parametrize("which", ["declares num_features", "the example, sized by a forward pass"])
 def test_cli_trains_resumes_and_exports_a_body_from_a_file(tmp_path, tiny_suite, tiny_config, which):
+    from largemeta import checkpoint
     from largemeta.cli import main
-    from largemeta.train import checkpoint
 
     if which == "declares num_features":
         path = tmp_path / "declared_body.py"

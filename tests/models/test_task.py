@@ -56,11 +56,13 @@ def test_loss_and_accuracy_equal_the_eval_mode_module_and_leave_buffers_alone(pr
     module.load_state_dict({**phi, **task.buffers})
     logits = F.linear(module.eval()(x), heads[0]["head.weight"], heads[0]["head.bias"])
     buffers = clone(task.buffers)
-    result = task.loss_and_accuracy(params, x, y, batch_size=10)  # 64 images in 7 chunks
+    chunks = [(x[i : i + 10], y[i : i + 10]) for i in range(0, len(x), 10)]  # 64 images in 7 chunks
+    result = task.loss_and_accuracy(params, chunks)
     assert set(result) == {"loss", "accuracy"}
     torch.testing.assert_close(torch.tensor(result["loss"]), F.cross_entropy(logits, y), rtol=1e-5, atol=1e-6)
     assert result["accuracy"] == (logits.argmax(1) == y).sum().item() / len(y)
     assert all(torch.equal(buffers[k], task.buffers[k]) for k in buffers)  # eval mode: buffers untouched
+    assert all(v != v for v in task.loss_and_accuracy(params, []).values())  # no images: NaN, not 0 %
 
 
 def test_train_forward_updates_buffers_to_the_hand_computed_running_mean(problem):

@@ -11,8 +11,8 @@ from largemeta.train.config import FIELDS, TrainConfig, from_mapping, load_confi
 
 def test_defaults_validate_and_shipped_configs_load():
     from_mapping({})
-    assert load_config("configs/offline.toml").algo == "cts"
-    paper = load_config("configs/paper.toml")
+    assert load_config("offline").algo == "cts"
+    paper = load_config("paper")
     assert (paper.model, paper.k, paper.steps, paper.batch_size, paper.meta_lr) == (
         "resnet20",
         1000,
@@ -76,7 +76,7 @@ def test_set_overrides_parse_by_type():
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["train", "--config", "configs/offline.toml"], "train needs --out RUN_DIR"),
+        (["train", "--config", "offline"], "train needs --out RUN_DIR"),
         (["train", "--out", "x", "--set", "bogus=1"], "unknown config key 'bogus'"),
         (["train", "--out", "x", "--steps", "0"], "config key 'steps' out of range"),
         (["train", "--resume", "/nonexistent/run"], "no config.json there"),

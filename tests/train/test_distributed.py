@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import largemeta
-from largemeta.train import checkpoint
+from largemeta import checkpoint
 
 pytestmark = pytest.mark.distributed
 SRC = str(Path(largemeta.__file__).resolve().parents[1])

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
+from largemeta import checkpoint
 from largemeta.cli import main
-from largemeta.train import checkpoint
 from largemeta.train.config import TRAIN_ALGORITHMS, from_mapping
 from largemeta.train.trainer import Trainer
 
@@ -26,12 +26,33 @@ def phi_of(run_dir):
 
 @pytest.mark.parametrize("algo", TRAIN_ALGORITHMS)
 def test_every_algorithm_trains_and_logs(tiny_suite, tiny_config, tmp_path, algo):
-    extra = {"tasks": ("t0",)} if algo == "single" else {}
-    _, last = train(tiny_config(tiny_suite, algo=algo, **extra), tmp_path / "run")
+    from largemeta.core.algorithms import ALGORITHMS
+    from largemeta.models import create_model, split_state
+
+    spec = ALGORITHMS.get(algo)
+    extra = {"tasks": ("t0",)} if spec.single_task else {}
+    cfg = tiny_config(tiny_suite, algo=algo, **extra)
+    trainer, last = train(cfg, tmp_path / "run")
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [4, 8, 12]
-    assert last["step"] == 12 and all(t["loss"] > 0 for t in last["tasks"].values())
+    assert last["step"] == 12 and set(last["tasks"]) == ({"t0"} if spec.single_task else {"t0", "t1", "t2"})
+    assert all(0 < t["loss"] < 10 and 0 <= t["accuracy"] <= 1 for t in last["tasks"].values())
     assert json.loads((tmp_path / "run" / "config.json").read_text())["algo"] == algo
+    state = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
+    torch.manual_seed(cfg.get("seed", 0))
+    phi0 = split_state(create_model("convnet", in_channels=1, width=cfg["width"]))[0]
+    phi = state["shared"]["phi"]
+    assert set(phi) == set(phi0) and any(not torch.equal(phi[k], phi0[k]) for k in phi)  # φ was trained
+    heads = [t["params"]["head.weight"] for t in state["tasks"]]
+    assert all(h.shape == (4, cfg["width"]) for h in heads)
+    if spec.joint:
+        assert lines[-1]["meta_grad_norm"] is None and lines[-1]["shift_norm"] is None  # no meta-gradient
+        return
+    assert last["meta_grad_norm"] > 0 and last["shift_norm"] > 0
+    # step 12 is a restart (K = 4): every trajectory starts again exactly at φ, heads kept
+    for t in state["tasks"]:
+        assert all(torch.equal(t["params"][k], phi[k]) for k in phi)
+    assert not torch.equal(heads[0], heads[1])  # task-private: never averaged into φ
 
 
 def test_cts_lowers_the_training_loss(tiny_suite, tiny_config, tmp_path):

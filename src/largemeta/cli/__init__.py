@@ -16,7 +16,6 @@ from largemeta import __version__
 from largemeta.errors import UserError
 
 # Command-group modules, in the order their help lists them.
-# largemeta.cli.synthetic is added on the main branch; this branch does not have it yet.
 COMMAND_MODULES = (
     "largemeta.cli.experiment",
     "largemeta.cli.train",

@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Meta-train a body over a suite's meta-train tasks. Under torchrun: "
         "torchrun --nproc_per_node N --no-python largemeta train ...",
     )
-    p.add_argument("--config", help="TOML config (see configs/); flags below override it")
+    p.add_argument(
+        "--config", help="a TOML config file, or a shipped one by name (offline, paper); flags override it"
+    )
     p.add_argument("--out", help="run folder (new) — required unless --resume")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
     p.add_argument("--algo", help="an algorithm of 'largemeta algorithms' (cts, reptile, leap, ...)")
@@ -29,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the last metrics line as JSON")
     p.set_defaults(func=run_train)
+
+    a = sub.add_parser("algorithms", help="the algorithm table: every --algo name and what it needs")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=run_algorithms)
 
     e = sub.add_parser("export", help="write a run's φ as a plain model state_dict (.safetensors)")
     e.add_argument("run_dir")
@@ -77,6 +83,39 @@ def run_train(args: argparse.Namespace) -> int:
             loss = last.get("mean_loss", float("nan"))
             folder = args.resume or args.out
             print(f"trained {cfg.algo} for {cfg.steps} steps; mean loss {loss:.4f}; run folder {folder}")
+    return 0
+
+
+def run_algorithms(args: argparse.Namespace) -> int:
+    from largemeta.core.algorithms import ALGORITHMS
+
+    rows = []
+    for name in ALGORITHMS:
+        a = ALGORITHMS.get(name)
+        rows.append(
+            {
+                "name": name,
+                "meta_gradient": a.meta_gradient or "joint training",
+                "cts": a.cts,
+                "query_split": a.uses_query,
+                "cuda_graph": a.graphable,
+                "drop_in": a.drop_in,
+                "summary": a.summary,
+            }
+        )
+    if args.json:
+        print_json(rows)
+        return 0
+    yes = {True: "yes", False: "-"}
+    print(
+        f"{'algorithm':<20} {'meta-gradient':<16} {'CTS':<4} {'query':<6} {'graph':<6} {'drop-in':<8} summary"
+    )
+    for r in rows:
+        flags = [yes[r[k]] for k in ("cts", "query_split", "cuda_graph", "drop_in")]
+        print(
+            f"{r['name']:<20} {r['meta_gradient']:<16} {flags[0]:<4} {flags[1]:<6} {flags[2]:<6} "
+            f"{flags[3]:<8} {r['summary']}"
+        )
     return 0
 
 

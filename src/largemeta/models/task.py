@@ -10,8 +10,9 @@ shift-error probe's replay all see the sampler's stream.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from math import nan
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -144,19 +145,20 @@ class ImageTask:
 
     @torch.no_grad()
     def loss_and_accuracy(
-        self, params: Mapping[str, Tensor], x: Tensor, y: Tensor, batch_size: int = 256
+        self, params: Mapping[str, Tensor], batches: Iterable[tuple[Tensor, Tensor]]
     ) -> dict[str, float]:
-        """``{"loss": mean cross-entropy, "accuracy": fraction correct}`` on (x, y), in eval mode: BatchNorm
-        normalizes with this task's running statistics and nothing is updated. ``batch_size`` bounds
-        memory."""
-        total_loss, correct = 0.0, 0
-        for i in range(0, len(x), batch_size):
-            xb, yb = self._prepare((x[i : i + batch_size], y[i : i + batch_size]))
+        """``{"loss": mean cross-entropy, "accuracy": fraction correct}`` over ``batches`` of (x, y), in eval
+        mode: BatchNorm normalizes with this task's running statistics and nothing is updated (NaN for no
+        images). The one accuracy loop of the library (held-out accuracy while training, the meta-test
+        protocol)."""
+        total_loss, correct, n = 0.0, 0, 0
+        for batch in batches:
+            xb, yb = self._prepare(batch)
             out = self.logits(params, xb, train=False)
             total_loss += float(F.cross_entropy(out.float(), yb, reduction="sum"))
             correct += int((out.argmax(1) == yb).sum())
-        n = max(len(x), 1)
-        return {"loss": total_loss / n, "accuracy": correct / n}
+            n += len(yb)
+        return {"loss": total_loss / n, "accuracy": correct / n} if n else {"loss": nan, "accuracy": nan}
 
     # Checkpoints -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

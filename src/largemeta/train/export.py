@@ -10,11 +10,12 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save
 
+from largemeta import checkpoint
 from largemeta.errors import UserError
 from largemeta.models import create_model, split_state
 from largemeta.runs import load_weights
-from largemeta.train import checkpoint
 from largemeta.train.config import from_mapping
 
 
@@ -28,8 +29,6 @@ def export(run_dir: Path, out: Path) -> Path:
     torch.manual_seed(cfg.seed)
     _, buffers = split_state(create_model(cfg.model, in_channels=weights.in_channels or 3, width=cfg.width))
     tensors = {**{k: v.contiguous() for k, v in weights.phi.items()}, **buffers}
-    from safetensors.torch import save
-
     meta = {
         "format": "largemeta-phi",
         "model": cfg.model,

@@ -1,6 +1,6 @@
 """``largemeta train``: the training loop and its logging, one process or many.
 
-    trainer = Trainer(load_config("configs/offline.toml", {"algo": "cts"}), Path("runs/cts"))
+    trainer = Trainer(load_config("offline", {"algo": "cts"}), Path("runs/cts"))
     trainer.run()
 
 :mod:`largemeta.train.build` builds the run (device, process group, tasks, learner, executor),
@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
+from largemeta import checkpoint
 from largemeta.errors import UserError
-from largemeta.metatest import accuracy
 from largemeta.runs import CHECKPOINT, CONFIG, METRICS, TENSORBOARD, read_config
-from largemeta.train import checkpoint, distributed, state
+from largemeta.train import distributed, state
 from largemeta.train.build import build_run, place
 from largemeta.train.config import TrainConfig, diff, save_config
 
@@ -101,8 +102,6 @@ class Trainer:
         writer = self._tensorboard() if self.rank == 0 else None
         bar = None
         if self.progress and sys.stderr.isatty():
-            from tqdm import tqdm
-
             bar = tqdm(total=cfg.steps, initial=self.learner.step, unit="step", dynamic_ncols=True)
         window_losses: dict[str, list[float]] = {}  # task -> [sum of its losses, steps] in this window
         window, t0 = 0, time.perf_counter()
@@ -158,7 +157,7 @@ class Trainer:
         out = []
         for task, params in zip(self.tasks, self.learner.params, strict=True):
             batches = itertools.islice(task.sampler.train.iter_eval(256), self.cfg.eval_batches)
-            out.append(accuracy(task, params, batches))
+            out.append(task.loss_and_accuracy(params, batches)["accuracy"])
         return out
 
     def _log(self, step: int, losses: dict[str, float], rate: float, metrics, writer) -> dict[str, Any]:
