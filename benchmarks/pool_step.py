@@ -1,6 +1,6 @@
 """Benchmark: a task pool of 23 tasks, 4 per trajectory, against all 23 in every meta-step.
 
-    python benchmarks/pool_step.py [--config configs/pool.toml] [--k 10] [--trajectories 6] [--threads 1]
+    python benchmarks/pool_step.py [--config pool] [--k 10] [--trajectories 6] [--threads 1]
 
 Builds the run of ``--config`` (the ``pool`` suite: MNIST, Fashion-MNIST, digits and 20 QuickDraw groups)
 twice in this process, with ``tasks_per_trajectory`` = 4 and = 0 (every task, every step), and runs
@@ -33,7 +33,7 @@ from largemeta.train.config import load_config
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/pool.toml")
+    parser.add_argument("--config", default="pool")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--trajectories", type=int, default=6)
     parser.add_argument("--per-trajectory", type=int, default=4)

@@ -1,6 +1,6 @@
 """Benchmark: ms per meta-step with streamed task images against device-resident ones, same run.
 
-    python benchmarks/stream_vs_device.py [--config configs/offline.toml] [--steps 40] [--workers 1,2]
+    python benchmarks/stream_vs_device.py [--config offline] [--steps 40] [--workers 1,2]
 
 Builds the run of ``--config`` (its 5 tasks at 28 px) once per placement in this process — ``device`` and
 ``stream`` with each ``--workers`` count — and times ``take_step`` (every task's inner step and the CTS
@@ -31,7 +31,7 @@ from largemeta.train.config import load_config
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/offline.toml")
+    parser.add_argument("--config", default="offline")
     parser.add_argument("--steps", type=int, default=40, help="timed meta-steps per variant")
     parser.add_argument("--block", type=int, default=10)
     parser.add_argument("--workers", default="1,2", help="stream_workers values to time")

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 import largemeta
+from largemeta import checkpoint
 from largemeta.cli import main
-from largemeta.train import checkpoint
 
 SRC = str(Path(largemeta.__file__).resolve().parents[1])
 
@@ -305,8 +305,8 @@ def test_the_shipped_pool_config_and_suite():
     from largemeta.data.tasks import load_suite
     from largemeta.train.config import load_config
 
-    for cfg in (load_config("configs/pool.toml"), load_config("pool")):
-        assert cfg.suite == "pool" and cfg.tasks_per_trajectory == 4 and cfg.k % cfg.log_every == 0
+    cfg = load_config("pool")
+    assert cfg.suite == "pool" and cfg.tasks_per_trajectory == 4 and cfg.k % cfg.log_every == 0
     suite = load_suite("pool")
     assert len(suite.meta_train) == 23 and {t.dataset for t in suite.meta_train} == {
         "mnist",
@@ -325,7 +325,7 @@ def test_the_shipped_pool_config_and_suite():
 @pytest.mark.network
 def test_the_pool_config_trains(builtin_datasets, tmp_path):
     out = train(
-        ["--config", "configs/pool.toml", "--out", str(tmp_path / "run"), "--steps", "4", "--k", "2"]
+        ["--config", "pool", "--out", str(tmp_path / "run"), "--steps", "4", "--k", "2"]
         + ["--device", "cpu", "--set", "width=4", "--set", "batch_size=4", "--set", "log_every=2"]
         + ["--set", "eval_batches=0"]
     )
