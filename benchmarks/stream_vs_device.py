@@ -4,10 +4,10 @@
 
 Builds the run of ``--config`` (its 5 tasks at 28 px) once per placement in this process — ``device`` and
 ``stream`` with each ``--workers`` count — and times ``take_step`` (every task's inner step and the CTS
-meta-update) in alternating blocks of 10 steps, after 10 warm-up steps each, so that a shared machine's
-noise hits all of them alike. Prints one JSON object: the median ms per meta-step of each, the ratio of
-each streamed variant to device, the cores, and the batches' identity (on a CPU both placements draw the same
-batches, so their φ after the same steps must be equal).
+meta-update) in alternating blocks of 10 steps (the first of each round rotating), after 10 warm-up steps
+each, so that a shared machine's noise hits all of them alike. Prints one JSON object: the median ms per
+meta-step of each, the ratio of each streamed variant to device, the cores, and the batches' identity (on a
+CPU both placements draw the same batches, so their φ after the same steps must be equal).
 
 What the ratio means: on a GPU the decoding workers use CPU cores the training does not; on a 2-core CPU they
 compete with the training process itself for the same two cores, so the ratio here is an upper bound of the
@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.block):
             run.take_step()
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(max(1, args.steps // args.block)):
-        for name, run in runs.items():
+    order = list(runs)
+    for round_ in range(max(1, args.steps // args.block)):
+        for name in order[round_ % len(order) :] + order[: round_ % len(order)]:  # rotate who goes first
+            run = runs[name]
             t0 = time.perf_counter()
             for _ in range(args.block):
                 run.take_step()

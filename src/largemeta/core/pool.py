@@ -82,6 +82,8 @@ class TaskPool:
     Use: ``tasks, private = pool.start()``, build the learner with them, then ``pool.attach(learner)``.
     """
 
+    KEEP_DRAWS = 1000
+
     def __init__(
         self,
         size: int,
@@ -153,6 +155,7 @@ class TaskPool:
         self._leave(new)
         self._swap(new)
         self.draws.append((self.learner.step, list(new)))
+        del self.draws[: -self.KEEP_DRAWS]  # unread (ranks other than 0 never read them): keep the last ones
 
     def _leave(self, new: list[int]) -> None:
         """Keep the state of every rank's tasks that leave their slot for ``new`` (one exchange)."""

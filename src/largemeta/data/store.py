@@ -150,7 +150,9 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise Damaged(path, "missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except OSError as err:
+        raise Damaged(path, f"unreadable ({err.strerror or type(err).__name__})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise Damaged(path, f"not valid JSON ({type(err).__name__})") from None
 
 

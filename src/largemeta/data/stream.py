@@ -170,7 +170,13 @@ def decode(job: tuple, size: int, channels: int) -> torch.Tensor | Failure:
     for path in job[1]:
         try:
             images.append(decode_file(path, size, channels))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        except (
+            OSError,
+            UnidentifiedImageError,
+            ValueError,
+            SyntaxError,
+            Image.DecompressionBombError,
+        ) as err:
             return Failure(path, f"{type(err).__name__}: {err}")
     return torch.stack(images)
 
