@@ -174,9 +174,8 @@ class TaskPool:
                 old = run.tasks[local]
                 task, private = self.activate(new[s], self.stored.get(new[s]))
                 if hasattr(old, "memory_format") and hasattr(task, "memory_format"):
-                    task.memory_format = (
-                        old.memory_format
-                    )  # an executor's choice (channels-last) carries over
+                    # an executor's choice of input format (channels-last) carries over to the new task
+                    task.memory_format = old.memory_format
                 run.assign(local, task, private)
         self.assignment = list(new)
 

@@ -316,9 +316,8 @@ class StreamHub:
         if stream is None or stream.generation != generation:
             return  # closed or rewound since it was drawn
         if isinstance(batch, torch.Tensor) and batch.device != self.device:
-            batch = batch.to(
-                self.device, non_blocking=True
-            )  # ahead of use: queued before the step needing it
+            # copied ahead of use: queued on the device before the step that needs it
+            batch = batch.to(self.device, non_blocking=True)
         stream.ready[seq] = batch
 
     # the loader ------------------------------------------------------------------------------------------
