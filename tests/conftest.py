@@ -45,6 +45,12 @@ def tiny_suite(tmp_path) -> Path:
     return write_suite(tmp_path)
 
 
+@pytest.fixture
+def make_suite(tmp_path):
+    """``make_suite(n_tasks=3, classes=4, per_class=24, size=16)``: a suite like ``tiny_suite``, sized."""
+    return lambda **sizes: write_suite(tmp_path, **sizes)
+
+
 def _tiny_config(suite: Path, **overrides) -> dict:
     cfg = {
         "suite": str(suite),

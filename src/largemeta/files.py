@@ -15,6 +15,7 @@ folder while a trainer holds a run folder inside it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import socket
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -52,34 +53,43 @@ def umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Call ``write(binary_file)`` on a temporary file, then atomically replace ``path`` with it."""
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """A temporary file beside ``path`` (permissions 0666 less the umask); on leaving the block it is fsynced
+    and renamed over ``path``, and the folder fsynced. On any exception the temporary file is removed and
+    ``path`` is untouched. ``OSError`` propagates as it is (:func:`atomic_write` turns it into one line)."""
     path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise UserError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         if hasattr(os, "fchmod"):
             os.fchmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
+        with os.fdopen(fd, mode) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # make the rename durable (some file systems cannot fsync a folder: best effort there)
+    with contextlib.suppress(OSError):
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write(binary_file)`` on a temporary file, then atomically replace ``path`` with it
+    (:func:`atomic_open`); a failure is one line saying the previous file is intact."""
+    try:
+        with atomic_open(path) as fh:
+            write(fh)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
         raise UserError(
             f"cannot write {str(path)!r}: {err.strerror or err}; the previous file is intact"
         ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -68,7 +68,6 @@ _LAYOUT: dict[tuple[str, ...], type] = {
     ("step",): int,
     ("shared",): dict,
     ("shared", "phi"): dict,
-    ("tasks",): list,
     ("task_names",): list,
 }
 
@@ -95,6 +94,11 @@ def read_checkpoint(run_dir: Path) -> dict[str, Any]:
                 f"checkpoint {str(path)!r} is incomplete: {'.'.join(keys)} is missing or not a "
                 f"{kind.__name__} (not a whole largemeta checkpoint)"
             )
+    pooled = isinstance(state.get("slots"), list) and isinstance(state.get("pool"), dict)
+    if not (pooled or isinstance(state.get("tasks"), list)):
+        raise UserError(
+            f"checkpoint {str(path)!r} is incomplete: it holds no task state (tasks, or a pool's slots)"
+        )
     if not all(isinstance(v, torch.Tensor) for v in state["shared"]["phi"].values()):
         raise UserError(f"checkpoint {str(path)!r} is incomplete: shared.phi holds something not a tensor")
     if "identity" in state and not isinstance(state["identity"], dict):

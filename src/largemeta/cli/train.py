@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume",
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR exactly where its checkpoint stopped (flags may change only "
-        "steps, checkpoint_every, log_every, device, tensorboard, data_dir)",
+        "steps, checkpoint_every, log_every, device, tensorboard, data_dir, data_placement, "
+        "memory_budget_gb, stream_workers)",
     )
     p.add_argument("--algo", help="an algorithm of 'largemeta algorithms' (cts, reptile, leap, ...)")
     p.add_argument("--steps", type=int, help="cumulative inner steps per task")

@@ -159,6 +159,17 @@ class TaskRunner:
         """Task t's inner optimizer step with ``grads`` (dict order of its parameters)."""
         self.inner.step(list(self.params[t].values()), grads, self.inner_states[t])
 
+    def assign(self, t: int, task: Task, private: Params) -> None:
+        """Slot ``t`` runs ``task`` from now on (a task pool's redraw): ``private`` replaces the slot's
+        private parameters (copied), its shared ones are kept, and its inner optimizer state starts afresh."""
+        clash = set(private) & set(self.phi)
+        if clash:
+            raise ValueError(f"private parameters {sorted(clash)} also named in phi")
+        shared = {k: self.params[t][k] for k in self.phi}
+        self.params[t] = {**shared, **{k: v.requires_grad_(True) for k, v in clone(private).items()}}
+        self.tasks[t] = task
+        self.inner_states[t] = self.inner.init(list(self.params[t].values()))
+
     def reset_inner_states(self) -> None:
         """Fresh inner optimizer states for every task (a restart that re-creates the optimizer)."""
         self.inner_states = [self.inner.init(list(p.values())) for p in self.params]

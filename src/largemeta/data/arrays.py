@@ -136,3 +136,9 @@ class DatasetSpec:
 
     def source_names(self) -> list[str]:
         return [s.describe() for s in self.sources]
+
+    @property
+    def heals(self) -> bool:
+        """Whether a damaged cache entry is rebuilt without asking: a registry package is one of its sources
+        (the others — torchvision's hosts, a user's ``--root`` — may be gone or need the user)."""
+        return any(s.from_registry for s in self.sources)

@@ -63,6 +63,39 @@ def normalize(x: torch.Tensor, channels: int | None = None) -> torch.Tensor:
     return out
 
 
+def draw_augmentation(
+    batch: int, *, padding: int, flip: bool, generator: torch.Generator
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The random draws :func:`augment` makes for a batch of ``batch`` images, in its order, on the
+    generator's device: crop offsets (2, B) (None without padding) and the flip mask (B,) (None without flip).
+
+    A streamed task draws them ahead of the images it decodes in worker processes, then applies them with
+    :func:`apply_augmentation`; on the same generator the result equals :func:`augment`'s.
+    """
+    device = generator.device
+    offsets = (
+        torch.randint(0, 2 * padding + 1, (2, batch), device=device, generator=generator) if padding else None
+    )
+    mask = torch.rand(batch, device=device, generator=generator) < 0.5 if flip else None
+    return offsets, mask
+
+
+def apply_augmentation(
+    x: torch.Tensor,
+    *,
+    padding: int,
+    offsets: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    channels: int | None = None,
+) -> torch.Tensor:
+    """:func:`augment` with its random draws given (from :func:`draw_augmentation`)."""
+    if offsets is not None:
+        x = crop_at(x, padding, offsets[0], offsets[1])
+    if mask is not None:
+        x = flip_where(x, mask)
+    return normalize(x, channels)
+
+
 def augment(
     x: torch.Tensor, *, padding: int, flip: bool, generator: torch.Generator, channels: int | None = None
 ) -> torch.Tensor:

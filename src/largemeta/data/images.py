@@ -45,15 +45,159 @@ from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError
 
 
-def _to_device_images(x: np.ndarray, size: int, channels: int, device: torch.device) -> torch.Tensor:
-    """uint8 (N, H, W, C) host array -> uint8 (N, C', size, size) on ``device`` (C' = 1 if grey or asked)."""
+def prepare_images(x: np.ndarray, size: int, channels: int, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, C) host array -> uint8 (N, C', size, size) on ``device`` (C' = 1 if grey or asked).
+
+    Per image, so a batch of rows prepared by a streaming worker equals the same rows of a whole prepared
+    split."""
     t = torch.from_numpy(np.ascontiguousarray(x)).to(device).permute(0, 3, 1, 2)
     if channels == 1 and t.shape[1] == 3:
         t = to_grey(t)
     return resize_uint8(t.contiguous(), size)
 
 
-class TaskImages:
+class SampledImages:
+    """What every realisation of a :class:`~largemeta.data.tasks.TaskSpec` offers the training loop: its
+    labels and class names, a seeded minibatch stream whose state checkpoints (:meth:`state_dict`), its eval
+    split in order, and class-balanced subsets and held-out query pools of its training images.
+
+    Two realisations: :class:`TaskImages` holds the images on the training device (the fast path), and
+    :class:`largemeta.data.stream.StreamImages` reads them from disk as it samples them. Subclasses keep
+    ``y_train`` (labels of the training images, a tensor on ``_index_device``) and implement
+    :meth:`sample_train`, :meth:`iter_eval`, :attr:`num_eval` and :meth:`_training_on`.
+    """
+
+    spec: TaskSpec
+    y_train: torch.Tensor
+    class_names: tuple[str, ...]
+    seed: int
+    device: torch.device
+    generator: torch.Generator
+
+    @property
+    def _index_device(self) -> torch.device:
+        """Where index tensors into the training images live."""
+        return self.device
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the batches this task yields."""
+        return (self.spec.channels, self.spec.image_size, self.spec.image_size)
+
+    @property
+    def num_train(self) -> int:
+        return int(self.y_train.shape[0])
+
+    @property
+    def num_eval(self) -> int:
+        raise NotImplementedError
+
+    def sample_train(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """An augmented training minibatch: x float32 (B, C, H, W) in [-1, 1], y int64 (B,)."""
+        raise NotImplementedError
+
+    def iter_eval(self, batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The eval split in order, normalized, without augmentation."""
+        raise NotImplementedError
+
+    def _training_on(self, index: torch.Tensor, *, seed: int) -> SampledImages:
+        """A copy whose training images are those at ``index`` (eval split shared), sampling from ``seed``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the task holds outside this object (nothing, unless it streams)."""
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.name!r}, classes={self.num_classes}, train={self.num_train}, "
+            f"eval={self.num_eval}, shape={self.image_shape}, device={self.device})"
+        )
+
+    # -------------------------------------------------------------------------------- subsets
+
+    def subsample(
+        self, n_per_class: int | None = None, total: int | None = None, seed: int = 0
+    ) -> SampledImages:
+        """A copy training on a class-balanced subset: ``n_per_class`` per class, or ``total`` images.
+
+        With ``total`` the classes take turns (a seeded shuffle within each class), so per-class counts differ
+        by at most one where classes are large enough. The eval split and the sampling seed are unchanged.
+        """
+        if (n_per_class is None) == (total is None):
+            raise UserError("subsample needs exactly one of n_per_class and total")
+        limit = n_per_class if n_per_class is not None else total
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise UserError(f"subsample size must be a positive integer, got {limit!r}")
+        rng = np.random.default_rng(seed)
+        y = self.y_train.cpu().numpy()
+        per_class = [np.flatnonzero(y == c) for c in range(self.num_classes)]
+        per_class = [idx[rng.permutation(len(idx))] for idx in per_class]
+        if n_per_class is not None:
+            smallest = min(len(p) for p in per_class)
+            if n_per_class > smallest:
+                raise UserError(
+                    f"task {self.name!r}: n_per_class={n_per_class} exceeds its smallest class "
+                    f"({smallest} training images)"
+                )
+            chosen = np.concatenate([p[:n_per_class] for p in per_class])
+        else:
+            if total > self.num_train:
+                raise UserError(
+                    f"task {self.name!r}: total={total} exceeds its {self.num_train} training images"
+                )
+            # Round-robin over classes: rank of each image within its class, then stable sort by rank.
+            ranks = np.concatenate([np.arange(len(p)) for p in per_class])
+            order = np.concatenate(per_class)
+            chosen = order[np.argsort(ranks, kind="stable")][:total]
+        keep = torch.from_numpy(np.sort(chosen)).to(self._index_device)
+        return self._training_on(keep, seed=self.seed)
+
+    def split_query(self, fraction: float, seed: int | None = None) -> tuple[SampledImages, SampledImages]:
+        """Hold out a share of the training images as a query pool: ``(train, query)``, disjoint copies.
+
+        First-order MAML and iMAML score the adapted weights on a batch the inner loop did not train on, so
+        the query batches come from their own pool. Of the task's ``n`` training images,
+        ``n_q = max(1, round(n * fraction))`` are held out: the first ``n_q`` entries of
+        ``torch.randperm(n)`` drawn from a CPU generator seeded with ``seed`` (default: this task's seed), so
+        the split is the same on every device. Each copy keeps its images in their original order and shares
+        the eval split.
+
+        Both copies start fresh sampling streams: the train copy seeded with this task's seed, the query copy
+        with that seed + 1, so query draws never disturb the training stream (the shift-error probe replays
+        it). ``UserError`` when the split would leave no training image.
+        """
+        if isinstance(fraction, bool) or not 0 < fraction < 1:
+            raise UserError(f"task {self.name!r}: the query fraction must lie in (0, 1), got {fraction!r}")
+        n = self.num_train
+        n_query = max(1, int(round(n * fraction)))
+        if n_query >= n:
+            raise UserError(f"task {self.name!r}: {n} training images are too few to hold out a query share")
+        g = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        perm = torch.randperm(n, generator=g).to(self._index_device)
+        query, train = perm[:n_query].sort().values, perm[n_query:].sort().values
+        return self._training_on(train, seed=self.seed), self._training_on(query, seed=self.seed + 1)
+
+    # ---------------------------------------------------------------------------- checkpointing
+
+    def state_dict(self) -> dict[str, Any]:
+        """Sampling state to checkpoint: the generator state (a CPU uint8 tensor) and the seed."""
+        return {"generator": self.generator.get_state(), "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume sampling exactly where :meth:`state_dict` was taken."""
+        self.generator.set_state(state["generator"])
+        self.seed = int(state.get("seed", self.seed))
+
+
+class TaskImages(SampledImages):
     """One task's train and eval images (uint8, on a device) with a checkpointable sampling generator.
 
     Not to be confused with :class:`~largemeta.data.tasks.TaskSpec` (the recipe, a suite entry) or a
@@ -118,40 +262,15 @@ class TaskImages:
             x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
             keep = remap[y] >= 0
             parts[role] = (
-                _to_device_images(x[keep], spec.image_size, spec.channels, dev),
+                prepare_images(x[keep], spec.image_size, spec.channels, dev),
                 torch.from_numpy(remap[y[keep]]).to(dev),
             )
         names = [ds.class_names[c] for c in classes]
         return cls(spec, *parts["train"], *parts["eval"], names, seed=seed)
 
-    # ------------------------------------------------------------------------------- properties
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the batches this task yields."""
-        return (self.spec.channels, self.spec.image_size, self.spec.image_size)
-
-    @property
-    def num_train(self) -> int:
-        return int(self.y_train.shape[0])
-
     @property
     def num_eval(self) -> int:
         return int(self.y_eval.shape[0])
-
-    def __repr__(self) -> str:
-        return (
-            f"TaskImages({self.name!r}, classes={self.num_classes}, train={self.num_train}, "
-            f"eval={self.num_eval}, shape={self.image_shape}, device={self.device})"
-        )
 
     # -------------------------------------------------------------------------------- sampling
 
@@ -160,7 +279,6 @@ class TaskImages:
         return torch.randint(self.num_train, (batch_size,), device=self.device, generator=self.generator)
 
     def sample_train(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """An augmented training minibatch: x float32 (B, C, H, W) in [-1, 1], y int64 (B,)."""
         idx = self.sample_indices(batch_size)
         x = augment(
             self.x_train[idx],
@@ -172,74 +290,11 @@ class TaskImages:
         return x, self.y_train[idx]
 
     def iter_eval(self, batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The eval split in order, normalized, without augmentation."""
         for i in range(0, self.num_eval, batch_size):
             yield (
                 normalize(self.x_eval[i : i + batch_size], self.spec.channels),
                 self.y_eval[i : i + batch_size],
             )
-
-    def subsample(
-        self, n_per_class: int | None = None, total: int | None = None, seed: int = 0
-    ) -> TaskImages:
-        """A copy training on a class-balanced subset: ``n_per_class`` per class, or ``total`` images.
-
-        With ``total`` the classes take turns (a seeded shuffle within each class), so per-class counts differ
-        by at most one where classes are large enough. The eval split and the sampling seed are unchanged.
-        """
-        if (n_per_class is None) == (total is None):
-            raise UserError("subsample needs exactly one of n_per_class and total")
-        limit = n_per_class if n_per_class is not None else total
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-            raise UserError(f"subsample size must be a positive integer, got {limit!r}")
-        rng = np.random.default_rng(seed)
-        y = self.y_train.cpu().numpy()
-        per_class = [np.flatnonzero(y == c) for c in range(self.num_classes)]
-        per_class = [idx[rng.permutation(len(idx))] for idx in per_class]
-        if n_per_class is not None:
-            smallest = min(len(p) for p in per_class)
-            if n_per_class > smallest:
-                raise UserError(
-                    f"task {self.name!r}: n_per_class={n_per_class} exceeds its smallest class "
-                    f"({smallest} training images)"
-                )
-            chosen = np.concatenate([p[:n_per_class] for p in per_class])
-        else:
-            if total > self.num_train:
-                raise UserError(
-                    f"task {self.name!r}: total={total} exceeds its {self.num_train} training images"
-                )
-            # Round-robin over classes: rank of each image within its class, then stable sort by rank.
-            ranks = np.concatenate([np.arange(len(p)) for p in per_class])
-            order = np.concatenate(per_class)
-            chosen = order[np.argsort(ranks, kind="stable")][:total]
-        keep = torch.from_numpy(np.sort(chosen)).to(self.device)
-        return self._training_on(keep, seed=self.seed)
-
-    def split_query(self, fraction: float, seed: int | None = None) -> tuple[TaskImages, TaskImages]:
-        """Hold out a share of the training images as a query pool: ``(train, query)``, disjoint copies.
-
-        First-order MAML and iMAML score the adapted weights on a batch the inner loop did not train on, so
-        the query batches come from their own pool. Of the task's ``n`` training images,
-        ``n_q = max(1, round(n * fraction))`` are held out: the first ``n_q`` entries of
-        ``torch.randperm(n)`` drawn from a CPU generator seeded with ``seed`` (default: this task's seed), so
-        the split is the same on every device. Each copy keeps its images in their original order and shares
-        the eval split.
-
-        Both copies start fresh sampling streams: the train copy seeded with this task's seed, the query copy
-        with that seed + 1, so query draws never disturb the training stream (the shift-error probe replays
-        it). ``UserError`` when the split would leave no training image.
-        """
-        if isinstance(fraction, bool) or not 0 < fraction < 1:
-            raise UserError(f"task {self.name!r}: the query fraction must lie in (0, 1), got {fraction!r}")
-        n = self.num_train
-        n_query = max(1, int(round(n * fraction)))
-        if n_query >= n:
-            raise UserError(f"task {self.name!r}: {n} training images are too few to hold out a query share")
-        g = torch.Generator().manual_seed(self.seed if seed is None else seed)
-        perm = torch.randperm(n, generator=g).to(self.device)
-        query, train = perm[:n_query].sort().values, perm[n_query:].sort().values
-        return self._training_on(train, seed=self.seed), self._training_on(query, seed=self.seed + 1)
 
     def _training_on(self, index: torch.Tensor, *, seed: int) -> TaskImages:
         """A copy whose training images are ``x_train[index]`` (eval split shared), sampling from ``seed``."""
@@ -252,17 +307,6 @@ class TaskImages:
             self.class_names,
             seed=seed,
         )
-
-    # ---------------------------------------------------------------------------- checkpointing
-
-    def state_dict(self) -> dict[str, Any]:
-        """Sampling state to checkpoint: the generator state (a CPU uint8 tensor) and the seed."""
-        return {"generator": self.generator.get_state(), "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume sampling exactly where :meth:`state_dict` was taken."""
-        self.generator.set_state(state["generator"])
-        self.seed = int(state.get("seed", self.seed))
 
 
 def task_seed(seed: int, index: int) -> int:
@@ -277,8 +321,10 @@ class TrainQuerySampler:
     generators, so replaying the training stream — the shift-error probe — is not disturbed by query
     draws)."""
 
-    def __init__(self, images: TaskImages, query_fraction: float | None = None) -> None:
+    def __init__(self, images: SampledImages, query_fraction: float | None = None) -> None:
         self.train, self.query = images.split_query(query_fraction) if query_fraction else (images, None)
+        if query_fraction:
+            images.close()  # only its two parts sample
 
     def sample_train(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.train.sample_train(batch)
@@ -297,6 +343,12 @@ class TrainQuerySampler:
         self.train.load_state_dict(state["train"])
         if self.query is not None and state.get("query") is not None:
             self.query.load_state_dict(state["query"])
+
+    def close(self) -> None:
+        """Release both streams' resources (streamed tasks: their place in the worker pool)."""
+        self.train.close()
+        if self.query is not None:
+            self.query.close()
 
 
 class Datasets:

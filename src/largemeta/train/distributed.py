@@ -75,6 +75,15 @@ def gather(obj: T, group: Any) -> list[T] | None:
     return out
 
 
+def all_gather(obj: T, group: Any) -> list[T]:
+    """Every rank's ``obj`` on every rank (a task pool's exchange); just ``[obj]`` without a group."""
+    if group is None:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    guarded(lambda: dist.all_gather_object(out, obj, group=group), "exchanging task states")
+    return out
+
+
 def barrier(group: Any) -> None:
     if group is not None:
         guarded(lambda: dist.barrier(), "barrier")

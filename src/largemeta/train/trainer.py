@@ -67,7 +67,7 @@ class Trainer:
             saved = self._open_folder(resume)
             if cfg.tensorboard:
                 _tensorboard_writer_class()  # refuse a missing package before writing anything
-            self.run_state = build_run(cfg, self.placement)
+            self.run_state = build_run(cfg, self.placement, saved)
             for spec in {(s.channels, s.image_size): s for s in self.run_state.specs}.values():
                 check_image_size(self.run_state.body, spec.channels, spec.image_size, f"task {spec.name!r}")
             if saved is not None:
@@ -154,7 +154,8 @@ class Trainer:
             self.last_record = runs.cut_metrics(self.run_dir / METRICS, int(saved["step"]))
 
     def close(self) -> None:
-        """Release the run folder and leave the process group."""
+        """Stop the data workers, release the run folder and leave the process group."""
+        self.run_state.close()
         if self.claim is not None:
             self.claim.release()
             self.claim = None
@@ -211,12 +212,13 @@ class Trainer:
         bar = None
         if self.progress and sys.stderr.isatty() and self.learner.step < cfg.steps:
             bar = tqdm(total=cfg.steps, initial=self.learner.step, unit="step", dynamic_ncols=True)
-        window_losses = torch.zeros(len(self.tasks), dtype=torch.float64)
+        window_losses: dict[str, list[float]] = {}  # task -> [sum of its losses, steps] in this window
         window, t0 = 0, time.perf_counter()
         last = self.last_record
         try:
             with signals.deferred():
                 while self.learner.step < cfg.steps:
+                    names = [t.name for t in self.tasks]  # a task pool's restart at this step swaps tasks
                     take_step = self.run_state.take_step
                     group = self.placement.group
                     losses = (
@@ -231,22 +233,25 @@ class Trainer:
                     )
                     if bad_anywhere:
                         where = (
-                            f"loss {losses[int(bad[0])].item()} in task {self.tasks[int(bad[0])].name!r}"
+                            f"loss {losses[int(bad[0])].item()} in task {names[int(bad[0])]!r}"
                             if len(bad)
                             else "loss in a task of another rank"
                         )
                         raise NonFiniteLoss(
                             f"non-finite {where} at step {step}; stopped — {self._last_good()}"
                         )
-                    window_losses += losses
+                    for name, loss in zip(names, losses.tolist(), strict=True):
+                        total = window_losses.setdefault(name, [0.0, 0])
+                        total[0] += loss
+                        total[1] += 1
                     window += 1
                     if bar is not None:
                         bar.update(1)
                     if step % cfg.log_every == 0 or step == cfg.steps:
-                        last = self._log(
-                            step, window_losses / window, window / (time.perf_counter() - t0), metrics, writer
-                        )
-                        window_losses.zero_()
+                        rate = window / (time.perf_counter() - t0)
+                        means = {name: total / n for name, (total, n) in window_losses.items()}
+                        last = self._log(step, means, rate, metrics, writer)
+                        window_losses.clear()
                         window, t0 = 0, time.perf_counter()
                     if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                         self.save()
@@ -280,26 +285,31 @@ class Trainer:
             out.append(task.loss_and_accuracy(params, batches)["accuracy"])
         return out
 
-    def _log(self, step: int, losses: torch.Tensor, rate: float, metrics, writer) -> dict[str, Any]:
-        mine = {self.tasks[i].name: {"loss": float(losses[i])} for i in range(len(self.tasks))}
-        for name, acc in zip(mine, self._held_out_accuracy(), strict=True):
-            mine[name]["accuracy"] = acc
+    def _log(self, step: int, losses: dict[str, float], rate: float, metrics, writer) -> dict[str, Any]:
+        """``losses``: each task's mean training loss over the window (with a task pool, the tasks active in
+        it); held-out accuracy is measured for the tasks active now."""
+        mine: dict[str, dict[str, float]] = {name: {"loss": loss} for name, loss in losses.items()}
+        for task, acc in zip(self.tasks, self._held_out_accuracy(), strict=True):
+            mine.setdefault(task.name, {})["accuracy"] = acc
         gathered = distributed.gather(mine, self.placement.group)
         if self.rank != 0:
             return {}
         tasks: dict[str, Any] = {}
         for part in gathered or []:
-            tasks.update(part)
+            for name, fields in part.items():
+                tasks.setdefault(name, {}).update(fields)
+        trained = [t["loss"] for t in tasks.values() if "loss" in t]
         record = {
             "step": step,
             "inner_steps": step,
             "time": time.time(),
             "steps_per_s": rate,
-            "mean_loss": sum(t["loss"] for t in tasks.values()) / len(tasks),
+            "mean_loss": sum(trained) / len(trained),
             "meta_grad_norm": self.learner.last_meta_grad_norm,
             "shift_norm": self.learner.last_shift_norm,
             "tasks": tasks,
         }
+        record.update(self.run_state.log_fields())  # data placement; a task pool's active tasks and draws
         probe = self.run_state.probe
         if probe is not None and probe.records:
             record["shift_error"] = probe.records[-1]

@@ -1,0 +1,213 @@
+"""Task pools: a meta-train pool of N tasks of which M run at a time, drawn afresh for every trajectory.
+
+The paper meta-learns over a fixed list of tasks, all of them in every meta-update; with dozens of datasets a
+trajectory instead draws a few tasks from a pool (the generalisation the paper mentions). A :class:`TaskPool`
+gives a :class:`~largemeta.core.engine.MetaLearner` M *slots*; at the start and at every restart it draws M
+distinct pool tasks and puts one in each slot::
+
+    every restart (and at the start):
+        drawn = next M tasks of the pool        # seeded; see draw()
+        every slot s whose task changes:        # a task drawn again keeps its slot, and everything in it
+            pool task leaving s: keep its private parameters (head), BatchNorm statistics, sampler state
+            pool task entering s: bring back its own (or fresh ones, the first time it is drawn);
+                                  the slot's shared parameters are φ already (the restart just set them);
+                                  its inner optimizer state starts afresh
+    the meta-gradient is the mean over the M active tasks (of every rank)
+
+**The draw.** Tasks are drawn without replacement pass by pass: the pool is shuffled (``torch.randperm`` on a
+seeded CPU generator), trajectories take M tasks at a time from the shuffle, and a new shuffle continues it
+when fewer than M remain (skipping a task already drawn for the same trajectory). So every pool task is active
+once in every ⌈N/M⌉ trajectories or so — no task waits for a lucky draw. The generator and what is left of the
+shuffle are the pool's state (:meth:`TaskPool.state_dict`), so a resumed run draws what the uninterrupted run
+would have.
+
+**Inner optimizer state.** A slot's momentum buffers were accumulated along another task's trajectory; carried
+into a new task they would push its first steps along a direction that task never took (and a head's would not
+even have its shape). So a slot whose task changes starts a fresh inner state. A task drawn again for the next
+trajectory stays in its slot and keeps its state exactly as with a fixed task list (where the state is kept
+across restarts unless ``reset_inner_state``).
+
+**Many processes.** Slot s runs on rank ``s % world``; every rank draws the same tasks (same generator),
+so M ≥ world. A task that leaves a slot hands its state to every rank (``exchange``: one all-gather of the
+leaving tasks' small states per restart), so whichever rank draws it next continues it, and rank 0 can
+checkpoint the whole pool.
+
+The pool never builds tasks: ``activate(p, state)`` returns pool task p as ``(task, private parameters)``
+(loading its images, fresh when ``state`` is None) and ``deactivate(p, task, private)`` returns the state to
+keep while it is inactive (and releases what it held, e.g. its images on the device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from largemeta.core.metagrad import Task
+from largemeta.core.params import Params
+from largemeta.errors import UserError
+
+Activate = Callable[[int, Any], "tuple[Task, Params]"]
+Deactivate = Callable[[int, Task, Params], Any]
+Exchange = Callable[[dict[int, Any]], dict[int, Any]]
+
+
+def check_pool(size: int, per_trajectory: int, world: int = 1) -> None:
+    """``UserError`` in one line unless 1 <= per_trajectory <= size and per_trajectory >= world."""
+    if not 1 <= per_trajectory <= size:
+        raise UserError(
+            f"tasks_per_trajectory={per_trajectory} is larger than the pool: it has {size} tasks "
+            f"(valid: 1..{size}, or 0 for all of them in every trajectory)"
+        )
+    if per_trajectory < world:
+        raise UserError(
+            f"tasks_per_trajectory={per_trajectory} is below the {world} ranks: every rank needs an "
+            f"active task (valid: {world}..{size})"
+        )
+
+
+class TaskPool:
+    """``size`` pool tasks, ``per_trajectory`` of them active at a time (see the module docstring).
+
+    Args:
+        size: N, the number of pool tasks (indices 0..N-1).
+        per_trajectory: M, with 1 <= M <= N and M >= world.
+        seed: seeds the draw.
+        activate: ``activate(p, state_or_None) -> (task, private)``.
+        deactivate: ``deactivate(p, task, private) -> state`` (keep it small: it crosses ranks).
+        rank, world: this process's slots are ``rank, rank + world, ...``.
+        exchange: ``exchange(leaving) -> every rank's leaving`` (an all-gather of dicts); None alone.
+
+    Use: ``tasks, private = pool.start()``, build the learner with them, then ``pool.attach(learner)``.
+    """
+
+    KEEP_DRAWS = 1000
+
+    def __init__(
+        self,
+        size: int,
+        per_trajectory: int,
+        *,
+        seed: int,
+        activate: Activate,
+        deactivate: Deactivate,
+        rank: int = 0,
+        world: int = 1,
+        exchange: Exchange | None = None,
+    ) -> None:
+        check_pool(size, per_trajectory, world)
+        self.size, self.per_trajectory = size, per_trajectory
+        self.generator = torch.Generator().manual_seed(seed)
+        self.queue: list[int] = []
+        self.assignment: list[int] = []
+        self.slots = list(range(rank, per_trajectory, world))
+        self.stored: dict[int, Any] = {}
+        """The state of every pool task as it left its last slot (inactive tasks' are current)."""
+        self.draws: list[tuple[int, list[int]]] = []
+        """(step, assignment) of each draw not yet read by :meth:`take_draws`."""
+        self.activate, self.deactivate = activate, deactivate
+        self.exchange: Exchange = exchange or (lambda leaving: leaving)
+        self.learner: Any = None
+
+    # the draw --------------------------------------------------------------------------------------------
+    def draw(self) -> list[int]:
+        """The next M distinct pool tasks (see the module docstring); advances the generator and the queue."""
+        drawn: list[int] = []
+        while len(drawn) < self.per_trajectory:
+            if not any(p not in drawn for p in self.queue):
+                self.queue += torch.randperm(self.size, generator=self.generator).tolist()
+            i = next(i for i, p in enumerate(self.queue) if p not in drawn)
+            drawn.append(self.queue.pop(i))
+        return drawn
+
+    def assign(self, drawn: list[int]) -> list[int]:
+        """Slots for the drawn tasks: a task drawn again keeps its slot, the others fill the rest in order."""
+        if not self.assignment:
+            return list(drawn)
+        new: list[int | None] = [p if p in drawn else None for p in self.assignment]
+        entering = iter(p for p in drawn if p not in new)
+        return [p if p is not None else next(entering) for p in new]
+
+    # lifecycle -------------------------------------------------------------------------------------------
+    def start(self, step: int = 0) -> tuple[list[Task], list[Params]]:
+        """The first draw: this rank's slot tasks and their private parameters, to build the learner with."""
+        self.assignment = self.assign(self.draw())
+        self.draws.append((step, list(self.assignment)))
+        built = [self.activate(self.assignment[s], self.stored.get(self.assignment[s])) for s in self.slots]
+        return [t for t, _ in built], [p for _, p in built]
+
+    def attach(self, learner: Any) -> None:
+        """Redraw at every restart of ``learner`` (a :class:`~largemeta.core.engine.MetaLearner` built from
+        :meth:`start`'s tasks)."""
+        self.learner = learner
+        learner.controller.on_restart.append(lambda controller: self.redraw())
+
+    def private(self, local: int) -> Params:
+        """The private parameters of this rank's ``local``-th slot (its θ without φ's keys)."""
+        run = self.learner.runner
+        return {k: v for k, v in run.params[local].items() if k not in run.phi}
+
+    def redraw(self) -> None:
+        """Draw the next trajectory's tasks and swap the changed slots (a restart hook: shared parameters are
+        φ already)."""
+        new = self.assign(self.draw())
+        self._leave(new)
+        self._swap(new)
+        self.draws.append((self.learner.step, list(new)))
+        del self.draws[: -self.KEEP_DRAWS]  # unread (ranks other than 0 never read them): keep the last ones
+
+    def _leave(self, new: list[int]) -> None:
+        """Keep the state of every rank's tasks that leave their slot for ``new`` (one exchange)."""
+        run = self.learner.runner
+        leaving = {}
+        for local, s in enumerate(self.slots):
+            if new[s] != self.assignment[s]:
+                p = self.assignment[s]
+                leaving[p] = self.deactivate(p, run.tasks[local], self.private(local))
+        self.stored.update(self.exchange(leaving))
+
+    def _swap(self, new: list[int], *, all_slots: bool = False) -> None:
+        run = self.learner.runner
+        for local, s in enumerate(self.slots):
+            if all_slots or new[s] != self.assignment[s]:
+                old = run.tasks[local]
+                task, private = self.activate(new[s], self.stored.get(new[s]))
+                if hasattr(old, "memory_format") and hasattr(task, "memory_format"):
+                    # an executor's choice of input format (channels-last) carries over to the new task
+                    task.memory_format = old.memory_format
+                run.assign(local, task, private)
+        self.assignment = list(new)
+
+    def take_draws(self) -> list[tuple[int, list[int]]]:
+        """The draws since the last call: ``(step, pool task of each slot)``."""
+        out, self.draws = self.draws, []
+        return out
+
+    # checkpoints -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The draw's state and the assignment (the tasks' own states: :attr:`stored` and the live slots)."""
+        return {
+            "generator": self.generator.get_state(),
+            "queue": list(self.queue),
+            "assignment": list(self.assignment),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], tasks: list[Any]) -> None:
+        """Restore the draw and the assignment, and put every slot's saved task back with its saved state
+        (``tasks[p]``: pool task p's state, None if it was never drawn); the slots' parameters and inner
+        states are the learner's to load after this."""
+        if len(tasks) != self.size or len(state["assignment"]) != self.per_trajectory:
+            raise UserError(
+                f"checkpoint pool of {len(tasks)} tasks, {len(state['assignment'])} per trajectory does not "
+                f"fit this run's {self.size}, {self.per_trajectory}"
+            )
+        self.generator.set_state(state["generator"])
+        self.queue = [int(p) for p in state["queue"]]
+        self.stored = {p: s for p, s in enumerate(tasks) if s is not None}
+        run = self.learner.runner
+        for local, _ in enumerate(self.slots):  # what runs now is replaced whole: release it
+            p = self.assignment[self.slots[local]]
+            self.deactivate(p, run.tasks[local], self.private(local))
+        self._swap([int(p) for p in state["assignment"]], all_slots=True)
+        self.draws = []

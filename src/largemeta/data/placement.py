@@ -1,0 +1,212 @@
+"""Where a run's task images live — decoded on the training device, or streamed from disk — and the one object
+that builds them: :class:`TaskLoader`.
+
+``data_placement`` (a training config key):
+
+* ``device`` — :class:`~largemeta.data.images.TaskImages`: every image decoded once, uint8 on the training
+  device, batches drawn and augmented there. The fast path; the suite must fit.
+* ``stream`` — :class:`~largemeta.data.stream.StreamImages`: images stay on disk (a registered dataset's
+  cache entry, a folder's files) and worker processes decode the rows each batch draws. Any size.
+* ``auto`` — ``device`` when the task images that must be resident at once fit the memory budget, else
+  ``stream`` (:func:`choose_placement` says why).
+
+The budget is ``memory_budget_gb`` when given, else half of what is free now: the device's free memory on
+CUDA, the host's available memory otherwise (``MemAvailable`` of ``/proc/meminfo``). Half, because the
+decoded images are not all the run holds (the model, its optimizer states, a folder's decoding buffers) and
+memory must remain for the rest of the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from largemeta.data.arrays import ArrayDataset
+from largemeta.data.cache import data_dir as resolve_data_dir
+from largemeta.data.cache import unwritable
+from largemeta.data.datasets import DATASETS, looks_like_path
+from largemeta.data.images import Datasets, SampledImages
+from largemeta.data.index import FolderIndex, index_folder
+from largemeta.data.store import Damaged, read_entry, write_entry
+from largemeta.data.stream import StreamHub, StreamImages
+from largemeta.data.tasks import TaskSpec
+from largemeta.errors import UserError
+
+PLACEMENTS = ("auto", "device", "stream")
+BUDGET_SHARE = 0.5
+"""Share of the free memory that ``auto`` lets decoded task images take when no budget is given."""
+
+
+def available_memory(device: torch.device) -> tuple[int, str]:
+    """Bytes free now where ``device``'s images would live, and a description of that memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free), f"free memory of {device}"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available host memory"
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "free host memory"
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - platforms without either
+        return 8 << 30, "an assumed 8 GB of host memory"
+
+
+def memory_budget(device: torch.device, budget_gb: float = 0.0) -> tuple[int, str]:
+    """``auto``'s budget in bytes and its source: ``budget_gb`` when > 0, else half the free memory."""
+    if budget_gb > 0:
+        return int(budget_gb * 2**30), "memory_budget_gb"
+    free, what = available_memory(device)
+    return int(free * BUDGET_SHARE), f"half the {what}"
+
+
+def _gb(n: int) -> str:
+    return f"{n / 2**30:.2f} GB"
+
+
+def choose_placement(
+    requested: str, resident_bytes: int, device: torch.device, budget_gb: float = 0.0
+) -> tuple[str, str]:
+    """``(placement, why)``: ``requested`` unless it is ``auto``, which takes ``device`` when
+    ``resident_bytes`` (the decoded images that must be on the device at once) fit the budget."""
+    if requested not in PLACEMENTS:
+        raise UserError(f"unknown data_placement {requested!r} (valid: {', '.join(PLACEMENTS)})")
+    if requested != "auto":
+        return requested, f"data_placement = {requested!r}"
+    budget, source = memory_budget(device, budget_gb)
+    if resident_bytes <= budget:
+        return "device", (
+            f"data_placement auto: the task images take {_gb(resident_bytes)} decoded, within the budget of "
+            f"{_gb(budget)} ({source}): on the device"
+        )
+    return "stream", (
+        f"data_placement auto: the task images take {_gb(resident_bytes)} decoded, over the budget of "
+        f"{_gb(budget)} ({source}): streamed from disk"
+    )
+
+
+def default_workers() -> int:
+    """Worker processes when ``stream_workers`` is 0: one per core but one (left to training), 1 to 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+class TaskLoader:
+    """Builds the images of any task spec of a run, on the device or streamed, loading each dataset once.
+
+    Args:
+        device: where batches are delivered.
+        placement: ``device`` or ``stream`` (resolve ``auto`` first with :func:`choose_placement`, which needs
+            :meth:`decoded_bytes`; :attr:`placement` may be set until the first task is built).
+        data_dir: the dataset cache.
+        workers: streaming worker processes (0: :func:`default_workers`).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        placement: str = "device",
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+        workers: int = 0,
+    ) -> None:
+        self.device, self.placement = torch.device(device), placement
+        self.data_dir = data_dir or None
+        self.workers = workers or default_workers()
+        self.datasets = Datasets(data_dir=self.data_dir)
+        self._hub: StreamHub | None = None
+        self._indexes: dict[str, FolderIndex] = {}
+        self._mapped: dict[str, ArrayDataset] = {}
+
+    @property
+    def hub(self) -> StreamHub:
+        """The worker pool of streamed tasks (started with the first streamed batch)."""
+        if self._hub is None:
+            self._hub = StreamHub(self.workers, self.device)
+        return self._hub
+
+    # sizes -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _is_folder(name: str) -> bool:
+        return name not in DATASETS and looks_like_path(name) and Path(name).expanduser().is_dir()
+
+    def _index(self, name: str) -> FolderIndex:
+        if name not in self._indexes:
+            self._indexes[name] = index_folder(Path(name), resolve_data_dir(self.data_dir))
+        return self._indexes[name]
+
+    def decoded_bytes(self, spec: TaskSpec) -> int:
+        """What ``spec``'s images take decoded at its size (what device placement holds), without decoding:
+        counts from the dataset's labels or the folder's listing."""
+        if self._is_folder(spec.dataset):
+            index = self._index(spec.dataset)
+            names, labels = index.class_names, {s: index.splits[s].labels for s in index.splits}
+        else:
+            ds = self.datasets.get(spec.dataset)
+            names, labels = ds.class_names, {"train": ds.y_train, "test": ds.y_test}
+        keep = np.zeros(len(names), bool)
+        keep[spec.resolve_classes(names)] = True
+        count = sum(int(keep[np.asarray(labels[s])].sum()) for s in (spec.train_split, spec.eval_split))
+        return count * spec.channels * spec.image_size**2
+
+    # tasks -----------------------------------------------------------------------------------------------
+    def task_images(self, spec: TaskSpec, seed: int = 0) -> SampledImages:
+        """``spec``'s images placed as :attr:`placement` says, sampling from ``seed``."""
+        if self.placement == "device":
+            return self.datasets.task_images(spec, device=self.device, seed=seed)
+        if self.placement != "stream":
+            raise ValueError(f"resolve data_placement {self.placement!r} before building tasks")
+        if self._is_folder(spec.dataset):
+            return StreamImages.from_folder(
+                spec, self._index(spec.dataset), hub=self.hub, device=self.device, seed=seed
+            )
+        return StreamImages.from_arrays(
+            spec, self._memory_mapped(spec.dataset), hub=self.hub, device=self.device, seed=seed
+        )
+
+    def _memory_mapped(self, name: str) -> ArrayDataset:
+        """``name``'s arrays memory-mapped from a cache entry: a registered dataset's own, or (a ``.npz`` read
+        into memory) one written for it under ``<cache>/byo-v2/`` keyed by its path, size and mtime."""
+        ds = self.datasets.get(name)
+        if all(isinstance(getattr(ds, k), np.memmap) for k in ("x_train", "x_test")):
+            return ds
+        if name not in self._mapped:
+            path = Path(name).expanduser().resolve()
+            st = path.stat()
+            key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+            cache = resolve_data_dir(self.data_dir)
+            folder = cache / "byo-v2" / key
+            try:
+                self._mapped[name] = read_entry(folder, ds.name)
+            except Damaged:
+                try:
+                    write_entry(folder, ds)
+                except OSError as err:
+                    raise unwritable(cache, err, f"streaming {name} needs its arrays on disk: ") from None
+                self._mapped[name] = read_entry(folder, ds.name)
+        return self._mapped[name]
+
+    def forget_datasets(self) -> None:
+        """Drop the loaded datasets (host arrays, memory maps): the tasks built so far keep what they need,
+        and a later task loads its dataset again."""
+        self.datasets = Datasets(data_dir=self.data_dir)
+        self._mapped.clear()
+
+    def close(self) -> None:
+        """Stop the streaming worker processes, if any were started."""
+        if self._hub is not None:
+            self._hub.shutdown()
+
+
+def resident_bytes(loader: TaskLoader, specs: Sequence[TaskSpec], at_once: int | None = None) -> int:
+    """Decoded bytes of the ``at_once`` largest of ``specs`` (all of them when None): what must be resident
+    together when only ``at_once`` tasks are active (a task pool loads a drawn task's images lazily)."""
+    sizes = sorted((loader.decoded_bytes(s) for s in specs), reverse=True)
+    return sum(sizes if at_once is None else sizes[:at_once])
