@@ -24,7 +24,7 @@ LAYERS = [
     ["models", "synthetic"],
     ["data"],
     ["core"],
-    ["checkpoint", "registry"],
+    ["checkpoint", "sharded_checkpoint", "registry"],
     ["stats", "errors"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
