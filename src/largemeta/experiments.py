@@ -17,7 +17,7 @@ from typing import Any
 from largemeta.data.tasks import TaskSpec, load_suite
 from largemeta.errors import UserError
 from largemeta.metatest import Init, load_init, meta_test, scratch
-from largemeta.runs import CHECKPOINT, METRICS
+from largemeta.runs import METRICS, has_checkpoint
 from largemeta.stats import ci95
 from largemeta.train.build import select_tasks
 from largemeta.train.config import TRAIN_ALGORITHMS, TrainConfig
@@ -54,7 +54,7 @@ def milestones_of(steps: int, fractions: Sequence[float]) -> list[int]:
 
 
 def _train_to(cfg: TrainConfig, run_dir: Path, steps: int) -> None:
-    resume = (run_dir / CHECKPOINT).exists()
+    resume = has_checkpoint(run_dir)
     trainer = Trainer(dataclasses.replace(cfg, steps=steps), run_dir, resume=resume, progress=False)
     try:
         trainer.run()

@@ -3,7 +3,9 @@
 A run folder (``largemeta train --out RUN``) holds::
 
     config.json      the resolved config (human-readable copy)
-    checkpoint.pt    the latest checkpoint (largemeta.checkpoint)
+    checkpoint.json  the latest checkpoint's manifest, naming its folder checkpoint-NNNNNNNN/ (one file per
+                     rank that wrote it; largemeta.sharded_checkpoint)
+    checkpoint.pt    the checkpoint of a run written by version 0.1 (one file; read, superseded on resume)
     metrics.jsonl    one JSON line per log step
     tensorboard/     optional event files
 
@@ -22,14 +24,23 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 
-from largemeta import checkpoint
+from largemeta import checkpoint, sharded_checkpoint
 from largemeta.core.params import Params
 from largemeta.errors import UserError
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_NAME = "checkpoint"
+CHECKPOINT = f"{CHECKPOINT_NAME}.json"
+"""The latest checkpoint's manifest (see :mod:`largemeta.sharded_checkpoint`)."""
+LEGACY_CHECKPOINT = "checkpoint.pt"
+"""Version 0.1's single-file checkpoint (:mod:`largemeta.checkpoint`), still read."""
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run folder holds a checkpoint (either format)."""
+    return (Path(run_dir) / CHECKPOINT).is_file() or (Path(run_dir) / LEGACY_CHECKPOINT).is_file()
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -70,8 +81,12 @@ class TrainedWeights:
 def load_weights(source: str | Path) -> TrainedWeights:
     """φ from a run folder (its checkpoint) or a ``.safetensors`` file written by ``largemeta export``."""
     path = Path(source)
+    if path.is_dir() and (path / CHECKPOINT).is_file():
+        manifest = sharded_checkpoint.read_manifest(path, CHECKPOINT_NAME)
+        shared = sharded_checkpoint.load(path, ["shared"], manifest=manifest, name=CHECKPOINT_NAME)["shared"]
+        return TrainedWeights(str(source), shared["phi"], manifest.info.get("config") or {}, manifest.step)
     if path.is_dir():
-        state = checkpoint.load(path / CHECKPOINT)
+        state = checkpoint.load(path / LEGACY_CHECKPOINT)
         return TrainedWeights(str(source), state["shared"]["phi"], state["config"], int(state["step"]))
     if path.suffix == ".safetensors" and path.is_file():
         try:

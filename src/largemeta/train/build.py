@@ -112,6 +112,8 @@ class Run:
     learner: MetaLearner | JointLearner
     take_step: Callable[[], Tensor]
     probe: ShiftErrorProbe | None = None
+    layout: Any = None
+    """Which ranks serve which task (None: each task on one rank)."""
 
 
 def build_run(cfg: TrainConfig, placement: Placement) -> Run:

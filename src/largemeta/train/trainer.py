@@ -6,7 +6,8 @@
 :mod:`largemeta.train.build` builds the run (device, process group, tasks, learner, executor),
 :mod:`largemeta.train.state` lays out its checkpoint; this module owns the run folder (:mod:`largemeta.runs`)
 and the loop: steps, non-finite guards, metrics lines, TensorBoard events, checkpoints. Under torchrun each
-rank holds a shard of the tasks and rank 0 writes the files.
+rank serves its tasks (or a slice of one task's batch: :mod:`largemeta.train.groups`); rank 0 writes the
+metrics and every rank writes its own part of each checkpoint (:mod:`largemeta.train.sharded_state`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from largemeta import checkpoint
+from largemeta import sharded_checkpoint
 from largemeta.errors import UserError
-from largemeta.runs import CHECKPOINT, CONFIG, METRICS, TENSORBOARD, read_config
-from largemeta.train import distributed, state
+from largemeta.runs import CHECKPOINT, CHECKPOINT_NAME, CONFIG, METRICS, TENSORBOARD, read_config
+from largemeta.train import distributed, sharded_state
 from largemeta.train.build import build_run, place
 from largemeta.train.config import TrainConfig, diff, save_config
 
@@ -45,10 +46,14 @@ class Trainer:
         self.placement = place(cfg)
         self.rank = self.placement.rank
         self.progress = progress and self.rank == 0
-        saved = self._prepare_run_dir(resume)
-        self.run_state = build_run(cfg, self.placement)
-        if saved is not None:
-            state.restore(self.run_state, saved)
+        try:
+            saved = self._prepare_run_dir(resume)
+            self.run_state = build_run(cfg, self.placement)
+            if saved is not None:
+                sharded_state.restore(self.run_state, self.run_dir, saved)
+        except BaseException:
+            distributed.shutdown()  # leave the process group cleanly: no one calls close() on a failed start
+            raise
 
     @property
     def learner(self):
@@ -58,19 +63,20 @@ class Trainer:
     def tasks(self):
         return self.run_state.tasks
 
-    def _prepare_run_dir(self, resume: bool) -> dict[str, Any] | None:
-        path = self.run_dir / CHECKPOINT
+    def _prepare_run_dir(self, resume: bool) -> sharded_state.Saved | None:
         if resume:
             saved_cfg = read_config(self.run_dir)
             differing = diff(saved_cfg, self.cfg)
             if differing:
                 pairs = ", ".join(f"{k}: {saved_cfg.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in differing)
                 raise UserError(f"--resume with a different config (only a longer steps is allowed): {pairs}")
-            saved = checkpoint.load(path, map_location="cpu")
-            if saved["step"] > self.cfg.steps:
-                raise UserError(f"--steps {self.cfg.steps} is below the {saved['step']} steps already done")
+            saved = sharded_state.read(self.run_dir)
+            if saved.step > self.cfg.steps:
+                raise UserError(f"--steps {self.cfg.steps} is below the {saved.step} steps already done")
+            if self.rank == 0:  # unfinished checkpoint folders of a killed run
+                sharded_checkpoint.sweep(self.run_dir, CHECKPOINT_NAME)
             return saved
-        if path.exists():
+        if sharded_state.exists(self.run_dir):
             raise UserError(f"{str(self.run_dir)!r} already holds a run; use --resume or another --out")
         if self.rank == 0:
             try:
@@ -81,7 +87,8 @@ class Trainer:
         return None
 
     def save(self) -> None:
-        """Write the checkpoint (rank 0), after making sure no non-finite parameter would reach it."""
+        """Write the checkpoint (every rank its own entries), after making sure no non-finite parameter would
+        reach it."""
         # A non-finite gradient shows in the parameters before it shows in a loss (one step later).
         for task, params in zip(self.tasks, self.learner.params, strict=True):
             bad = next((k for k, v in params.items() if not torch.isfinite(v).all()), None)
@@ -90,10 +97,12 @@ class Trainer:
                     f"non-finite parameter {bad!r} in task {task.name!r} at step {self.learner.step}; "
                     f"stopped — the last good checkpoint is {str(self.run_dir / CHECKPOINT)!r}"
                 )
-        whole = state.collect(self.run_state)
-        if whole is not None:
-            checkpoint.save(self.run_dir / CHECKPOINT, whole)
-        distributed.barrier(self.placement.group)
+        if self.placement.group is None:
+            sharded_state.save(self.run_state, self.run_dir)
+        else:
+            distributed.guarded(
+                lambda: sharded_state.save(self.run_state, self.run_dir), "writing a checkpoint"
+            )
 
     # the loop ----------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
