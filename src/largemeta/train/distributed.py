@@ -9,6 +9,7 @@ that time instead of hanging. Multi-node: torchrun's own ``--nnodes``, ``--node_
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -79,3 +80,7 @@ def barrier(group: Any) -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+        # Gloo's worker threads free a finished collective's tensors after the caller has moved on, and need
+        # the GIL to do it; if the interpreter is already finalizing they abort the process ("terminate
+        # called without an active exception", SIGABRT after a successful run). Sleeping releases the GIL.
+        time.sleep(0.05)
