@@ -28,7 +28,7 @@ from largemeta.execution import EXECUTORS, GRAPH, CudaGraphMetaStep
 from largemeta.models import create_model, feature_size, init_head, split_state
 from largemeta.models.task import ImageTask
 from largemeta.runs import fit_to_body, load_weights
-from largemeta.train import distributed
+from largemeta.train import distributed, groups
 from largemeta.train.config import META_OPTIMIZERS, TrainConfig
 from largemeta.train.joint import JointLearner
 
@@ -100,7 +100,8 @@ class Run:
 
     ``specs`` are all meta-train tasks of the run (every rank's), ``mine`` the global indices of this rank's
     tasks, ``tasks`` those tasks; ``take_step()`` takes one inner step of every local task (and whatever the
-    schedule asks) and returns their losses.
+    schedule asks) and returns their losses. ``layout`` says which ranks serve which task
+    (:mod:`largemeta.train.groups`).
     """
 
     cfg: TrainConfig
@@ -112,7 +113,7 @@ class Run:
     learner: MetaLearner | JointLearner
     take_step: Callable[[], Tensor]
     probe: ShiftErrorProbe | None = None
-    layout: Any = None
+    layout: groups.Layout | None = None
     """Which ranks serve which task (None: each task on one rank)."""
 
 
@@ -125,7 +126,10 @@ def build_run(cfg: TrainConfig, placement: Placement) -> Run:
     channels = {s.channels for s in specs}
     if len(channels) != 1:
         raise UserError(f"meta-train tasks mix {sorted(channels)} input channels; one model needs one count")
-    mine = distributed.shard(len(specs), placement.rank, placement.world)
+    lay = groups.layout(len(specs), placement.rank, placement.world)  # more ranks than tasks: task groups
+    mine = lay.mine
+    algo = ALGORITHMS.get(cfg.algo)
+    groups.check_config(cfg, lay, algo.meta_gradient)
 
     torch.manual_seed(cfg.seed)  # the same initial φ on every rank
     body = create_model(cfg.model, in_channels=channels.pop(), width=cfg.width)
@@ -133,19 +137,25 @@ def build_run(cfg: TrainConfig, placement: Placement) -> Run:
     if cfg.init:
         phi = initial_phi(cfg, phi)
     phi = {k: v.to(placement.device) for k, v in phi.items()}
-    algo = ALGORITHMS.get(cfg.algo)
     tasks, heads = _build_tasks(cfg, specs, mine, body, buffers, placement.device, algo.uses_query)
+    task_group = groups.serve_in_groups(
+        lay, body, tasks, sync_batchnorm=cfg.sync_batchnorm, timeout_s=distributed.TIMEOUT_S
+    )
     inner = INNER_OPTIMIZERS.create(
         cfg.inner_optimizer, lr=cfg.inner_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
     if algo.joint:
-        learner: MetaLearner | JointLearner = JointLearner(phi, tasks, inner, heads, group=placement.group)
-        return Run(cfg, placement, specs, mine, body, tasks, learner, learner.inner_step)
+        learner: MetaLearner | JointLearner = JointLearner(
+            phi, tasks, inner, heads, group=placement.group, reduce=task_group.mean if task_group else None
+        )
+        return Run(cfg, placement, specs, mine, body, tasks, learner, learner.inner_step, layout=lay)
     meta_gradient, schedule = algo.build(
         cfg.k, cfg.meta_every, lam=cfg.imaml_lambda, cg_steps=cfg.imaml_cg_steps
     )
     outer = getattr(torch.optim, META_OPTIMIZERS[cfg.meta_optimizer])(list(phi.values()), lr=cfg.meta_lr)
     executor = EXECUTORS.create("loop" if cfg.executor == GRAPH else cfg.executor)
+    if task_group is not None:
+        executor = task_group.executor(executor)
     learner = MetaLearner(
         phi,
         tasks,
@@ -160,7 +170,7 @@ def build_run(cfg: TrainConfig, placement: Placement) -> Run:
     )
     take_step = CudaGraphMetaStep(learner) if cfg.executor == GRAPH else learner.inner_step
     probe = ShiftErrorProbe(learner, task=0, every=cfg.shift_error_every) if cfg.shift_error_every else None
-    return Run(cfg, placement, specs, mine, body, tasks, learner, take_step, probe)
+    return Run(cfg, placement, specs, mine, body, tasks, learner, take_step, probe, layout=lay)
 
 
 def _build_tasks(

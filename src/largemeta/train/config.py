@@ -83,6 +83,10 @@ class TrainConfig:
     executor: str = "loop"
     """How all tasks' inner steps run: loop, channels_last, autocast (bf16), channels_last+autocast, batched
     (vmap over same-shaped tasks), cuda_graph (the whole meta-step as one CUDA graph; GPU, SGD inner only)."""
+    sync_batchnorm: bool = True
+    """When a task is served by several ranks (torchrun with more ranks than tasks): normalize with the whole
+    batch's BatchNorm statistics, synchronised over the task's ranks (exact: the φ of one process). false:
+    each rank's slice alone (faster, but results then depend on the number of ranks). No effect otherwise."""
     checkpoint_every: int = 500
     """Write a checkpoint every this many steps (and at the end)."""
     log_every: int = 50
@@ -256,7 +260,8 @@ def validate(cfg: TrainConfig) -> None:
 def diff(saved: dict[str, Any], current: TrainConfig) -> list[str]:
     """Keys whose values differ between a saved run's config and ``current`` (resume check)."""
     now = current.to_dict()
-    return [k for k in FIELDS if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    default = TrainConfig().to_dict()  # a key added since the run was saved has its default there
+    return [k for k in FIELDS if k not in RESUMABLE_CHANGES and saved.get(k, default[k]) != now[k]]
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

@@ -1,4 +1,5 @@
-"""torchrun support: process-group setup from the environment, task sharding, object gathering.
+"""torchrun support: process-group setup from the environment, guarded collectives, object gathering (which
+rank serves which task: :mod:`largemeta.train.groups`).
 
 ``torchrun --nproc_per_node N --no-python largemeta train ...`` sets RANK/WORLD_SIZE/MASTER_ADDR; we join with
 gloo on CPU and NCCL on GPU, with a collective timeout so that a rank that dies makes the others fail within
@@ -39,13 +40,6 @@ def init(device: torch.device) -> tuple[int, int, Any]:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=TIMEOUT_S))
     return dist.get_rank(), dist.get_world_size(), dist.group.WORLD
-
-
-def shard(n: int, rank: int, world: int) -> list[int]:
-    """Global task indices of ``rank``: round-robin, any count per rank (uneven included)."""
-    if n < world:
-        raise UserError(f"{n} meta-train tasks cannot be spread over {world} ranks (need at least one each)")
-    return list(range(rank, n, world))
 
 
 def guarded(fn: Callable[[], T], what: str) -> T:
