@@ -71,7 +71,7 @@ def owned(run: Run) -> dict[str, Any]:
     leads = run.layout is None or run.layout.leader
     if run.placement.rank != 0 and not leads:
         return {}
-    learner = state._to_cpu(run.learner.state_dict())
+    learner = _on_cpu(run.learner.state_dict())
     entries: dict[str, Any] = {}
     if run.placement.rank == 0:
         entries[SHARED] = {k: v for k, v in learner.items() if k not in state.PER_TASK}
@@ -81,10 +81,16 @@ def owned(run: Run) -> dict[str, Any]:
             entries[task_entry(gi)] = {
                 "params": learner["params"][local],
                 "inner_state": learner["inner_states"][local],
-                "task": state._to_cpu(run.tasks[local].state_dict()),
+                "task": _on_cpu(run.tasks[local].state_dict()),
                 "meta": metas[local],
             }
     return entries
+
+
+def _on_cpu(value: Any) -> Any:
+    """``value`` with its tensors on the CPU — not copied again when already there: state dicts are copies
+    already, and a second one would double rank 0's memory at every checkpoint."""
+    return state._map(value, lambda t: t.detach().cpu())
 
 
 def info(run: Run) -> dict[str, Any]:
