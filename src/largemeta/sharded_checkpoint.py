@@ -488,9 +488,24 @@ def load(
         {i.relative_path for idx, i in metadata.storage_data.items() if idx.fqn in needed}
     ):
         _verify(manifest, relative)
+    stored: dict[str, int] = {}
+    for idx, info in metadata.storage_data.items():
+        if idx.fqn in needed:
+            if (
+                info.offset < 0
+                or info.length < 0
+                or info.offset + info.length > manifest.files[info.relative_path]["bytes"]
+            ):
+                raise UserError(f"checkpoint {str(manifest.folder)!r}: {idx.fqn!r} lies outside its file")
+            stored[idx.fqn] = stored.get(idx.fqn, 0) + info.length
     flat = {}
     for fqn in fqns:
         md = metadata.state_dict_metadata[fqn]
+        nbytes = torch.Size(md.size).numel() * md.properties.dtype.itemsize
+        if nbytes > stored.get(fqn, 0):  # never allocate what the files cannot hold
+            raise UserError(
+                f"checkpoint {str(manifest.folder)!r}: {fqn!r} is larger than the data stored for it"
+            )
         flat[fqn] = torch.empty(tuple(md.size), dtype=md.properties.dtype)
     try:
         with warnings.catch_warnings():
