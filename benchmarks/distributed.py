@@ -12,8 +12,9 @@ synchronised BatchNorm, the meta-update's all-reduce, the sharded checkpoint) on
   ``bytes_per_meta_step`` counts, per rank, the payload of every all-reduce by purpose — ``meta_gradient``
   (world, |φ| + 1 floats), ``task_gradients`` (the task group: loss + all of θ), ``batchnorm`` (the task
   group: 2·C floats per BatchNorm layer, forward and backward) — ``ring_wire_bytes`` what a ring all-reduce
-  moves per rank for them, 2(n − 1)/n × payload, and ``ms_in_all_reduce`` rank 0's time inside them (waiting
-  for slower ranks included).
+  moves per rank for them, 2(n − 1)/n × payload, and ``ms_in_all_reduce`` rank 0's time inside them,
+  measured in a second pass where a barrier precedes each all-reduce (so it is the collective's own time,
+  not the wait for a slower rank).
 * ``checkpoint_memory``: rank 0's peak RSS increase while writing one checkpoint (VmHWM reset through
   /proc/self/clear_refs) — the sharded format against version 0.1's (every task's state gathered on rank 0,
   one file) — with one task per rank, T = W = 2 vs 8 (rank 0 always owns one task: what other ranks hold
@@ -122,6 +123,7 @@ class Counter:
         self.calls: dict[str, int] = defaultdict(int)
         self.seconds: dict[str, float] = defaultdict(float)
         self.original = dist.all_reduce
+        self.isolate = False  # time each all-reduce alone: a barrier first, so no rank waits for a slower one
 
         def counted(tensor, *a, group=None, **kw):
             caller = sys._getframe(1).f_code.co_name
@@ -131,6 +133,8 @@ class Counter:
             self.bytes[purpose] += size
             self.wire[purpose] += 2 * (n - 1) / n * size
             self.calls[purpose] += 1
+            if self.isolate:
+                dist.barrier(group=group)
             start = time.perf_counter()
             try:
                 return self.original(tensor, *a, group=group, **kw)
@@ -171,6 +175,12 @@ def worker_step(args: argparse.Namespace) -> dict:
         if counter is not None:  # the slowest rank's time, not counted as training traffic
             counter.original(elapsed, op=dist.ReduceOp.MAX)
         times.append(float(elapsed))
+    if counter:  # a second pass for the time inside the all-reduces alone
+        counts = (dict(counter.bytes), dict(counter.wire), dict(counter.calls))
+        counter.reset()
+        counter.isolate = True
+        for _ in range(args.steps):
+            step()
     phi_bytes = sum(v.numel() * v.element_size() for v in trainer.learner.phi.values())
     theta_bytes = sum(v.numel() * v.element_size() for v in trainer.learner.params[0].values())
     out = {
@@ -184,9 +194,9 @@ def worker_step(args: argparse.Namespace) -> dict:
     }
     if counter:
         per_step = lambda d: {k: round(v / args.steps) for k, v in d.items()}  # noqa: E731
-        out["bytes_per_meta_step"] = per_step(counter.bytes)
-        out["ring_wire_bytes_per_meta_step"] = per_step(counter.wire)
-        out["all_reduces_per_meta_step"] = per_step(counter.calls)
+        out["bytes_per_meta_step"] = per_step(counts[0])
+        out["ring_wire_bytes_per_meta_step"] = per_step(counts[1])
+        out["all_reduces_per_meta_step"] = per_step(counts[2])
         out["ms_in_all_reduce_per_meta_step"] = {
             k: round(1e3 * v / args.steps, 2) for k, v in counter.seconds.items()
         }
