@@ -10,7 +10,9 @@ ranks.
 ``params`` are the task's θ (shared keys and head), ``inner_state`` its inner optimizer state, ``task`` its
 sampler and BatchNorm state, ``meta`` what the meta-gradient accumulated along its trajectory (Leap's path).
 Each rank holds a shard of the tasks: :func:`collect` gathers every task's state on rank 0, :func:`restore`
-hands each rank its own, so a run resumes on any number of ranks.
+hands each rank its own, so a run resumes on any number of ranks. This dict is version 0.1's single-file
+checkpoint; the trainer now writes the sharded format (:mod:`largemeta.train.sharded_state`: no gathering),
+which hands :func:`restore` the same layout with only the tasks a rank serves filled in.
 """
 
 from __future__ import annotations
