@@ -189,10 +189,11 @@ def test_skeleton_decoding_refuses_anything_but_its_own_nodes():
 
 
 def test_metadata_claiming_more_data_than_stored_allocates_nothing(tmp_path):
-    sc.save(tmp_path, 1, {"a": torch.ones(4)})
+    sc.save(tmp_path, 1, {"a": [torch.ones(4), torch.ones(100_000)]})  # packed, and one of its own
     metadata = tmp_path / "checkpoint-00000001" / ".metadata"
     real = sc.parse_metadata(metadata.read_bytes())
-    real.state_dict_metadata["a/0"].size = torch.Size([10**12])  # 4 TB, if it were allocated
+    assert sorted(real.state_dict_metadata) == ["a/1", "a/pack-float32", "a/skeleton"]
+    real.state_dict_metadata["a/1"].size = torch.Size([10**12])  # 4 TB, if it were allocated
     metadata.write_bytes(pickle.dumps(real))
     _rewrite_manifest(tmp_path)
     with pytest.raises(UserError, match="larger than the data stored"):

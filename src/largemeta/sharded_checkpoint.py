@@ -8,8 +8,9 @@ on any number of ranks, or in one process without a process group. On disk, in a
     ROOT/checkpoint-00000040/          one DCP checkpoint: .metadata + one __R_0.distcp file per writing rank
     ROOT/.checkpoint-00000044.tmp/     a checkpoint being written (swept away at the next start)
 
-**Format.** An entry becomes one DCP tensor per tensor it holds (``ENTRY/0``, ``ENTRY/1``, …) and a
-*skeleton* — its structure and every non-tensor value, as JSON, stored as a uint8 tensor ``ENTRY/skeleton``.
+**Format.** An entry becomes one DCP tensor per tensor it holds (``ENTRY/0``, ``ENTRY/1``, …; tensors of
+at most 64 KiB are packed, one ``ENTRY/pack-DTYPE`` tensor per dtype) and a *skeleton* — its structure, every
+non-tensor value and where each packed tensor lies, as JSON, stored as a uint8 tensor ``ENTRY/skeleton``.
 So the DCP checkpoint holds tensors only (no pickled "bytes" items). The manifest (JSON) holds the format,
 the step, the caller's run record (``info``), the entries and who wrote them, and the sha256 and size of
 every file of the folder, plus a sha256 of itself.
@@ -65,6 +66,9 @@ from largemeta.errors import UserError
 FORMAT = "largemeta-sharded-checkpoint-v2"
 METADATA = ".metadata"
 SKELETON = "skeleton"
+PACK_BYTES = 64 << 10
+"""Tensors up to this size are packed, per dtype, into one DCP tensor per entry (DCP's cost per item is a
+few hundred microseconds; a model has hundreds of small tensors — biases, BatchNorm, step counters)."""
 _NO_DIST_WARNING = r"torch\.distributed is disabled, unavailable or uninitialized"
 _ENTRY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
@@ -147,12 +151,39 @@ def _flat_entries(entries: Mapping[str, Any]) -> dict[str, torch.Tensor]:
                 f"bad checkpoint entry name {entry!r} (words of letters, digits, _ . - joined by /)"
             )
         tensors: list[torch.Tensor] = []
-        skeleton = encode(value, tensors)
+        tree = encode(value, tensors)
+        small: dict[torch.dtype, list[int]] = {}
         for i, t in enumerate(tensors):
-            flat[f"{entry}/{i}"] = _owned(t)
-        text = json.dumps(skeleton, separators=(",", ":")).encode()
+            if t.numel() * t.element_size() <= PACK_BYTES:
+                small.setdefault(t.dtype, []).append(i)
+            else:
+                flat[f"{entry}/{i}"] = _owned(t)
+        packed: dict[str, list[Any]] = {}
+        for dtype, members in small.items():
+            name, offset = str(dtype).removeprefix("torch."), 0
+            for i in members:
+                packed[str(i)] = [name, offset, list(tensors[i].shape)]
+                offset += tensors[i].numel()
+            flat[f"{entry}/pack-{name}"] = torch.cat([tensors[i].detach().cpu().reshape(-1) for i in members])
+        text = json.dumps({"tree": tree, "packed": packed}, separators=(",", ":")).encode()
         flat[f"{entry}/{SKELETON}"] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
     return flat
+
+
+def _unpack(doc: Any, flat: Mapping[str, torch.Tensor], key: str, own: re.Pattern[str]) -> Any:
+    """An entry from its skeleton document, its own tensors and its packs."""
+    tensors: dict[int, torch.Tensor] = {}
+    for fqn, t in flat.items():
+        m = own.match(fqn)
+        if m and m.group(1).isdigit():
+            tensors[int(m.group(1))] = t
+    for i, (dtype, offset, shape) in doc["packed"].items():
+        pack = flat[f"{key}/pack-{dtype}"]
+        n = torch.Size(shape).numel()
+        if not 0 <= int(offset) <= int(offset) + n <= pack.numel():
+            raise ValueError(f"packed tensor {i} lies outside its pack")
+        tensors[int(i)] = pack[int(offset) : int(offset) + n].view(shape).clone()
+    return decode(doc["tree"], tensors)
 
 
 # -------------------------------------------------------------------------------------- safe metadata
@@ -481,7 +512,7 @@ def load(
     if missing:
         raise UserError(f"checkpoint {str(manifest.folder)!r} has no entry {missing[0]!r}")
     metadata = read_metadata(manifest)
-    own = {k: re.compile(rf"^{re.escape(k)}/(\d+|{SKELETON})$") for k in wanted}
+    own = {k: re.compile(rf"^{re.escape(k)}/(\d+|{SKELETON}|pack-[a-z0-9]+)$") for k in wanted}
     fqns = [f for f in metadata.state_dict_metadata if any(p.match(f) for p in own.values())]
     needed = set(fqns)
     for relative in sorted(
@@ -522,13 +553,8 @@ def load(
         if skeleton_key not in flat:
             raise UserError(f"checkpoint {str(manifest.folder)!r} lacks the structure of entry {key!r}")
         try:
-            skeleton = json.loads(flat[skeleton_key].numpy().tobytes())
-            tensors = {
-                int(m.group(1)): t
-                for f, t in flat.items()
-                if (m := own[key].match(f)) and m.group(1) != SKELETON
-            }
-            out[key] = decode(skeleton, tensors)
+            doc = json.loads(flat[skeleton_key].numpy().tobytes())
+            out[key] = _unpack(doc, flat, key, own[key])
         except (ValueError, KeyError, TypeError) as err:
             raise UserError(
                 f"checkpoint {str(manifest.folder)!r}: entry {key!r} is malformed ({err})"
