@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from datetime import timedelta
 
 import torch
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
             torch.save(cts.export_state_dict(), args.save_phi)
     if world > 1:
         dist.destroy_process_group()
+        # Let Gloo's worker threads free their last tensors (they need the GIL) before Python finalizes;
+        # otherwise a finished run can abort with "terminate called without an active exception".
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,14 @@ def _tiny_config(suite: Path, **overrides) -> dict:
 
 
 @pytest.fixture
+def two_task_suite(tmp_path) -> Path:
+    """The tiny suite with 2 tasks (4 ranks serve each in groups of 2)."""
+    folder = tmp_path / "two-task-suite"
+    folder.mkdir()
+    return write_suite(folder, n_tasks=2)
+
+
+@pytest.fixture
 def tiny_config():
     """``tiny_config(suite, **overrides)``: the config dict of a seconds-long CPU run."""
     return _tiny_config

@@ -24,7 +24,7 @@ LAYERS = [
     ["models", "synthetic"],
     ["data"],
     ["core"],
-    ["checkpoint", "registry"],
+    ["checkpoint", "sharded_checkpoint", "registry"],
     ["files", "signals", "stats"],
     ["errors"],
 ]

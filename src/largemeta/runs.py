@@ -2,8 +2,10 @@
 
 A run folder (``largemeta train --out RUN``) holds::
 
-    checkpoint.pt    the latest checkpoint (largemeta.checkpoint): the state, the resolved config and
-                     the run's identity — the source of truth for --resume
+    checkpoint.json  the latest checkpoint's manifest (largemeta.sharded_checkpoint), naming its folder
+                     checkpoint-NNNNNNNN/ (one file per rank that wrote it); with the resolved config and the
+                     run's identity it is the source of truth for --resume
+    checkpoint.pt    the checkpoint of a run written by version 0.1 (one file; read, superseded on resume)
     config.json      the resolved config (a human-readable copy; never read back)
     run.json         the run's identity {run_id, algo, seed, created} (a copy; it tells a foreign checkpoint)
     metrics.jsonl    one JSON line per log step (cut back to the checkpoint's step on resume)
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,19 +35,30 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 
-from largemeta import __version__, checkpoint
+from largemeta import __version__, checkpoint, sharded_checkpoint
 from largemeta.core.params import Params
 from largemeta.errors import UserError
 from largemeta.files import FolderLock, atomic_write_text, contents, lock_folder, sweep_temporaries
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_NAME = "checkpoint"
+CHECKPOINT = f"{CHECKPOINT_NAME}.json"
+"""The latest checkpoint's manifest (see :mod:`largemeta.sharded_checkpoint`)."""
+LEGACY_CHECKPOINT = "checkpoint.pt"
+"""Version 0.1's single-file checkpoint (:mod:`largemeta.checkpoint`), still read."""
 CONFIG = "config.json"
 RUN = "run.json"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 RESULTS = "results.json"
-RUN_FILES = frozenset({CHECKPOINT, CONFIG, RUN, METRICS, TENSORBOARD})
-"""What a run folder may hold."""
+RUN_FILES = frozenset({CHECKPOINT, LEGACY_CHECKPOINT, CONFIG, RUN, METRICS, TENSORBOARD})
+"""What a run folder may hold, beside its checkpoint folders."""
+_CHECKPOINT_FOLDER = re.compile(rf"^\.?{CHECKPOINT_NAME}-\d+(\.tmp)?$")
+"""A checkpoint's folder, or one being written (:mod:`largemeta.sharded_checkpoint`)."""
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run folder holds a checkpoint (either format)."""
+    return (Path(run_dir) / CHECKPOINT).is_file() or (Path(run_dir) / LEGACY_CHECKPOINT).is_file()
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -72,18 +86,24 @@ _LAYOUT: dict[tuple[str, ...], type] = {
 }
 
 
-def read_checkpoint(run_dir: Path) -> dict[str, Any]:
-    """A run folder's checkpoint, checked to hold what a checkpoint holds (a one-line error otherwise)."""
-    path = Path(run_dir) / CHECKPOINT
+def no_checkpoint(run_dir: Path) -> UserError:
+    """The one-line error for a folder with no checkpoint to resume or read."""
+    if not Path(run_dir).is_dir():
+        return UserError(f"run folder {str(run_dir)!r} does not exist")
+    if (Path(run_dir) / RUN).is_file():
+        return UserError(
+            f"{str(run_dir)!r} has no checkpoint yet: its run stopped before writing one; "
+            f"start it again with --out {run_dir}"
+        )
+    return UserError(f"{str(run_dir)!r} is not a run folder: no {CHECKPOINT} there")
+
+
+def read_legacy_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """A version-0.1 run folder's ``checkpoint.pt``, checked to hold what a checkpoint holds (a one-line error
+    otherwise)."""
+    path = Path(run_dir) / LEGACY_CHECKPOINT
     if not path.is_file():
-        if not Path(run_dir).is_dir():
-            raise UserError(f"run folder {str(run_dir)!r} does not exist")
-        if (Path(run_dir) / RUN).is_file():
-            raise UserError(
-                f"{str(run_dir)!r} has no checkpoint yet: its run stopped before writing one; "
-                f"start it again with --out {run_dir}"
-            )
-        raise UserError(f"{str(run_dir)!r} is not a run folder: no {CHECKPOINT} there")
+        raise no_checkpoint(run_dir)
     state = checkpoint.load(path, map_location="cpu")
     for keys, kind in _LAYOUT.items():
         value: Any = state
@@ -132,11 +152,11 @@ def _recorded_identity(run_dir: Path) -> dict[str, Any] | None:
     return recorded if isinstance(recorded, dict) and isinstance(recorded.get("run_id"), str) else None
 
 
-def check_identity(run_dir: Path, saved: dict[str, Any]) -> dict[str, Any]:
-    """The identity to continue ``saved`` with; refuses a checkpoint that belongs to another run than the
-    folder's (``run.json``). A version 0.1 checkpoint (no identity, no run.json) is adopted: it gets one."""
+def check_identity(run_dir: Path, identity: dict[str, Any] | None, config: dict[str, Any]) -> dict[str, Any]:
+    """The identity to continue a checkpoint (``identity``, ``config``: what it records) with; refuses a
+    checkpoint that belongs to another run than the folder's (``run.json``). A version 0.1 checkpoint (no
+    identity, no run.json) is adopted: it gets one."""
     recorded = _recorded_identity(run_dir)
-    identity = saved.get("identity")
     if recorded is not None and (identity is None or identity.get("run_id") != recorded["run_id"]):
         raise UserError(
             f"{str(Path(run_dir) / CHECKPOINT)!r} is the checkpoint of {describe(identity)}, not of this "
@@ -144,7 +164,6 @@ def check_identity(run_dir: Path, saved: dict[str, Any]) -> dict[str, Any]:
             "folder it came from"
         )
     if identity is None:
-        config = saved["config"]
         identity = {**new_identity(str(config.get("algo")), int(config.get("seed", 0))), "created": None}
     return identity
 
@@ -249,11 +268,15 @@ def _listing(names: list[str]) -> str:
     return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
+def _is_run_file(name: str) -> bool:
+    return name in RUN_FILES or bool(_CHECKPOINT_FOLDER.match(name))
+
+
 def accept_new_run(folder: Path, names: list[str]) -> None:
     """A new run goes into an empty folder, or one holding a run that never wrote a checkpoint."""
-    if CHECKPOINT in names:
+    if CHECKPOINT in names or LEGACY_CHECKPOINT in names:
         raise UserError(f"{str(folder)!r} already holds a run; use --resume {folder} or another --out")
-    if names and not (RUN in names and set(names) <= RUN_FILES):
+    if names and not (RUN in names and all(_is_run_file(n) for n in names)):
         raise UserError(
             f"{str(folder)!r} is not empty and is not a largemeta run folder (it holds {_listing(names)}); "
             "nothing was written: pass a new or empty folder"
@@ -262,8 +285,8 @@ def accept_new_run(folder: Path, names: list[str]) -> None:
 
 def accept_run(folder: Path, names: list[str]) -> None:
     """--resume needs a run folder with a checkpoint."""
-    if CHECKPOINT not in names:
-        read_checkpoint(folder)  # raises the right one-line error
+    if CHECKPOINT not in names and LEGACY_CHECKPOINT not in names:
+        raise no_checkpoint(folder)
 
 
 def accept_results(kind: str) -> Callable[[Path, list[str]], None]:
@@ -330,12 +353,34 @@ def check_finite(tensors: Params, what: str) -> None:
             raise UserError(f"{what}: tensor {k!r} holds NaN or inf; refusing to use it")
 
 
+def read_manifest(run_dir: Path) -> sharded_checkpoint.Manifest:
+    """A run folder's checkpoint manifest, verified and checked to record what a run's checkpoint records:
+    the config, the task names and the "shared" entry (φ); a one-line error otherwise."""
+    manifest = sharded_checkpoint.read_manifest(run_dir, CHECKPOINT_NAME)
+    path = Path(run_dir) / CHECKPOINT
+    for key, kind in (("config", dict), ("task_names", list)):
+        if not isinstance(manifest.info.get(key), kind):
+            raise UserError(
+                f"checkpoint {str(path)!r} is incomplete: {key} is missing or not a {kind.__name__} "
+                "(not a whole largemeta checkpoint)"
+            )
+    if "identity" in manifest.info and not isinstance(manifest.info["identity"], dict):
+        raise UserError(f"checkpoint {str(path)!r} is incomplete: its identity is not a mapping")
+    if "shared" not in manifest.entries:
+        raise UserError(f"checkpoint {str(path)!r} is incomplete: shared is missing (not a whole checkpoint)")
+    return manifest
+
+
 def load_weights(source: str | Path) -> TrainedWeights:
     """φ from a run folder (its checkpoint) or a ``.safetensors`` file written by ``largemeta export``;
     refused when any of it is not finite."""
     path = Path(source)
-    if path.is_dir():
-        state = read_checkpoint(path)
+    if path.is_dir() and (path / CHECKPOINT).is_file():
+        manifest = read_manifest(path)
+        shared = sharded_checkpoint.load(path, ["shared"], manifest=manifest, name=CHECKPOINT_NAME)["shared"]
+        weights = TrainedWeights(str(source), shared["phi"], manifest.info.get("config") or {}, manifest.step)
+    elif path.is_dir():
+        state = read_legacy_checkpoint(path)
         weights = TrainedWeights(str(source), state["shared"]["phi"], state["config"], int(state["step"]))
     elif path.suffix == ".safetensors" and path.is_file():
         weights = _load_safetensors(path, str(source))

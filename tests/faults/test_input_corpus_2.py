@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from largemeta import checkpoint
+from checkpoint_edits import reseal_manifest
 from largemeta.cli import main
+from largemeta.train.sharded_state import read_all
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +151,7 @@ def test_a_full_disk_while_writing_metrics(run, tiny_suite, tiny_config, tmp_pat
     ):
         trainer.run()
     trainer.close()
-    assert checkpoint.load(run / "checkpoint.pt")["step"] == 2
+    assert read_all(run)["step"] == 2
 
 
 @pytest.mark.parametrize(
@@ -179,7 +180,7 @@ def test_report_on_a_damaged_results_file(tmp_path, capsys, text, needle):
 def test_safetensors_with_bad_metadata(run, tiny_suite, tmp_path, capsys, config, needle):
     from safetensors.torch import save_file
 
-    phi = checkpoint.load(run / "checkpoint.pt")["shared"]["phi"]
+    phi = read_all(run)["shared"]["phi"]
     save_file(
         {k: v.contiguous() for k, v in phi.items()}, tmp_path / "w.safetensors", metadata={"config": config}
     )
@@ -243,9 +244,15 @@ def test_toml_nested_5000_deep(tmp_path, capsys):
 
 @pytest.mark.parametrize("missing", ["shared", "step", "config", "task_names"])
 def test_a_checkpoint_with_a_valid_checksum_but_missing_keys(run, tiny_suite, tmp_path, capsys, missing):
-    state = checkpoint.load(run / "checkpoint.pt")
-    del state["format"], state[missing]
-    checkpoint.save(run / "checkpoint.pt", state)
+    def drop(manifest):
+        if missing == "shared":
+            del manifest["entries"]["shared"]
+        elif missing == "step":
+            del manifest["step"]
+        else:
+            del manifest["info"][missing]
+
+    reseal_manifest(run, drop)
     before = tree(run)
     refused(capsys, ["train", "--resume", str(run), "--steps", "4"], f"is incomplete: {missing}")
     refused(capsys, ["evaluate", "--init", str(run), "--suite", str(tiny_suite)], "is incomplete")
@@ -279,6 +286,8 @@ def test_files_are_created_with_the_users_umask(tiny_suite, tiny_config, tmp_pat
         assert main(["report", str(tmp_path / "ev")]) == 0
     finally:
         os.umask(old)
-    files = [*(tmp_path / "run").iterdir(), tmp_path / "phi.safetensors", *(tmp_path / "ev").iterdir()]
-    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in files}
-    assert set(modes.values()) == {oct(0o666 & ~mask)}, modes
+    written = [*(tmp_path / "run").rglob("*"), tmp_path / "phi.safetensors", *(tmp_path / "ev").rglob("*")]
+    modes = {str(p): oct(p.stat().st_mode & 0o777) for p in written if p.is_file()}
+    folders = {str(p): oct(p.stat().st_mode & 0o777) for p in written if p.is_dir()}
+    assert set(modes.values()) == {oct(0o666 & ~mask)}, modes  # the checkpoint's shards and manifest too
+    assert set(folders.values()) <= {oct(0o777 & ~mask)}, folders

@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from largemeta import checkpoint
+from checkpoint_edits import rewrite_checkpoint
 from largemeta.cli import main
 from largemeta.train.config import from_mapping
+from largemeta.train.sharded_state import read_all
 from largemeta.train.trainer import NonFiniteLoss, Trainer
 
 
@@ -43,7 +44,7 @@ def test_imaml_at_a_large_inner_lr_stops_on_infinite_batchnorm_statistics(tiny_s
         NonFiniteLoss, match=r"non-finite BatchNorm buffer '.*running_var' in task 't\d' at step"
     ):
         train(cfg, tmp_path / "run")
-    state = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
+    state = read_all(tmp_path / "run")
     assert finite(state) and state["step"] < 40
 
 
@@ -61,18 +62,20 @@ def test_a_nan_before_the_first_checkpoint_says_none_exists(tiny_suite, tiny_con
     monkeypatch.setattr(ImageTask, "train_loss", poisoned)
     with pytest.raises(NonFiniteLoss, match="at step 2; stopped — no checkpoint was written yet") as info:
         train(tiny_config(tiny_suite, steps=12, checkpoint_every=6), tmp_path / "run")
-    assert "checkpoint.pt" not in str(info.value) and not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert "checkpoint.json" not in str(info.value) and not (tmp_path / "run" / "checkpoint.json").exists()
 
 
 @pytest.fixture
 def nan_run(tiny_suite, tiny_config, tmp_path):
     """A run folder whose checkpoint (a valid checksum) holds a NaN φ, and an export-like file of it."""
     train(tiny_config(tiny_suite, steps=2), tmp_path / "run")
-    state = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
-    del state["format"]
-    key = next(iter(state["shared"]["phi"]))
-    state["shared"]["phi"][key][0] = float("nan")
-    checkpoint.save(tmp_path / "run" / "checkpoint.pt", state)
+
+    def poison(entries, info):
+        phi = entries["shared"]["phi"]
+        phi[next(iter(phi))][0] = float("nan")
+
+    rewrite_checkpoint(tmp_path / "run", poison)
+    state = read_all(tmp_path / "run")
     from safetensors.torch import save_file
 
     meta = {"format": "largemeta-phi", "config": json.dumps(state["config"])}

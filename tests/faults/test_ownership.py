@@ -7,6 +7,7 @@ Each refusal: exit code 2, one line on stderr, no traceback, every file there be
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,8 +17,8 @@ import pytest
 import torch
 
 import largemeta
-from largemeta import checkpoint
 from largemeta.cli import main
+from largemeta.train.sharded_state import read_all
 
 SRC = str(Path(largemeta.__file__).resolve().parents[1])
 
@@ -83,11 +84,11 @@ def test_two_trainers_racing_for_one_folder_and_a_resume_while_training(tiny_sui
         err = loser.communicate()[1]
         assert loser.returncode == 2 and err.count("\n") == 1 and "Traceback" not in err, err
         assert f"is in use by process {winner.pid}" in err or "already holds a run" in err, err
-        while not (run / "checkpoint.pt").exists():
+        while not (run / "checkpoint.json").exists():
             assert time.time() < deadline and winner.poll() is None
             time.sleep(0.05)
         # --resume while the winner trains: refused naming it; its checkpoint never goes back
-        before = checkpoint.load(run / "checkpoint.pt")["step"]
+        before = read_all(run)["step"]
         second = subprocess.run(
             largemeta_cli("train", "--resume", str(run), "--steps", "100000"),
             env=env(),
@@ -96,7 +97,7 @@ def test_two_trainers_racing_for_one_folder_and_a_resume_while_training(tiny_sui
             timeout=120,
         )
         one_line_error(second.returncode, second.stderr, f"is in use by process {winner.pid}")
-        assert checkpoint.load(run / "checkpoint.pt")["step"] >= before
+        assert read_all(run)["step"] >= before
     finally:
         for p in procs:
             if p.poll() is None:
@@ -104,7 +105,7 @@ def test_two_trainers_racing_for_one_folder_and_a_resume_while_training(tiny_sui
             p.communicate(timeout=120)
     assert winner.returncode == 75  # preempted cleanly: checkpoint written, resume me
     # one run, the same in every file
-    state = checkpoint.load(run / "checkpoint.pt")
+    state = read_all(run)
     ours = state["config"]["algo"], state["config"]["seed"]
     assert ours == (("cts", 0) if winner is procs[0] else ("reptile", 1))
     assert (json.loads((run / "config.json").read_text())["algo"], state["config"]["seed"]) == ours
@@ -112,7 +113,10 @@ def test_two_trainers_racing_for_one_folder_and_a_resume_while_training(tiny_sui
     assert json.loads((run / "run.json").read_text())["run_id"] == state["identity"]["run_id"]
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] <= state["step"]
-    assert sorted(os.listdir(run)) == ["checkpoint.pt", "config.json", "metrics.jsonl", "run.json"]
+    folder = f"checkpoint-{state['step']:08d}"  # one checkpoint folder: the one the manifest names
+    assert sorted(os.listdir(run)) == sorted(
+        ["checkpoint.json", folder, "config.json", "metrics.jsonl", "run.json"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -187,8 +191,8 @@ def test_resume_follows_the_checkpoint_not_an_edited_config_json(tiny_suite, tin
     with pytest.warns(UserWarning, match="config.json' is not the checkpoint's config"):
         assert main(["train", "--resume", str(tmp_path / "run"), "--steps", "4"]) == 0
     assert "trained cts" in capsys.readouterr().out
-    a = checkpoint.load(tmp_path / "straight" / "checkpoint.pt")["shared"]["phi"]
-    b = checkpoint.load(tmp_path / "run" / "checkpoint.pt")["shared"]["phi"]
+    a = read_all(tmp_path / "straight")["shared"]["phi"]
+    b = read_all(tmp_path / "run")["shared"]["phi"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["algo"] == "cts"  # the copy rewritten
     # a config.json that is not even an object: the same
@@ -202,7 +206,9 @@ def test_resume_follows_the_checkpoint_not_an_edited_config_json(tiny_suite, tin
 def test_a_checkpoint_of_another_seed_copied_in_is_refused(tiny_suite, tiny_config, tmp_path, capsys):
     train(tiny_config(tiny_suite, steps=2), tmp_path / "a")
     train(tiny_config(tiny_suite, steps=2, seed=1), tmp_path / "b")
-    (tmp_path / "a" / "checkpoint.pt").write_bytes((tmp_path / "b" / "checkpoint.pt").read_bytes())
+    shutil.rmtree(tmp_path / "a" / "checkpoint-00000002")
+    shutil.copytree(tmp_path / "b" / "checkpoint-00000002", tmp_path / "a" / "checkpoint-00000002")
+    shutil.copy(tmp_path / "b" / "checkpoint.json", tmp_path / "a" / "checkpoint.json")
     before = tree(tmp_path / "a")
     code = main(["train", "--resume", str(tmp_path / "a"), "--steps", "4"])
     one_line_error(code, capsys.readouterr().err, "(cts, seed 1), not of this folder's run")

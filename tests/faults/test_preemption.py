@@ -5,6 +5,7 @@ files never outlive a writer; experiments run again with the same command contin
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,11 +16,12 @@ import pytest
 import torch
 
 import largemeta
-from largemeta import checkpoint, signals
+from largemeta import signals
 from largemeta.cli import main
 from largemeta.errors import PREEMPTED_EXIT, Stopped
 from largemeta.files import atomic_write, is_temporary
 from largemeta.train.config import from_mapping
+from largemeta.train.sharded_state import read_all
 from largemeta.train.trainer import Trainer
 
 SRC = str(Path(largemeta.__file__).resolve().parents[1])
@@ -56,7 +58,7 @@ def train(cfg, out, resume=False):
 
 
 def phi(run):
-    return checkpoint.load(Path(run) / "checkpoint.pt")["shared"]["phi"]
+    return read_all(Path(run))["shared"]["phi"]
 
 
 def metric_steps(run):
@@ -89,10 +91,12 @@ def test_sigterm_mid_run_checkpoints_exits_75_and_resume_is_bit_exact(tiny_suite
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == PREEMPTED_EXIT, err
-    step = checkpoint.load(run / "checkpoint.pt")["step"]
+    step = read_all(run)["step"]
     assert 4 <= step < 150
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert f"stopped by SIGTERM after step {step} of 150; checkpoint written to '{run}/checkpoint.pt'" in err
+    assert (
+        f"stopped by SIGTERM after step {step} of 150; checkpoint written to '{run}/checkpoint.json'" in err
+    )
     assert f"continue with: largemeta train --resume {run}" in err
     assert not [p for p in run.iterdir() if is_temporary(p.name) or p.name.endswith(".lock")]
     train(cfg, run, resume=True)
@@ -106,16 +110,23 @@ def test_resume_cuts_metrics_back_to_the_checkpoint_and_drops_a_torn_line(tiny_s
     train(cfg, tmp_path / "straight")
     run = tmp_path / "run"
     train({**cfg, "steps": 6}, run)
-    at_6 = (run / "checkpoint.pt").read_bytes()
+    at_6 = (run / "checkpoint.json").read_bytes()
+    shutil.copytree(run / "checkpoint-00000006", tmp_path / "at_6")
     train({**cfg, "steps": 10}, run, resume=True)
     # a crash after logging steps 8 and 10 (and tearing a line) but before their checkpoint landed
-    (run / "checkpoint.pt").write_bytes(at_6)
+    shutil.rmtree(run / "checkpoint-00000010")
+    shutil.copytree(tmp_path / "at_6", run / "checkpoint-00000006")
+    (run / "checkpoint.json").write_bytes(at_6)
     with open(run / "metrics.jsonl", "a") as fh:
         fh.write('{"step": 12, "mean_lo')
-    (run / ".checkpoint.pt.a1b2c3d4.tmp").write_bytes(b"half a checkpoint")  # left by a kill -9
+    # left by a kill -9: a manifest being replaced, a checkpoint folder being written
+    (run / ".checkpoint.json.a1b2c3d4.tmp").write_bytes(b"half a manifest")
+    (run / ".checkpoint-00000012.tmp").mkdir()
+    (run / ".checkpoint-00000012.tmp" / "__0_0.distcp").write_bytes(b"half a shard")
     train(cfg, run, resume=True)
     assert metric_steps(run) == [2, 4, 6, 8, 10, 12]
-    assert not (run / ".checkpoint.pt.a1b2c3d4.tmp").exists()  # swept when the folder was taken
+    assert not (run / ".checkpoint.json.a1b2c3d4.tmp").exists()  # swept when the folder was taken
+    assert not (run / ".checkpoint-00000012.tmp").exists()
     a, b = phi(tmp_path / "straight"), phi(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -210,7 +221,7 @@ def test_an_experiment_stopped_by_ctrl_c_continues_with_the_same_command(
     assert "Traceback" not in err and "run the same command again to continue" in err.splitlines()[-1]
     done = json.loads((tmp_path / "E" / "results.json").read_text())["done"]
     assert done == ["scratch"]
-    stopped_at = checkpoint.load(tmp_path / "E" / "cts" / "checkpoint.pt")["step"]
+    stopped_at = read_all(tmp_path / "E" / "cts")["step"]
     assert 2 <= stopped_at < 60
 
     assert main(argv) == 0  # the same command: carries on

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import largemeta
-from largemeta import checkpoint
 from largemeta.files import lock_folder
+from largemeta.train.sharded_state import read_all
 
 pytestmark = pytest.mark.distributed
 SRC = str(Path(largemeta.__file__).resolve().parents[1])
@@ -83,14 +83,14 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step(tiny_suite, ti
     _, err = proc.communicate(timeout=120)
     stops = re.findall(r"stopped by SIGTERM after step (\d+)", err)
     assert len(stops) == 2, err[-3000:]  # both ranks said so: the same step
-    step = checkpoint.load(run / "checkpoint.pt")["step"]
+    step = read_all(run)["step"]
     assert {int(s) for s in stops} == {step} and step < 120, err[-3000:]
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no lock, no temporary left
     # the checkpoint is whole: resumed on one process, the run ends where an uninterrupted one does
     train_in_process(cfg, tmp_path / "straight")
     train_in_process(cfg, run, resume=True)
-    a = checkpoint.load(tmp_path / "straight" / "checkpoint.pt")["shared"]["phi"]
-    b = checkpoint.load(run / "checkpoint.pt")["shared"]["phi"]
+    a = read_all(tmp_path / "straight")["shared"]["phi"]
+    b = read_all(run)["shared"]["phi"]
     for k in a:
         assert (a[k] - b[k]).abs().max().item() <= 1e-5, k
 
@@ -113,7 +113,7 @@ def test_every_rank_learns_at_once_that_the_folder_is_locked(tiny_suite, tiny_co
         -3000:
     ]  # rank 0 and rank 1
     assert took < 100  # not by the collective timeout
-    assert checkpoint.load(tmp_path / "run" / "checkpoint.pt")["step"] == 2
+    assert read_all(tmp_path / "run")["step"] == 2
 
 
 @pytest.mark.slow  # torchrun or a collective timeout: ~10-20 s

@@ -150,7 +150,7 @@ def test_convergence_and_report(tiny_suite, tiny_config, tmp_path, capsys):
     assert result["milestones"] == [4, 8]
     assert set(result["algorithms"]) == {"cts", "reptile", "scratch"}
     assert "| cts |" in table(result)
-    assert (tmp_path / "exp" / "cts" / "checkpoint.pt").exists()  # each algorithm's φ, usable as --init
+    assert (tmp_path / "exp" / "cts" / "checkpoint.json").exists()  # each algorithm's φ, usable as --init
     assert main(["report", str(tmp_path / "exp")]) == 0
     page = (tmp_path / "exp" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "Convergence" in page

@@ -377,8 +377,8 @@ def small_cnn(in_channels=1, width=32):
 
 @pytest.mark.parametrize("which", ["declares num_features", "the example, sized by a forward pass"])
 def test_cli_trains_resumes_and_exports_a_body_from_a_file(tmp_path, tiny_suite, tiny_config, which):
-    from largemeta import checkpoint
     from largemeta.cli import main
+    from largemeta.train.sharded_state import read_all
 
     if which == "declares num_features":
         path = tmp_path / "declared_body.py"
@@ -389,7 +389,7 @@ def test_cli_trains_resumes_and_exports_a_body_from_a_file(tmp_path, tiny_suite,
     run = tmp_path / "run"
     sets = [a for k, v in cfg.items() if k != "steps" for a in ("--set", f"{k}={v}")]
     assert main(["train", "--out", str(run), "--steps", "4", *sets]) == 0
-    state = checkpoint.load(run / "checkpoint.pt")
+    state = read_all(run)
     body = create_model(f"{path}:small_cnn", in_channels=1, width=8)
     assert set(state["shared"]["phi"]) == {k for k, _ in body.named_parameters()}
     assert main(["train", "--resume", str(run), "--steps", "6"]) == 0

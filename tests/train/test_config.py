@@ -103,3 +103,12 @@ def test_any_mapping_is_accepted_or_refused_in_one_line(values):
         assert "\n" not in str(err)
     else:
         assert isinstance(cfg, TrainConfig)
+
+
+def test_resume_check_takes_a_key_added_since_as_its_default():
+    from largemeta.train.config import diff
+
+    saved = TrainConfig().to_dict()
+    del saved["sync_batchnorm"]  # a run folder written before the key existed
+    assert diff(saved, TrainConfig()) == []
+    assert diff(saved, from_mapping({"sync_batchnorm": False})) == ["sync_batchnorm"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import largemeta
-from largemeta import checkpoint
+from largemeta.train.sharded_state import read_all
 
 pytestmark = pytest.mark.distributed
 SRC = str(Path(largemeta.__file__).resolve().parents[1])
@@ -69,7 +69,7 @@ def sets(cfg):
 
 
 def phi(run):
-    return checkpoint.load(Path(run) / "checkpoint.pt")["shared"]["phi"]
+    return read_all(Path(run))["shared"]["phi"]
 
 
 def assert_close(a, b, tol=1e-5):
@@ -84,8 +84,8 @@ def test_two_ranks_equal_one_process(tiny_suite, tiny_config, tmp_path, algo):
     cli(["train", "--out", str(tmp_path / "one"), "--steps", "12", *sets(cfg)])
     cli(["train", "--out", str(tmp_path / "two"), "--steps", "12", *sets(cfg)], nproc=2)
     assert_close(phi(tmp_path / "one"), phi(tmp_path / "two"))
-    one = checkpoint.load(tmp_path / "one" / "checkpoint.pt")["tasks"]
-    two = checkpoint.load(tmp_path / "two" / "checkpoint.pt")["tasks"]
+    one = read_all(tmp_path / "one")["tasks"]
+    two = read_all(tmp_path / "two")["tasks"]
     for a, b in zip(one, two, strict=True):
         assert_close(a["params"], b["params"])
 
@@ -97,12 +97,8 @@ def test_two_rank_run_resumes_on_one_rank(tiny_suite, tiny_config, tmp_path):
     cli(["train", "--resume", str(tmp_path / "split"), "--steps", "12"])
     assert_close(phi(tmp_path / "straight"), phi(tmp_path / "split"))
     assert torch.equal(
-        checkpoint.load(tmp_path / "straight" / "checkpoint.pt")["tasks"][1]["task"]["sampler"]["train"][
-            "generator"
-        ],
-        checkpoint.load(tmp_path / "split" / "checkpoint.pt")["tasks"][1]["task"]["sampler"]["train"][
-            "generator"
-        ],
+        read_all(tmp_path / "straight")["tasks"][1]["task"]["sampler"]["train"]["generator"],
+        read_all(tmp_path / "split")["tasks"][1]["task"]["sampler"]["train"]["generator"],
     )
 
 
@@ -169,7 +165,7 @@ def test_run_with_a_killed_rank_resumes_on_two_ranks_and_on_one(tiny_suite, tiny
         stdout=subprocess.DEVNULL,
     )
     try:
-        ckpt = tmp_path / "run" / "checkpoint.pt"
+        ckpt = tmp_path / "run" / "checkpoint.json"
         deadline = time.time() + 120
         while not ckpt.exists():
             if time.time() > deadline or procs[0].poll() is not None:
@@ -177,13 +173,13 @@ def test_run_with_a_killed_rank_resumes_on_two_ranks_and_on_one(tiny_suite, tiny
             time.sleep(0.05)
         procs[1].send_signal(signal.SIGKILL)
         procs[0].communicate(timeout=90)
-        assert procs[0].returncode != 0 or checkpoint.load(ckpt)["step"] == 40
+        assert procs[0].returncode != 0 or read_all(tmp_path / "run")["step"] == 40
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
             p.communicate()
-    step = checkpoint.load(tmp_path / "run" / "checkpoint.pt")["step"]
+    step = read_all(tmp_path / "run")["step"]
     assert step % 4 == 0 and step >= 4
     shutil.copytree(tmp_path / "run", tmp_path / "run1")
     cli(["train", "--resume", str(tmp_path / "run"), "--steps", "40"], nproc=2)

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 import largemeta
-from largemeta import checkpoint
 from largemeta.cli import main
+from largemeta.train.sharded_state import read_all
 
 SRC = str(Path(largemeta.__file__).resolve().parents[1])
 
@@ -46,7 +46,7 @@ def train(args, check=True):
 
 
 def phi(run):
-    return checkpoint.load(Path(run) / "checkpoint.pt")["shared"]["phi"]
+    return read_all(Path(run))["shared"]["phi"]
 
 
 def assert_same_phi(a, b):
@@ -65,12 +65,12 @@ def kill_9_and_resume(run: Path, steps: int, first_args: list[str], seed: int = 
         cmd = base + (first_args if i == 0 else ["--resume", str(run)])
         proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 90
-        while not (run / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        while not (run / "checkpoint.json").exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 1.0))
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-        state = checkpoint.load(run / "checkpoint.pt")  # never torn
+        state = read_all(run)  # never torn
         landed += state["step"] < steps
     train(["--resume", str(run), "--steps", str(steps)])
     return landed
@@ -123,7 +123,7 @@ def test_a_pool_of_20_tasks_4_at_a_time_shows_every_task_and_resumes_exactly_aft
     landed = kill_9_and_resume(run, 200, ["--out", str(run), *sets(cfg)])
     assert landed >= 2
     assert_same_phi(tmp_path / "straight", run)
-    a, b = (checkpoint.load(r / "checkpoint.pt")["pool"] for r in (tmp_path / "straight", run))
+    a, b = (read_all(r)["pool"] for r in (tmp_path / "straight", run))
     assert a["assignment"] == b["assignment"] and a["queue"] == b["queue"]
     for x, y in zip(a["tasks"], b["tasks"], strict=True):  # every pool task's head, BN and sampler
         assert torch.equal(x["private"]["head.weight"], y["private"]["head.weight"])
@@ -153,7 +153,7 @@ def test_bad_pool_settings_are_one_line(pool_suite, tmp_path, capsys, overrides,
     code = main(["train", "--out", str(tmp_path / "run"), "--steps", "4", *sets(cfg)])
     err = capsys.readouterr().err
     assert code == 2 and needle in err and err.count("\n") == 1
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert not (tmp_path / "run" / "checkpoint.json").exists()
 
 
 @pytest.mark.distributed
@@ -175,7 +175,7 @@ def test_a_pool_over_two_ranks_gives_the_phi_of_one_and_resumes_on_one(pool_suit
         a, b = phi(tmp_path / "one"), phi(tmp_path / other)
         for k in a:
             assert (a[k] - b[k]).abs().max().item() <= 1e-5, (other, k)
-    one, two = (checkpoint.load(tmp_path / r / "checkpoint.pt")["pool"] for r in ("one", "two"))
+    one, two = (read_all(tmp_path / r)["pool"] for r in ("one", "two"))
     assert one["assignment"] == two["assignment"]
     for x, y in zip(one["tasks"], two["tasks"], strict=True):
         assert (x is None) == (y is None)
@@ -233,7 +233,7 @@ def test_a_folder_over_the_budget_is_streamed_and_resumes_exactly_after_kill_9(f
     assert out.stderr.count("\n") == 1
     line = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["data_placement"] == "stream" and set(line["tasks"]) == {"low", "high"}
-    assert checkpoint.load(tmp_path / "straight" / "checkpoint.pt")["data_placement"] == "stream"
+    assert read_all(tmp_path / "straight")["data_placement"] == "stream"
     run = tmp_path / "crashy"
     assert kill_9_and_resume(run, 30, ["--out", str(run), *sets(cfg)], seed=1) >= 2
     assert_same_phi(tmp_path / "straight", run)
@@ -252,7 +252,7 @@ def start_streamed_run(cfg, run: Path) -> subprocess.Popen:
         text=True,
     )
     deadline = time.time() + 90
-    while not (run / "checkpoint.pt").exists():
+    while not (run / "checkpoint.json").exists():
         if time.time() > deadline or proc.poll() is not None:
             proc.kill()
             pytest.fail(f"no checkpoint appeared: {proc.communicate()[1][-2000:]}")
@@ -281,7 +281,7 @@ def test_a_file_truncated_mid_run_stops_in_one_line_naming_it(folder_suite, tmp_
     code, err = finish(proc)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err[-2000:]
     assert "cannot read" in err and ".png" in err and str(root) in err
-    state = checkpoint.load(run / "checkpoint.pt")  # whole, and from a step the schedule saves at
+    state = read_all(run)  # whole, and from a step the schedule saves at
     assert state["step"] % 5 == 0
 
 
@@ -297,7 +297,7 @@ def test_a_worker_killed_mid_run_stops_in_one_line_with_the_checkpoint_intact(fo
     assert code == 2 and err.count("\n") == 1 and "worker process died" in err and "Traceback" not in err, (
         err[-3000:]
     )
-    state = checkpoint.load(run / "checkpoint.pt")  # whole, and from a step the schedule saves at
+    state = read_all(run)  # whole, and from a step the schedule saves at
     assert state["step"] % 5 == 0
 
 

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from largemeta import checkpoint
 from largemeta.cli import main
 from largemeta.train.config import TRAIN_ALGORITHMS, from_mapping
+from largemeta.train.sharded_state import read_all
 from largemeta.train.trainer import Trainer
 
 
@@ -21,7 +21,7 @@ def train(cfg: dict, out, resume=False):
 
 
 def phi_of(run_dir):
-    return checkpoint.load(run_dir / "checkpoint.pt")["shared"]["phi"]
+    return read_all(run_dir)["shared"]["phi"]
 
 
 @pytest.mark.parametrize("algo", TRAIN_ALGORITHMS)
@@ -38,7 +38,7 @@ def test_every_algorithm_trains_and_logs(tiny_suite, tiny_config, tmp_path, algo
     assert last["step"] == 12 and set(last["tasks"]) == ({"t0"} if spec.single_task else {"t0", "t1", "t2"})
     assert all(0 < t["loss"] < 10 and 0 <= t["accuracy"] <= 1 for t in last["tasks"].values())
     assert json.loads((tmp_path / "run" / "config.json").read_text())["algo"] == algo
-    state = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
+    state = read_all(tmp_path / "run")
     torch.manual_seed(cfg.get("seed", 0))
     phi0 = split_state(create_model("convnet", in_channels=1, width=cfg["width"]))[0]
     phi = state["shared"]["phi"]
@@ -75,8 +75,8 @@ def test_resume_is_bit_exact(tiny_suite, tiny_config, tmp_path, algo, split):
     a, b = phi_of(tmp_path / "straight"), phi_of(tmp_path / "split")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    sa = checkpoint.load(tmp_path / "straight" / "checkpoint.pt")["tasks"]
-    sb = checkpoint.load(tmp_path / "split" / "checkpoint.pt")["tasks"]
+    sa = read_all(tmp_path / "straight")["tasks"]
+    sb = read_all(tmp_path / "split")["tasks"]
     for ta, tb in zip(sa, sb, strict=True):
         for k in ta["params"]:
             assert torch.equal(ta["params"][k], tb["params"][k])
@@ -96,10 +96,10 @@ def test_resume_refuses_a_different_config(tiny_suite, tiny_config, tmp_path, ca
 def test_new_run_refuses_an_existing_run_folder(tiny_suite, tiny_config, tmp_path):
     cfg = tiny_config(tiny_suite, steps=4)
     train(cfg, tmp_path / "run")
-    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    before = (tmp_path / "run" / "checkpoint.json").read_bytes()
     with pytest.raises(Exception, match="already holds a run"):
         train(cfg, tmp_path / "run")
-    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    assert (tmp_path / "run" / "checkpoint.json").read_bytes() == before
 
 
 def test_cli_train_and_export(tiny_suite, tiny_config, tmp_path, capsys):
@@ -139,7 +139,7 @@ def test_nan_loss_stops_with_task_and_step_and_keeps_the_checkpoint(
     trainer = Trainer(from_mapping(cfg), tmp_path / "run", progress=False)
     with pytest.raises(Exception, match=r"non-finite loss nan in task 't1' at step 7"):
         trainer.run()
-    state = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
+    state = read_all(tmp_path / "run")
     assert state["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["shared"]["phi"].values())
 
@@ -215,6 +215,6 @@ def test_nan_gradient_never_reaches_a_checkpoint(
     # CTS averages the poisoned θ into φ and shifts every task: the first task's loss shows it at step 8
     with pytest.raises(Exception, match=rf"non-finite {caught_by} .* in task 't\d' at step 8"):
         trainer.run()
-    state = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
+    state = read_all(tmp_path / "run")
     assert state["step"] == 4
     assert all(torch.isfinite(v).all() for t in state["tasks"] for v in t["params"].values())

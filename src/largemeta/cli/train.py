@@ -78,8 +78,9 @@ def overrides(args: argparse.Namespace, flags: tuple[str, ...] = FLAG_KEYS) -> d
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from largemeta import runs
     from largemeta.errors import Preempted, Stopped
+    from largemeta.runs import has_checkpoint
+    from largemeta.train import sharded_state
     from largemeta.train.config import from_mapping, load_config
     from largemeta.train.trainer import Trainer
 
@@ -90,7 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
     folder = Path(args.resume or args.out)
     if args.resume:
         # the checkpoint holds the run's config: flags may change only the resumable keys (the trainer checks)
-        saved = runs.read_checkpoint(folder)["config"]
+        saved = sharded_state.read(folder).config
         base = load_config(args.config) if args.config else from_mapping(saved)
         cfg = from_mapping(overrides(args), base)
     else:
@@ -104,7 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
     except Stopped as stop:  # a signal before the loop began, or a second one: nothing half-written is kept
         kept = (
             f"the checkpoint in {str(folder)!r} is intact; continue with: largemeta train --resume {folder}"
-            if (folder / runs.CHECKPOINT).is_file()
+            if has_checkpoint(folder)
             else "nothing was trained; run the same command again"
         )
         raise Preempted(f"stopped by {stop.signal_name}; {kept}") from None

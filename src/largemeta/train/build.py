@@ -35,7 +35,7 @@ from largemeta.execution import EXECUTORS, GRAPH, CudaGraphMetaStep
 from largemeta.models import create_model, feature_size, init_head, split_state
 from largemeta.models.task import ImageTask
 from largemeta.runs import fit_to_body, load_weights
-from largemeta.train import distributed
+from largemeta.train import distributed, groups
 from largemeta.train.config import META_OPTIMIZERS, TrainConfig
 from largemeta.train.joint import JointLearner
 
@@ -128,7 +128,8 @@ class Run:
 
     ``specs`` are all meta-train tasks of the run (every rank's), ``mine`` the global indices of this rank's
     tasks, ``tasks`` those tasks; ``take_step()`` takes one inner step of every local task (and whatever the
-    schedule asks) and returns their losses.
+    schedule asks) and returns their losses. ``layout`` says which ranks serve which task
+    (:mod:`largemeta.train.groups`).
     """
 
     cfg: TrainConfig
@@ -164,11 +165,15 @@ class Run:
         if self.loader is not None:
             self.loader.close()
 
+    layout: groups.Layout | None = None
+    """Which ranks serve which task (None: each task on one rank, or a task pool's slots)."""
 
-def build_run(cfg: TrainConfig, placement: Placement, saved: dict[str, Any] | None = None) -> Run:
+
+def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | None = None) -> Run:
     """Build this rank's part of the run ``cfg`` describes (no file is read but the data and ``cfg.init``).
 
-    ``saved``: the checkpoint a resumed run will load (its data placement is kept where it matters)."""
+    ``saved_placement``: where a resumed run's images were (``device`` or ``stream``), kept where it
+    matters."""
     suite = load_suite(cfg.suite)
     specs = select_tasks(suite.meta_train, cfg.tasks)
     if not specs:
@@ -176,12 +181,16 @@ def build_run(cfg: TrainConfig, placement: Placement, saved: dict[str, Any] | No
     channels = {s.channels for s in specs}
     if len(channels) != 1:
         raise UserError(f"meta-train tasks mix {sorted(channels)} input channels; one model needs one count")
+    algo = ALGORITHMS.get(cfg.algo)
     pooled = cfg.tasks_per_trajectory > 0
-    if pooled:
+    lay = None
+    if pooled:  # at least one slot per rank: a pool never has task groups
         check_pool(len(specs), cfg.tasks_per_trajectory, placement.world)
         mine = list(range(placement.rank, cfg.tasks_per_trajectory, placement.world))
     else:
-        mine = distributed.shard(len(specs), placement.rank, placement.world)
+        lay = groups.layout(len(specs), placement.rank, placement.world)  # more ranks than tasks: task groups
+        groups.check_config(cfg, lay, algo.meta_gradient)
+        mine = lay.mine
 
     torch.manual_seed(cfg.seed)  # the same initial φ on every rank
     body = create_model(cfg.model, in_channels=channels.pop(), width=cfg.width)
@@ -189,29 +198,35 @@ def build_run(cfg: TrainConfig, placement: Placement, saved: dict[str, Any] | No
     if cfg.init:
         phi = initial_phi(cfg, phi)
     phi = {k: v.to(placement.device) for k, v in phi.items()}
-    algo = ALGORITHMS.get(cfg.algo)
     resident = specs if pooled else [specs[gi] for gi in mine]
-    loader = task_loader(cfg, placement, resident, len(mine) if pooled else None, saved)
+    loader = task_loader(cfg, placement, resident, len(mine) if pooled else None, saved_placement)
     build_task = _task_builder(cfg, specs, body, buffers, placement.device, algo.uses_query, loader)
-    pool = None
+    pool, task_group = None, None
     if pooled:
         pool = _task_pool(cfg, specs, placement, build_task)
         tasks, heads = pool.start()
     else:
         tasks, heads = (list(part) for part in zip(*(build_task(gi) for gi in mine), strict=True))
         loader.forget_datasets()  # every task is built: free the host copies (a pool keeps them, to redraw)
+        task_group = groups.serve_in_groups(
+            lay, body, tasks, sync_batchnorm=cfg.sync_batchnorm, timeout_s=distributed.TIMEOUT_S
+        )
     inner = INNER_OPTIMIZERS.create(
         cfg.inner_optimizer, lr=cfg.inner_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
     where = {"loader": loader, "data_placement": loader.placement}
     if algo.joint:
-        learner: MetaLearner | JointLearner = JointLearner(phi, tasks, inner, heads, group=placement.group)
-        return Run(cfg, placement, specs, mine, body, tasks, learner, learner.inner_step, **where)
+        learner: MetaLearner | JointLearner = JointLearner(
+            phi, tasks, inner, heads, group=placement.group, reduce=task_group.mean if task_group else None
+        )
+        return Run(cfg, placement, specs, mine, body, tasks, learner, learner.inner_step, layout=lay, **where)
     meta_gradient, schedule = algo.build(
         cfg.k, cfg.meta_every, lam=cfg.imaml_lambda, cg_steps=cfg.imaml_cg_steps
     )
     outer = getattr(torch.optim, META_OPTIMIZERS[cfg.meta_optimizer])(list(phi.values()), lr=cfg.meta_lr)
     executor = EXECUTORS.create("loop" if cfg.executor == GRAPH else cfg.executor)
+    if task_group is not None:
+        executor = task_group.executor(executor)
     learner = MetaLearner(
         phi,
         tasks,
@@ -229,7 +244,9 @@ def build_run(cfg: TrainConfig, placement: Placement, saved: dict[str, Any] | No
         tasks = learner.runner.tasks
     take_step = CudaGraphMetaStep(learner) if cfg.executor == GRAPH else learner.inner_step
     probe = ShiftErrorProbe(learner, task=0, every=cfg.shift_error_every) if cfg.shift_error_every else None
-    return Run(cfg, placement, specs, mine, body, tasks, learner, take_step, probe, pool=pool, **where)
+    return Run(
+        cfg, placement, specs, mine, body, tasks, learner, take_step, probe, pool=pool, layout=lay, **where
+    )
 
 
 def task_loader(
@@ -237,14 +254,13 @@ def task_loader(
     placement: Placement,
     specs: list[TaskSpec],
     at_once: int | None,
-    saved: dict[str, Any] | None,
+    before: str | None,
 ) -> TaskLoader:
     """The run's :class:`TaskLoader`, its placement resolved: ``auto`` weighs the decoded size of the
     ``at_once`` largest of ``specs`` (all: None) against the budget — or, resuming, keeps the placement the
     run had. On CUDA device and stream placement sample differently, so there a resumed run keeps its own;
     on a CPU they sample alike and a run may resume with the other."""
     loader = TaskLoader(placement.device, data_dir=cfg.data_dir or None, workers=cfg.stream_workers)
-    before = (saved or {}).get("data_placement")
     why = ""
     if cfg.data_placement == "auto" and before in ("device", "stream"):
         chosen = before

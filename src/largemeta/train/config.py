@@ -87,6 +87,10 @@ class TrainConfig:
     executor: str = "loop"
     """How all tasks' inner steps run: loop, channels_last, autocast (bf16), channels_last+autocast, batched
     (vmap over same-shaped tasks), cuda_graph (the whole meta-step as one CUDA graph; GPU, SGD inner only)."""
+    sync_batchnorm: bool = True
+    """When a task is served by several ranks (torchrun with more ranks than tasks): normalize with the whole
+    batch's BatchNorm statistics, synchronised over the task's ranks (exact: the φ of one process). false:
+    each rank's slice alone (faster, but results then depend on the number of ranks). No effect otherwise."""
     checkpoint_every: int = 500
     """Write a checkpoint every this many steps (and at the end)."""
     log_every: int = 50

@@ -1,4 +1,5 @@
-"""torchrun support: process-group setup from the environment, task sharding, object gathering.
+"""torchrun support: process-group setup from the environment, guarded collectives, object gathering (which
+rank serves which task: :mod:`largemeta.train.groups`).
 
 ``torchrun --nproc_per_node N --no-python largemeta train ...`` sets RANK/WORLD_SIZE/MASTER_ADDR; we join with
 gloo on CPU and NCCL on GPU, with a collective timeout so that a rank that dies makes the others fail within
@@ -9,6 +10,7 @@ that time instead of hanging. Multi-node: torchrun's own ``--nnodes``, ``--node_
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -42,13 +44,6 @@ def init(device: torch.device) -> tuple[int, int, Any]:
             "joining the other ranks",
         )
     return dist.get_rank(), dist.get_world_size(), dist.group.WORLD
-
-
-def shard(n: int, rank: int, world: int) -> list[int]:
-    """Global task indices of ``rank``: round-robin, any count per rank (uneven included)."""
-    if n < world:
-        raise UserError(f"{n} meta-train tasks cannot be spread over {world} ranks (need at least one each)")
-    return list(range(rank, n, world))
 
 
 def guarded(fn: Callable[[], T], what: str) -> T:
@@ -92,6 +87,10 @@ def barrier(group: Any) -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+        # Gloo's worker threads free a finished collective's tensors after the caller has moved on, and need
+        # the GIL to do it; if the interpreter is already finalizing they abort the process ("terminate
+        # called without an active exception", SIGABRT after a successful run). Sleeping releases the GIL.
+        time.sleep(0.05)
 
 
 # Agreement between ranks (used by the trainer's run-folder checks, preemption and non-finite guards) --------

@@ -11,7 +11,7 @@ state).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -32,11 +32,13 @@ class JointLearner:
         inner: InnerOptimizer,
         private: Sequence[Params],
         group: Any = None,
+        reduce: Callable[[Tensor, list[Tensor]], tuple[Tensor, list[Tensor]]] | None = None,
     ) -> None:
         self.phi = {k: v.requires_grad_(True) for k, v in phi.items()}
         self.tasks = list(tasks)
         self.inner = inner
         self.group = group
+        self.reduce = reduce  # a task served by several ranks: the group's mean of (loss, gradients)
         self.heads = [{k: v.clone().requires_grad_(True) for k, v in p.items()} for p in private]
         self.params = [{**self.phi, **h} for h in self.heads]  # the body tensors are shared, not copied
         self.body_state = inner.init(list(self.phi.values()))
@@ -54,6 +56,8 @@ class JointLearner:
         ):
             # the body's gradient at the shared φ is summed over tasks; each head steps on its own gradient
             loss, grads = loss_and_gradients(task, params)  # params: {**φ, **head}, the body tensors shared
+            if self.reduce is not None:
+                loss, grads = self.reduce(loss, grads)
             torch._foreach_add_(total, grads[: len(keys)])
             self.inner.step(list(head.values()), grads[len(keys) :], state)
             losses.append(loss)

@@ -1,26 +1,23 @@
-"""The layout of a training checkpoint: what is saved per run and per task, gathered from and spread over
-ranks.
+"""The per-task layout of a training checkpoint, and loading it into a run on any number of ranks.
 
-::
+A checkpoint, as :func:`restore` takes it::
 
-    {"config": {...}, "step": N, "world": W, "task_names": [...], "data_placement": "device" | "stream",
-     "shared": {"step", "phi", "outer", ...},            # the same on every rank
-     "tasks": [{"params", "inner_state", "task", "meta"}, ...]}   # one per meta-train task, global order
+    {"task_names": [...],
+     "shared": {"step", "phi", "outer", ...},                     # the learner's state common to all tasks
+     "tasks": [{"params", "inner_state", "task", "meta"}, ...]}    # one per meta-train task, global order
 
 ``params`` are the task's θ (shared keys and head), ``inner_state`` its inner optimizer state, ``task`` its
 sampler and BatchNorm state, ``meta`` what the meta-gradient accumulated along its trajectory (Leap's path).
-Each rank holds a shard of the tasks: :func:`collect` gathers every task's state on rank 0, :func:`restore`
-hands each rank its own, so a run resumes on any number of ranks.
-
 With a task pool (``tasks_per_trajectory`` > 0) the trajectories belong to slots, and the tasks to the pool::
 
-    {..., "shared": {...},
-     "slots": [{"params", "inner_state", "meta"}, ...],          # one per slot (M), global order
-     "pool": {"generator", "queue", "assignment",                # the draw, and the task of each slot
-              "tasks": [{"private", "task"} or None, ...]}}      # every pool task (N): its head, sampler
-                                                                 # and BatchNorm state; None: never drawn
+    {..., "slots": [{"params", "inner_state", "meta"}, ...],           # one per slot (M), global order
+          "pool": {"generator", "queue", "assignment",                  # the draw, and each slot's task
+                   "tasks": [{"private", "task"} or None, ...]}}        # every pool task: head, sampler and
+                                                                        # BatchNorm state; None: never drawn
 
-``data_placement`` is where the images were (``auto`` resolved), which a resumed run keeps where it matters.
+This is version 0.1's single file (``checkpoint.pt``, plus the pool of later versions) and what the sharded
+format (:mod:`largemeta.train.sharded_state`) assembles from the entries a rank needs: only the tasks (or
+slots) a rank serves need be filled in.
 """
 
 from __future__ import annotations
@@ -30,80 +27,14 @@ from typing import Any
 import torch
 
 from largemeta.errors import UserError
-from largemeta.train import distributed
-from largemeta.train.build import Run, map_tensors, to_cpu
+from largemeta.train.build import Run, map_tensors
 
 PER_TASK = ("params", "inner_states", "meta_gradient")
 """Keys of a learner's state dict that hold one entry per local task."""
 
 
-def collect(run: Run) -> dict[str, Any] | None:
-    """The whole run's checkpoint state on rank 0 (None on the other ranks, which send theirs)."""
-    learner_state = to_cpu(run.learner.state_dict())
-    piece = {
-        "tasks": run.mine,
-        "learner": learner_state,
-        "task_states": [to_cpu(t.state_dict()) for t in run.tasks],
-    }
-    if run.pool is not None:
-        piece["active"] = [run.pool.assignment[s] for s in run.mine]
-        piece["private"] = [to_cpu(run.pool.private(local)) for local in range(len(run.mine))]
-    pieces = distributed.gather(piece, run.placement.group)
-    if pieces is None:
-        return None
-    if run.pool is not None:
-        return _collect_pool(run, pieces)
-    per_task: list[Any] = [None] * len(run.specs)
-    for piece in pieces:
-        learner = piece["learner"]
-        metas = learner.get("meta_gradient", [{}] * len(piece["tasks"]))
-        for local, gi in enumerate(piece["tasks"]):
-            per_task[gi] = {
-                "params": learner["params"][local],
-                "inner_state": learner["inner_states"][local],
-                "task": piece["task_states"][local],
-                "meta": metas[local],
-            }
-    shared = {k: v for k, v in pieces[0]["learner"].items() if k not in PER_TASK}
-    return {**_header(run, shared), "tasks": per_task}
-
-
-def _header(run: Run, shared: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "config": run.cfg.to_dict(),
-        "step": shared["step"],
-        "world": run.placement.world,
-        "task_names": [s.name for s in run.specs],
-        "data_placement": run.data_placement,
-        "shared": shared,
-    }
-
-
-def _collect_pool(run: Run, pieces: list[dict[str, Any]]) -> dict[str, Any]:
-    """A pooled run's checkpoint: every slot's trajectory, and every pool task's own state — the live one for
-    active tasks (from the rank running it), the kept one for the others (every rank has them all)."""
-    assert run.pool is not None
-    slots: list[Any] = [None] * run.pool.per_trajectory
-    tasks = [run.pool.stored.get(p) for p in range(run.pool.size)]
-    for piece in pieces:
-        learner = piece["learner"]
-        metas = learner.get("meta_gradient", [{}] * len(piece["tasks"]))
-        for local, s in enumerate(piece["tasks"]):
-            slots[s] = {
-                "params": learner["params"][local],
-                "inner_state": learner["inner_states"][local],
-                "meta": metas[local],
-            }
-            tasks[piece["active"][local]] = {
-                "private": piece["private"][local],
-                "task": piece["task_states"][local],
-            }
-    shared = {k: v for k, v in pieces[0]["learner"].items() if k not in PER_TASK}
-    return {**_header(run, shared), "pool": {**run.pool.state_dict(), "tasks": tasks}, "slots": slots}
-
-
 def restore(run: Run, state: dict[str, Any]) -> None:
-    """Load this rank's tasks' part of ``state`` (from :func:`collect`, written by any number of ranks)."""
+    """Load this rank's tasks' part of ``state`` (written by any number of ranks)."""
     names = [s.name for s in run.specs]
     if run.pool is not None or "pool" in state:
         _restore_pool(run, state, names)

@@ -14,9 +14,10 @@ The run folder is claimed (checked, then locked for the life of the trainer) bef
 nothing is written until the run is built. The checkpoint holds the resolved config and the run's identity;
 ``resume=True`` continues it only when ``cfg`` differs from the checkpoint's config in resumable keys alone.
 SIGTERM or SIGINT during :meth:`Trainer.run` finishes the current step, writes a checkpoint and raises
-:class:`largemeta.errors.Preempted`. Under torchrun each rank holds a shard of the tasks; rank 0 checks, locks
-and writes the folder, and every decision that ends the loop (a signal, a non-finite value) is agreed by all
-ranks after the same step.
+:class:`largemeta.errors.Preempted`. Under torchrun each rank serves its tasks (or a slice of one task's
+batch: :mod:`largemeta.train.groups`); rank 0 checks, locks and writes the folder's files, every rank writes
+its own part of each checkpoint (:mod:`largemeta.train.sharded_state`), and every decision that ends the loop
+(a signal, a non-finite value) is agreed by all ranks after the same step.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from largemeta import checkpoint, runs, signals
+from largemeta import runs, sharded_checkpoint, signals
 from largemeta.errors import Preempted, UserError
 from largemeta.metatest import check_image_size
-from largemeta.runs import CHECKPOINT, CONFIG, METRICS, TENSORBOARD
-from largemeta.train import distributed, state
+from largemeta.runs import CHECKPOINT, CHECKPOINT_NAME, CONFIG, METRICS, TENSORBOARD
+from largemeta.train import distributed, sharded_state
 from largemeta.train.build import build_run, place
 from largemeta.train.config import RESUMABLE_CHANGES, TrainConfig, diff, from_mapping, save_config
 
@@ -67,17 +68,18 @@ class Trainer:
             saved = self._open_folder(resume)
             if cfg.tensorboard:
                 _tensorboard_writer_class()  # refuse a missing package before writing anything
-            self.run_state = build_run(cfg, self.placement, saved)
+            self.run_state = build_run(cfg, self.placement, saved.data_placement if saved else None)
             for spec in {(s.channels, s.image_size): s for s in self.run_state.specs}.values():
                 check_image_size(self.run_state.body, spec.channels, spec.image_size, f"task {spec.name!r}")
             if saved is not None:
-                state.restore(self.run_state, saved)
+                sharded_state.restore(self.run_state, self.run_dir, saved)
             if self.rank == 0:
                 self._write_run_files(saved)
         except BaseException:
             if self.claim is not None:
                 self.claim.abandon()
                 self.claim = None
+            distributed.shutdown()  # leave the process group cleanly: no one calls close() on a failed start
             raise
 
     @property
@@ -89,7 +91,7 @@ class Trainer:
         return self.run_state.tasks
 
     # the run folder ----------------------------------------------------------------------------------------
-    def _open_folder(self, resume: bool) -> dict[str, Any] | None:
+    def _open_folder(self, resume: bool) -> sharded_state.Saved | None:
         """Rank 0 claims the folder and checks the checkpoint; every rank learns the outcome (one line for
         all, at once, instead of a collective timing out) and, resuming, loads the checkpoint."""
         saved, failure = None, None
@@ -110,33 +112,34 @@ class Trainer:
             err.exit_code = outcome[1]
             raise err
         if resume and saved is None:
-            saved = runs.read_checkpoint(self.run_dir)
+            saved = sharded_state.read(self.run_dir)
         return saved
 
-    def _claim(self, resume: bool) -> dict[str, Any] | None:
+    def _claim(self, resume: bool) -> sharded_state.Saved | None:
         if not resume:
             self.claim = runs.claim(self.run_dir, runs.accept_new_run, what="run folder")
             self.identity = runs.new_identity(self.cfg.algo, self.cfg.seed)
             return None
         self.claim = runs.claim(self.run_dir, runs.accept_run, what="run folder", create=False)
-        saved = runs.read_checkpoint(self.run_dir)
-        self.identity = runs.check_identity(self.run_dir, saved)
-        differing = diff(saved["config"], self.cfg)
+        sharded_checkpoint.sweep(
+            self.run_dir, CHECKPOINT_NAME
+        )  # unfinished checkpoint folders of a killed run
+        saved = sharded_state.read(self.run_dir)
+        self.identity = runs.check_identity(self.run_dir, saved.identity, saved.config)
+        differing = diff(saved.config, self.cfg)
         if differing:
-            pairs = ", ".join(
-                f"{k}: {saved['config'].get(k)!r} -> {getattr(self.cfg, k)!r}" for k in differing
-            )
+            pairs = ", ".join(f"{k}: {saved.config.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in differing)
             raise UserError(
                 f"--resume with a different config (only {', '.join(RESUMABLE_CHANGES)} may change): {pairs}"
             )
-        if saved["step"] > self.cfg.steps:
-            raise UserError(f"--steps {self.cfg.steps} is below the {saved['step']} steps already done")
-        self.checkpoint_step = int(saved["step"])
+        if saved.step > self.cfg.steps:
+            raise UserError(f"--steps {self.cfg.steps} is below the {saved.step} steps already done")
+        self.checkpoint_step = saved.step
         try:
             copy: Any = runs.read_config(self.run_dir)
         except UserError:
             copy = None
-        if copy is None or diff(copy, from_mapping(saved["config"])):  # edited or lost: the checkpoint rules
+        if copy is None or diff(copy, from_mapping(saved.config)):  # edited or lost: the checkpoint rules
             warnings.warn(
                 f"{str(self.run_dir / CONFIG)!r} is not the checkpoint's config (edited or damaged); "
                 f"it is ignored and rewritten from the checkpoint",
@@ -144,14 +147,14 @@ class Trainer:
             )
         return saved
 
-    def _write_run_files(self, saved: dict[str, Any] | None) -> None:
+    def _write_run_files(self, saved: sharded_state.Saved | None) -> None:
         """config.json and run.json (copies), and metrics.jsonl cut back to the checkpoint's step."""
         save_config(self.cfg, self.run_dir / CONFIG)
         runs.write_identity(self.run_dir, self.identity)
         if saved is None:
             (self.run_dir / METRICS).write_text("")
         else:
-            self.last_record = runs.cut_metrics(self.run_dir / METRICS, int(saved["step"]))
+            self.last_record = runs.cut_metrics(self.run_dir / METRICS, saved.step)
 
     def close(self) -> None:
         """Stop the data workers, release the run folder and leave the process group."""
@@ -186,8 +189,8 @@ class Trainer:
         return None
 
     def save(self) -> None:
-        """Write the checkpoint (rank 0), after making sure that no non-finite parameter or buffer, on any
-        rank, would reach it."""
+        """Write the checkpoint (every rank its own entries), after making sure that no non-finite parameter
+        or buffer, on any rank, would reach it."""
         # A non-finite gradient shows in the parameters before it shows in a loss (one step later); an
         # unstable inner step can leave the parameters finite and the BatchNorm statistics infinite.
         bad = self._first_non_finite()
@@ -196,11 +199,13 @@ class Trainer:
             raise NonFiniteLoss(
                 f"non-finite {where} at step {self.learner.step}; stopped — {self._last_good()}"
             )
-        whole = state.collect(self.run_state)
-        if whole is not None:
-            whole["identity"] = self.identity
-            checkpoint.save(self.run_dir / CHECKPOINT, whole)
-        distributed.barrier(self.placement.group)
+        if self.placement.group is None:
+            sharded_state.save(self.run_state, self.run_dir, self.identity)
+        else:
+            distributed.guarded(
+                lambda: sharded_state.save(self.run_state, self.run_dir, self.identity),
+                "writing a checkpoint",
+            )
         self.checkpoint_step = self.learner.step
 
     # the loop ----------------------------------------------------------------------------------------------

@@ -1,0 +1,568 @@
+"""Sharded checkpoints over ``torch.distributed.checkpoint`` (DCP): every rank writes what it owns.
+
+A checkpoint is a set of named *entries* (any nest of dicts, lists, tuples, tensors, numbers and strings);
+each entry is written by exactly one rank, the one that owns it, and read back by whichever ranks need it —
+on any number of ranks, or in one process without a process group. On disk, in a folder ``ROOT``::
+
+    ROOT/checkpoint.json               the manifest: the checkpoint, and the pointer to its folder
+    ROOT/checkpoint-00000040/          one DCP checkpoint: .metadata + one __R_0.distcp file per writing rank
+    ROOT/.checkpoint-00000044.tmp/     a checkpoint being written (swept away at the next start)
+
+**Format.** An entry becomes one DCP tensor per tensor it holds (``ENTRY/0``, ``ENTRY/1``, …; tensors of
+at most 64 KiB are packed, one ``ENTRY/pack-DTYPE`` tensor per dtype) and a *skeleton* — its structure, every
+non-tensor value and where each packed tensor lies, as JSON, stored as a uint8 tensor ``ENTRY/skeleton``.
+So the DCP checkpoint holds tensors only (no pickled "bytes" items). The manifest (JSON) holds the format,
+the step, the caller's run record (``info``), the entries and who wrote them, and the sha256 and size of
+every file of the folder, plus a sha256 of itself.
+
+**Atomic.** Ranks write into the temporary folder (DCP fsyncs every file); after DCP's own completion round,
+each rank hashes the files it wrote and sends the digests to rank 0, which hashes ``.metadata``, fsyncs the
+folder, renames it to its final name, and only then replaces the manifest (``checkpoint.atomic_write``:
+temporary file, fsync, rename, fsync of the folder). The manifest is the commit point: a kill -9 at any
+moment leaves the previous manifest naming the previous, complete folder, which is deleted only after the
+new manifest is in place. Left-overs (a temporary folder, a renamed folder that never got its manifest)
+are removed by :func:`sweep`.
+
+**Integrity.** Before anything of a folder is read, the manifest's own sha256 is checked, then the sha256 of
+``.metadata`` and of every data file the read will touch (a rank reads only the files that hold its
+entries), so a flipped byte anywhere is refused in one line.
+
+**No code execution.** DCP reads ``.metadata`` with a plain ``pickle.load``; here it is read by an
+allow-list unpickler that can build only DCP's own metadata classes, ``torch.Size``, dtypes and layouts
+(anything else — ``os.system``, ``builtins.eval`` — is refused before it is called), and only after its
+sha256 matched the manifest. Tensor data is read by DCP with ``torch.load(weights_only=True)``; metadata
+naming a non-tensor ("bytes") item, a stream transform or a file outside the folder is refused. The manifest
+and skeletons are JSON.
+
+Every failure is a one-line :class:`~largemeta.errors.UserError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import shutil
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+from largemeta.checkpoint import atomic_write
+from largemeta.errors import UserError
+
+FORMAT = "largemeta-sharded-checkpoint-v2"
+METADATA = ".metadata"
+SKELETON = "skeleton"
+PACK_BYTES = 64 << 10
+"""Tensors up to this size are packed, per dtype, into one DCP tensor per entry (DCP's cost per item is a
+few hundred microseconds; a model has hundreds of small tensors — biases, BatchNorm, step counters)."""
+_NO_DIST_WARNING = r"torch\.distributed is disabled, unavailable or uninitialized"
+_ENTRY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+# ----------------------------------------------------------------------------------------------- names
+def manifest_path(root: Path, name: str = "checkpoint") -> Path:
+    return Path(root) / f"{name}.json"
+
+
+def _folder_name(name: str, step: int) -> str:
+    return f"{name}-{step:08d}"
+
+
+def _folder_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^\.?{re.escape(name)}-\d{{8,}}(\.tmp)?$")
+
+
+def exists(root: Path, name: str = "checkpoint") -> bool:
+    """Whether ``root`` holds a sharded checkpoint (its manifest)."""
+    return manifest_path(root, name).is_file()
+
+
+# ------------------------------------------------------------------------------------- entry encoding
+def encode(value: Any, tensors: list[torch.Tensor]) -> Any:
+    """The JSON skeleton of ``value``; its tensors are appended to ``tensors`` (referenced by index)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() == 0:  # nothing to store: shape and dtype are enough
+            return {"e": [list(value.shape), str(value.dtype).removeprefix("torch.")]}
+        tensors.append(value)
+        return {"t": len(tensors) - 1}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"v": value}
+    if isinstance(value, Mapping):
+        for k in value:
+            if isinstance(k, bool) or not isinstance(k, (str, int)):
+                raise TypeError(f"checkpoint dict keys must be str or int, got {k!r}")
+        return {"d": [[k, encode(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return {"l" if isinstance(value, list) else "u": [encode(v, tensors) for v in value]}
+    raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint")
+
+
+def decode(skeleton: Any, tensors: Mapping[int, torch.Tensor]) -> Any:
+    """Inverse of :func:`encode` (``tensors[i]`` is the i-th tensor)."""
+    if not isinstance(skeleton, dict) or len(skeleton) != 1:
+        raise ValueError(f"bad skeleton node {str(skeleton)[:60]}")
+    ((kind, body),) = skeleton.items()
+    if kind == "t":
+        return tensors[int(body)]
+    if kind == "v":
+        if body is not None and not isinstance(body, (bool, int, float, str)):
+            raise ValueError("bad skeleton value")
+        return body
+    if kind == "e":
+        shape, dtype = body
+        if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+            raise ValueError(f"bad dtype {dtype!r}")
+        return torch.empty([int(s) for s in shape], dtype=getattr(torch, dtype))
+    if kind == "d":
+        return {k: decode(v, tensors) for k, v in body}
+    if kind in ("l", "u"):
+        items = [decode(v, tensors) for v in body]
+        return items if kind == "l" else tuple(items)
+    raise ValueError(f"bad skeleton kind {kind!r}")
+
+
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """A detached, contiguous CPU tensor with its own storage (torch.save writes a view's whole storage)."""
+    t = t.detach().to("cpu").contiguous()
+    if t.untyped_storage().nbytes() != t.numel() * t.element_size() or t.storage_offset():
+        t = t.clone()
+    return t
+
+
+def _flat_entries(entries: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    flat: dict[str, torch.Tensor] = {}
+    for entry, value in entries.items():
+        if not _ENTRY.match(entry):
+            raise ValueError(
+                f"bad checkpoint entry name {entry!r} (words of letters, digits, _ . - joined by /)"
+            )
+        tensors: list[torch.Tensor] = []
+        tree = encode(value, tensors)
+        small: dict[torch.dtype, list[int]] = {}
+        for i, t in enumerate(tensors):
+            if t.numel() * t.element_size() <= PACK_BYTES:
+                small.setdefault(t.dtype, []).append(i)
+            else:
+                flat[f"{entry}/{i}"] = _owned(t)
+        packed: dict[str, list[Any]] = {}
+        for dtype, members in small.items():
+            name, offset = str(dtype).removeprefix("torch."), 0
+            for i in members:
+                packed[str(i)] = [name, offset, list(tensors[i].shape)]
+                offset += tensors[i].numel()
+            flat[f"{entry}/pack-{name}"] = torch.cat([tensors[i].detach().cpu().reshape(-1) for i in members])
+        text = json.dumps({"tree": tree, "packed": packed}, separators=(",", ":")).encode()
+        flat[f"{entry}/{SKELETON}"] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+    return flat
+
+
+def _unpack(doc: Any, flat: Mapping[str, torch.Tensor], key: str, own: re.Pattern[str]) -> Any:
+    """An entry from its skeleton document, its own tensors and its packs."""
+    tensors: dict[int, torch.Tensor] = {}
+    for fqn, t in flat.items():
+        m = own.match(fqn)
+        if m and m.group(1).isdigit():
+            tensors[int(m.group(1))] = t
+    for i, (dtype, offset, shape) in doc["packed"].items():
+        pack = flat[f"{key}/pack-{dtype}"]
+        n = torch.Size(shape).numel()
+        if not 0 <= int(offset) <= int(offset) + n <= pack.numel():
+            raise ValueError(f"packed tensor {i} lies outside its pack")
+        tensors[int(i)] = pack[int(offset) : int(offset) + n].view(shape).clone()
+    return decode(doc["tree"], tensors)
+
+
+# -------------------------------------------------------------------------------------- safe metadata
+_ALLOWED = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "TensorStorageMetadata",
+        "TensorProperties",
+        "ChunkStorageMetadata",
+        "BytesStorageMetadata",
+        "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP's ``.metadata`` but builds nothing outside an allow-list of DCP's own classes."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name in _ALLOWED.get(module, ()):
+            return super().find_class(module, name)
+        if module == "torch":
+            value = getattr(torch, name, None)
+            if name == "Size" or isinstance(value, (torch.dtype, torch.layout)):
+                return value
+        raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+
+
+def parse_metadata(data: bytes, where: str = METADATA) -> dcp_metadata.Metadata:
+    """DCP metadata from ``data`` without executing code, checked to describe tensors in plain files."""
+    try:
+        metadata = _MetadataUnpickler(io.BytesIO(data)).load()
+    except Exception as err:  # any malformed pickle: a one-line refusal, never a traceback
+        raise UserError(f"checkpoint {where!r} is not a largemeta checkpoint's metadata ({err})") from None
+    if not isinstance(metadata, dcp_metadata.Metadata) or not isinstance(metadata.storage_data, dict):
+        raise UserError(f"checkpoint {where!r} is not a largemeta checkpoint's metadata")
+    for fqn, md in metadata.state_dict_metadata.items():
+        if not isinstance(md, dcp_metadata.TensorStorageMetadata):
+            raise UserError(
+                f"checkpoint {where!r} holds a non-tensor item {fqn!r} (not written by largemeta)"
+            )
+    for index, info in metadata.storage_data.items():
+        path = getattr(info, "relative_path", None)
+        if (
+            not isinstance(index, dcp_metadata.MetadataIndex)
+            or not isinstance(info, _StorageInfo)
+            or not isinstance(path, str)
+            or Path(path).name != path
+            or path.startswith(".")
+            or getattr(info, "transform_descriptors", None)
+        ):
+            raise UserError(f"checkpoint {where!r} names a storage item outside plain files of its folder")
+    metadata.storage_meta = dcp_metadata.StorageMeta()
+    return metadata
+
+
+class _Reader(FileSystemReader):
+    """DCP's file reader, handed metadata already verified and parsed safely (never ``pickle.load``)."""
+
+    def __init__(self, path: Path, metadata: dcp_metadata.Metadata) -> None:
+        super().__init__(path)
+        self._metadata = metadata
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> dcp_metadata.Metadata:
+        return self._metadata
+
+
+class _Writer(FileSystemWriter):
+    """DCP's file writer that remembers which files it wrote, and records no paths in the metadata."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, single_file_per_rank=True, sync_files=True, overwrite=True)
+        self.written: set[str] = set()
+
+    def storage_meta(self) -> dcp_metadata.StorageMeta | None:
+        return None  # would hold the temporary folder's path, wrong once renamed
+
+    def write_data(self, plan, planner):  # type: ignore[no-untyped-def]
+        if not plan.items:  # a rank that owns nothing writes no (empty) file
+            done: torch.futures.Future = torch.futures.Future()
+            done.set_result([])
+            return done
+        future = super().write_data(plan, planner)
+        self.written |= {r.storage_data.relative_path for r in future.value()}
+        return future
+
+
+# ----------------------------------------------------------------------------------------- hashing
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -------------------------------------------------------------------------------------------- save
+def _rank(group: Any) -> int:
+    return dist.get_rank(group) if group is not None else 0
+
+
+def _failure_text(err: CheckpointException) -> tuple[BaseException | None, str]:
+    failures = getattr(err, "_failures", {}) or {}
+    for rank, failure in sorted(failures.items()):
+        exc = failure[0] if isinstance(failure, tuple) else failure
+        return (
+            exc,
+            f"rank {rank}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+        )
+    return None, str(err)
+
+
+def save(
+    root: Path,
+    step: int,
+    entries: Mapping[str, Any],
+    *,
+    info: Mapping[str, Any] | None = None,
+    group: Any = None,
+    name: str = "checkpoint",
+) -> None:
+    """Write checkpoint ``step`` of ``root``: a collective over ``group`` (every rank calls it with the
+    entries it owns; entry names must be unique over all ranks); without a group, one process writes all.
+
+    ``info`` (JSON values; rank 0's is kept) is stored in the manifest. Returns once the new checkpoint is
+    published on every rank. A failure to write is a :class:`UserError` that leaves the previous checkpoint
+    as it was; a lost peer surfaces as the ``RuntimeError`` of the failed collective.
+    """
+    root = Path(root)
+    rank = _rank(group)
+    tmp = root / f".{_folder_name(name, step)}.tmp"
+    final = root / _folder_name(name, step)
+    flat = _flat_entries(entries)
+    writer = _Writer(tmp)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_NO_DIST_WARNING)
+            dcp.save(flat, storage_writer=writer, process_group=group, no_dist=group is None)
+    except CheckpointException as err:
+        exc, text = _failure_text(err)
+        if isinstance(exc, RuntimeError) and not isinstance(exc, OSError):
+            raise exc from None  # a failed collective inside DCP: the caller reports the lost peer
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"cannot write checkpoint {str(tmp)!r} ({text}); the previous checkpoint is intact"
+        ) from None
+    try:
+        mine = {
+            rel: {"sha256": file_sha256(tmp / rel), "bytes": (tmp / rel).stat().st_size}
+            for rel in writer.written
+        }
+    except OSError as err:
+        mine = {"!error": {"sha256": f"cannot read a written file: {err.strerror or err}", "bytes": 0}}
+    piece = (mine, {e: rank for e in entries})
+    pieces = [piece]
+    if group is not None:
+        gathered: list[Any] | None = [None] * dist.get_world_size(group) if rank == 0 else None
+        dist.gather_object(piece, gathered, dst=dist.get_global_rank(group, 0), group=group)
+        pieces = gathered or []
+    outcome: list[Any] = [None]
+    if rank == 0:
+        try:
+            _publish(root, name, step, tmp, final, pieces, info or {})
+        except UserError as err:
+            outcome[0] = str(err)
+    if group is not None:
+        dist.broadcast_object_list(outcome, src=dist.get_global_rank(group, 0), group=group)
+    if outcome[0] is not None:
+        raise UserError(outcome[0])
+
+
+def _publish(
+    root: Path, name: str, step: int, tmp: Path, final: Path, pieces: list[Any], info: Mapping[str, Any]
+) -> None:
+    """Rank 0: complete the manifest, move the folder into place, swap the manifest, drop the old folder."""
+    files: dict[str, Any] = {}
+    owners: dict[str, int] = {}
+    for mine, entries in pieces:
+        if "!error" in mine:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UserError(
+                f"checkpoint {str(tmp)!r}: {mine['!error']['sha256']}; the previous one is intact"
+            )
+        files.update(mine)
+        owners.update(entries)
+    try:
+        files[METADATA] = {"sha256": file_sha256(tmp / METADATA), "bytes": (tmp / METADATA).stat().st_size}
+        _fsync_dir(tmp)
+        if final.exists():  # a folder renamed by an attempt killed before its manifest: never published
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"cannot write checkpoint {str(final)!r}: {err.strerror or err}; the previous one is intact"
+        ) from None
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "step": int(step),
+        "folder": final.name,
+        "info": dict(info),
+        "entries": dict(sorted(owners.items())),
+        "files": dict(sorted(files.items())),
+    }
+    manifest["sha256"] = hashlib.sha256(_canonical(manifest)).hexdigest()
+    text = json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n"
+    atomic_write(manifest_path(root, name), lambda fh: fh.write(text))  # the commit point
+    for old in root.iterdir():
+        if old != final and old.is_dir() and _folder_pattern(name).match(old.name):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def sweep(root: Path, name: str = "checkpoint") -> list[str]:
+    """Remove folders of unfinished checkpoints (temporary ones, and any not named by the manifest); returns
+    their names. Call it before the first save of a run, on one rank, while no save is under way."""
+    root = Path(root)
+    keep = None
+    if exists(root, name):
+        try:
+            keep = json.loads(manifest_path(root, name).read_text()).get("folder")
+        except (OSError, ValueError, AttributeError):
+            return []  # a damaged manifest: leave everything for the user to inspect
+    removed = []
+    for path in root.iterdir() if root.is_dir() else ():
+        if path.is_dir() and path.name != keep and _folder_pattern(name).match(path.name):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
+
+
+# -------------------------------------------------------------------------------------------- load
+@dataclass(frozen=True)
+class Manifest:
+    """A verified manifest: where the checkpoint is and what it holds."""
+
+    root: Path
+    step: int
+    folder: Path
+    info: dict[str, Any]
+    entries: dict[str, int]
+    files: dict[str, dict[str, Any]]
+
+
+def read_manifest(root: Path, name: str = "checkpoint") -> Manifest:
+    """The manifest of ``root``'s checkpoint, its own sha256 checked (UserError when absent or damaged)."""
+    path = manifest_path(root, name)
+    if not path.is_file():
+        raise UserError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        raw = json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"checkpoint {str(path)!r} is corrupt or not a largemeta checkpoint ({err})"
+        ) from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise UserError(f"checkpoint {str(path)!r} is not a {FORMAT} manifest")
+    body = {k: v for k, v in raw.items() if k != "sha256"}
+    if hashlib.sha256(_canonical(body)).hexdigest() != raw.get("sha256"):
+        raise UserError(f"checkpoint {str(path)!r} is corrupt (sha256 mismatch: truncated or altered)")
+    folder = str(raw.get("folder", ""))
+    if Path(folder).name != folder or not _folder_pattern(name).match(folder) or folder.startswith("."):
+        raise UserError(f"checkpoint {str(path)!r} names a folder outside its run folder: {folder!r}")
+    files = raw.get("files")
+    if not isinstance(files, dict) or METADATA not in files:
+        raise UserError(f"checkpoint {str(path)!r} lists no {METADATA} file")
+    for key, kinds in (("step", int), ("entries", dict), ("info", (dict, type(None)))):
+        if not isinstance(raw.get(key), kinds) or isinstance(raw.get(key), bool):
+            raise UserError(f"checkpoint {str(path)!r} is incomplete: {key} is missing or malformed")
+    step, info, entries = raw["step"], dict(raw.get("info") or {}), dict(raw["entries"])
+    return Manifest(Path(root), step, Path(root) / folder, info, entries, files)
+
+
+def _verify(manifest: Manifest, relative: str) -> Path:
+    path = manifest.folder / relative
+    expected = manifest.files.get(relative)
+    if expected is None:
+        raise UserError(f"checkpoint file {str(path)!r} is not listed in its manifest")
+    try:
+        digest = file_sha256(path)
+    except OSError as err:
+        raise UserError(f"checkpoint file {str(path)!r} cannot be read: {err.strerror or err}") from None
+    if digest != expected.get("sha256"):
+        raise UserError(f"checkpoint file {str(path)!r} is corrupt (sha256 mismatch: truncated or altered)")
+    return path
+
+
+def read_metadata(manifest: Manifest) -> dcp_metadata.Metadata:
+    """The folder's DCP metadata, checked against the manifest and parsed without executing code."""
+    path = _verify(manifest, METADATA)
+    return parse_metadata(path.read_bytes(), str(path))
+
+
+def load(
+    root: Path,
+    keys: Iterable[str] | None = None,
+    *,
+    manifest: Manifest | None = None,
+    name: str = "checkpoint",
+) -> dict[str, Any]:
+    """The entries ``keys`` (default: all) of ``root``'s checkpoint, on the CPU. Reads only the files that
+    hold them, each verified first; needs no process group (every rank reads on its own)."""
+    manifest = manifest or read_manifest(root, name)
+    wanted = list(manifest.entries) if keys is None else list(keys)
+    missing = [k for k in wanted if k not in manifest.entries]
+    if missing:
+        raise UserError(f"checkpoint {str(manifest.folder)!r} has no entry {missing[0]!r}")
+    metadata = read_metadata(manifest)
+    own = {k: re.compile(rf"^{re.escape(k)}/(\d+|{SKELETON}|pack-[a-z0-9]+)$") for k in wanted}
+    fqns = [f for f in metadata.state_dict_metadata if any(p.match(f) for p in own.values())]
+    needed = set(fqns)
+    for relative in sorted(
+        {i.relative_path for idx, i in metadata.storage_data.items() if idx.fqn in needed}
+    ):
+        _verify(manifest, relative)
+    stored: dict[str, int] = {}
+    for idx, info in metadata.storage_data.items():
+        if idx.fqn in needed:
+            if (
+                info.offset < 0
+                or info.length < 0
+                or info.offset + info.length > manifest.files[info.relative_path]["bytes"]
+            ):
+                raise UserError(f"checkpoint {str(manifest.folder)!r}: {idx.fqn!r} lies outside its file")
+            stored[idx.fqn] = stored.get(idx.fqn, 0) + info.length
+    flat = {}
+    for fqn in fqns:
+        md = metadata.state_dict_metadata[fqn]
+        nbytes = torch.Size(md.size).numel() * md.properties.dtype.itemsize
+        if nbytes > stored.get(fqn, 0):  # never allocate what the files cannot hold
+            raise UserError(
+                f"checkpoint {str(manifest.folder)!r}: {fqn!r} is larger than the data stored for it"
+            )
+        flat[fqn] = torch.empty(tuple(md.size), dtype=md.properties.dtype)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_NO_DIST_WARNING)
+            dcp.load(flat, storage_reader=_Reader(manifest.folder, metadata), no_dist=True)
+    except (CheckpointException, RuntimeError, OSError, pickle.UnpicklingError, AssertionError) as err:
+        text = _failure_text(err)[1] if isinstance(err, CheckpointException) else str(err)
+        raise UserError(
+            f"checkpoint {str(manifest.folder)!r} cannot be read ({text.splitlines()[0][:160]})"
+        ) from None
+    out = {}
+    for key in wanted:
+        skeleton_key = f"{key}/{SKELETON}"
+        if skeleton_key not in flat:
+            raise UserError(f"checkpoint {str(manifest.folder)!r} lacks the structure of entry {key!r}")
+        try:
+            doc = json.loads(flat[skeleton_key].numpy().tobytes())
+            out[key] = _unpack(doc, flat, key, own[key])
+        except (ValueError, KeyError, TypeError) as err:
+            raise UserError(
+                f"checkpoint {str(manifest.folder)!r}: entry {key!r} is malformed ({err})"
+            ) from None
+    return out
+
+
+def verify(root: Path, name: str = "checkpoint") -> Manifest:
+    """Check the manifest and every file it lists (sha256); returns the manifest."""
+    manifest = read_manifest(root, name)
+    for relative in manifest.files:
+        _verify(manifest, relative)
+    read_metadata(manifest)
+    return manifest
