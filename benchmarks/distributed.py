@@ -340,7 +340,6 @@ def worker_allreduce(args: argparse.Namespace) -> None:
     if dist.get_rank() == 0:
         Path(args.out).write_text(json.dumps(out))
     dist.destroy_process_group()
-    time.sleep(0.05)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -379,8 +378,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
+        from largemeta.train.distributed import leave
+
         worker(args)
-        return
+        leave(0)  # no interpreter finalization after Gloo (see largemeta.train.distributed.leave)
     import torch
 
     skip = set(args.skip.split(","))

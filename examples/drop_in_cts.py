@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from datetime import timedelta
 
 import torch
@@ -21,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from largemeta import ContinualTrajectoryShifting
+from largemeta.train.distributed import leave
 
 
 class Net(nn.Module):
@@ -97,10 +97,11 @@ def main(argv: list[str] | None = None) -> None:
             torch.save(cts.export_state_dict(), args.save_phi)
     if world > 1:
         dist.destroy_process_group()
-        # Let Gloo's worker threads free their last tensors (they need the GIL) before Python finalizes;
-        # otherwise a finished run can abort with "terminate called without an active exception".
-        time.sleep(0.05)
 
 
 if __name__ == "__main__":
     main()
+    if "WORLD_SIZE" in os.environ:
+        # torch keeps Gloo's threads past destroy_process_group(), and at interpreter shutdown they can
+        # abort a finished run (SIGABRT): end without finalization, output flushed — as largemeta's CLI does.
+        leave(0)

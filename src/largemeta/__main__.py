@@ -1,5 +1,3 @@
-import sys
+from largemeta.cli import run
 
-from largemeta.cli import main
-
-sys.exit(main())
+run()

@@ -14,6 +14,7 @@ from torch import nn
 
 from largemeta.models.functional import apply, split_state
 from largemeta.models.sync_batchnorm import convert_batchnorm
+from largemeta.train.distributed import leave
 
 
 def grads_and_buffers(model, x, y, group_size):
@@ -67,3 +68,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    leave(0)  # no interpreter finalization after Gloo: largemeta.train.distributed.leave

@@ -186,3 +186,34 @@ def test_run_with_a_killed_rank_resumes_on_two_ranks_and_on_one(tiny_suite, tiny
     cli(["train", "--resume", str(tmp_path / "run1"), "--steps", "40"])
     assert_close(phi(tmp_path / "straight"), phi(tmp_path / "run"))
     assert_close(phi(tmp_path / "straight"), phi(tmp_path / "run1"))
+
+
+def test_leave_flushes_output_and_exits_with_the_code():
+    code = (
+        "import sys; from largemeta.train.distributed import leave; "
+        "print('out', end=''); print('err', end='', file=sys.stderr); leave(7)"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout, out.stderr) == (7, "out", "err")
+
+
+def test_a_two_rank_command_ends_through_leave(tiny_suite, tiny_config, tmp_path):
+    """A torchrun process of the CLI joins a group, so it skips interpreter finalization: an atexit hook set
+    by the command's process would run on a normal exit and does not here (what stops Gloo's threads from
+    aborting a finished run)."""
+    cfg = tiny_config(tiny_suite, steps=2)
+    hook = tmp_path / "hook.py"
+    hook.write_text(
+        "import atexit, os, runpy, sys\n"
+        f"atexit.register(lambda: open(os.path.join({str(tmp_path)!r}, 'atexit-' + os.environ['RANK']), 'w'))\n"
+        "sys.argv = ['largemeta', *sys.argv[1:]]\n"
+        "runpy.run_module('largemeta', run_name='__main__')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(hook)]
+    cmd += ["train", "--out", str(tmp_path / "run"), "--steps", "2", *sets(cfg)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoint.json").exists()
+    assert not list(tmp_path.glob("atexit-*"))

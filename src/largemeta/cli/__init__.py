@@ -15,6 +15,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from largemeta import __version__
 from largemeta.errors import Preempted, UserError
@@ -73,6 +74,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.formatwarning = formatwarning
 
 
+def run() -> NoReturn:
+    """The ``largemeta`` command (and ``python -m largemeta``): :func:`main`, then exit with its code; a
+    process that joined a process group skips interpreter finalization
+    (:func:`largemeta.train.distributed.leave`)."""
+    code = main()
+    distributed = sys.modules.get("largemeta.train.distributed")
+    if distributed is not None and distributed.joined():
+        distributed.leave(code)
+    sys.exit(code)
+
+
 def _run(argv: Sequence[str] | None, raw: list[str], parsed: list[argparse.Namespace]) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -106,4 +118,4 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -9,11 +9,12 @@ that time instead of hanging. Multi-node: torchrun's own ``--nnodes``, ``--node_
 
 from __future__ import annotations
 
+import logging
 import os
-import time
+import sys
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,7 @@ from largemeta.errors import UserError
 TIMEOUT_S = int(os.environ.get("LARGEMETA_COLLECTIVE_TIMEOUT", "60"))
 T = TypeVar("T")
 _PEER_WORDS = ("gloo", "nccl", "timed out", "timeout", "connection", "peer", "socket", "broken pipe")
+_joined = False
 
 
 class PeerLost(UserError):
@@ -36,6 +38,7 @@ def init(device: torch.device) -> tuple[int, int, Any]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, None
+    global _joined
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         # a rank that dies before the ranks connect: one line (exit 3) after the timeout, not a traceback
@@ -43,6 +46,7 @@ def init(device: torch.device) -> tuple[int, int, Any]:
             lambda: dist.init_process_group(backend=backend, timeout=timedelta(seconds=TIMEOUT_S)),
             "joining the other ranks",
         )
+    _joined = True
     return dist.get_rank(), dist.get_world_size(), dist.group.WORLD
 
 
@@ -85,12 +89,32 @@ def barrier(group: Any) -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group. Its Gloo threads may live on: end the process with :func:`leave`."""
     if dist.is_initialized():
         dist.destroy_process_group()
-        # Gloo's worker threads free a finished collective's tensors after the caller has moved on, and need
-        # the GIL to do it; if the interpreter is already finalizing they abort the process ("terminate
-        # called without an active exception", SIGABRT after a successful run). Sleeping releases the GIL.
-        time.sleep(0.05)
+
+
+def joined() -> bool:
+    """Whether this process has joined a process group (it may have left it since)."""
+    return _joined
+
+
+def leave(code: int) -> NoReturn:
+    """End a process that joined a process group: output flushed, then ``os._exit(code)``.
+
+    torch keeps the Gloo backend's threads alive past ``destroy_process_group()`` (something inside torch
+    still holds the group once ``torch._dynamo`` is imported, which ``torch.optim`` does), and at interpreter
+    shutdown they can abort a finished run: SIGABRT, "terminate called without an active exception", exit -6
+    after a successful run — now and then, on loaded machines. Skipping interpreter finalization avoids the
+    race; every file this package writes is already closed and synced by then.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said
+            pass
+    os._exit(code)
 
 
 # Agreement between ranks (used by the trainer's run-folder checks, preemption and non-finite guards) --------
