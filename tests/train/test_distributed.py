@@ -206,11 +206,12 @@ def test_a_two_rank_command_ends_through_leave(tiny_suite, tiny_config, tmp_path
     hook = tmp_path / "hook.py"
     hook.write_text(
         "import atexit, os, runpy, sys\n"
-        f"atexit.register(lambda: open(os.path.join({str(tmp_path)!r}, 'atexit-' + os.environ['RANK']), 'w'))\n"
+        "mark = os.path.join(os.environ['HOOK_DIR'], 'atexit-' + os.environ['RANK'])\n"
+        "atexit.register(lambda: open(mark, 'w'))\n"
         "sys.argv = ['largemeta', *sys.argv[1:]]\n"
         "runpy.run_module('largemeta', run_name='__main__')\n"
     )
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "HOOK_DIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(hook)]
     cmd += ["train", "--out", str(tmp_path / "run"), "--steps", "2", *sets(cfg)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
