@@ -201,7 +201,7 @@ def experiment_argv(tiny_suite, tiny_config, tmp_path, algos="scratch,cts"):
     ]
 
 
-@pytest.mark.slow  # a real process (~10 s); test_every_experiment_... below covers the same in-process
+# a real process, stopped by a real SIGINT (test_every_experiment_... below covers each experiment in-process)
 def test_an_experiment_stopped_by_ctrl_c_continues_with_the_same_command(
     tiny_suite, tiny_config, tmp_path, capsys
 ):

@@ -61,7 +61,6 @@ def train_in_process(cfg, out, resume=False):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.slow  # torchrun or a collective timeout: ~10-20 s
 def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step(tiny_suite, tiny_config, tmp_path):
     cfg = tiny_config(tiny_suite, steps=120, checkpoint_every=1000, log_every=2)
     run = tmp_path / "run"
@@ -116,7 +115,6 @@ def test_every_rank_learns_at_once_that_the_folder_is_locked(tiny_suite, tiny_co
     assert read_all(tmp_path / "run")["step"] == 2
 
 
-@pytest.mark.slow  # torchrun or a collective timeout: ~10-20 s
 def test_a_rank_that_never_connects_is_one_line_and_exit_3(tiny_suite, tiny_config, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -207,7 +207,6 @@ def test_three_ranks_for_two_tasks_stop_every_rank_in_one_line(two_task_suite, t
 
 
 @pytest.mark.distributed
-@pytest.mark.slow
 def test_a_rank_killed_inside_a_group_stops_every_rank_and_the_run_resumes_on_4_2_and_1(
     two_task_suite, tiny_config, tmp_path
 ):
@@ -245,7 +244,6 @@ def test_a_rank_killed_inside_a_group_stops_every_rank_and_the_run_resumes_on_4_
 
 
 @pytest.mark.distributed
-@pytest.mark.slow
 def test_two_localhost_nodes_train_together(two_task_suite, tiny_config, tmp_path):
     cfg = tiny_config(two_task_suite)
     train(["--out", str(tmp_path / "one"), "--steps", "12", *sets(cfg)])
