@@ -16,6 +16,7 @@ folder while a trainer holds a run folder inside it).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -217,3 +218,12 @@ def lock_folder(folder: Path) -> FolderLock:
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
     _held[key] = _Held(fd, path)
     return FolderLock(folder, key)
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

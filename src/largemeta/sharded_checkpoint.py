@@ -62,6 +62,7 @@ from torch.distributed.checkpoint.filesystem import _StorageInfo
 
 from largemeta.checkpoint import atomic_write
 from largemeta.errors import UserError
+from largemeta.files import sha256_file
 
 FORMAT = "largemeta-sharded-checkpoint-v2"
 METADATA = ".metadata"
@@ -276,14 +277,6 @@ class _Writer(FileSystemWriter):
 
 
 # ----------------------------------------------------------------------------------------- hashing
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
@@ -349,7 +342,7 @@ def save(
         ) from None
     try:
         mine = {
-            rel: {"sha256": file_sha256(tmp / rel), "bytes": (tmp / rel).stat().st_size}
+            rel: {"sha256": sha256_file(tmp / rel), "bytes": (tmp / rel).stat().st_size}
             for rel in writer.written
         }
     except OSError as err:
@@ -387,7 +380,7 @@ def _publish(
         files.update(mine)
         owners.update(entries)
     try:
-        files[METADATA] = {"sha256": file_sha256(tmp / METADATA), "bytes": (tmp / METADATA).stat().st_size}
+        files[METADATA] = {"sha256": sha256_file(tmp / METADATA), "bytes": (tmp / METADATA).stat().st_size}
         _fsync_dir(tmp)
         if final.exists():  # a folder renamed by an attempt killed before its manifest: never published
             shutil.rmtree(final)
@@ -480,7 +473,7 @@ def _verify(manifest: Manifest, relative: str) -> Path:
     if expected is None:
         raise UserError(f"checkpoint file {str(path)!r} is not listed in its manifest")
     try:
-        digest = file_sha256(path)
+        digest = sha256_file(path)
     except OSError as err:
         raise UserError(f"checkpoint file {str(path)!r} cannot be read: {err.strerror or err}") from None
     if digest != expected.get("sha256"):

@@ -58,14 +58,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_sha256(what: str, actual: str, expected: str | None) -> None:
     """``UserError`` when ``expected`` is given and differs from ``actual``."""
     if expected is not None and actual != expected:

@@ -40,8 +40,9 @@ from typing import Any
 import numpy as np
 
 from largemeta.data.arrays import ArrayDataset
-from largemeta.data.cache import atomic_open, atomic_write_json, sha256_file
+from largemeta.data.cache import atomic_open, atomic_write_json
 from largemeta.errors import UserError
+from largemeta.files import sha256_file
 
 FORMAT = 2
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
