@@ -114,11 +114,8 @@ def read_legacy_checkpoint(run_dir: Path) -> dict[str, Any]:
                 f"checkpoint {str(path)!r} is incomplete: {'.'.join(keys)} is missing or not a "
                 f"{kind.__name__} (not a whole largemeta checkpoint)"
             )
-    pooled = isinstance(state.get("slots"), list) and isinstance(state.get("pool"), dict)
-    if not (pooled or isinstance(state.get("tasks"), list)):
-        raise UserError(
-            f"checkpoint {str(path)!r} is incomplete: it holds no task state (tasks, or a pool's slots)"
-        )
+    if not isinstance(state.get("tasks"), list):
+        raise UserError(f"checkpoint {str(path)!r} is incomplete: it holds no task state")
     if not all(isinstance(v, torch.Tensor) for v in state["shared"]["phi"].values()):
         raise UserError(f"checkpoint {str(path)!r} is incomplete: shared.phi holds something not a tensor")
     if "identity" in state and not isinstance(state["identity"], dict):

@@ -15,9 +15,9 @@ With a task pool (``tasks_per_trajectory`` > 0) the trajectories belong to slots
                    "tasks": [{"private", "task"} or None, ...]}}        # every pool task: head, sampler and
                                                                         # BatchNorm state; None: never drawn
 
-This is version 0.1's single file (``checkpoint.pt``, plus the pool of later versions) and what the sharded
-format (:mod:`largemeta.train.sharded_state`) assembles from the entries a rank needs: only the tasks (or
-slots) a rank serves need be filled in.
+This is the layout of version 0.1's single file (``checkpoint.pt``; pools came later, with the sharded format)
+and what the sharded format (:mod:`largemeta.train.sharded_state`) assembles from the entries a rank needs:
+only the tasks (or slots) a rank serves need be filled in.
 """
 
 from __future__ import annotations
