@@ -46,8 +46,9 @@ class EvalSettings:
     train_size: int | None = None
     targets: tuple[str, ...] = ()  # names of the suite's meta-test tasks (default: all)
 
-    def score(self, init: Init, specs: list[TaskSpec], *, device: str, data_dir: str) -> dict[str, Any]:
-        """The meta-test protocol with these settings (:func:`largemeta.metatest.meta_test`)."""
+    def score(self, init: Init, specs: list[TaskSpec], cfg: TrainConfig, *, device: str) -> dict[str, Any]:
+        """The meta-test protocol with these settings (:func:`largemeta.metatest.meta_test`); the images are
+        found and placed as the run's config says (``data_dir``, ``data_placement``, ...)."""
         return meta_test(
             init,
             specs,
@@ -56,7 +57,10 @@ class EvalSettings:
             batch_size=self.batch_size,
             train_size=self.train_size,
             device=device,
-            data_dir=data_dir or None,
+            data_dir=cfg.data_dir or None,
+            data_placement=cfg.data_placement,
+            memory_budget_gb=cfg.memory_budget_gb,
+            stream_workers=cfg.stream_workers,
         )
 
 
@@ -236,7 +240,7 @@ def convergence(
     channels = specs[0].channels
 
     def ev(init: Init) -> dict[str, Any]:
-        return settings.score(init, specs, device=device, data_dir=cfg.data_dir)
+        return settings.score(init, specs, cfg, device=device)
 
     with Record(out, skeleton, log) as record:
         result = record.result
@@ -311,7 +315,7 @@ def k_ablation(
                     cfg.steps,
                 )
                 init = load_init(str(run_dir), model=cfg.model)
-                by_k[str(k)] = settings.score(init, specs, device=device, data_dir=cfg.data_dir)
+                by_k[str(k)] = settings.score(init, specs, cfg, device=device)
                 record.finish(part)
     return result
 
@@ -425,7 +429,7 @@ def tune(
     }
 
     def ev(init: Init, specs: list[TaskSpec], s: EvalSettings) -> dict[str, Any]:
-        return s.score(init, specs, device=device, data_dir=cfg.data_dir)
+        return s.score(init, specs, cfg, device=device)
 
     with Record(out, skeleton, log) as record:
         result = record.result
@@ -508,6 +512,6 @@ def pretrained(
                 log(part)
                 start = start or load_init(source, model=cfg.model)
                 sized = dataclasses.replace(settings, train_size=n)
-                by_size[str(n)] = sized.score(start, specs, device=device, data_dir=cfg.data_dir)
+                by_size[str(n)] = sized.score(start, specs, cfg, device=device)
                 record.finish(part)
     return result

@@ -4,10 +4,14 @@ For each target task and seed: a fresh head, fresh BatchNorm statistics, then fi
 with Adam (lr 1e-3, weight decay 5e-4, batch 128), multiplying the learning rate by 0.3 at 40 %, 70 % and 90 %
 of the N steps; test accuracy is measured at N/5, 2N/5, …, N. Reported: per-seed accuracies, their mean and
 the half-width of a 95 % Student-t interval over seeds (:mod:`largemeta.stats`).
+
+A target's images are on the device or streamed from disk (``data_placement``, as in training:
+:mod:`largemeta.data.placement`); one target is resident at a time, and on a CPU both give the same batches.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,8 @@ import torch
 from torch import Tensor
 
 from largemeta.core.params import Params
-from largemeta.data.images import Datasets, TaskImages, task_seed
+from largemeta.data.images import SampledImages, task_seed
+from largemeta.data.placement import TaskLoader, check_options, choose_placement, resident_bytes
 from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError
 from largemeta.models import create_model, feature_size, init_head, is_code_reference, split_state
@@ -111,7 +116,7 @@ def fine_tune_optimizer(
 
 
 class _TargetSampler:
-    def __init__(self, data: TaskImages) -> None:
+    def __init__(self, data: SampledImages) -> None:
         self.data = data
 
     def sample_train(self, batch: int):
@@ -122,7 +127,7 @@ class _TargetSampler:
 
 def fine_tune(
     init: Init,
-    data: TaskImages,
+    data: SampledImages,
     *,
     steps: int,
     seed: int,
@@ -170,41 +175,38 @@ def meta_test(
     train_size: int | None = None,
     device: str | torch.device = "cpu",
     data_dir: str | None = None,
+    data_placement: str = "auto",
+    memory_budget_gb: float = 0.0,
+    stream_workers: int = 0,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """The protocol over every target and seed; the JSON-ready result."""
+    """The protocol over every target and seed; the JSON-ready result. ``data_placement``,
+    ``memory_budget_gb`` and ``stream_workers`` mean what the training config's keys of those names mean;
+    ``log`` hears which placement ``auto`` chose when it streams."""
     if steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
-    results: dict[str, Any] = {}
-    datasets = Datasets(data_dir=data_dir)
+    check_options(data_placement, memory_budget_gb, stream_workers)
     with torch.random.fork_rng(devices=[]):  # creating the body must not move the random stream
         body = create_model(init.model, **init.model_options)
     for size, channels in dict.fromkeys((s.image_size, s.channels) for s in specs):
         check_image_size(body, channels, size, f"init {init.name!r} ({init.model})")
-    for i, spec in enumerate(specs):
-        per_seed, curves = [], []
-        for s in range(seeds):
-            data = datasets.task_images(spec, device=device, seed=task_seed(s, i))
-            if data.num_eval == 0:
-                raise UserError(
-                    f"target {spec.name!r} has no test images (its {spec.eval_split!r} split is empty): "
-                    "nothing to measure accuracy on"
-                )
-            if train_size is not None:
-                data = data.subsample(total=train_size, seed=s)
-            curve = fine_tune(
-                init, data, steps=steps, seed=task_seed(1000 + s, i), batch_size=batch_size, device=device
-            )
-            curves.append(curve)
-            per_seed.append(curve[steps])
-        mean = sum(per_seed) / len(per_seed)
-        results[spec.name] = {
-            "mean_accuracy": mean,
-            "ci95": ci95(per_seed),
-            "per_seed": per_seed,
-            "curve": {str(k): sum(c[k] for c in curves) / len(curves) for k in curves[0]},
+    device = torch.device(device)
+    loader = TaskLoader(device, data_dir=data_dir, workers=stream_workers)
+    try:
+        placement, why = choose_placement(
+            data_placement, resident_bytes(loader, specs, at_once=1), device, memory_budget_gb
+        )
+        loader.placement = placement
+        if log is not None and placement == "stream":
+            log(why)
+        results = {
+            spec.name: _one_target(init, loader, spec, i, steps, seeds, batch_size, train_size, device)
+            for i, spec in enumerate(specs)
         }
+    finally:
+        loader.close()
     overall = sum(r["mean_accuracy"] for r in results.values()) / len(results)
     return {
         "init": init.name,
@@ -213,4 +215,45 @@ def meta_test(
         "train_size": train_size,
         "tasks": results,
         "mean_accuracy": overall,
+    }
+
+
+def _one_target(
+    init: Init,
+    loader: TaskLoader,
+    spec: TaskSpec,
+    i: int,
+    steps: int,
+    seeds: int,
+    batch_size: int,
+    train_size: int | None,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Target ``i`` fine-tuned under every seed: mean, interval, per-seed accuracies, the mean curve."""
+    per_seed, curves = [], []
+    for s in range(seeds):
+        data = loader.task_images(spec, seed=task_seed(s, i))
+        target = data
+        try:
+            if data.num_eval == 0:
+                raise UserError(
+                    f"target {spec.name!r} has no test images (its {spec.eval_split!r} split is empty): "
+                    "nothing to measure accuracy on"
+                )
+            if train_size is not None:
+                target = data.subsample(total=train_size, seed=s)
+            curve = fine_tune(
+                init, target, steps=steps, seed=task_seed(1000 + s, i), batch_size=batch_size, device=device
+            )
+        finally:
+            if target is not data:
+                target.close()
+            data.close()
+        curves.append(curve)
+        per_seed.append(curve[steps])
+    return {
+        "mean_accuracy": sum(per_seed) / len(per_seed),
+        "ci95": ci95(per_seed),
+        "per_seed": per_seed,
+        "curve": {str(k): sum(c[k] for c in curves) / len(curves) for k in curves[0]},
     }

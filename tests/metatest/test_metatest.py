@@ -105,6 +105,22 @@ def test_evaluate_end_to_end_from_run_export_and_scratch(tiny_suite, tiny_config
     assert results[str(tmp_path / "phi.safetensors")]["tasks"] == r["tasks"]
 
 
+def test_a_streamed_meta_test_gives_the_numbers_of_one_on_the_device(tiny_suite, tmp_path, capsys):
+    """On a CPU a streamed target draws the batches it would draw on the device (training subsets and the
+    test split alike), so the accuracies are the same; ``auto`` streams one over the budget, saying so."""
+    base = ["evaluate", "--init", "scratch", "--model", "convnet", "--width", "8", "--channels", "1"]
+    base += ["--suite", str(tiny_suite), "--steps", "4", "--seeds", "2", "--batch-size", "8"]
+    base += ["--train-size", "40,76", "--data-dir", str(tmp_path / "cache"), "--json"]
+    results = {}
+    for placement, extra in (("device", []), ("stream", []), ("auto", ["--memory-budget-gb", "1e-6"])):
+        assert main([*base, "--data-placement", placement, "--stream-workers", "1", *extra]) == 0
+        out = capsys.readouterr()
+        results[placement] = json.loads(out.out)
+        assert ("streamed from disk" in out.err) == (placement == "auto"), out.err
+    assert set(results["device"]["by_train_size"]) == {"40", "76"}
+    assert results["stream"] == results["device"] == results["auto"]
+
+
 def test_architecture_mismatch_names_the_tensor(tiny_suite, tiny_config, tmp_path, capsys):
     run = run_tiny(tiny_suite, tiny_config, tmp_path / "run", steps=4)
     code = main(["evaluate", "--init", str(run), "--suite", str(tiny_suite), "--width", "16", "--steps", "2"])
@@ -129,6 +145,18 @@ def test_architecture_mismatch_names_the_tensor(tiny_suite, tiny_config, tmp_pat
         ),
         (["evaluate", "--init", "/nonexistent", "--suite", "offline"], "is not 'scratch', a run folder or"),
         (["evaluate", "--init", "scratch"], "needs --suite SUITE or --tasks"),
+        (
+            ["evaluate", "--init", "scratch", "--suite", "offline", "--data-placement", "disk"],
+            "unknown data_placement 'disk' (valid: auto, device, stream)",
+        ),
+        (
+            ["evaluate", "--init", "scratch", "--suite", "offline", "--memory-budget-gb", "nan"],
+            "memory_budget_gb out of range",
+        ),
+        (
+            ["evaluate", "--init", "scratch", "--suite", "offline", "--stream-workers", "65"],
+            "stream_workers out of range: 0..64",
+        ),
     ],
 )
 def test_bad_input(capsys, argv, needle):

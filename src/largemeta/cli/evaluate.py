@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from largemeta.cli.common import positive_int, print_json
@@ -36,6 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (cpu)")
     p.add_argument("--data-dir", help="dataset cache folder")
+    p.add_argument(
+        "--data-placement",
+        default="auto",
+        help="auto, device or stream: a target's images on the device or read from disk as they are drawn "
+        "(auto: device when one target fits --memory-budget-gb)",
+    )
+    p.add_argument(
+        "--memory-budget-gb", type=float, default=0.0, help="for auto placement (0: half the free memory)"
+    )
+    p.add_argument(
+        "--stream-workers", type=int, default=0, help="decoding processes when streaming (0: auto)"
+    )
     p.add_argument("--out", help="folder for results.json (new or empty; locked while evaluating)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_evaluate)
@@ -117,6 +130,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 train_size=n,
                 device=device,
                 data_dir=args.data_dir,
+                data_placement=args.data_placement,
+                memory_budget_gb=args.memory_budget_gb,
+                stream_workers=args.stream_workers,
+                log=lambda line: print(f"largemeta: {line}", file=sys.stderr),
             )
             for n in sizes
         }

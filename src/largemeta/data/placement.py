@@ -35,11 +35,24 @@ from largemeta.data.index import FolderIndex, index_folder
 from largemeta.data.store import Damaged, read_entry, write_entry
 from largemeta.data.stream import StreamHub, StreamImages
 from largemeta.data.tasks import TaskSpec
-from largemeta.errors import UserError
+from largemeta.errors import UserError, choice_error
 
 PLACEMENTS = ("auto", "device", "stream")
 BUDGET_SHARE = 0.5
 """Share of the free memory that ``auto`` lets decoded task images take when no budget is given."""
+MAX_WORKERS = 64
+
+
+def check_options(data_placement: str, memory_budget_gb: float, stream_workers: int) -> None:
+    """A one-line :class:`UserError` for the first bad placement option (named as the config keys are)."""
+    if data_placement not in PLACEMENTS:
+        raise choice_error("data_placement", data_placement, PLACEMENTS)
+    if not 0 <= memory_budget_gb < float("inf"):
+        raise UserError(
+            f"memory_budget_gb out of range: a finite number >= 0 (0: automatic), got {memory_budget_gb}"
+        )
+    if isinstance(stream_workers, bool) or not 0 <= stream_workers <= MAX_WORKERS:
+        raise UserError(f"stream_workers out of range: 0..{MAX_WORKERS} (0: automatic), got {stream_workers}")
 
 
 def available_memory(device: torch.device) -> tuple[int, str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from largemeta.core.algorithms import ALGORITHMS
 from largemeta.core.inner import INNER_OPTIMIZERS
-from largemeta.data.placement import PLACEMENTS
+from largemeta.data.placement import check_options
 from largemeta.errors import UserError, choice_error
 from largemeta.execution import GRAPH, STEP_CHOICES
 from largemeta.files import atomic_write_text
@@ -289,13 +289,7 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"shift_error_every needs a CTS algorithm, got algo {cfg.algo!r}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise UserError(f"config key 'device' must be cpu, cuda, cuda:N or auto, got {cfg.device!r}")
-    if cfg.data_placement not in PLACEMENTS:
-        raise choice_error("data_placement", cfg.data_placement, PLACEMENTS)
-    budget = cfg.memory_budget_gb
-    _range(
-        "memory_budget_gb", 0 <= budget < float("inf"), f"a finite number >= 0 (0: automatic), got {budget}"
-    )
-    _range("stream_workers", 0 <= cfg.stream_workers <= 64, f"0..64 (0: automatic), got {cfg.stream_workers}")
+    check_options(cfg.data_placement, cfg.memory_budget_gb, cfg.stream_workers)
     m = cfg.tasks_per_trajectory
     _range("tasks_per_trajectory", 0 <= m <= MAX_STEPS, f">= 0 (0: every task), got {m}")
     if m and algo.joint:
