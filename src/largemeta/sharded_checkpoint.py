@@ -550,12 +550,3 @@ def load(
                 f"checkpoint {str(manifest.folder)!r}: entry {key!r} is malformed ({err})"
             ) from None
     return out
-
-
-def verify(root: Path, name: str = "checkpoint") -> Manifest:
-    """Check the manifest and every file it lists (sha256); returns the manifest."""
-    manifest = read_manifest(root, name)
-    for relative in manifest.files:
-        _verify(manifest, relative)
-    read_metadata(manifest)
-    return manifest

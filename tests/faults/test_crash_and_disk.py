@@ -16,24 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import largemeta
+from cli_runs import env, sets
 from largemeta import checkpoint
 from largemeta.cli import main
 from largemeta.train.sharded_state import read_all
-
-SRC = str(Path(largemeta.__file__).resolve().parents[1])
-
-
-def env():
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-    }
-
-
-def sets(cfg):
-    return [a for k, v in cfg.items() if k != "steps" for a in ("--set", f"{k}={v}")]
 
 
 def digest(path: Path) -> str:

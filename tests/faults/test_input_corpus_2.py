@@ -11,23 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from checkpoint_edits import reseal_manifest
+from cli_runs import sets
 from largemeta.cli import main
 from largemeta.train.sharded_state import read_all
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def sets(cfg):
-    return [a for k, v in cfg.items() if k != "steps" for a in ("--set", f"{k}={v}")]
 
 
 def tree(root: Path) -> dict[str, str]:

@@ -14,14 +14,6 @@ from largemeta.train.sharded_state import read_all
 from largemeta.train.trainer import NonFiniteLoss, Trainer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def train(cfg, out):
     trainer = Trainer(from_mapping(cfg), out, progress=False)
     try:

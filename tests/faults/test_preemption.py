@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import largemeta
+from cli_runs import env, sets
 from largemeta import signals
 from largemeta.cli import main
 from largemeta.errors import PREEMPTED_EXIT, Stopped
@@ -23,30 +23,6 @@ from largemeta.files import atomic_write, is_temporary
 from largemeta.train.config import from_mapping
 from largemeta.train.sharded_state import read_all
 from largemeta.train.trainer import Trainer
-
-SRC = str(Path(largemeta.__file__).resolve().parents[1])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """In-process runs on one thread, like the subprocesses (OMP_NUM_THREADS=1): the same numbers, and no
-    contention with the other processes of a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def env():
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-    }
-
-
-def sets(cfg):
-    return [a for k, v in cfg.items() if k != "steps" for a in ("--set", f"{k}={v}")]
 
 
 def train(cfg, out, resume=False):

@@ -9,26 +9,15 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-import largemeta
+from cli_runs import env, sets
 from largemeta.files import lock_folder
 from largemeta.train.sharded_state import read_all
 
 pytestmark = pytest.mark.distributed
-SRC = str(Path(largemeta.__file__).resolve().parents[1])
-
-
-def env(**extra):
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-        **extra,
-    }
 
 
 def torchrun():
@@ -41,10 +30,6 @@ def torchrun():
         "-m",
         "largemeta",
     ]
-
-
-def sets(cfg):
-    return [a for k, v in cfg.items() if k != "steps" for a in ("--set", f"{k}={v}")]
 
 
 def train_in_process(cfg, out, resume=False):

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from cli_runs import sets
 from largemeta.cli import main
 from largemeta.experiments import EvalSettings, convergence, table
 from largemeta.metatest import fine_tune_optimizer
@@ -191,67 +192,22 @@ def test_report_of_an_empty_folder_is_an_error(tmp_path, capsys):
 
 
 def test_k_ablation_and_its_plot(tiny_suite, tiny_config, tmp_path, capsys):
-    sets = [a for k, v in tiny_config(tiny_suite).items() if k != "steps" for a in ("--set", f"{k}={v}")]
-    code = main(
-        [
-            "experiment",
-            "k-ablation",
-            "--config",
-            str(tiny_suite.parent / "none.toml"),
-            "--out",
-            str(tmp_path / "kab"),
-            "--ks",
-            "2,4",
-            "--algos",
-            "cts,reptile",
-            "--steps",
-            "4",
-            "--eval-steps",
-            "2",
-            "--seeds",
-            "2",
-            "--eval-batch-size",
-            "8",
-            "--json",
-            *sets,
-        ]
-    )
+    def k_ablation(config):
+        args = ["experiment", "k-ablation", "--config", str(config), "--out", str(tmp_path / "kab")]
+        args += ["--ks", "2,4", "--algos", "cts,reptile", "--steps", "4", "--eval-steps", "2", "--seeds", "2"]
+        return main([*args, "--eval-batch-size", "8", "--json", *sets(tiny_config(tiny_suite))])
+
+    code = k_ablation(tiny_suite.parent / "none.toml")
     assert code == 2 and "does not exist" in capsys.readouterr().err  # a missing config file is refused
     (tmp_path / "c.toml").write_text("")
-    assert (
-        main(
-            [
-                "experiment",
-                "k-ablation",
-                "--config",
-                str(tmp_path / "c.toml"),
-                "--out",
-                str(tmp_path / "kab"),
-                "--ks",
-                "2,4",
-                "--algos",
-                "cts,reptile",
-                "--steps",
-                "4",
-                "--eval-steps",
-                "2",
-                "--seeds",
-                "2",
-                "--eval-batch-size",
-                "8",
-                "--json",
-                *sets,
-            ]
-        )
-        == 0
-    )
+    assert k_ablation(tmp_path / "c.toml") == 0
     result = json.loads(capsys.readouterr().out)
     assert result["ks"] == [2, 4] and set(result["algorithms"]["cts"]) == {"2", "4"}
     assert (tmp_path / "kab" / "k_ablation.png").exists() and (tmp_path / "kab" / "reptile_k4").is_dir()
 
 
 def test_tune_picks_beta_on_meta_training_tasks_only(tiny_suite, tiny_config, tmp_path, capsys):
-    sets = [a for k, v in tiny_config(tiny_suite).items() if k != "steps" for a in ("--set", f"{k}={v}")]
+    flags = sets(tiny_config(tiny_suite))
     (tmp_path / "c.toml").write_text("")
     assert (
         main(
@@ -281,7 +237,7 @@ def test_tune_picks_beta_on_meta_training_tasks_only(tiny_suite, tiny_config, tm
                 "--eval-batch-size",
                 "8",
                 "--json",
-                *sets,
+                *flags,
             ]
         )
         == 0
@@ -298,7 +254,7 @@ def test_tune_picks_beta_on_meta_training_tasks_only(tiny_suite, tiny_config, tm
 def test_pretrained_experiment(tiny_suite, tiny_config, tmp_path, capsys):
     run = run_tiny(tiny_suite, tiny_config, tmp_path / "source", steps=4)
     assert main(["export", str(run), "--out", str(tmp_path / "phi.safetensors")]) == 0
-    sets = [a for k, v in tiny_config(tiny_suite).items() if k != "steps" for a in ("--set", f"{k}={v}")]
+    flags = sets(tiny_config(tiny_suite))
     (tmp_path / "c.toml").write_text("")
     capsys.readouterr()
     assert (
@@ -323,7 +279,7 @@ def test_pretrained_experiment(tiny_suite, tiny_config, tmp_path, capsys):
                 "--eval-batch-size",
                 "8",
                 "--json",
-                *sets,
+                *flags,
             ]
         )
         == 0

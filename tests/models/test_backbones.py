@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 import user_bodies
 
+from cli_runs import sets
 from largemeta.core import SGD, MetaLearner, Reptile, Schedule
 from largemeta.errors import UserError
 from largemeta.models import (
@@ -387,8 +388,8 @@ def test_cli_trains_resumes_and_exports_a_body_from_a_file(tmp_path, tiny_suite,
         path = EXAMPLE
     cfg = tiny_config(tiny_suite, model=f"{path}:small_cnn", steps=4, k=2, log_every=2, checkpoint_every=2)
     run = tmp_path / "run"
-    sets = [a for k, v in cfg.items() if k != "steps" for a in ("--set", f"{k}={v}")]
-    assert main(["train", "--out", str(run), "--steps", "4", *sets]) == 0
+    flags = sets(cfg)
+    assert main(["train", "--out", str(run), "--steps", "4", *flags]) == 0
     state = read_all(run)
     body = create_model(f"{path}:small_cnn", in_channels=1, width=8)
     assert set(state["shared"]["phi"]) == {k for k, _ in body.named_parameters()}
@@ -405,7 +406,7 @@ def test_cli_names_a_bad_model_in_one_line(tmp_path, tiny_suite, tiny_config, ca
     from largemeta.cli import main
 
     cfg = tiny_config(tiny_suite, model="user_bodies:nope", steps=4)
-    sets = [a for k, v in cfg.items() if k != "steps" for a in ("--set", f"{k}={v}")]
-    assert main(["train", "--out", str(tmp_path / "run"), "--steps", "4", *sets]) == 2
+    flags = sets(cfg)
+    assert main(["train", "--out", str(tmp_path / "run"), "--steps", "4", *flags]) == 2
     err = capsys.readouterr().err
     assert err == "largemeta: error: model 'user_bodies:nope': 'user_bodies' has no attribute 'nope'\n"

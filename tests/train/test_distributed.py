@@ -1,6 +1,5 @@
 """Real torchrun processes (gloo): 2 ranks give the φ of 1 process; a 2-rank run resumes on 1 rank."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,19 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import largemeta
+from cli_runs import env, sets
 from largemeta.train.sharded_state import read_all
 
 pytestmark = pytest.mark.distributed
-SRC = str(Path(largemeta.__file__).resolve().parents[1])
 
 
 def cli(args, nproc=1, timeout=240):
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-    }
     if nproc == 1:
         cmd = [sys.executable, "-m", "largemeta", *args]
     else:
@@ -34,7 +27,7 @@ def cli(args, nproc=1, timeout=240):
             "largemeta",
             *args,
         ]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
@@ -49,23 +42,16 @@ def spawn_ranks(args, stdout=subprocess.PIPE):
         port = s.getsockname()[1]
     procs = []
     for rank in (0, 1):
-        env = {
-            **os.environ,
-            "PYTHONPATH": SRC,
-            "OMP_NUM_THREADS": "1",
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "LARGEMETA_COLLECTIVE_TIMEOUT": "20",
-        }
-        procs.append(subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True))
+        ranks_env = env(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            LARGEMETA_COLLECTIVE_TIMEOUT="20",
+        )
+        procs.append(subprocess.Popen(args, env=ranks_env, stdout=stdout, stderr=subprocess.PIPE, text=True))
     return procs
-
-
-def sets(cfg):
-    return [a for k, v in cfg.items() if k != "steps" for a in ("--set", f"{k}={v}")]
 
 
 def phi(run):
@@ -193,8 +179,7 @@ def test_leave_flushes_output_and_exits_with_the_code():
         "import sys; from largemeta.train.distributed import leave; "
         "print('out', end=''); print('err', end='', file=sys.stderr); leave(7)"
     )
-    env = {**os.environ, "PYTHONPATH": SRC}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout, out.stderr) == (7, "out", "err")
 
 
@@ -211,10 +196,9 @@ def test_a_two_rank_command_ends_through_leave(tiny_suite, tiny_config, tmp_path
         "sys.argv = ['largemeta', *sys.argv[1:]]\n"
         "runpy.run_module('largemeta', run_name='__main__')\n"
     )
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "HOOK_DIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(hook)]
     cmd += ["train", "--out", str(tmp_path / "run"), "--steps", "2", *sets(cfg)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    out = subprocess.run(cmd, env=env(HOOK_DIR=str(tmp_path)), capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoint.json").exists()
     assert not list(tmp_path.glob("atexit-*"))

@@ -17,23 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-import largemeta
+from cli_runs import env, sets
 from largemeta.cli import main
 from largemeta.train.sharded_state import read_all
-
-SRC = str(Path(largemeta.__file__).resolve().parents[1])
-
-
-def env():
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-    }
-
-
-def sets(cfg):
-    return [a for k, v in cfg.items() if k != "steps" for a in ("--set", f"{k}={v}")]
 
 
 def train(args, check=True):

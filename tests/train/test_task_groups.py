@@ -5,7 +5,6 @@ a rank that dies stops every rank in one line; two localhost "nodes" train toget
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -18,22 +17,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import largemeta
+from cli_runs import env, sets
 from largemeta.errors import UserError
 from largemeta.train import groups
 from largemeta.train.sharded_state import read_all
 
-SRC = str(Path(largemeta.__file__).resolve().parents[1])
 HERE = Path(__file__).parent
-
-
-def env(**extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-        **extra,
-    }
 
 
 def free_port() -> int:
@@ -51,10 +40,6 @@ def train(args: list[str], nproc: int = 1, timeout: float = 300) -> subprocess.C
     out = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
-
-
-def sets(cfg: dict) -> list[str]:
-    return [a for k, v in cfg.items() if k != "steps" for a in ("--set", f"{k}={v}")]
 
 
 def assert_runs_agree(a: Path, b: Path, tol: float = 1e-5) -> None:

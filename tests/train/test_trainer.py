@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from cli_runs import sets
 from largemeta.cli import main
 from largemeta.train.config import TRAIN_ALGORITHMS, from_mapping
 from largemeta.train.sharded_state import read_all
@@ -104,8 +105,8 @@ def test_new_run_refuses_an_existing_run_folder(tiny_suite, tiny_config, tmp_pat
 
 def test_cli_train_and_export(tiny_suite, tiny_config, tmp_path, capsys):
     cfg = tiny_config(tiny_suite, steps=4)
-    sets = [a for k, v in cfg.items() if k not in ("steps",) for a in ("--set", f"{k}={v}")]
-    assert main(["train", "--out", str(tmp_path / "run"), "--steps", "4", "--json", *sets]) == 0
+    flags = sets(cfg)
+    assert main(["train", "--out", str(tmp_path / "run"), "--steps", "4", "--json", *flags]) == 0
     assert json.loads(capsys.readouterr().out)["step"] == 4
     out = tmp_path / "phi.safetensors"
     assert main(["export", str(tmp_path / "run"), "--out", str(out)]) == 0
