@@ -223,13 +223,36 @@ def _peak_during(fn) -> float:
 
 
 def _legacy_save(trainer) -> None:
+    """Version 0.1's save, as it was: every rank sends its whole learner state (its tasks, and its copy of φ
+    and the outer optimizer) to rank 0, which assembles and writes one file."""
     from largemeta import checkpoint
-    from largemeta.train import state
+    from largemeta.train import distributed, sharded_state, state
 
-    whole = state.collect(trainer.run_state)
-    if whole is not None:
+    run = trainer.run_state
+    piece = {
+        "tasks": run.mine,
+        "learner": sharded_state._on_cpu(run.learner.state_dict()),
+        "task_states": [sharded_state._on_cpu(t.state_dict()) for t in run.tasks],
+    }
+    pieces = distributed.gather(piece, run.placement.group)
+    del piece
+    if pieces is not None:
+        shared = {k: v for k, v in pieces[0]["learner"].items() if k not in state.PER_TASK}
+        got = {sharded_state.SHARED: shared}
+        for piece in pieces:
+            learner = piece["learner"]
+            metas = learner.get("meta_gradient") or [{}] * len(piece["tasks"])
+            for local, gi in enumerate(piece["tasks"]):
+                got[sharded_state.task_entry(gi)] = {
+                    "params": learner["params"][local],
+                    "inner_state": learner["inner_states"][local],
+                    "task": piece["task_states"][local],
+                    "meta": metas[local],
+                }
+        whole = {"step": run.learner.step, **sharded_state.assemble(got, [s.name for s in run.specs], 0, 0)}
         checkpoint.save(trainer.run_dir / "legacy.pt", whole)
-    del whole
+        del got, whole
+    del pieces
     if trainer.placement.group is not None:
         import torch.distributed as dist
 

@@ -222,12 +222,12 @@ def _restore(run: Run, run_dir: Path, saved: Saved) -> None:
     got = sharded_checkpoint.load(run_dir, keys, manifest=manifest, name=CHECKPOINT_NAME)
     state.restore(
         run,
-        _assemble(got, names, run.pool.size if run.pool else 0, run.pool.per_trajectory if run.pool else 0),
+        assemble(got, names, run.pool.size if run.pool else 0, run.pool.per_trajectory if run.pool else 0),
     )
 
 
-def _assemble(got: dict[str, Any], names: list[str], pool_size: int, slots: int) -> dict[str, Any]:
-    """The per-task layout :func:`largemeta.train.state.restore` takes, from the entries read."""
+def assemble(got: dict[str, Any], names: list[str], pool_size: int, slots: int) -> dict[str, Any]:
+    """The per-task layout :func:`largemeta.train.state.restore` takes, from entries (read, or gathered)."""
     whole: dict[str, Any] = {"task_names": names, "shared": got[SHARED]}
     if POOL in got:
         tasks = [got.get(pool_task_entry(p)) for p in range(pool_size)]
@@ -250,4 +250,4 @@ def read_all(run_dir: Path) -> dict[str, Any]:
     names = list(manifest.info.get("task_names", []))
     config = manifest.info.get("config") or {}
     size, slots = (len(names), int(config.get("tasks_per_trajectory", 0))) if POOL in got else (0, 0)
-    return {**saved.info, "step": manifest.step, **_assemble(got, names, size, slots)}
+    return {**saved.info, "step": manifest.step, **assemble(got, names, size, slots)}
