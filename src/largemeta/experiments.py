@@ -27,8 +27,8 @@ from largemeta.errors import UserError
 from largemeta.files import atomic_write_text
 from largemeta.metatest import Init, load_init, meta_test, scratch
 from largemeta.runs import METRICS, RESULTS, claim, has_checkpoint, read_results
+from largemeta.runs import checkpoint as runs_checkpoint
 from largemeta.stats import ci95
-from largemeta.train import sharded_state
 from largemeta.train.build import select_tasks
 from largemeta.train.config import RESUMABLE_CHANGES, TRAIN_ALGORITHMS, TrainConfig
 from largemeta.train.trainer import Trainer
@@ -85,7 +85,7 @@ def milestones_of(steps: int, fractions: Sequence[float]) -> list[int]:
 def _train_to(cfg: TrainConfig, run_dir: Path, steps: int) -> None:
     """Train ``run_dir`` to ``steps``: a new run, or its checkpoint resumed (the config must be the same)."""
     resume = has_checkpoint(run_dir)
-    if resume and sharded_state.read(run_dir).step > steps:
+    if resume and runs_checkpoint.read(run_dir).step > steps:
         raise UserError(
             f"{str(run_dir)!r} is already past {steps} steps: it was not trained by this experiment"
         )

@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from checkpoint_edits import reseal_manifest
+from checkpoint_edits import read_all, reseal_manifest
 from cli_runs import sets
 from largemeta.cli import main
-from largemeta.train.sharded_state import read_all
 
 
 def tree(root: Path) -> dict[str, str]:

@@ -17,10 +17,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from checkpoint_edits import read_all
 from cli_runs import env, sets
 from largemeta.errors import UserError
 from largemeta.train import groups
-from largemeta.train.sharded_state import read_all
 
 HERE = Path(__file__).parent
 

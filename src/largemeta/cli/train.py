@@ -79,8 +79,7 @@ def overrides(args: argparse.Namespace, flags: tuple[str, ...] = FLAG_KEYS) -> d
 
 def run_train(args: argparse.Namespace) -> int:
     from largemeta.errors import Preempted, Stopped
-    from largemeta.runs import has_checkpoint
-    from largemeta.train import sharded_state
+    from largemeta.runs import checkpoint, has_checkpoint
     from largemeta.train.config import from_mapping, load_config
     from largemeta.train.trainer import Trainer
 
@@ -91,7 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
     folder = Path(args.resume or args.out)
     if args.resume:
         # the checkpoint holds the run's config: flags may change only the resumable keys (the trainer checks)
-        saved = sharded_state.read(folder).config
+        saved = checkpoint.read(folder).config
         base = load_config(args.config) if args.config else from_mapping(saved)
         cfg = from_mapping(overrides(args), base)
     else:

@@ -21,6 +21,7 @@ meta-updated, shifted or reset. Memory does not grow with k: no autograd graph o
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ from torch import Tensor
 from largemeta.core.controller import MetaController, Schedule
 from largemeta.core.inner import InnerOptimizer
 from largemeta.core.metagrad import MetaGradient, Task
-from largemeta.core.params import Params
+from largemeta.core.params import Params, clone
 from largemeta.core.runner import Executor, TaskRunner
 
 
@@ -58,8 +59,10 @@ class MetaLearner:
 
     Example (CTS on Reptile)::
 
-        learner = MetaLearner(phi, tasks, SGD(0.05, momentum=0.9), Reptile(), Schedule.cts(k=100),
-        meta_lr=0.1) learner.run(240)
+        learner = MetaLearner(
+            phi, tasks, SGD(0.05, momentum=0.9), Reptile(), Schedule.cts(k=100), meta_lr=0.1
+        )
+        learner.run(240)
     """
 
     def __init__(
@@ -169,3 +172,29 @@ class MetaLearner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.controller.load_state_dict(state)
         self.runner.load_state_dict(state)
+
+    # one checkpoint entry at a time: the state common to all tasks, and one trajectory's
+    def shared_state_dict(self) -> dict[str, Any]:
+        """step, phi and outer: the state common to every task."""
+        state = self.controller.state_dict()
+        del state["meta_gradient"]
+        return state
+
+    def load_shared_state_dict(self, state: dict[str, Any]) -> None:
+        self.controller.load_state_dict({**state, "meta_gradient": []})
+
+    def task_state_dict(self, t: int) -> dict[str, Any]:
+        """Trajectory t's state: its ``params`` (θ_t), ``inner_state`` and ``meta`` (what the meta-gradient
+        accumulated along it); copies."""
+        return {
+            "params": clone(self.runner.params[t]),
+            "inner_state": copy.deepcopy(self.runner.inner_states[t]),
+            "meta": copy.deepcopy(self.meta_gradient.task_state(t)),
+        }
+
+    @torch.no_grad()
+    def load_task_state_dict(self, t: int, state: dict[str, Any]) -> None:
+        for k, v in state["params"].items():
+            self.runner.params[t][k].copy_(v)
+        self.runner.inner_states[t] = copy.deepcopy(state["inner_state"])
+        self.meta_gradient.load_task_state(t, copy.deepcopy(state.get("meta", {})))

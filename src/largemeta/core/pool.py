@@ -193,18 +193,19 @@ class TaskPool:
             "assignment": list(self.assignment),
         }
 
-    def load_state_dict(self, state: dict[str, Any], tasks: list[Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the draw and the assignment, and put every slot's saved task back with its saved state
-        (``tasks[p]``: pool task p's state, None if it was never drawn); the slots' parameters and inner
-        states are the learner's to load after this."""
-        if len(tasks) != self.size or len(state["assignment"]) != self.per_trajectory:
+        (:attr:`stored`, which the caller has filled with the saved pool tasks' states first); the slots'
+        parameters and inner states are the learner's to load after this."""
+        if len(state["assignment"]) != self.per_trajectory or any(
+            not 0 <= int(p) < self.size for p in state["assignment"]
+        ):
             raise UserError(
-                f"checkpoint pool of {len(tasks)} tasks, {len(state['assignment'])} per trajectory does not "
-                f"fit this run's {self.size}, {self.per_trajectory}"
+                f"checkpoint pool assignment {list(state['assignment'])} does not fit this run's pool of "
+                f"{self.size} tasks, {self.per_trajectory} per trajectory"
             )
         self.generator.set_state(state["generator"])
         self.queue = [int(p) for p in state["queue"]]
-        self.stored = {p: s for p, s in enumerate(tasks) if s is not None}
         run = self.learner.runner
         for local, _ in enumerate(self.slots):  # what runs now is replaced whole: release it
             p = self.assignment[self.slots[local]]

@@ -24,7 +24,7 @@ from largemeta.core.algorithms import ALGORITHMS
 from largemeta.core.diagnostics import ShiftErrorProbe
 from largemeta.core.engine import MetaLearner
 from largemeta.core.inner import INNER_OPTIMIZERS
-from largemeta.core.params import Params
+from largemeta.core.params import Params, map_tensors
 from largemeta.core.pool import TaskPool, check_pool
 from largemeta.data.cache import notice
 from largemeta.data.images import TrainQuerySampler, task_seed
@@ -99,17 +99,6 @@ def initial_phi(cfg: TrainConfig, body_params: Params) -> Params:
     else:
         source = load_weights(cfg.init).phi
     return fit_to_body(source, body_params, what=f"init {cfg.init!r}", model=cfg.model)
-
-
-def map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    """``value`` with ``fn`` applied to every tensor inside its dicts, lists and tuples."""
-    if isinstance(value, Tensor):
-        return fn(value)
-    if isinstance(value, dict):
-        return {k: map_tensors(v, fn) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(map_tensors(v, fn) for v in value)
-    return value
 
 
 def to_cpu(value: Any) -> Any:

@@ -7,8 +7,9 @@
         trainer.close()
 
 :mod:`largemeta.train.build` builds the run (device, process group, tasks, learner, executor),
-:mod:`largemeta.train.state` lays out its checkpoint; this module owns the run folder (:mod:`largemeta.runs`)
-and the loop: steps, non-finite guards, metrics lines, TensorBoard events, checkpoints, preemption.
+:mod:`largemeta.train.checkpoint` saves and restores its checkpoint; this module owns the run folder
+(:mod:`largemeta.runs`) and the loop: steps, non-finite guards, metrics lines, TensorBoard events,
+checkpoints, preemption.
 
 The run folder is claimed (checked, then locked for the life of the trainer) before anything is written, and
 nothing is written until the run is built. The checkpoint holds the resolved config and the run's identity;
@@ -16,7 +17,7 @@ nothing is written until the run is built. The checkpoint holds the resolved con
 SIGTERM or SIGINT during :meth:`Trainer.run` finishes the current step, writes a checkpoint and raises
 :class:`largemeta.errors.Preempted`. Under torchrun each rank serves its tasks (or a slice of one task's
 batch: :mod:`largemeta.train.groups`); rank 0 checks, locks and writes the folder's files, every rank writes
-its own part of each checkpoint (:mod:`largemeta.train.sharded_state`), and every decision that ends the loop
+its own part of each checkpoint (:mod:`largemeta.train.checkpoint`), and every decision that ends the loop
 (a signal, a non-finite value) is agreed by all ranks after the same step.
 """
 
@@ -34,11 +35,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from largemeta import runs, sharded_checkpoint, signals
+from largemeta import runs, signals
+from largemeta.checkpoint import store
 from largemeta.errors import Preempted, UserError
 from largemeta.metatest import check_image_size
-from largemeta.runs import CHECKPOINT, CHECKPOINT_NAME, CONFIG, METRICS, TENSORBOARD
-from largemeta.train import distributed, sharded_state
+from largemeta.runs import CHECKPOINT, CONFIG, METRICS, TENSORBOARD
+from largemeta.runs.checkpoint import CheckpointOnDisk
+from largemeta.train import checkpoint, distributed
 from largemeta.train.build import build_run, place
 from largemeta.train.config import RESUMABLE_CHANGES, TrainConfig, diff, from_mapping, save_config
 
@@ -72,7 +75,7 @@ class Trainer:
             for spec in {(s.channels, s.image_size): s for s in self.run_state.specs}.values():
                 check_image_size(self.run_state.body, spec.channels, spec.image_size, f"task {spec.name!r}")
             if saved is not None:
-                sharded_state.restore(self.run_state, self.run_dir, saved)
+                checkpoint.restore(self.run_state, saved)
             if self.rank == 0:
                 self._write_run_files(saved)
         except BaseException:
@@ -91,7 +94,7 @@ class Trainer:
         return self.run_state.tasks
 
     # the run folder ----------------------------------------------------------------------------------------
-    def _open_folder(self, resume: bool) -> sharded_state.Saved | None:
+    def _open_folder(self, resume: bool) -> CheckpointOnDisk | None:
         """Rank 0 claims the folder and checks the checkpoint; every rank learns the outcome (one line for
         all, at once, instead of a collective timing out) and, resuming, loads the checkpoint."""
         saved, failure = None, None
@@ -112,19 +115,17 @@ class Trainer:
             err.exit_code = outcome[1]
             raise err
         if resume and saved is None:
-            saved = sharded_state.read(self.run_dir)
+            saved = runs.checkpoint.read(self.run_dir)
         return saved
 
-    def _claim(self, resume: bool) -> sharded_state.Saved | None:
+    def _claim(self, resume: bool) -> CheckpointOnDisk | None:
         if not resume:
             self.claim = runs.claim(self.run_dir, runs.accept_new_run, what="run folder")
             self.identity = runs.new_identity(self.cfg.algo, self.cfg.seed)
             return None
         self.claim = runs.claim(self.run_dir, runs.accept_run, what="run folder", create=False)
-        sharded_checkpoint.sweep(
-            self.run_dir, CHECKPOINT_NAME
-        )  # unfinished checkpoint folders of a killed run
-        saved = sharded_state.read(self.run_dir)
+        store.sweep(self.run_dir)  # unfinished checkpoint folders of a killed run
+        saved = runs.checkpoint.read(self.run_dir)
         self.identity = runs.check_identity(self.run_dir, saved.identity, saved.config)
         differing = diff(saved.config, self.cfg)
         if differing:
@@ -147,7 +148,7 @@ class Trainer:
             )
         return saved
 
-    def _write_run_files(self, saved: sharded_state.Saved | None) -> None:
+    def _write_run_files(self, saved: CheckpointOnDisk | None) -> None:
         """config.json and run.json (copies), and metrics.jsonl cut back to the checkpoint's step."""
         save_config(self.cfg, self.run_dir / CONFIG)
         runs.write_identity(self.run_dir, self.identity)
@@ -200,10 +201,10 @@ class Trainer:
                 f"non-finite {where} at step {self.learner.step}; stopped — {self._last_good()}"
             )
         if self.placement.group is None:
-            sharded_state.save(self.run_state, self.run_dir, self.identity)
+            checkpoint.save(self.run_state, self.run_dir, self.identity)
         else:
             distributed.guarded(
-                lambda: sharded_state.save(self.run_state, self.run_dir, self.identity),
+                lambda: checkpoint.save(self.run_state, self.run_dir, self.identity),
                 "writing a checkpoint",
             )
         self.checkpoint_step = self.learner.step

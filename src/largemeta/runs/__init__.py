@@ -35,31 +35,23 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 
-from largemeta import __version__, checkpoint, sharded_checkpoint
+from largemeta import __version__
 from largemeta.core.params import Params
 from largemeta.errors import UserError
 from largemeta.files import FolderLock, atomic_write_text, contents, lock_folder, sweep_temporaries
-
-CHECKPOINT_NAME = "checkpoint"
-CHECKPOINT = f"{CHECKPOINT_NAME}.json"
-"""The latest checkpoint's manifest (see :mod:`largemeta.sharded_checkpoint`)."""
-LEGACY_CHECKPOINT = "checkpoint.pt"
-"""Version 0.1's single-file checkpoint (:mod:`largemeta.checkpoint`), still read."""
-CONFIG = "config.json"
-RUN = "run.json"
-METRICS = "metrics.jsonl"
-TENSORBOARD = "tensorboard"
-RESULTS = "results.json"
-RUN_FILES = frozenset({CHECKPOINT, LEGACY_CHECKPOINT, CONFIG, RUN, METRICS, TENSORBOARD})
-"""What a run folder may hold, beside its checkpoint folders."""
-_CHECKPOINT_FOLDER = re.compile(rf"^\.?{CHECKPOINT_NAME}-\d+(\.tmp)?$")
-"""A checkpoint's folder, or one being written (:mod:`largemeta.sharded_checkpoint`)."""
-
-
-def has_checkpoint(run_dir: Path) -> bool:
-    """Whether a run folder holds a checkpoint (either format)."""
-    return (Path(run_dir) / CHECKPOINT).is_file() or (Path(run_dir) / LEGACY_CHECKPOINT).is_file()
-
+from largemeta.runs import checkpoint
+from largemeta.runs.checkpoint import has_checkpoint, no_checkpoint
+from largemeta.runs.names import (
+    CHECKPOINT,
+    CONFIG,
+    LEGACY_CHECKPOINT,
+    METRICS,
+    RESULTS,
+    RUN,
+    RUN_FILES,
+    TENSORBOARD,
+    is_run_file,
+)
 
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The human-readable copy of a run's resolved config (``config.json``); --resume reads the
@@ -74,53 +66,6 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise UserError(f"{str(run_dir)!r}: {CONFIG} is not a JSON object")
     return config
-
-
-# The checkpoint's layout as far as readers outside the trainer rely on it: key -> (type, what it is).
-_LAYOUT: dict[tuple[str, ...], type] = {
-    ("config",): dict,
-    ("step",): int,
-    ("shared",): dict,
-    ("shared", "phi"): dict,
-    ("task_names",): list,
-}
-
-
-def no_checkpoint(run_dir: Path) -> UserError:
-    """The one-line error for a folder with no checkpoint to resume or read."""
-    if not Path(run_dir).is_dir():
-        return UserError(f"run folder {str(run_dir)!r} does not exist")
-    if (Path(run_dir) / RUN).is_file():
-        return UserError(
-            f"{str(run_dir)!r} has no checkpoint yet: its run stopped before writing one; "
-            f"start it again with --out {run_dir}"
-        )
-    return UserError(f"{str(run_dir)!r} is not a run folder: no {CHECKPOINT} there")
-
-
-def read_legacy_checkpoint(run_dir: Path) -> dict[str, Any]:
-    """A version-0.1 run folder's ``checkpoint.pt``, checked to hold what a checkpoint holds (a one-line error
-    otherwise)."""
-    path = Path(run_dir) / LEGACY_CHECKPOINT
-    if not path.is_file():
-        raise no_checkpoint(run_dir)
-    state = checkpoint.load(path, map_location="cpu")
-    for keys, kind in _LAYOUT.items():
-        value: Any = state
-        for k in keys:
-            value = value.get(k) if isinstance(value, dict) else None
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise UserError(
-                f"checkpoint {str(path)!r} is incomplete: {'.'.join(keys)} is missing or not a "
-                f"{kind.__name__} (not a whole largemeta checkpoint)"
-            )
-    if not isinstance(state.get("tasks"), list):
-        raise UserError(f"checkpoint {str(path)!r} is incomplete: it holds no task state")
-    if not all(isinstance(v, torch.Tensor) for v in state["shared"]["phi"].values()):
-        raise UserError(f"checkpoint {str(path)!r} is incomplete: shared.phi holds something not a tensor")
-    if "identity" in state and not isinstance(state["identity"], dict):
-        raise UserError(f"checkpoint {str(path)!r} is incomplete: its identity is not a mapping")
-    return state
 
 
 # Identity -----------------------------------------------------------------------------------------------
@@ -265,15 +210,11 @@ def _listing(names: list[str]) -> str:
     return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
-def _is_run_file(name: str) -> bool:
-    return name in RUN_FILES or bool(_CHECKPOINT_FOLDER.match(name))
-
-
 def accept_new_run(folder: Path, names: list[str]) -> None:
     """A new run goes into an empty folder, or one holding a run that never wrote a checkpoint."""
     if CHECKPOINT in names or LEGACY_CHECKPOINT in names:
         raise UserError(f"{str(folder)!r} already holds a run; use --resume {folder} or another --out")
-    if names and not (RUN in names and all(_is_run_file(n) for n in names)):
+    if names and not (RUN in names and all(is_run_file(n) for n in names)):
         raise UserError(
             f"{str(folder)!r} is not empty and is not a largemeta run folder (it holds {_listing(names)}); "
             "nothing was written: pass a new or empty folder"
@@ -350,35 +291,13 @@ def check_finite(tensors: Params, what: str) -> None:
             raise UserError(f"{what}: tensor {k!r} holds NaN or inf; refusing to use it")
 
 
-def read_manifest(run_dir: Path) -> sharded_checkpoint.Manifest:
-    """A run folder's checkpoint manifest, verified and checked to record what a run's checkpoint records:
-    the config, the task names and the "shared" entry (φ); a one-line error otherwise."""
-    manifest = sharded_checkpoint.read_manifest(run_dir, CHECKPOINT_NAME)
-    path = Path(run_dir) / CHECKPOINT
-    for key, kind in (("config", dict), ("task_names", list)):
-        if not isinstance(manifest.info.get(key), kind):
-            raise UserError(
-                f"checkpoint {str(path)!r} is incomplete: {key} is missing or not a {kind.__name__} "
-                "(not a whole largemeta checkpoint)"
-            )
-    if "identity" in manifest.info and not isinstance(manifest.info["identity"], dict):
-        raise UserError(f"checkpoint {str(path)!r} is incomplete: its identity is not a mapping")
-    if "shared" not in manifest.entries:
-        raise UserError(f"checkpoint {str(path)!r} is incomplete: shared is missing (not a whole checkpoint)")
-    return manifest
-
-
 def load_weights(source: str | Path) -> TrainedWeights:
     """φ from a run folder (its checkpoint) or a ``.safetensors`` file written by ``largemeta export``;
     refused when any of it is not finite."""
     path = Path(source)
-    if path.is_dir() and (path / CHECKPOINT).is_file():
-        manifest = read_manifest(path)
-        shared = sharded_checkpoint.load(path, ["shared"], manifest=manifest, name=CHECKPOINT_NAME)["shared"]
-        weights = TrainedWeights(str(source), shared["phi"], manifest.info.get("config") or {}, manifest.step)
-    elif path.is_dir():
-        state = read_legacy_checkpoint(path)
-        weights = TrainedWeights(str(source), state["shared"]["phi"], state["config"], int(state["step"]))
+    if path.is_dir():
+        on_disk, phi = checkpoint.read_phi(path)
+        weights = TrainedWeights(str(source), phi, on_disk.config, on_disk.step)
     elif path.suffix == ".safetensors" and path.is_file():
         weights = _load_safetensors(path, str(source))
     else:
