@@ -79,7 +79,8 @@ def overrides(args: argparse.Namespace, flags: tuple[str, ...] = FLAG_KEYS) -> d
 
 def run_train(args: argparse.Namespace) -> int:
     from largemeta.errors import Preempted, Stopped
-    from largemeta.runs import checkpoint, has_checkpoint
+    from largemeta.runs import checkpoint
+    from largemeta.runs.checkpoint import has_checkpoint
     from largemeta.train.config import from_mapping, load_config
     from largemeta.train.trainer import Trainer
 
@@ -107,7 +108,7 @@ def run_train(args: argparse.Namespace) -> int:
             if has_checkpoint(folder)
             else "nothing was trained; run the same command again"
         )
-        raise Preempted(f"stopped by {stop.signal_name}; {kept}") from None
+        raise Preempted(f"stopped by {stop.signal_name}; {kept}", signal_name=stop.signal_name) from None
     if trainer.rank == 0:
         if args.json:
             print_json(last)

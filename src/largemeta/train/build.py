@@ -34,7 +34,7 @@ from largemeta.errors import UserError
 from largemeta.execution import EXECUTORS, GRAPH, CudaGraphMetaStep
 from largemeta.models import create_model, feature_size, init_head, split_state
 from largemeta.models.task import ImageTask
-from largemeta.runs import fit_to_body, load_weights
+from largemeta.runs.weights import fit_to_body, load_weights
 from largemeta.train import distributed, groups
 from largemeta.train.config import META_OPTIMIZERS, TrainConfig
 from largemeta.train.joint import JointLearner
