@@ -63,6 +63,11 @@ class MetaGradient:
     elementwise = False
     """Does a batch of independent problems stacked in one tensor stay independent (no norms over the
     batch)?"""
+    splits_over_ranks = True
+    """Does :meth:`task_gradient` stay right when a task's batch is split over a group of ranks (each rank
+    then sees its slice)?"""
+    why_not_split = ""
+    """When it does not: why, in words (for the one-line refusal)."""
 
     def restart(self, t: int, phi: Params) -> None:
         pass
@@ -248,6 +253,8 @@ class IMAML(MetaGradient):
     name = "imaml"
     supports_cts = False
     uses_query = True
+    splits_over_ranks = False
+    why_not_split = "solves by conjugate gradient with one rank's Hessian-vector products"
 
     def __init__(self, lam: float = 0.5, cg_steps: int = 10, proximal: bool = False):
         check_positive("iMAML lambda", lam)

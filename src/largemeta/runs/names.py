@@ -2,16 +2,16 @@
 
 A run folder (``largemeta train --out RUN``) holds::
 
-    checkpoint.json       the latest checkpoint's manifest (format largemeta-sharded-checkpoint-v2), naming its
-                          folder checkpoint-NNNNNNNN/ (one file per rank that wrote it); with the resolved
-                          config and the run's identity it is the source of truth for --resume
-    checkpoint.pt         the single-file checkpoint of a run written by version 0.1 (format
-                          largemeta-checkpoint-v1; read, and superseded by the first checkpoint after a resume)
-    config.json           the resolved config (a human-readable copy; --resume warns when it was edited and
-                          rewrites it from the checkpoint's)
-    run.json              the run's identity {run_id, algo, seed, created} (a copy; it tells a foreign checkpoint)
-    metrics.jsonl         one JSON line per log step (cut back to the checkpoint's step on resume)
-    tensorboard/          optional event files
+    checkpoint.json   the latest checkpoint's manifest (format largemeta-sharded-checkpoint-v2), naming its
+                      folder checkpoint-NNNNNNNN/ (one file per rank that wrote it); with the resolved config
+                      and the run's identity it is the source of truth for --resume
+    checkpoint.pt     the single-file checkpoint of a run written by version 0.1 (format
+                      largemeta-checkpoint-v1; read, and superseded by the first checkpoint after a resume)
+    config.json       the resolved config (a human-readable copy; --resume warns when it was edited and
+                      rewrites it from the checkpoint's)
+    run.json          the run's identity {run_id, algo, seed, created} (a copy; it tells a foreign checkpoint)
+    metrics.jsonl     one JSON line per log step (cut back to the checkpoint's step on resume)
+    tensorboard/      optional event files
 
 A results folder (``evaluate --out``, the experiments) holds ``results.json``.
 """

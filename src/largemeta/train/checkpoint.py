@@ -5,9 +5,10 @@ live run — ``state_dict()`` / ``load_state_dict(state)``, as ``torch.distribut
 protocol — so saving is ``{name: obj.state_dict()}`` for the entries this rank writes, and restoring is
 ``obj.load_state_dict(loaded[name])`` for the entries this rank serves, in one order::
 
-    without a pool:  "shared" (rank 0 writes it), "task/<i>" (the leader of the ranks serving task i)
-    with a pool:     "pooltask/<p>" (the pool tasks' states: the rank running it, rank 0 while it rests),
-                     "pool" (the draw; it puts each slot's task back), "shared", "slot/<s>" (its rank)
+    a fixed task list:  "shared" (rank 0 writes it), "task/<i>" (the leader of the ranks serving task i)
+    a task pool:        "pooltask/<p>" (the pool tasks' states: the rank running it, rank 0 while it rests),
+                        "pool" (the draw; the pool itself, loading it puts each slot's task back), "shared",
+                        "slot/<s>" (its rank)
 
 A checkpoint is read on any world size (each rank loads what it serves now), and one of version 0.1 comes
 in as the same entries (:func:`largemeta.runs.checkpoint.read`), so there is one restore path.
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from largemeta.checkpoint import store
+from largemeta.core.assignment import Static, TaskPool
 from largemeta.core.params import map_tensors
 from largemeta.errors import UserError
 from largemeta.runs.checkpoint import (
@@ -84,71 +86,86 @@ class PoolTask:
     """Entry "pooltask/<p>": pool task p's own state (head, sampler and BatchNorm state) — live while it runs
     in one of this rank's slots, else as it left its last slot."""
 
-    def __init__(self, run: Run, p: int) -> None:
-        self.run, self.p = run, p
+    def __init__(self, run: Run, pool: TaskPool, p: int) -> None:
+        self.run, self.pool, self.p = run, pool, p
 
     def state_dict(self) -> Any:
-        pool = self.run.pool
-        assert pool is not None
-        for local, s in enumerate(pool.slots):
-            if pool.assignment[s] == self.p:
-                return {"private": pool.private(local), "task": self.run.tasks[local].state_dict()}
-        return pool.stored[self.p]
+        for local, s in enumerate(self.pool.local):
+            if self.pool.assignment[s] == self.p:
+                task = self.run.tasks[local]
+                return {"private": self.run.learner.runner.private(local), "task": task.state_dict()}
+        return self.pool.stored[self.p]
 
     def load_state_dict(self, state: Any) -> None:
-        assert self.run.pool is not None
-        self.run.pool.stored[self.p] = state
+        self.pool.stored[self.p] = state
 
 
-class PoolDraw:
-    """Entry "pool": the draw's state; loading it puts each slot's saved task back (from the pool tasks'
-    states, loaded first)."""
+class _FixedTasks:
+    """A fixed task list: entry "task/<i>" for the trajectory in slot i (which runs task i) and the task's
+    own state, written by the slot's group leader."""
 
-    def __init__(self, run: Run) -> None:
-        self.run = run
+    pooled = False
 
-    def state_dict(self) -> dict[str, Any]:
-        assert self.run.pool is not None
-        return self.run.pool.state_dict()
+    @staticmethod
+    def to_write(run: Run) -> dict[str, Stateful]:
+        if not run.layout.leader:
+            return {}
+        return {task_entry(s): Trajectory(run, local, with_task=True) for local, s in enumerate(run.mine)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        assert self.run.pool is not None
-        self.run.pool.load_state_dict(state)
+    @staticmethod
+    def to_load(run: Run, on_disk: CheckpointOnDisk) -> dict[str, Stateful]:
+        tasks = {task_entry(s): Trajectory(run, local, with_task=True) for local, s in enumerate(run.mine)}
+        return {SHARED: Shared(run), **tasks}
+
+
+class _Pooled:
+    """A task pool: "slot/<s>" for each slot's trajectory (its rank), "pooltask/<p>" for each pool task's own
+    state (the rank running it; rank 0 while it rests), "pool" for the draw (rank 0). Loading puts the pool
+    tasks' states in first, then the draw (which puts each slot's task back), then the trajectories."""
+
+    pooled = True
+
+    @staticmethod
+    def to_write(run: Run) -> dict[str, Stateful]:
+        pool = run.assignment
+        assert isinstance(pool, TaskPool)
+        out: dict[str, Stateful] = {}
+        if run.placement.rank == 0:
+            out[POOL] = pool
+            out.update(
+                {pool_task_entry(p): PoolTask(run, pool, p) for p in pool.stored if p not in pool.assignment}
+            )
+        for local, s in enumerate(run.mine):
+            out[slot_entry(s)] = Trajectory(run, local, with_task=False)
+            out[pool_task_entry(pool.assignment[s])] = PoolTask(run, pool, pool.assignment[s])
+        return out
+
+    @staticmethod
+    def to_load(run: Run, on_disk: CheckpointOnDisk) -> dict[str, Stateful]:
+        pool = run.assignment
+        assert isinstance(pool, TaskPool)
+        saved = [int(k.removeprefix(POOL_TASK)) for k in on_disk.entries if k.startswith(POOL_TASK)]
+        return {
+            **{pool_task_entry(p): PoolTask(run, pool, p) for p in saved},
+            POOL: pool,
+            SHARED: Shared(run),
+            **{slot_entry(s): Trajectory(run, local, with_task=False) for local, s in enumerate(run.mine)},
+        }
+
+
+_SCHEMES = {Static: _FixedTasks, TaskPool: _Pooled}
+"""The entries of each kind of task assignment."""
 
 
 def entries_to_write(run: Run) -> dict[str, Stateful]:
-    """The entries this rank writes: "shared" on rank 0, and the tasks it leads (or its slots and their pool
-    tasks; rank 0 also the draw and the resting pool tasks)."""
-    rank0 = run.placement.rank == 0
-    out: dict[str, Stateful] = {SHARED: Shared(run)} if rank0 else {}
-    pool = run.pool
-    if pool is None:
-        if run.layout is None or run.layout.leader:
-            for local, gi in enumerate(run.mine):
-                out[task_entry(gi)] = Trajectory(run, local, with_task=True)
-        return out
-    if rank0:
-        out[POOL] = PoolDraw(run)
-        out.update({pool_task_entry(p): PoolTask(run, p) for p in pool.stored if p not in pool.assignment})
-    for local, s in enumerate(run.mine):
-        out[slot_entry(s)] = Trajectory(run, local, with_task=False)
-        out[pool_task_entry(pool.assignment[s])] = PoolTask(run, pool.assignment[s])
-    return out
+    """The entries this rank writes: "shared" on rank 0, and those of the slots it leads (see the schemes)."""
+    shared: dict[str, Stateful] = {SHARED: Shared(run)} if run.placement.rank == 0 else {}
+    return {**shared, **_SCHEMES[type(run.assignment)].to_write(run)}
 
 
 def entries_to_load(run: Run, on_disk: CheckpointOnDisk) -> dict[str, Stateful]:
-    """The entries this rank serves, in the order they load: with a pool, every saved pool task (a resting
-    one may be drawn next) and the draw before the trajectories."""
-    if run.pool is None:
-        tasks = {task_entry(gi): Trajectory(run, local, with_task=True) for local, gi in enumerate(run.mine)}
-        return {SHARED: Shared(run), **tasks}
-    saved = [int(k.removeprefix(POOL_TASK)) for k in on_disk.entries if k.startswith(POOL_TASK)]
-    return {
-        **{pool_task_entry(p): PoolTask(run, p) for p in saved},
-        POOL: PoolDraw(run),
-        SHARED: Shared(run),
-        **{slot_entry(s): Trajectory(run, local, with_task=False) for local, s in enumerate(run.mine)},
-    }
+    """The entries this rank serves, in the order they load."""
+    return _SCHEMES[type(run.assignment)].to_load(run, on_disk)
 
 
 def manifest_record(run: Run, identity: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +195,7 @@ def restore(run: Run, on_disk: CheckpointOnDisk) -> None:
     load makes every rank stop with the same one-line error (no rank trains alone)."""
     error = None
     try:
-        on_disk.check_fits([s.name for s in run.specs], pooled=run.pool is not None)
+        on_disk.check_fits([s.name for s in run.specs], pooled=_SCHEMES[type(run.assignment)].pooled)
         wanted = entries_to_load(run, on_disk)
         loaded = on_disk.load(wanted)
         try:
