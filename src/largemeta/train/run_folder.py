@@ -8,7 +8,8 @@ identity. ``--resume`` takes a run folder with a checkpoint and continues it onl
 * the config differs from the checkpoint's in resumable keys alone
   (:data:`~largemeta.train.config.RESUMABLE_CHANGES`), and ``steps`` is not below the steps already done;
 
-unfinished checkpoint folders of a killed run are swept, and a ``config.json`` that is not the checkpoint's
+unfinished checkpoint folders of a killed run are swept, a checkpoint of version 0.1's format is named as such
+(it resumes as it is), and a ``config.json`` that is not the checkpoint's
 config (edited or damaged) is warned about and rewritten from the checkpoint.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from largemeta.checkpoint import store
+from largemeta.data.cache import notice
 from largemeta.errors import UserError
 from largemeta.runs import checkpoint, folder
 from largemeta.runs.checkpoint import CheckpointOnDisk
@@ -50,6 +52,11 @@ def open_run_folder(run_dir: Path, cfg: TrainConfig, resume: bool) -> Opened:
         held = stack.enter_context(claim(run_dir, accept_run, what="run folder", create=False))
         store.sweep(run_dir)  # unfinished checkpoint folders of a killed run
         saved = checkpoint.read(run_dir)
+        if saved.format != store.FORMAT:
+            notice(
+                f"{str(saved.path)!r} is a {saved.format} checkpoint (version 0.1's single file): it is read "
+                f"as it is, and the next checkpoint is written as {store.FORMAT}"
+            )
         identity = folder.check_identity(run_dir, saved.identity, saved.config)
         differing = diff(saved.config, cfg)
         if differing:
