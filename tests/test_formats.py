@@ -1,6 +1,6 @@
 """The file formats by their format ids (docs/formats.md): a version-0.1 checkpoint is read as the same
-entries as a sharded one, resumes and says which format it is; an export is told by its ``format`` metadata, by the
-writer and the reader alike; a claimed folder is given back by its context manager."""
+entries as a sharded one, resumes and says which format it is; an export is told by its ``format``
+metadata, by the writer and the reader alike; a claimed folder is given back by its context manager."""
 
 from __future__ import annotations
 
