@@ -136,7 +136,8 @@ class PreStepFOMAML(MetaGradient):
     optimizer step, which then applies the (pre-shift) gradient at the shifted θ_t (weight decay there).
 
     :class:`FOMAML` is FOMAML as defined: a held-out query batch, after the inner step. With the official
-    ordering the two codes agree to float rounding (notes §8).
+    ordering the two codes agree to float rounding (checked against the reference code when this class was
+    written; that code is not shipped).
     """
 
     name = "fomaml-pre-step"
