@@ -225,33 +225,30 @@ def _peak_during(fn) -> float:
 def _legacy_save(trainer) -> None:
     """Version 0.1's save, as it was: every rank sends its whole learner state (its tasks, and its copy of φ
     and the outer optimizer) to rank 0, which assembles and writes one file."""
-    from largemeta import checkpoint
-    from largemeta.train import distributed, sharded_state, state
+    from largemeta.checkpoint import legacy
+    from largemeta.train import checkpoint, distributed
 
     run = trainer.run_state
     piece = {
-        "tasks": run.mine,
-        "learner": sharded_state._on_cpu(run.learner.state_dict()),
-        "task_states": [sharded_state._on_cpu(t.state_dict()) for t in run.tasks],
+        "shared": checkpoint.on_cpu(checkpoint.Shared(run).state_dict()),
+        "tasks": {
+            gi: checkpoint.on_cpu(checkpoint.Trajectory(run, local, with_task=True).state_dict())
+            for local, gi in enumerate(run.mine)
+        },
     }
     pieces = distributed.gather(piece, run.placement.group)
     del piece
     if pieces is not None:
-        shared = {k: v for k, v in pieces[0]["learner"].items() if k not in state.PER_TASK}
-        got = {sharded_state.SHARED: shared}
-        for piece in pieces:
-            learner = piece["learner"]
-            metas = learner.get("meta_gradient") or [{}] * len(piece["tasks"])
-            for local, gi in enumerate(piece["tasks"]):
-                got[sharded_state.task_entry(gi)] = {
-                    "params": learner["params"][local],
-                    "inner_state": learner["inner_states"][local],
-                    "task": piece["task_states"][local],
-                    "meta": metas[local],
-                }
-        whole = {"step": run.learner.step, **sharded_state.assemble(got, [s.name for s in run.specs], 0, 0)}
-        checkpoint.save(trainer.run_dir / "legacy.pt", whole)
-        del got, whole
+        tasks = {gi: t for piece in pieces for gi, t in piece["tasks"].items()}
+        whole = {
+            "step": run.learner.step,
+            "config": run.cfg.to_dict(),
+            "task_names": [s.name for s in run.specs],
+            "shared": pieces[0]["shared"],
+            "tasks": [tasks[gi] for gi in range(len(run.specs))],
+        }
+        legacy.save(trainer.run_dir / "legacy.pt", whole)
+        del tasks, whole
     del pieces
     if trainer.placement.group is not None:
         import torch.distributed as dist
@@ -260,17 +257,22 @@ def _legacy_save(trainer) -> None:
 
 
 def _legacy_load(trainer) -> None:
-    from largemeta import checkpoint
-    from largemeta.train import state
+    from largemeta.checkpoint import legacy
+    from largemeta.runs.checkpoint import CheckpointOnDisk
+    from largemeta.train import checkpoint
 
-    state.restore(trainer.run_state, checkpoint.load(trainer.run_dir / "legacy.pt"))
+    path = trainer.run_dir / "legacy.pt"
+    step, info, entries = legacy.read(path)
+    on_disk = CheckpointOnDisk(path, legacy.FORMAT, step, info, tuple(entries), lambda keys: entries)
+    checkpoint.restore(trainer.run_state, on_disk)
 
 
 def worker_checkpoint(args: argparse.Namespace) -> dict:
     import torch
     import torch.distributed as dist
 
-    from largemeta.train import sharded_state
+    from largemeta.runs import checkpoint as run_checkpoint
+    from largemeta.train import checkpoint
     from largemeta.train.trainer import Trainer
 
     cfg = _config(Path(args.suite), args.width, args.batch)
@@ -304,14 +306,12 @@ def worker_checkpoint(args: argparse.Namespace) -> dict:
         )
         out["rank0_own_task_parameter_mib"] = round(state_bytes / 2**20, 1)
     else:
-        saved = sharded_state.read  # the manifest is read once per resume
+        saved = run_checkpoint.read  # the manifest is read once per resume
         writes, loads, legacy_writes, legacy_loads = [], [], [], []
         for _ in range(args.repeats):
             writes.append(timed(trainer.save))
             manifest = saved(trainer.run_dir)
-            loads.append(
-                timed(lambda m=manifest: sharded_state.restore(trainer.run_state, trainer.run_dir, m))
-            )
+            loads.append(timed(lambda m=manifest: checkpoint.restore(trainer.run_state, m)))
             legacy_writes.append(timed(lambda: _legacy_save(trainer)))
             legacy_loads.append(timed(lambda: _legacy_load(trainer)))
         folder = next(p for p in trainer.run_dir.iterdir() if p.is_dir() and p.name.startswith("checkpoint-"))

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
                 if name == "pool" and run.learner.step % args.k == 0:
                     restart.append(dt)
     names = [s.name for s in runs["pool"].specs]
-    draws = [[names[p] for p in drawn] for _, drawn in runs["pool"].pool.take_draws()]
+    draws = [[names[p] for p in drawn] for _, drawn in runs["pool"].assignment.take_draws()]
     median = {name: statistics.median(t) for name, t in times.items()}
     report = {
         "config": args.config,

@@ -1,5 +1,6 @@
-"""Crafted checkpoints for the fault tests: edit a run folder's checkpoint and seal it again, so what is
-tested is the reader's check of the content, not its checksum."""
+"""Checkpoints for the tests: a run folder's checkpoint read whole (:func:`read_all`), and crafted ones — edit
+a run folder's checkpoint and seal it again, so what is tested is the reader's check of the content, not its
+checksum."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from largemeta import sharded_checkpoint
+from largemeta.checkpoint import store
+from largemeta.runs import checkpoint
 
 
 def reseal_manifest(run: Path, edit) -> None:
@@ -26,8 +28,28 @@ def reseal_manifest(run: Path, edit) -> None:
 def rewrite_checkpoint(run: Path, edit) -> None:
     """Read a run folder's checkpoint whole, let ``edit(entries, info)`` change it, and write it back as a
     valid, checksummed checkpoint at the same step."""
-    manifest = sharded_checkpoint.read_manifest(run, "checkpoint")
-    entries = sharded_checkpoint.load(run, manifest=manifest, name="checkpoint")
+    manifest = store.read_manifest(run)
+    entries = manifest.load()
     info = dict(manifest.info)
     edit(entries, info)
-    sharded_checkpoint.save(run, manifest.step, entries, info=info, name="checkpoint")
+    store.save(run, manifest.step, entries, info=info)
+
+
+def read_all(run: Path) -> dict:
+    """A run folder's whole checkpoint (either format) in one process, laid out as one dict: its ``info``
+    keys, ``step``, ``shared``, and ``tasks`` (entry task/<i> at index i) or, with a pool, ``slots``
+    (slot/<s>) and ``pool`` (the draw, and ``tasks``: pooltask/<p> at index p, None when never drawn)."""
+    on_disk = checkpoint.read(run)
+    got = on_disk.load()
+    names = list(on_disk.info["task_names"])
+    whole = {**on_disk.info, "step": on_disk.step, "shared": got["shared"]}
+    if on_disk.pooled:
+        slots = int(on_disk.config.get("tasks_per_trajectory", 0))
+        whole["pool"] = {
+            **got["pool"],
+            "tasks": [got.get(checkpoint.pool_task_entry(p)) for p in range(len(names))],
+        }
+        whole["slots"] = [got.get(checkpoint.slot_entry(s)) for s in range(slots)]
+    else:
+        whole["tasks"] = [got.get(checkpoint.task_entry(i)) for i in range(len(names))]
+    return whole

@@ -24,7 +24,7 @@ LAYERS = [
     ["models", "synthetic"],
     ["data"],
     ["core"],
-    ["checkpoint", "sharded_checkpoint", "registry"],
+    ["checkpoint", "registry"],
     ["files", "signals", "stats"],
     ["errors"],
 ]

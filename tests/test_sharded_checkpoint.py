@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from largemeta import sharded_checkpoint as sc
+from largemeta.checkpoint import entries as ce
+from largemeta.checkpoint import store as sc
 from largemeta.errors import UserError
 
 
@@ -182,10 +183,10 @@ def test_bad_entry_names_and_values_are_programming_errors(tmp_path):
 
 def test_skeleton_decoding_refuses_anything_but_its_own_nodes():
     with pytest.raises(ValueError):
-        sc.decode({"e": [[1], "system"]}, {})
+        ce.decode({"e": [[1], "system"]}, {})
     with pytest.raises(ValueError):
-        sc.decode({"x": 1}, {})
-    assert sc.decode(sc.encode({"k": (1, [2.5, None])}, []), {}) == {"k": (1, [2.5, None])}
+        ce.decode({"x": 1}, {})
+    assert ce.decode(ce.encode({"k": (1, [2.5, None])}, []), {}) == {"k": (1, [2.5, None])}
 
 
 def test_metadata_claiming_more_data_than_stored_allocates_nothing(tmp_path):

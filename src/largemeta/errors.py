@@ -39,9 +39,15 @@ so a job script can tell "preempted, resume me" apart."""
 
 
 class Preempted(Exception):
-    """The command stopped on a signal and left everything resumable; ``str(err)`` says how to continue."""
+    """The command stopped on a signal and left everything resumable; ``str(err)`` says how to continue.
+    ``signal_name`` names the signal (as :class:`Stopped`'s does), ``step`` where training stopped (None when
+    not training)."""
 
     exit_code = PREEMPTED_EXIT
+
+    def __init__(self, message: str, *, signal_name: str = "a signal", step: int | None = None) -> None:
+        super().__init__(message)
+        self.signal_name, self.step = signal_name, step
 
 
 class Stopped(KeyboardInterrupt):

@@ -8,11 +8,12 @@ An experiment is resumable: ``results.json`` records the request (the command, i
 each finished part (``done``), and is rewritten atomically after every part. Run again with the same request,
 an experiment skips the finished parts (saying so), resumes a half-trained run folder from its checkpoint and
 carries on; a different request on the same folder is refused, naming what differs. The folder is locked
-while an experiment writes it (:func:`largemeta.runs.claim`).
+while an experiment writes it (:func:`largemeta.runs.claim.claim`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -26,9 +27,12 @@ from largemeta.data.tasks import TaskSpec, load_suite
 from largemeta.errors import UserError
 from largemeta.files import atomic_write_text
 from largemeta.metatest import Init, load_init, meta_test, scratch
-from largemeta.runs import METRICS, RESULTS, claim, has_checkpoint, read_results
+from largemeta.runs import checkpoint as runs_checkpoint
+from largemeta.runs.checkpoint import has_checkpoint
+from largemeta.runs.claim import claim
+from largemeta.runs.names import METRICS, RESULTS
+from largemeta.runs.results import read_results
 from largemeta.stats import ci95
-from largemeta.train import sharded_state
 from largemeta.train.build import select_tasks
 from largemeta.train.config import RESUMABLE_CHANGES, TRAIN_ALGORITHMS, TrainConfig
 from largemeta.train.trainer import Trainer
@@ -85,7 +89,7 @@ def milestones_of(steps: int, fractions: Sequence[float]) -> list[int]:
 def _train_to(cfg: TrainConfig, run_dir: Path, steps: int) -> None:
     """Train ``run_dir`` to ``steps``: a new run, or its checkpoint resumed (the config must be the same)."""
     resume = has_checkpoint(run_dir)
-    if resume and sharded_state.read(run_dir).step > steps:
+    if resume and runs_checkpoint.read(run_dir).step > steps:
         raise UserError(
             f"{str(run_dir)!r} is already past {steps} steps: it was not trained by this experiment"
         )
@@ -158,8 +162,8 @@ class Record:
                     "to continue it, or pass another --out"
                 )
 
-        self.claim = claim(self.out, accept, what="experiment folder")
-        try:
+        with contextlib.ExitStack() as held:  # given back as found if this fails
+            held.enter_context(claim(self.out, accept, what="experiment folder"))
             if (self.out / RESULTS).exists():
                 self.result = read_results(self.out / RESULTS)
                 done = self.result.setdefault("done", [])
@@ -168,9 +172,7 @@ class Record:
             else:
                 self.result = {**skeleton, "done": [], "complete": False}
                 self.save()
-        except BaseException:
-            self.claim.abandon()
-            raise
+            self._held = held.pop_all()  # released by close()
 
     def done(self, part: str) -> bool:
         """Whether ``part`` was finished before (then skipped, saying so)."""
@@ -191,7 +193,7 @@ class Record:
         if complete:
             self.result["complete"] = True
             self.save()
-        self.claim.release()
+        self._held.close()
 
     def __enter__(self) -> Record:
         return self

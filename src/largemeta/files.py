@@ -74,11 +74,17 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
         raise
     # make the rename durable (some file systems cannot fsync a folder: best effort there)
     with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make the creations, renames and removals in ``folder`` durable (``OSError`` where the file system
+    cannot fsync a folder)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:

@@ -3,13 +3,14 @@
 ``write_report(dir)`` collects every ``results.json`` under ``dir`` (convergence, k-ablation, evaluate) and
 the synthetic figures, and writes ``report.md`` and a self-contained ``report.html`` (figures embedded as data
 URIs). Results of an experiment stopped half-way are reported as far as they go. The folders written are
-locked meanwhile (:func:`largemeta.files.lock_folder`); a ``report.md`` or ``report.html`` that this command
+claimed meanwhile (:func:`largemeta.runs.claim.claim`); a ``report.md`` or ``report.html`` that this command
 did not write is refused, never overwritten; a damaged ``results.json`` is a one-line error naming it.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import platform
@@ -26,8 +27,10 @@ import torch  # noqa: E402
 import largemeta  # noqa: E402
 from largemeta.errors import UserError  # noqa: E402
 from largemeta.experiments import overall, table  # noqa: E402
-from largemeta.files import atomic_write_text, lock_folder  # noqa: E402
-from largemeta.runs import RESULTS, read_results  # noqa: E402
+from largemeta.files import atomic_write_text  # noqa: E402
+from largemeta.runs.claim import accept_anything, claim  # noqa: E402
+from largemeta.runs.names import RESULTS  # noqa: E402
+from largemeta.runs.results import read_results  # noqa: E402
 
 MARK_MD = "# largemeta report"
 MARK_HTML = "<title>largemeta report</title>"
@@ -159,30 +162,31 @@ def _section(path: Path, directory: Path) -> tuple[str, str, list[Path], dict[st
     return None
 
 
-def _refuse_foreign(path: Path, mark: str) -> None:
-    if path.exists():
-        try:
-            ours = mark in path.read_text(errors="replace")[:4096]
-        except OSError:
-            ours = False
-        if not ours:
-            raise UserError(
-                f"{str(path)!r} exists and was not written by 'largemeta report'; move it away first"
-            )
+def _accept_report(folder: Path, names: list[str]) -> None:
+    """The report's folder: anything, but a report.md or report.html this command did not write."""
+    for name, mark in (("report.md", MARK_MD), ("report.html", MARK_HTML)):
+        path = folder / name
+        if name in names:
+            try:
+                ours = mark in path.read_text(errors="replace")[:4096]
+            except OSError:
+                ours = False
+            if not ours:
+                raise UserError(
+                    f"{str(path)!r} exists and was not written by 'largemeta report'; move it away first"
+                )
 
 
 def write_report(directory: Path) -> tuple[Path, Path]:
     directory = Path(directory)
     md_path, html_path = directory / "report.md", directory / "report.html"
-    _refuse_foreign(md_path, MARK_MD)
-    _refuse_foreign(html_path, MARK_HTML)
-    found = sorted(directory.rglob(RESULTS))
-    locks = [lock_folder(folder) for folder in dict.fromkeys([directory, *(p.parent for p in found)])]
-    try:
+    with contextlib.ExitStack() as held:  # the report's folder and every results folder, while it is written
+        held.enter_context(claim(directory, _accept_report, what="report folder", create=False))
+        found = sorted(directory.rglob(RESULTS))
+        for folder in dict.fromkeys(p.parent for p in found):
+            if folder != directory:
+                held.enter_context(claim(folder, accept_anything, what="results folder", create=False))
         return _write_report(directory, found, md_path, html_path)
-    finally:
-        for lock in reversed(locks):
-            lock.release()
 
 
 def _write_report(directory: Path, found: list[Path], md_path: Path, html_path: Path) -> tuple[Path, Path]:

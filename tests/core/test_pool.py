@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from largemeta.core import SGD, MetaLearner, Reptile, Schedule
-from largemeta.core.pool import TaskPool, check_pool
+from largemeta.core.assignment import TaskPool, check_pool
 from largemeta.errors import UserError
 
 D = torch.float64
@@ -86,8 +86,9 @@ def test_pooled_reptile_by_hand():
     pool = make_pool(bowls, 1, seed=3)
     phi = {"x": torch.tensor([0.0], dtype=D)}
     tasks, private = pool.start()
-    learner = MetaLearner(phi, tasks, SGD(0.25), Reptile(), Schedule.plain(2), private=private, meta_lr=1.0)
-    pool.attach(learner)
+    learner = MetaLearner(
+        phi, tasks, SGD(0.25), Reptile(), Schedule.plain(2), private=private, meta_lr=1.0, assignment=pool
+    )
     order = [pool.assignment[0]]
     x, heads = 0.0, {p: 0.0 for p in range(3)}
     for _ in range(7):
@@ -111,9 +112,15 @@ def test_a_changed_slot_starts_a_fresh_inner_state_and_a_kept_one_keeps_it():
     tasks, private = pool.start()
     phi = {"x": torch.tensor([0.0], dtype=D)}
     learner = MetaLearner(
-        phi, tasks, SGD(0.1, momentum=0.9), Reptile(), Schedule.cts(2), private=private, meta_lr=0.1
+        phi,
+        tasks,
+        SGD(0.1, momentum=0.9),
+        Reptile(),
+        Schedule.cts(2),
+        private=private,
+        meta_lr=0.1,
+        assignment=pool,
     )
-    pool.attach(learner)
     before = list(pool.assignment)
     learner.run(1)
     buffers = [s["momentum_buffer"] for s in learner.runner.inner_states]
@@ -147,15 +154,16 @@ def test_two_ranks_share_the_slots_and_hand_over_leaving_tasks():
 
     learners = []
     for rank in (0, 1):
-        pool = make_pool(bowls, 4, seed=9, rank=rank, world=2, exchange=exchange_for(rank))
+        pool = make_pool(bowls, 4, seed=9, local=[rank, rank + 2], exchange=exchange_for(rank))
         tasks, private = pool.start()
         phi = {"x": torch.tensor([0.0], dtype=D)}
-        learner = MetaLearner(phi, tasks, SGD(0.1), Reptile(), Schedule.plain(3), private=private)
-        pool.attach(learner)
+        learner = MetaLearner(
+            phi, tasks, SGD(0.1), Reptile(), Schedule.plain(3), private=private, assignment=pool
+        )
         pools.append(pool)
         learners.append(learner)
     assert (
-        pools[0].assignment == pools[1].assignment and pools[0].slots == [0, 2] and pools[1].slots == [1, 3]
+        pools[0].assignment == pools[1].assignment and pools[0].local == [0, 2] and pools[1].local == [1, 3]
     )
     assert [t.c for t in learners[1].runner.tasks] == [float(pools[1].assignment[s]) for s in (1, 3)]
     for learner in learners:

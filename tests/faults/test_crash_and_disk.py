@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from checkpoint_edits import read_all
 from cli_runs import env, sets
-from largemeta import checkpoint
+from largemeta.checkpoint import legacy
 from largemeta.cli import main
-from largemeta.train.sharded_state import read_all
 
 
 def digest(path: Path) -> str:
@@ -184,12 +184,12 @@ def test_version_0_1_checkpoint_cannot_execute_code(tmp_path, capsys):
     import pickle
 
     buffer = io.BytesIO()
-    torch.save({"format": checkpoint.FORMAT, "x": Evil()}, buffer, pickle_module=pickle)
+    torch.save({"format": legacy.FORMAT, "x": Evil()}, buffer, pickle_module=pickle)
     payload = buffer.getvalue()  # a valid checksum: only weights_only loading stands in the way
     bad = tmp_path / "checkpoint.pt"
-    bad.write_bytes(payload + checkpoint.TRAILER + hashlib.sha256(payload).hexdigest().encode())
+    bad.write_bytes(payload + legacy.TRAILER + hashlib.sha256(payload).hexdigest().encode())
     with pytest.raises(Exception, match="corrupt or not a largemeta checkpoint"):
-        checkpoint.load(bad)
+        legacy.load(bad)
     assert not (tmp_path / "pwned").exists()
 
 

@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from checkpoint_edits import reseal_manifest
+from checkpoint_edits import read_all, reseal_manifest
 from cli_runs import sets
 from largemeta.cli import main
-from largemeta.train.sharded_state import read_all
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -170,7 +169,9 @@ def test_safetensors_with_bad_metadata(run, tiny_suite, tmp_path, capsys, config
 
     phi = read_all(run)["shared"]["phi"]
     save_file(
-        {k: v.contiguous() for k, v in phi.items()}, tmp_path / "w.safetensors", metadata={"config": config}
+        {k: v.contiguous() for k, v in phi.items()},
+        tmp_path / "w.safetensors",
+        metadata={"format": "largemeta-phi", "config": config},
     )
     refused(
         capsys, ["evaluate", "--init", str(tmp_path / "w.safetensors"), "--suite", str(tiny_suite)], needle

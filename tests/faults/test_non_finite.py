@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 
-from checkpoint_edits import rewrite_checkpoint
+from checkpoint_edits import read_all, rewrite_checkpoint
 from largemeta.cli import main
 from largemeta.train.config import from_mapping
-from largemeta.train.sharded_state import read_all
 from largemeta.train.trainer import NonFiniteLoss, Trainer
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from checkpoint_edits import read_all
 from cli_runs import env, sets
 from largemeta.cli import main
-from largemeta.train.sharded_state import read_all
 
 
 def tree(root: Path) -> dict[str, str]:

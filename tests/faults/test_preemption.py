@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from checkpoint_edits import read_all
 from cli_runs import env, sets
 from largemeta import signals
 from largemeta.cli import main
 from largemeta.errors import PREEMPTED_EXIT, Stopped
 from largemeta.files import atomic_write, is_temporary
 from largemeta.train.config import from_mapping
-from largemeta.train.sharded_state import read_all
 from largemeta.train.trainer import Trainer
 
 

@@ -13,9 +13,9 @@ import time
 import pytest
 import torch
 
+from checkpoint_edits import read_all
 from cli_runs import env, sets
 from largemeta.files import lock_folder
-from largemeta.train.sharded_state import read_all
 
 pytestmark = pytest.mark.distributed
 

@@ -302,7 +302,7 @@ def test_pretrained_experiment(tiny_suite, tiny_config, tmp_path, capsys):
         )
         assert result["algorithms"]["finetune"][str(n)]["tasks"] == direct["tasks"]
     # CTS meta-trained on top of that model: its run started from it, and moved away from it
-    from largemeta.runs import load_weights
+    from largemeta.runs.weights import load_weights
 
     start, trained = load_weights(tmp_path / "phi.safetensors"), load_weights(tmp_path / "pre" / "cts")
     assert trained.config["init"] == str(tmp_path / "phi.safetensors") and trained.step == 4

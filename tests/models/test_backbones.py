@@ -378,8 +378,8 @@ def small_cnn(in_channels=1, width=32):
 
 @pytest.mark.parametrize("which", ["declares num_features", "the example, sized by a forward pass"])
 def test_cli_trains_resumes_and_exports_a_body_from_a_file(tmp_path, tiny_suite, tiny_config, which):
+    from checkpoint_edits import read_all
     from largemeta.cli import main
-    from largemeta.train.sharded_state import read_all
 
     if which == "declares num_features":
         path = tmp_path / "declared_body.py"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from checkpoint_edits import read_all
 from cli_runs import env, sets
-from largemeta.train.sharded_state import read_all
 
 pytestmark = pytest.mark.distributed
 

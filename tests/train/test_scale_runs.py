@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
+from checkpoint_edits import read_all
 from cli_runs import env, sets
 from largemeta.cli import main
-from largemeta.train.sharded_state import read_all
 
 
 def train(args, check=True):

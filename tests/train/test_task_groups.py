@@ -17,10 +17,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from checkpoint_edits import read_all
 from cli_runs import env, sets
+from largemeta.core.algorithms import ALGORITHMS
 from largemeta.errors import UserError
 from largemeta.train import groups
-from largemeta.train.sharded_state import read_all
+from largemeta.train.layout import layout
 
 HERE = Path(__file__).parent
 
@@ -60,17 +62,17 @@ def assert_runs_agree(a: Path, b: Path, tol: float = 1e-5) -> None:
 
 # ------------------------------------------------------------------------------------------- the layout
 def test_layout_deals_tasks_or_groups_ranks():
-    assert [groups.layout(5, r, 2).mine for r in range(2)] == [[0, 2, 4], [1, 3]]  # W <= T: round-robin
-    lay = [groups.layout(2, r, 6) for r in range(6)]  # W > T: G = 3 consecutive ranks per task
+    assert [layout(5, r, 2).mine for r in range(2)] == [[0, 2, 4], [1, 3]]  # W <= T: round-robin
+    lay = [layout(2, r, 6) for r in range(6)]  # W > T: G = 3 consecutive ranks per task
     assert [x.mine for x in lay] == [[0], [0], [0], [1], [1], [1]]
     assert [x.part for x in lay] == [0, 1, 2, 0, 1, 2] and [x.leader for x in lay] == [1, 0, 0, 1, 0, 0]
     assert lay[0].group_size == 3 and lay[0].ranks(1) == [3, 4, 5]
-    assert groups.layout(8, 0, 8).group_size == 1 and groups.layout(8, 0, 64).group_size == 8
+    assert layout(8, 0, 8).group_size == 1 and layout(8, 0, 64).group_size == 8
 
 
 def test_a_world_size_without_equal_groups_is_refused_in_one_line():
     with pytest.raises(UserError) as err:
-        groups.layout(2, 0, 3)
+        layout(2, 0, 3)
     text = str(err.value)
     assert "\n" not in text and "3 ranks cannot serve 2 meta-train tasks" in text and "1..2" in text
     assert "4, 6" in text
@@ -87,14 +89,14 @@ def test_a_world_size_without_equal_groups_is_refused_in_one_line():
 def test_what_a_group_cannot_do_is_refused(change, message):
     cfg = SimpleNamespace(**{"batch_size": 8, "executor": "loop", "shift_error_every": 0, **change})
     with pytest.raises(UserError, match=message):
-        groups.check_config(cfg, groups.layout(2, 0, 8), "reptile")
-    groups.check_config(cfg, groups.layout(2, 0, 2), "reptile")  # one rank per task: anything goes
+        groups.check_config(cfg, layout(2, 0, 8), ALGORITHMS.get("reptile"))
+    groups.check_config(cfg, layout(2, 0, 2), ALGORITHMS.get("reptile"))  # one rank per task: anything goes
 
 
 def test_imaml_is_refused_in_task_groups():
     cfg = SimpleNamespace(batch_size=8, executor="loop", shift_error_every=0)
-    with pytest.raises(UserError, match="imaml's conjugate-gradient solve"):
-        groups.check_config(cfg, groups.layout(2, 0, 4), "imaml")
+    with pytest.raises(UserError, match="imaml solves by conjugate gradient with one rank's"):
+        groups.check_config(cfg, layout(2, 0, 4), ALGORITHMS.get("imaml"))
 
 
 def test_slice_sampler_draws_the_whole_batch_and_keeps_its_slice():

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
+from checkpoint_edits import read_all
 from cli_runs import sets
 from largemeta.cli import main
 from largemeta.train.config import TRAIN_ALGORITHMS, from_mapping
-from largemeta.train.sharded_state import read_all
 from largemeta.train.trainer import Trainer
 
 

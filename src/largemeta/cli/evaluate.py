@@ -84,12 +84,14 @@ def parse_sizes(text: str | None) -> list[int | None]:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    import contextlib
     import json
 
-    from largemeta import runs as runs_module
     from largemeta.data.tasks import TaskSpec, load_suite
     from largemeta.files import atomic_write_text
     from largemeta.metatest import load_init, meta_test
+    from largemeta.runs.claim import accept_results, claim
+    from largemeta.runs.names import RESULTS
     from largemeta.train.build import resolve_device
 
     sizes = parse_sizes(args.train_size)
@@ -118,8 +120,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"targets {bad} have {specs[0].channels} channels, the init's model takes {channels}")
     device = resolve_device(args.device, 0)
     # claimed before the long evaluation: a folder holding anything is refused before anything is written
-    claim = runs_module.claim(Path(args.out), runs_module.accept_results("evaluate")) if args.out else None
-    try:
+    held = claim(Path(args.out), accept_results("evaluate")) if args.out else contextlib.nullcontext()
+    with held:  # released when done; a folder created for nothing is removed again on an error
         runs = {
             n: meta_test(
                 init,
@@ -142,14 +144,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             if sizes == [None]
             else {"init": init.name, "by_train_size": {str(n): r for n, r in runs.items()}}
         )
-        if claim is not None:
-            atomic_write_text(claim.folder / runs_module.RESULTS, json.dumps(result, indent=2) + "\n")
-    except BaseException:
-        if claim is not None:
-            claim.abandon()
-        raise
-    if claim is not None:
-        claim.release()
+        if args.out:
+            atomic_write_text(Path(args.out) / RESULTS, json.dumps(result, indent=2) + "\n")
     if args.json:
         print_json(result)
         return 0

@@ -130,10 +130,10 @@ def _resumable(out: str) -> Iterator[None]:
     try:
         yield
     except (Preempted, Stopped) as err:
-        what = getattr(err, "signal", None) or getattr(err, "signal_name", "a signal")
         raise Preempted(
-            f"stopped by {what}; finished parts are kept in {out}/results.json and a half-trained run keeps "
-            "its checkpoint: run the same command again to continue"
+            f"stopped by {err.signal_name}; finished parts are kept in {out}/results.json and a half-trained "
+            "run keeps its checkpoint: run the same command again to continue",
+            signal_name=err.signal_name,
         ) from None
 
 

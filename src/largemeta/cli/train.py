@@ -79,8 +79,8 @@ def overrides(args: argparse.Namespace, flags: tuple[str, ...] = FLAG_KEYS) -> d
 
 def run_train(args: argparse.Namespace) -> int:
     from largemeta.errors import Preempted, Stopped
-    from largemeta.runs import has_checkpoint
-    from largemeta.train import sharded_state
+    from largemeta.runs import checkpoint
+    from largemeta.runs.checkpoint import has_checkpoint
     from largemeta.train.config import from_mapping, load_config
     from largemeta.train.trainer import Trainer
 
@@ -91,7 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
     folder = Path(args.resume or args.out)
     if args.resume:
         # the checkpoint holds the run's config: flags may change only the resumable keys (the trainer checks)
-        saved = sharded_state.read(folder).config
+        saved = checkpoint.read(folder).config
         base = load_config(args.config) if args.config else from_mapping(saved)
         cfg = from_mapping(overrides(args), base)
     else:
@@ -108,7 +108,7 @@ def run_train(args: argparse.Namespace) -> int:
             if has_checkpoint(folder)
             else "nothing was trained; run the same command again"
         )
-        raise Preempted(f"stopped by {stop.signal_name}; {kept}") from None
+        raise Preempted(f"stopped by {stop.signal_name}; {kept}", signal_name=stop.signal_name) from None
     if trainer.rank == 0:
         if args.json:
             print_json(last)

@@ -59,6 +59,15 @@ class Algorithm:
         return bool(self._cls and self._cls.uses_parameters_only)
 
     @property
+    def task_groups(self) -> bool:
+        """Can a task be served by a group of ranks, its batch split over them (joint training can)?"""
+        return self._cls is None or self._cls.splits_over_ranks
+
+    @property
+    def why_not_task_groups(self) -> str:
+        return self._cls.why_not_split if self._cls is not None else ""
+
+    @property
     def synthetic(self) -> bool:
         """Runs on the synthetic benchmark's batch of independent starts."""
         return bool(self._cls and self._cls.elementwise)

@@ -21,16 +21,18 @@ meta-updated, shifted or reset. Memory does not grow with k: no autograd graph o
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from largemeta.core.assignment import Static, TaskAssignment
 from largemeta.core.controller import MetaController, Schedule
 from largemeta.core.inner import InnerOptimizer
 from largemeta.core.metagrad import MetaGradient, Task
-from largemeta.core.params import Params
+from largemeta.core.params import Params, clone
 from largemeta.core.runner import Executor, TaskRunner
 
 
@@ -49,17 +51,25 @@ class MetaLearner:
         reset_inner_state: re-create each task's inner optimizer state at every restart (the paper's
             synthetic code) instead of keeping it (its image code).
         group: a ``torch.distributed`` process group whose ranks hold the other tasks.
+        assignment: which task runs in which slot (:mod:`largemeta.core.assignment`); default
+            :class:`~largemeta.core.assignment.Static`: ``tasks`` for the whole run. A
+            :class:`~largemeta.core.assignment.TaskPool` built them (``pool.start()``) and redraws them.
         executor: how the gradients of one inner step of all tasks are computed
             (:class:`~largemeta.core.runner.Executor`; default the plain loop). Fast paths plug in here and
             are tested against it.
 
     ``learner.controller`` and ``learner.runner`` are the two halves; the properties below are read-only
-    views.
+    views. A restart (every K steps) is one sequence, in this order: every trajectory back to φ (the
+    controller), fresh inner optimizer states when ``reset_inner_state``, the assignment's redraw, then the
+    controller's ``on_restart`` hooks (e.g. the shift-error probe's snapshot), which see the new tasks and
+    states.
 
     Example (CTS on Reptile)::
 
-        learner = MetaLearner(phi, tasks, SGD(0.05, momentum=0.9), Reptile(), Schedule.cts(k=100),
-        meta_lr=0.1) learner.run(240)
+        learner = MetaLearner(
+            phi, tasks, SGD(0.05, momentum=0.9), Reptile(), Schedule.cts(k=100), meta_lr=0.1
+        )
+        learner.run(240)
     """
 
     def __init__(
@@ -75,6 +85,7 @@ class MetaLearner:
         meta_lr: float = 0.01,
         reset_inner_state: bool = False,
         group: Any = None,
+        assignment: TaskAssignment | None = None,
         executor: Executor | None = None,
     ) -> None:
         self.controller = MetaController(
@@ -89,13 +100,17 @@ class MetaLearner:
             regularizer=lambda shared: meta_gradient.regularizer(phi, shared),
         )
         self.reset_inner_state = reset_inner_state
-        # First of the restart hooks, so that later ones (the shift-error probe) see the fresh states.
-        self.controller.on_restart.append(self._on_restart)
+        self.assignment = assignment or Static(len(self.runner.tasks), activate=_built_already)
+        self.assignment.bind(self.runner)
+        self.controller.on_restart.insert(0, self._restart)  # the learner's own part comes before any hook
         self.controller.begin(self.runner.params)
 
-    def _on_restart(self, controller: MetaController) -> None:
+    def _restart(self, controller: MetaController) -> None:
+        """The learner's part of a restart (the trajectories are at φ already): fresh inner states if asked,
+        then the assignment's redraw (which starts a changed slot's inner state afresh)."""
         if self.reset_inner_state:
             self.runner.reset_inner_states()
+        self.assignment.restart(self.step)
 
     # read-only views -------------------------------------------------------------------------------------
     @property
@@ -169,3 +184,33 @@ class MetaLearner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.controller.load_state_dict(state)
         self.runner.load_state_dict(state)
+
+    # one checkpoint entry at a time: the state common to all tasks, and one trajectory's
+    def shared_state_dict(self) -> dict[str, Any]:
+        """step, phi and outer: the state common to every task."""
+        state = self.controller.state_dict()
+        del state["meta_gradient"]
+        return state
+
+    def load_shared_state_dict(self, state: dict[str, Any]) -> None:
+        self.controller.load_state_dict({**state, "meta_gradient": []})
+
+    def task_state_dict(self, t: int) -> dict[str, Any]:
+        """Trajectory t's state: its ``params`` (θ_t), ``inner_state`` and ``meta`` (what the meta-gradient
+        accumulated along it); copies."""
+        return {
+            "params": clone(self.runner.params[t]),
+            "inner_state": copy.deepcopy(self.runner.inner_states[t]),
+            "meta": copy.deepcopy(self.meta_gradient.task_state(t)),
+        }
+
+    @torch.no_grad()
+    def load_task_state_dict(self, t: int, state: dict[str, Any]) -> None:
+        for k, v in state["params"].items():
+            self.runner.params[t][k].copy_(v)
+        self.runner.inner_states[t] = copy.deepcopy(state["inner_state"])
+        self.meta_gradient.load_task_state(t, copy.deepcopy(state.get("meta", {})))
+
+
+def _built_already(p: int, state: Any) -> Any:
+    raise RuntimeError("a static assignment given to MetaLearner never builds tasks: they are given")

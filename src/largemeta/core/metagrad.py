@@ -63,6 +63,11 @@ class MetaGradient:
     elementwise = False
     """Does a batch of independent problems stacked in one tensor stay independent (no norms over the
     batch)?"""
+    splits_over_ranks = True
+    """Does :meth:`task_gradient` stay right when a task's batch is split over a group of ranks (each rank
+    then sees its slice)?"""
+    why_not_split = ""
+    """When it does not: why, in words (for the one-line refusal)."""
 
     def restart(self, t: int, phi: Params) -> None:
         pass
@@ -131,7 +136,8 @@ class PreStepFOMAML(MetaGradient):
     optimizer step, which then applies the (pre-shift) gradient at the shifted θ_t (weight decay there).
 
     :class:`FOMAML` is FOMAML as defined: a held-out query batch, after the inner step. With the official
-    ordering the two codes agree to float rounding (notes §8).
+    ordering the two codes agree to float rounding (checked against the reference code when this class was
+    written; that code is not shipped).
     """
 
     name = "fomaml-pre-step"
@@ -248,6 +254,8 @@ class IMAML(MetaGradient):
     name = "imaml"
     supports_cts = False
     uses_query = True
+    splits_over_ranks = False
+    why_not_split = "solves by conjugate gradient with one rank's Hessian-vector products"
 
     def __init__(self, lam: float = 0.5, cg_steps: int = 10, proximal: bool = False):
         check_positive("iMAML lambda", lam)

@@ -7,7 +7,8 @@ meta-updated, shifted or reset into φ.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,11 +23,6 @@ def clone(params: Mapping[str, Tensor]) -> Params:
 
 def zeros_like(params: Mapping[str, Tensor]) -> Params:
     return {k: torch.zeros_like(v) for k, v in params.items()}
-
-
-def subset(params: Mapping[str, Tensor], keys: Iterable[str]) -> Params:
-    """The entries of ``params`` named by ``keys`` (same tensors, not copies)."""
-    return {k: params[k] for k in keys}
 
 
 def sq_norm(params: Mapping[str, Tensor]) -> Tensor:
@@ -57,3 +53,15 @@ def unflatten(flat: Tensor, like: Mapping[str, Tensor]) -> Params:
     if offset != flat.numel():
         raise ValueError(f"flat tensor has {flat.numel()} elements, parameters need {offset}")
     return out
+
+
+def map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``value`` with ``fn`` applied to every tensor inside its dicts, lists and tuples (a state dict's tree
+    map)."""
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: map_tensors(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(map_tensors(v, fn) for v in value)
+    return value

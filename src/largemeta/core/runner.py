@@ -115,9 +115,9 @@ class TaskRunner:
             self.params.append({k: v.requires_grad_(True) for k, v in {**clone(phi), **own}.items()})
         self.inner_states = [self.inner.init(list(p.values())) for p in self.params]
 
-    def shared(self, t: int) -> Params:
-        """Task t's shared parameters (the live tensors)."""
-        return {k: self.params[t][k] for k in self.phi}
+    def private(self, t: int) -> Params:
+        """Task t's private parameters (its θ without φ's keys; the live tensors)."""
+        return {k: v for k, v in self.params[t].items() if k not in self.phi}
 
     def task_gradients(self, t: int, params: Params | None = None) -> tuple[Tensor, list[Tensor]]:
         """Task t's training loss and gradients at ``params`` (default: its own θ_t)."""

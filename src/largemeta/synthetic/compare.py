@@ -1,4 +1,4 @@
-"""Reptile against CTS on the synthetic environment at an equal budget of cumulative inner steps (notes §5).
+"""Reptile against CTS on the synthetic environment at an equal budget of cumulative inner steps.
 
 Both run through :class:`largemeta.core.MetaLearner` on 8 tasks, all starts at once (each task's parameter
 is an (S, 2) batch of independent points). Reptile takes budget/K meta-updates, CTS one per inner step;

@@ -2,9 +2,10 @@
 
 :func:`place` joins the process group (under torchrun) and picks the device; :func:`build_run` decides where
 the task images live (``data_placement``: on the device or streamed, :mod:`largemeta.data.placement`), loads
-this rank's share of the suite's meta-train tasks — or, with ``tasks_per_trajectory``, sets up the task pool
-that draws them (:mod:`largemeta.core.pool`; a drawn task's images are loaded when it is drawn and released
-when it leaves) — creates the body, φ and the heads, and wires the learner the algorithm table asks for
+this rank's share of the suite's meta-train tasks — a fixed task list, or, with ``tasks_per_trajectory``, a
+task pool that draws them (:mod:`largemeta.core.assignment`; a drawn task's images are loaded when it is drawn
+and released when it leaves), its slots laid out over the ranks by :mod:`largemeta.train.layout` — creates
+the body, φ and the heads, and wires the learner the algorithm table asks for
 (:mod:`largemeta.core.algorithms`) with the configured executor. Nothing here writes files or runs a step: the
 trainer (:mod:`largemeta.train.trainer`) does both.
 """
@@ -21,11 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from largemeta.core.algorithms import ALGORITHMS
+from largemeta.core.assignment import Static, TaskAssignment, TaskPool, check_pool
 from largemeta.core.diagnostics import ShiftErrorProbe
 from largemeta.core.engine import MetaLearner
 from largemeta.core.inner import INNER_OPTIMIZERS
-from largemeta.core.params import Params
-from largemeta.core.pool import TaskPool, check_pool
+from largemeta.core.params import Params, map_tensors
 from largemeta.data.cache import notice
 from largemeta.data.images import TrainQuerySampler, task_seed
 from largemeta.data.placement import TaskLoader, choose_placement, resident_bytes
@@ -34,10 +35,11 @@ from largemeta.errors import UserError
 from largemeta.execution import EXECUTORS, GRAPH, CudaGraphMetaStep
 from largemeta.models import create_model, feature_size, init_head, split_state
 from largemeta.models.task import ImageTask
-from largemeta.runs import fit_to_body, load_weights
+from largemeta.runs.weights import fit_to_body, load_weights
 from largemeta.train import distributed, groups
 from largemeta.train.config import META_OPTIMIZERS, TrainConfig
 from largemeta.train.joint import JointLearner
+from largemeta.train.layout import Layout, layout
 
 
 @dataclass(frozen=True)
@@ -101,17 +103,6 @@ def initial_phi(cfg: TrainConfig, body_params: Params) -> Params:
     return fit_to_body(source, body_params, what=f"init {cfg.init!r}", model=cfg.model)
 
 
-def map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    """``value`` with ``fn`` applied to every tensor inside its dicts, lists and tuples."""
-    if isinstance(value, Tensor):
-        return fn(value)
-    if isinstance(value, dict):
-        return {k: map_tensors(v, fn) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(map_tensors(v, fn) for v in value)
-    return value
-
-
 def to_cpu(value: Any) -> Any:
     """Detached CPU copies of every tensor in ``value`` (what a checkpoint or another rank receives)."""
     return map_tensors(value, lambda t: t.detach().cpu().clone())
@@ -126,47 +117,44 @@ def pool_seed(seed: int) -> int:
 class Run:
     """Everything a training run consists of on this rank.
 
-    ``specs`` are all meta-train tasks of the run (every rank's), ``mine`` the global indices of this rank's
-    tasks, ``tasks`` those tasks; ``take_step()`` takes one inner step of every local task (and whatever the
-    schedule asks) and returns their losses. ``layout`` says which ranks serve which task
-    (:mod:`largemeta.train.groups`).
+    ``specs`` are all meta-train tasks of the run (every rank's), ``mine`` this rank's slots, ``tasks`` the
+    tasks running in them; ``take_step()`` takes one inner step of every local slot (and whatever the
+    schedule asks) and returns their losses.
     """
 
     cfg: TrainConfig
     placement: Placement
     specs: list[TaskSpec]
-    mine: list[int]
+    layout: Layout
+    """Which ranks run and write which slot: ``layout.mine`` are this rank's slots."""
+    assignment: TaskAssignment
+    """Which task runs in which slot: :class:`Static` (a fixed task list, task s in slot s) or a
+    :class:`TaskPool` (``tasks_per_trajectory``, redrawn at every restart)."""
     body: nn.Module
     tasks: list[ImageTask]
+    """The tasks of this rank's slots, now (the learner's own list: a pool's redraw changes it in place)."""
     learner: MetaLearner | JointLearner
     take_step: Callable[[], Tensor]
     probe: ShiftErrorProbe | None = None
     loader: TaskLoader | None = None
-    pool: TaskPool | None = None
-    """With ``tasks_per_trajectory``: the pool; ``mine`` are then this rank's slots and ``tasks`` their
-    current tasks (the runner's own list, changed in place at every redraw)."""
     data_placement: str = "device"
     """Where the task images live: ``device`` or ``stream`` (``auto`` resolved)."""
+
+    @property
+    def mine(self) -> list[int]:
+        """This rank's slots (global indices; with a fixed task list, slot s runs task s)."""
+        return self.layout.mine
 
     def log_fields(self) -> dict[str, Any]:
         """What a metrics line adds about the data: the placement and, with a pool, the active tasks and the
         draws since the last line (``{"step", "tasks"}``, the tasks in slot order)."""
-        out: dict[str, Any] = {"data_placement": self.data_placement}
-        if self.pool is not None:
-            names = [s.name for s in self.specs]
-            out["active_tasks"] = [names[p] for p in self.pool.assignment]
-            draws = self.pool.take_draws()
-            if draws:
-                out["draws"] = [{"step": step, "tasks": [names[p] for p in drawn]} for step, drawn in draws]
-        return out
+        names = [s.name for s in self.specs]
+        return {"data_placement": self.data_placement, **self.assignment.log_fields(names)}
 
     def close(self) -> None:
         """Stop what the run started outside this process's memory (streaming workers)."""
         if self.loader is not None:
             self.loader.close()
-
-    layout: groups.Layout | None = None
-    """Which ranks serve which task (None: each task on one rank, or a task pool's slots)."""
 
 
 def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | None = None) -> Run:
@@ -182,15 +170,13 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
     if len(channels) != 1:
         raise UserError(f"meta-train tasks mix {sorted(channels)} input channels; one model needs one count")
     algo = ALGORITHMS.get(cfg.algo)
-    pooled = cfg.tasks_per_trajectory > 0
-    lay = None
-    if pooled:  # at least one slot per rank: a pool never has task groups
+    if cfg.tasks_per_trajectory:  # a pool: M slots, at least one per rank (so never task groups)
         check_pool(len(specs), cfg.tasks_per_trajectory, placement.world)
-        mine = list(range(placement.rank, cfg.tasks_per_trajectory, placement.world))
-    else:
-        lay = groups.layout(len(specs), placement.rank, placement.world)  # more ranks than tasks: task groups
-        groups.check_config(cfg, lay, algo.meta_gradient)
-        mine = lay.mine
+        slots, assign = cfg.tasks_per_trajectory, _task_pool
+    else:  # a fixed task list: one slot per task, a pool that never redraws
+        slots, assign = len(specs), _static
+    lay = layout(slots, placement.rank, placement.world)  # more ranks than slots: task groups
+    groups.check_config(cfg, lay, algo)
 
     torch.manual_seed(cfg.seed)  # the same initial φ on every rank
     body = create_model(cfg.model, in_channels=channels.pop(), width=cfg.width)
@@ -198,19 +184,16 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
     if cfg.init:
         phi = initial_phi(cfg, phi)
     phi = {k: v.to(placement.device) for k, v in phi.items()}
-    resident = specs if pooled else [specs[gi] for gi in mine]
-    loader = task_loader(cfg, placement, resident, len(mine) if pooled else None, saved_placement)
+    loader = TaskLoader(placement.device, data_dir=cfg.data_dir or None, workers=cfg.stream_workers)
     build_task = _task_builder(cfg, specs, body, buffers, placement.device, algo.uses_query, loader)
-    pool, task_group = None, None
-    if pooled:
-        pool = _task_pool(cfg, specs, placement, build_task)
-        tasks, heads = pool.start()
-    else:
-        tasks, heads = (list(part) for part in zip(*(build_task(gi) for gi in mine), strict=True))
-        loader.forget_datasets()  # every task is built: free the host copies (a pool keeps them, to redraw)
-        task_group = groups.serve_in_groups(
-            lay, body, tasks, sync_batchnorm=cfg.sync_batchnorm, timeout_s=distributed.TIMEOUT_S
-        )
+    assignment, may_run = assign(cfg, specs, lay, placement, build_task)
+    set_placement(loader, cfg, placement, [specs[p] for p in may_run], len(lay.mine), saved_placement)
+    tasks, heads = assignment.start()
+    if len(may_run) == len(tasks):  # every task it will ever run is built: free the host copies
+        loader.forget_datasets()
+    task_group = groups.serve_in_groups(
+        lay, body, tasks, sync_batchnorm=cfg.sync_batchnorm, timeout_s=distributed.TIMEOUT_S
+    )
     inner = INNER_OPTIMIZERS.create(
         cfg.inner_optimizer, lr=cfg.inner_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
@@ -219,7 +202,7 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
         learner: MetaLearner | JointLearner = JointLearner(
             phi, tasks, inner, heads, group=placement.group, reduce=task_group.mean if task_group else None
         )
-        return Run(cfg, placement, specs, mine, body, tasks, learner, learner.inner_step, layout=lay, **where)
+        return Run(cfg, placement, specs, lay, assignment, body, tasks, learner, learner.inner_step, **where)
     meta_gradient, schedule = algo.build(
         cfg.k, cfg.meta_every, lam=cfg.imaml_lambda, cg_steps=cfg.imaml_cg_steps
     )
@@ -237,30 +220,28 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
         outer=outer,
         reset_inner_state=cfg.reset_inner_state,
         group=placement.group,
+        assignment=assignment,
         executor=executor,
     )
-    if pool is not None:
-        pool.attach(learner)  # a restart hook after the learner's own, before the probe's snapshot
-        tasks = learner.runner.tasks
     take_step = CudaGraphMetaStep(learner) if cfg.executor == GRAPH else learner.inner_step
     probe = ShiftErrorProbe(learner, task=0, every=cfg.shift_error_every) if cfg.shift_error_every else None
     return Run(
-        cfg, placement, specs, mine, body, tasks, learner, take_step, probe, pool=pool, layout=lay, **where
+        cfg, placement, specs, lay, assignment, body, learner.runner.tasks, learner, take_step, probe, **where
     )
 
 
-def task_loader(
+def set_placement(
+    loader: TaskLoader,
     cfg: TrainConfig,
     placement: Placement,
     specs: list[TaskSpec],
-    at_once: int | None,
+    at_once: int,
     before: str | None,
-) -> TaskLoader:
-    """The run's :class:`TaskLoader`, its placement resolved: ``auto`` weighs the decoded size of the
-    ``at_once`` largest of ``specs`` (all: None) against the budget — or, resuming, keeps the placement the
-    run had. On CUDA device and stream placement sample differently, so there a resumed run keeps its own;
-    on a CPU they sample alike and a run may resume with the other."""
-    loader = TaskLoader(placement.device, data_dir=cfg.data_dir or None, workers=cfg.stream_workers)
+) -> None:
+    """Resolve the run's data placement on ``loader``: ``auto`` weighs the decoded size of the ``at_once``
+    largest of ``specs`` (the tasks this rank may run) against the budget — or, resuming, keeps the placement
+    the run had. On CUDA device and stream placement sample differently, so there a resumed run keeps its
+    own; on a CPU they sample alike and a run may resume with the other."""
     why = ""
     if cfg.data_placement == "auto" and before in ("device", "stream"):
         chosen = before
@@ -277,7 +258,6 @@ def task_loader(
     loader.placement = chosen
     if chosen == "stream" and why and placement.rank == 0:
         notice(f"{why} by {loader.workers} worker process(es)")
-    return loader
 
 
 def _task_builder(
@@ -312,15 +292,27 @@ def _task_builder(
     return build
 
 
+def _static(
+    cfg: TrainConfig,
+    specs: list[TaskSpec],
+    lay: Layout,
+    placement: Placement,
+    build_task: Callable[[int], tuple[ImageTask, Params]],
+) -> tuple[Static, list[int]]:
+    """A fixed task list: task s in slot s; this rank builds its slots' tasks once."""
+    return Static(len(specs), activate=lambda p, state: build_task(p), local=lay.mine), lay.mine
+
+
 def _task_pool(
     cfg: TrainConfig,
     specs: list[TaskSpec],
+    lay: Layout,
     placement: Placement,
     build_task: Callable[[int], tuple[ImageTask, Params]],
-) -> TaskPool:
-    """The pool of every meta-train task, ``cfg.tasks_per_trajectory`` at a time: a drawn task is built (its
-    images loaded) when it enters a slot, its state kept on the host and its images released when it
-    leaves."""
+) -> tuple[TaskPool, list[int]]:
+    """The pool of every meta-train task, ``cfg.tasks_per_trajectory`` at a time (any may be drawn on any
+    rank): a drawn task is built (its images loaded) when it enters a slot, its state kept on the host and
+    its images released when it leaves."""
     device = placement.device
 
     def activate(p: int, state: dict[str, Any] | None) -> tuple[ImageTask, Params]:
@@ -343,13 +335,13 @@ def _task_pool(
             merged.update(part)
         return merged
 
-    return TaskPool(
+    pool = TaskPool(
         len(specs),
         cfg.tasks_per_trajectory,
         seed=pool_seed(cfg.seed),
         activate=activate,
         deactivate=deactivate,
-        rank=placement.rank,
-        world=placement.world,
+        local=lay.mine,
         exchange=exchange,
     )
+    return pool, list(range(len(specs)))

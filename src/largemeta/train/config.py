@@ -104,7 +104,8 @@ class TrainConfig:
     tasks_per_trajectory: int = 0
     """Tasks drawn from the suite's meta-train pool for each trajectory, at the start and at every restart
     (seeded, without replacement pass by pass, checkpointed; each task keeps its head, BatchNorm statistics
-    and sampler across draws: ``largemeta.core.pool``); 0 = every task in every trajectory (the paper)."""
+    and sampler across draws: ``largemeta.core.assignment``); 0 = every task in every trajectory (the
+    paper)."""
     data_placement: str = "auto"
     """Where task images live: device (decoded once onto the training device: the fast path), stream (read and
     decoded from disk by worker processes as batches are drawn: any size), or auto (device when the decoded

@@ -2,34 +2,19 @@
 
 BatchNorm running statistics are per task and not meta-learned; the export carries the body's fresh ones
 (mean 0, variance 1), as a new task starts with. A φ holding NaN or inf is refused, and so is an ``--out``
-that exists and is not an export of largemeta.
+that exists and is not an export of largemeta. The file format is :mod:`largemeta.runs.weights`'s.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save
 
 from largemeta.errors import UserError
-from largemeta.files import atomic_write
 from largemeta.models import create_model, split_state
-from largemeta.runs import check_finite, load_weights
+from largemeta.runs.weights import check_finite, is_export, load_weights, write_export
 from largemeta.train.config import from_mapping
-
-FORMAT = "largemeta-phi"
-
-
-def _is_export(path: Path) -> bool:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return (fh.metadata() or {}).get("format") == FORMAT
-    except (SafetensorError, OSError):
-        return False
 
 
 def export(run_dir: Path, out: Path) -> Path:
@@ -37,7 +22,7 @@ def export(run_dir: Path, out: Path) -> Path:
         raise UserError(f"--out {str(out)!r} must end in .safetensors")
     if not Path(run_dir).is_dir():
         raise UserError(f"export needs a run folder, got {str(run_dir)!r}")
-    if out.exists() and not (out.is_file() and _is_export(out)):
+    if out.exists() and not (out.is_file() and is_export(out)):
         raise UserError(f"--out {str(out)!r} exists and is not a largemeta export; choose another name")
     weights = load_weights(run_dir)  # refuses a non-finite φ
     cfg = from_mapping(weights.config)
@@ -46,13 +31,5 @@ def export(run_dir: Path, out: Path) -> Path:
     _, buffers = split_state(create_model(cfg.model, in_channels=channels, width=cfg.width))
     tensors = {**{k: v.contiguous() for k, v in weights.phi.items()}, **buffers}
     check_finite(tensors, f"export of {str(run_dir)!r}")
-    meta = {
-        "format": FORMAT,
-        "model": cfg.model,
-        "step": str(weights.step),
-        "in_channels": str(channels),
-        "config": json.dumps(cfg.to_dict()),
-    }
-    payload = save(tensors, metadata=meta)
-    atomic_write(out, lambda fh: fh.write(payload))
+    write_export(out, tensors, config=cfg.to_dict(), model=cfg.model, step=weights.step, in_channels=channels)
     return out

@@ -1,7 +1,7 @@
 """Which rank serves which task under torchrun, and one task served by a group of ranks (data parallelism
 inside a task).
 
-With T meta-train tasks on W ranks (:func:`layout`):
+With T meta-train tasks on W ranks (:func:`largemeta.train.layout.layout`):
 
 * **W ≤ T** — tasks are dealt round-robin (rank r holds tasks r, r + W, …), each on one rank: the task
   sharding of earlier versions, unchanged.
@@ -45,85 +45,31 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from largemeta.core.algorithms import Algorithm
 from largemeta.core.runner import Executor, TaskGradients, TaskRunner, loop_gradients
 from largemeta.errors import UserError
 from largemeta.models.sync_batchnorm import convert_batchnorm
+from largemeta.train.layout import Layout, valid_world_sizes
 
 
-def valid_world_sizes(tasks: int) -> str:
-    """The world sizes that can serve ``tasks`` tasks, in words."""
-    small = f"1..{tasks}" if tasks > 1 else "1"
-    return f"{small} (tasks spread over ranks) or a multiple of {tasks}: {2 * tasks}, {3 * tasks}, ..."
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where the tasks live: ``tasks`` meta-train tasks on ``world`` ranks, seen from ``rank``."""
-
-    tasks: int
-    world: int
-    rank: int
-
-    @property
-    def group_size(self) -> int:
-        """G: ranks per task (1 unless there are more ranks than tasks)."""
-        return self.world // self.tasks if self.world > self.tasks else 1
-
-    @property
-    def mine(self) -> list[int]:
-        """Global indices of this rank's tasks."""
-        g = self.group_size
-        return list(range(self.rank, self.tasks, self.world)) if g == 1 else [self.rank // g]
-
-    @property
-    def part(self) -> int:
-        """This rank's index within its tasks' group (0: the leader, which writes their checkpoint state)."""
-        return self.rank % self.group_size
-
-    @property
-    def leader(self) -> bool:
-        return self.part == 0
-
-    def ranks(self, task: int) -> list[int]:
-        """The ranks that serve ``task``."""
-        g = self.group_size
-        return [task % self.world] if g == 1 else list(range(task * g, task * g + g))
-
-
-def layout(tasks: int, rank: int, world: int) -> Layout:
-    """The :class:`Layout` of ``tasks`` tasks on ``world`` ranks; a one-line UserError for a world size that
-    cannot serve them."""
-    if tasks < 1:
-        raise UserError("no meta-train tasks to spread over ranks")
-    if world > tasks and world % tasks:
-        raise UserError(
-            f"{world} ranks cannot serve {tasks} meta-train tasks in equal groups "
-            f"(valid world sizes: {valid_world_sizes(tasks)})"
-        )
-    return Layout(tasks, world, rank)
-
-
-def check_config(cfg: Any, lay: Layout, meta_gradient: str | None) -> None:
+def check_config(cfg: Any, lay: Layout, algo: Algorithm) -> None:
     """Refuse, in one line and on every rank alike, what a task served by several ranks cannot do."""
     g = lay.group_size
     if g == 1:
         return
-    why = f"with {lay.world} ranks for {lay.tasks} tasks each task is served by {g} ranks"
+    why = f"with {lay.world} ranks for {lay.slots} tasks each task is served by {g} ranks"
     if cfg.batch_size % g:
         raise UserError(
             f"batch_size {cfg.batch_size} does not split over {g} ranks ({why}): use a multiple of {g}, "
-            f"or another world size ({valid_world_sizes(lay.tasks)})"
+            f"or another world size ({valid_world_sizes(lay.slots)})"
         )
     if cfg.executor not in ("loop", "channels_last", "autocast", "channels_last+autocast"):
         raise UserError(
             f"executor {cfg.executor!r} runs one rank's tasks together; {why}: "
             "use loop, channels_last, autocast or channels_last+autocast"
         )
-    if meta_gradient == "imaml":
-        raise UserError(
-            f"imaml's conjugate-gradient solve uses one rank's Hessian-vector products; {why}: "
-            f"use at most {lay.tasks} ranks"
-        )
+    if not algo.task_groups:
+        raise UserError(f"{algo.name} {algo.why_not_task_groups}; {why}: use at most {lay.slots} ranks")
     if cfg.shift_error_every:
         raise UserError(f"shift_error_every replays one rank's slice of the batch; {why}: set it to 0")
 
@@ -214,7 +160,7 @@ def task_groups(lay: Layout, timeout_s: float) -> Any:
     if lay.group_size == 1:
         return None
     mine = None
-    for task in range(lay.tasks):
+    for task in range(lay.slots):
         group = dist.new_group(lay.ranks(task), timeout=timedelta(seconds=timeout_s))
         if task == lay.mine[0]:
             mine = group

@@ -86,3 +86,25 @@ class JointLearner:
                 mine[k].copy_(v)
         self.head_states = copy.deepcopy(state["inner_states"])
         self.body_state = copy.deepcopy(state["body_state"])
+
+    # one checkpoint entry at a time, as MetaLearner's
+    def shared_state_dict(self) -> dict[str, Any]:
+        """step, phi and the body's optimizer state."""
+        return {"step": self.step, "phi": clone(self.phi), "body_state": copy.deepcopy(self.body_state)}
+
+    @torch.no_grad()
+    def load_shared_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        for k, v in state["phi"].items():
+            self.phi[k].copy_(v)
+        self.body_state = copy.deepcopy(state["body_state"])
+
+    def task_state_dict(self, t: int) -> dict[str, Any]:
+        """Task t's head (as ``params``) and its optimizer state (``meta``: none)."""
+        return {"params": clone(self.heads[t]), "inner_state": copy.deepcopy(self.head_states[t]), "meta": {}}
+
+    @torch.no_grad()
+    def load_task_state_dict(self, t: int, state: dict[str, Any]) -> None:
+        for k, v in state["params"].items():
+            self.heads[t][k].copy_(v)
+        self.head_states[t] = copy.deepcopy(state["inner_state"])

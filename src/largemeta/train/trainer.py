@@ -7,40 +7,44 @@
         trainer.close()
 
 :mod:`largemeta.train.build` builds the run (device, process group, tasks, learner, executor),
-:mod:`largemeta.train.state` lays out its checkpoint; this module owns the run folder (:mod:`largemeta.runs`)
-and the loop: steps, non-finite guards, metrics lines, TensorBoard events, checkpoints, preemption.
+:mod:`largemeta.train.checkpoint` saves and restores its checkpoint; this module owns the run folder
+(:mod:`largemeta.runs`) and the loop: steps, non-finite guards, metrics lines, TensorBoard events,
+checkpoints, preemption.
 
 The run folder is claimed (checked, then locked for the life of the trainer) before anything is written, and
-nothing is written until the run is built. The checkpoint holds the resolved config and the run's identity;
-``resume=True`` continues it only when ``cfg`` differs from the checkpoint's config in resumable keys alone.
+nothing is written until the run is built; :mod:`largemeta.train.run_folder` holds the policy (``resume=True``
+continues the checkpoint only when ``cfg`` differs from its config in resumable keys alone).
 SIGTERM or SIGINT during :meth:`Trainer.run` finishes the current step, writes a checkpoint and raises
 :class:`largemeta.errors.Preempted`. Under torchrun each rank serves its tasks (or a slice of one task's
 batch: :mod:`largemeta.train.groups`); rank 0 checks, locks and writes the folder's files, every rank writes
-its own part of each checkpoint (:mod:`largemeta.train.sharded_state`), and every decision that ends the loop
+its own part of each checkpoint (:mod:`largemeta.train.checkpoint`), and every decision that ends the loop
 (a signal, a non-finite value) is agreed by all ranks after the same step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from largemeta import runs, sharded_checkpoint, signals
+from largemeta import signals
 from largemeta.errors import Preempted, UserError
 from largemeta.metatest import check_image_size
-from largemeta.runs import CHECKPOINT, CHECKPOINT_NAME, CONFIG, METRICS, TENSORBOARD
-from largemeta.train import distributed, sharded_state
+from largemeta.runs import checkpoint as runs_checkpoint
+from largemeta.runs.checkpoint import CheckpointOnDisk
+from largemeta.runs.names import CHECKPOINT, METRICS, TENSORBOARD
+from largemeta.train import checkpoint, distributed
 from largemeta.train.build import build_run, place
-from largemeta.train.config import RESUMABLE_CHANGES, TrainConfig, diff, from_mapping, save_config
+from largemeta.train.config import TrainConfig
+from largemeta.train.run_folder import open_run_folder, write_records
 
 
 class NonFiniteLoss(UserError):
@@ -58,29 +62,25 @@ class Trainer:
         self.placement = place(cfg)
         self.rank = self.placement.rank
         self.progress = progress and self.rank == 0
-        self.claim: runs.Claim | None = None
         self.identity: dict[str, Any] = {}
         self.checkpoint_step: int | None = None
         """Step of the last checkpoint in the folder (None: none yet)."""
         self.last_record: dict[str, Any] = {}
         self.steps_run = 0
-        try:
-            saved = self._open_folder(resume)
+        with contextlib.ExitStack() as held:  # on a failed start: the folder given back, the group left
+            held.callback(distributed.shutdown)  # no one calls close() on a failed start
+            saved = self._open_folder(resume, held)
             if cfg.tensorboard:
                 _tensorboard_writer_class()  # refuse a missing package before writing anything
             self.run_state = build_run(cfg, self.placement, saved.data_placement if saved else None)
             for spec in {(s.channels, s.image_size): s for s in self.run_state.specs}.values():
                 check_image_size(self.run_state.body, spec.channels, spec.image_size, f"task {spec.name!r}")
             if saved is not None:
-                sharded_state.restore(self.run_state, self.run_dir, saved)
+                checkpoint.restore(self.run_state, saved)
+                self.checkpoint_step = saved.step
             if self.rank == 0:
-                self._write_run_files(saved)
-        except BaseException:
-            if self.claim is not None:
-                self.claim.abandon()
-                self.claim = None
-            distributed.shutdown()  # leave the process group cleanly: no one calls close() on a failed start
-            raise
+                self.last_record = write_records(self.run_dir, cfg, self.identity, saved)
+            self._held = held.pop_all()  # released by close()
 
     @property
     def learner(self):
@@ -91,14 +91,17 @@ class Trainer:
         return self.run_state.tasks
 
     # the run folder ----------------------------------------------------------------------------------------
-    def _open_folder(self, resume: bool) -> sharded_state.Saved | None:
-        """Rank 0 claims the folder and checks the checkpoint; every rank learns the outcome (one line for
-        all, at once, instead of a collective timing out) and, resuming, loads the checkpoint."""
+    def _open_folder(self, resume: bool, held: contextlib.ExitStack) -> CheckpointOnDisk | None:
+        """Rank 0 takes the folder (:func:`~largemeta.train.run_folder.open_run_folder`, its claim entered
+        into ``held``); every rank learns the outcome (one line for all, at once, instead of a collective
+        timing out) and, resuming, reads the checkpoint."""
         saved, failure = None, None
         outcome: tuple[str, int] | None = None
         if self.rank == 0:
             try:
-                saved = self._claim(resume)
+                opened = open_run_folder(self.run_dir, self.cfg, resume)
+                held.enter_context(opened.claim)
+                saved, self.identity = opened.saved, opened.identity
             except BaseException as err:
                 if self.placement.group is None:
                     raise
@@ -112,57 +115,13 @@ class Trainer:
             err.exit_code = outcome[1]
             raise err
         if resume and saved is None:
-            saved = sharded_state.read(self.run_dir)
+            saved = runs_checkpoint.read(self.run_dir)
         return saved
-
-    def _claim(self, resume: bool) -> sharded_state.Saved | None:
-        if not resume:
-            self.claim = runs.claim(self.run_dir, runs.accept_new_run, what="run folder")
-            self.identity = runs.new_identity(self.cfg.algo, self.cfg.seed)
-            return None
-        self.claim = runs.claim(self.run_dir, runs.accept_run, what="run folder", create=False)
-        sharded_checkpoint.sweep(
-            self.run_dir, CHECKPOINT_NAME
-        )  # unfinished checkpoint folders of a killed run
-        saved = sharded_state.read(self.run_dir)
-        self.identity = runs.check_identity(self.run_dir, saved.identity, saved.config)
-        differing = diff(saved.config, self.cfg)
-        if differing:
-            pairs = ", ".join(f"{k}: {saved.config.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in differing)
-            raise UserError(
-                f"--resume with a different config (only {', '.join(RESUMABLE_CHANGES)} may change): {pairs}"
-            )
-        if saved.step > self.cfg.steps:
-            raise UserError(f"--steps {self.cfg.steps} is below the {saved.step} steps already done")
-        self.checkpoint_step = saved.step
-        try:
-            copy: Any = runs.read_config(self.run_dir)
-        except UserError:
-            copy = None
-        if copy is None or diff(copy, from_mapping(saved.config)):  # edited or lost: the checkpoint rules
-            warnings.warn(
-                f"{str(self.run_dir / CONFIG)!r} is not the checkpoint's config (edited or damaged); "
-                f"it is ignored and rewritten from the checkpoint",
-                stacklevel=2,
-            )
-        return saved
-
-    def _write_run_files(self, saved: sharded_state.Saved | None) -> None:
-        """config.json and run.json (copies), and metrics.jsonl cut back to the checkpoint's step."""
-        save_config(self.cfg, self.run_dir / CONFIG)
-        runs.write_identity(self.run_dir, self.identity)
-        if saved is None:
-            (self.run_dir / METRICS).write_text("")
-        else:
-            self.last_record = runs.cut_metrics(self.run_dir / METRICS, saved.step)
 
     def close(self) -> None:
         """Stop the data workers, release the run folder and leave the process group."""
         self.run_state.close()
-        if self.claim is not None:
-            self.claim.release()
-            self.claim = None
-        distributed.shutdown()
+        self._held.close()
 
     # checkpoints -------------------------------------------------------------------------------------------
     def _last_good(self) -> str:
@@ -200,10 +159,10 @@ class Trainer:
                 f"non-finite {where} at step {self.learner.step}; stopped — {self._last_good()}"
             )
         if self.placement.group is None:
-            sharded_state.save(self.run_state, self.run_dir, self.identity)
+            checkpoint.save(self.run_state, self.run_dir, self.identity)
         else:
             distributed.guarded(
-                lambda: sharded_state.save(self.run_state, self.run_dir, self.identity),
+                lambda: checkpoint.save(self.run_state, self.run_dir, self.identity),
                 "writing a checkpoint",
             )
         self.checkpoint_step = self.learner.step
@@ -274,12 +233,12 @@ class Trainer:
     def _preempted(self, step: int) -> Preempted:
         signum = signals.pending()
         what = signals.name(signum) if signum is not None else "a signal on another rank"
-        err = Preempted(
+        return Preempted(
             f"stopped by {what} after step {step} of {self.cfg.steps}; checkpoint written to "
-            f"{str(self.run_dir / CHECKPOINT)!r}; continue with: largemeta train --resume {self.run_dir}"
+            f"{str(self.run_dir / CHECKPOINT)!r}; continue with: largemeta train --resume {self.run_dir}",
+            signal_name=what,
+            step=step,
         )
-        err.step, err.signal = step, what  # type: ignore[attr-defined]
-        return err
 
     def _held_out_accuracy(self) -> list[float]:
         """Each local task's accuracy on the first ``eval_batches`` batches of its held-out split (NaN:

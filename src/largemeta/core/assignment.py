@@ -1,9 +1,10 @@
-"""Task pools: a meta-train pool of N tasks of which M run at a time, drawn afresh for every trajectory.
+"""Which meta-train task runs in which *slot* of a :class:`~largemeta.core.engine.MetaLearner`: a
+:class:`TaskAssignment`.
 
-The paper meta-learns over a fixed list of tasks, all of them in every meta-update; with dozens of datasets a
-trajectory instead draws a few tasks from a pool (the generalisation the paper mentions). A :class:`TaskPool`
-gives a :class:`~largemeta.core.engine.MetaLearner` M *slots*; at the start and at every restart it draws M
-distinct pool tasks and puts one in each slot::
+A learner runs M slots (trajectories). The paper meta-learns over a fixed list of tasks, all of them in every
+meta-update: :class:`Static`, task s in slot s for the whole run — a pool that never redraws. With dozens of
+datasets a trajectory instead draws a few tasks from a pool (the generalisation the paper mentions):
+:class:`TaskPool`, N pool tasks in M slots, drawn afresh at the start and at every restart::
 
     every restart (and at the start):
         drawn = next M tasks of the pool        # seeded; see draw()
@@ -27,20 +28,23 @@ even have its shape). So a slot whose task changes starts a fresh inner state. A
 trajectory stays in its slot and keeps its state exactly as with a fixed task list (where the state is kept
 across restarts unless ``reset_inner_state``).
 
-**Many processes.** Slot s runs on rank ``s % world``; every rank draws the same tasks (same generator),
-so M ≥ world. A task that leaves a slot hands its state to every rank (``exchange``: one all-gather of the
-leaving tasks' small states per restart), so whichever rank draws it next continues it, and rank 0 can
-checkpoint the whole pool.
+**Many processes.** Each rank runs its own slots (``local``: which ones is the caller's layout); every rank
+draws the same tasks (same generator), so M ≥ world. A task that leaves a slot hands its state to every rank
+(``exchange``: one all-gather of the leaving tasks' small states per restart), so whichever rank draws it
+next continues it, and rank 0 can checkpoint the whole pool.
 
-The pool never builds tasks: ``activate(p, state)`` returns pool task p as ``(task, private parameters)``
+An assignment never builds tasks: ``activate(p, state)`` returns task p as ``(task, private parameters)``
 (loading its images, fresh when ``state`` is None) and ``deactivate(p, task, private)`` returns the state to
-keep while it is inactive (and releases what it held, e.g. its images on the device).
+keep while it is inactive (and releases what it held, e.g. its images on the device). It changes the learner
+only through the narrow :class:`Slots` interface (the learner's runner), bound by the learner, and only when
+the learner calls :meth:`TaskAssignment.restart` — one step of the learner's restart sequence. Both kinds are
+*Stateful* (``state_dict`` / ``load_state_dict``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -51,6 +55,67 @@ from largemeta.errors import UserError
 Activate = Callable[[int, Any], "tuple[Task, Params]"]
 Deactivate = Callable[[int, Task, Params], Any]
 Exchange = Callable[[dict[int, Any]], dict[int, Any]]
+
+
+class Slots(Protocol):
+    """What an assignment may change of a learner: the task running in each of this process's slots (by
+    local index), their private parameters, and putting another task in one."""
+
+    tasks: list[Task]
+
+    def private(self, t: int) -> Params: ...
+
+    def assign(self, t: int, task: Task, private: Params) -> None: ...
+
+
+class TaskAssignment(Protocol):
+    """Which task runs in which slot: ``assignment[s]`` is slot s's task (every rank's slots), ``local`` this
+    process's slots. :meth:`start` builds the local slots' first tasks; :meth:`bind` hands it the learner's
+    :class:`Slots`; :meth:`restart` runs at every restart of the learner."""
+
+    size: int
+    assignment: list[int]
+    local: list[int]
+
+    def start(self, step: int = 0) -> tuple[list[Task], list[Params]]: ...
+
+    def bind(self, slots: Slots) -> None: ...
+
+    def restart(self, step: int) -> None: ...
+
+    def log_fields(self, names: Sequence[str]) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Static:
+    """A fixed task list: task s in slot s for the whole run (a pool that never redraws)."""
+
+    def __init__(self, size: int, *, activate: Activate, local: Sequence[int] | None = None) -> None:
+        self.size, self.activate = size, activate
+        self.assignment = list(range(size))
+        self.local = list(range(size)) if local is None else list(local)
+
+    def start(self, step: int = 0) -> tuple[list[Task], list[Params]]:
+        built = [self.activate(s, None) for s in self.local]
+        return [t for t, _ in built], [p for _, p in built]
+
+    def bind(self, slots: Slots) -> None:
+        pass
+
+    def restart(self, step: int) -> None:
+        pass
+
+    def log_fields(self, names: Sequence[str]) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 def check_pool(size: int, per_trajectory: int, world: int = 1) -> None:
@@ -76,10 +141,10 @@ class TaskPool:
         seed: seeds the draw.
         activate: ``activate(p, state_or_None) -> (task, private)``.
         deactivate: ``deactivate(p, task, private) -> state`` (keep it small: it crosses ranks).
-        rank, world: this process's slots are ``rank, rank + world, ...``.
+        local: this process's slots (default: all of them).
         exchange: ``exchange(leaving) -> every rank's leaving`` (an all-gather of dicts); None alone.
 
-    Use: ``tasks, private = pool.start()``, build the learner with them, then ``pool.attach(learner)``.
+    Use: ``tasks, private = pool.start()``, then ``MetaLearner(..., assignment=pool)`` (which binds it).
     """
 
     KEEP_DRAWS = 1000
@@ -92,23 +157,22 @@ class TaskPool:
         seed: int,
         activate: Activate,
         deactivate: Deactivate,
-        rank: int = 0,
-        world: int = 1,
+        local: Sequence[int] | None = None,
         exchange: Exchange | None = None,
     ) -> None:
-        check_pool(size, per_trajectory, world)
+        check_pool(size, per_trajectory)
         self.size, self.per_trajectory = size, per_trajectory
         self.generator = torch.Generator().manual_seed(seed)
         self.queue: list[int] = []
         self.assignment: list[int] = []
-        self.slots = list(range(rank, per_trajectory, world))
+        self.local = list(range(per_trajectory)) if local is None else list(local)
         self.stored: dict[int, Any] = {}
         """The state of every pool task as it left its last slot (inactive tasks' are current)."""
         self.draws: list[tuple[int, list[int]]] = []
         """(step, assignment) of each draw not yet read by :meth:`take_draws`."""
         self.activate, self.deactivate = activate, deactivate
         self.exchange: Exchange = exchange or (lambda leaving: leaving)
-        self.learner: Any = None
+        self.slots: Slots | None = None
 
     # the draw --------------------------------------------------------------------------------------------
     def draw(self) -> list[int]:
@@ -134,50 +198,56 @@ class TaskPool:
         """The first draw: this rank's slot tasks and their private parameters, to build the learner with."""
         self.assignment = self.assign(self.draw())
         self.draws.append((step, list(self.assignment)))
-        built = [self.activate(self.assignment[s], self.stored.get(self.assignment[s])) for s in self.slots]
+        built = [self.activate(self.assignment[s], self.stored.get(self.assignment[s])) for s in self.local]
         return [t for t, _ in built], [p for _, p in built]
 
-    def attach(self, learner: Any) -> None:
-        """Redraw at every restart of ``learner`` (a :class:`~largemeta.core.engine.MetaLearner` built from
-        :meth:`start`'s tasks)."""
-        self.learner = learner
-        learner.controller.on_restart.append(lambda controller: self.redraw())
+    def bind(self, slots: Slots) -> None:
+        """The learner's slots (built from :meth:`start`'s tasks), which :meth:`restart` refills."""
+        self.slots = slots
 
-    def private(self, local: int) -> Params:
-        """The private parameters of this rank's ``local``-th slot (its θ without φ's keys)."""
-        run = self.learner.runner
-        return {k: v for k, v in run.params[local].items() if k not in run.phi}
+    def _bound(self) -> Slots:
+        if self.slots is None:
+            raise RuntimeError("the task pool is not bound to a learner (MetaLearner(..., assignment=pool))")
+        return self.slots
 
-    def redraw(self) -> None:
-        """Draw the next trajectory's tasks and swap the changed slots (a restart hook: shared parameters are
+    def restart(self, step: int) -> None:
+        """Draw the next trajectory's tasks and swap the changed slots (the learner's shared parameters are
         φ already)."""
         new = self.assign(self.draw())
         self._leave(new)
         self._swap(new)
-        self.draws.append((self.learner.step, list(new)))
+        self.draws.append((step, list(new)))
         del self.draws[: -self.KEEP_DRAWS]  # unread (ranks other than 0 never read them): keep the last ones
 
     def _leave(self, new: list[int]) -> None:
         """Keep the state of every rank's tasks that leave their slot for ``new`` (one exchange)."""
-        run = self.learner.runner
+        slots = self._bound()
         leaving = {}
-        for local, s in enumerate(self.slots):
+        for local, s in enumerate(self.local):
             if new[s] != self.assignment[s]:
                 p = self.assignment[s]
-                leaving[p] = self.deactivate(p, run.tasks[local], self.private(local))
+                leaving[p] = self.deactivate(p, slots.tasks[local], slots.private(local))
         self.stored.update(self.exchange(leaving))
 
     def _swap(self, new: list[int], *, all_slots: bool = False) -> None:
-        run = self.learner.runner
-        for local, s in enumerate(self.slots):
+        slots = self._bound()
+        for local, s in enumerate(self.local):
             if all_slots or new[s] != self.assignment[s]:
-                old = run.tasks[local]
+                old = slots.tasks[local]
                 task, private = self.activate(new[s], self.stored.get(new[s]))
                 if hasattr(old, "memory_format") and hasattr(task, "memory_format"):
                     # an executor's choice of input format (channels-last) carries over to the new task
                     task.memory_format = old.memory_format
-                run.assign(local, task, private)
+                slots.assign(local, task, private)
         self.assignment = list(new)
+
+    def log_fields(self, names: Sequence[str]) -> dict[str, Any]:
+        """For a metrics line: the active tasks (slot order) and the draws since the last call."""
+        out: dict[str, Any] = {"active_tasks": [names[p] for p in self.assignment]}
+        draws = self.take_draws()
+        if draws:
+            out["draws"] = [{"step": step, "tasks": [names[p] for p in drawn]} for step, drawn in draws]
+        return out
 
     def take_draws(self) -> list[tuple[int, list[int]]]:
         """The draws since the last call: ``(step, pool task of each slot)``."""
@@ -193,21 +263,22 @@ class TaskPool:
             "assignment": list(self.assignment),
         }
 
-    def load_state_dict(self, state: dict[str, Any], tasks: list[Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the draw and the assignment, and put every slot's saved task back with its saved state
-        (``tasks[p]``: pool task p's state, None if it was never drawn); the slots' parameters and inner
-        states are the learner's to load after this."""
-        if len(tasks) != self.size or len(state["assignment"]) != self.per_trajectory:
+        (:attr:`stored`, which the caller has filled with the saved pool tasks' states first); the slots'
+        parameters and inner states are the learner's to load after this."""
+        if len(state["assignment"]) != self.per_trajectory or any(
+            not 0 <= int(p) < self.size for p in state["assignment"]
+        ):
             raise UserError(
-                f"checkpoint pool of {len(tasks)} tasks, {len(state['assignment'])} per trajectory does not "
-                f"fit this run's {self.size}, {self.per_trajectory}"
+                f"checkpoint pool assignment {list(state['assignment'])} does not fit this run's pool of "
+                f"{self.size} tasks, {self.per_trajectory} per trajectory"
             )
         self.generator.set_state(state["generator"])
         self.queue = [int(p) for p in state["queue"]]
-        self.stored = {p: s for p, s in enumerate(tasks) if s is not None}
-        run = self.learner.runner
-        for local, _ in enumerate(self.slots):  # what runs now is replaced whole: release it
-            p = self.assignment[self.slots[local]]
-            self.deactivate(p, run.tasks[local], self.private(local))
+        slots = self._bound()
+        for local, s in enumerate(self.local):  # what runs now is replaced whole: release it
+            p = self.assignment[s]
+            self.deactivate(p, slots.tasks[local], slots.private(local))
         self._swap([int(p) for p in state["assignment"]], all_slots=True)
         self.draws = []

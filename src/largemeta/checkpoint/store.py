@@ -1,4 +1,5 @@
-"""Sharded checkpoints over ``torch.distributed.checkpoint`` (DCP): every rank writes what it owns.
+"""The sharded checkpoint store (format ``largemeta-sharded-checkpoint-v2``) over
+``torch.distributed.checkpoint`` (DCP): every rank writes what it owns.
 
 A checkpoint is a set of named *entries* (any nest of dicts, lists, tuples, tensors, numbers and strings);
 each entry is written by exactly one rank, the one that owns it, and read back by whichever ranks need it —
@@ -8,20 +9,18 @@ on any number of ranks, or in one process without a process group. On disk, in a
     ROOT/checkpoint-00000040/          one DCP checkpoint: .metadata + one __R_0.distcp file per writing rank
     ROOT/.checkpoint-00000044.tmp/     a checkpoint being written (swept away at the next start)
 
-**Format.** An entry becomes one DCP tensor per tensor it holds (``ENTRY/0``, ``ENTRY/1``, …; tensors of
-at most 64 KiB are packed, one ``ENTRY/pack-DTYPE`` tensor per dtype) and a *skeleton* — its structure, every
-non-tensor value and where each packed tensor lies, as JSON, stored as a uint8 tensor ``ENTRY/skeleton``.
-So the DCP checkpoint holds tensors only (no pickled "bytes" items). The manifest (JSON) holds the format,
-the step, the caller's run record (``info``), the entries and who wrote them, and the sha256 and size of
-every file of the folder, plus a sha256 of itself.
+**Format.** Each entry is stored as tensors only (:mod:`largemeta.checkpoint.entries`: its tensors, packs
+of its small ones, and a JSON skeleton), so the DCP checkpoint holds no pickled "bytes" items. The manifest
+(JSON) holds the format, the step, the caller's run record (``info``), the entries and who wrote them, and
+the sha256 and size of every file of the folder, plus a sha256 of itself.
 
 **Atomic.** Ranks write into the temporary folder (DCP fsyncs every file); after DCP's own completion round,
 each rank hashes the files it wrote and sends the digests to rank 0, which hashes ``.metadata``, fsyncs the
-folder, renames it to its final name, and only then replaces the manifest (``checkpoint.atomic_write``:
-temporary file, fsync, rename, fsync of the folder). The manifest is the commit point: a kill -9 at any
-moment leaves the previous manifest naming the previous, complete folder, which is deleted only after the
-new manifest is in place. Left-overs (a temporary folder, a renamed folder that never got its manifest)
-are removed by :func:`sweep`.
+folder, renames it to its final name, and only then replaces the manifest
+(:func:`largemeta.files.atomic_write`: temporary file, fsync, rename, fsync of the folder). The manifest is
+the commit point: a kill -9 at any moment leaves the previous manifest naming the previous, complete folder,
+which is deleted only after the new manifest is in place. Left-overs (a temporary folder, a renamed folder
+that never got its manifest) are removed by :func:`sweep`.
 
 **Integrity.** Before anything of a folder is read, the manifest's own sha256 is checked, then the sha256 of
 ``.metadata`` and of every data file the read will touch (a rank reads only the files that hold its
@@ -60,131 +59,26 @@ from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 
-from largemeta.checkpoint import atomic_write
+from largemeta.checkpoint.entries import SKELETON, flatten, own_names, unflatten
 from largemeta.errors import UserError
-from largemeta.files import sha256_file
+from largemeta.files import atomic_write, fsync_folder, sha256_file
 
 FORMAT = "largemeta-sharded-checkpoint-v2"
 METADATA = ".metadata"
-SKELETON = "skeleton"
-PACK_BYTES = 64 << 10
-"""Tensors up to this size are packed, per dtype, into one DCP tensor per entry (DCP's cost per item is a
-few hundred microseconds; a model has hundreds of small tensors — biases, BatchNorm, step counters)."""
+MANIFEST = "checkpoint.json"
+"""The manifest's name in its folder: the commit point and the pointer to the checkpoint's own folder."""
+FOLDER = re.compile(r"^\.?checkpoint-\d{8,}(\.tmp)?$")
+"""A checkpoint's folder (``checkpoint-NNNNNNNN``), or one being written (``.checkpoint-NNNNNNNN.tmp``)."""
 _NO_DIST_WARNING = r"torch\.distributed is disabled, unavailable or uninitialized"
-_ENTRY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 
-# ----------------------------------------------------------------------------------------------- names
-def manifest_path(root: Path, name: str = "checkpoint") -> Path:
-    return Path(root) / f"{name}.json"
+def _folder_name(step: int) -> str:
+    return f"checkpoint-{step:08d}"
 
 
-def _folder_name(name: str, step: int) -> str:
-    return f"{name}-{step:08d}"
-
-
-def _folder_pattern(name: str) -> re.Pattern[str]:
-    return re.compile(rf"^\.?{re.escape(name)}-\d{{8,}}(\.tmp)?$")
-
-
-def exists(root: Path, name: str = "checkpoint") -> bool:
+def exists(root: Path) -> bool:
     """Whether ``root`` holds a sharded checkpoint (its manifest)."""
-    return manifest_path(root, name).is_file()
-
-
-# ------------------------------------------------------------------------------------- entry encoding
-def encode(value: Any, tensors: list[torch.Tensor]) -> Any:
-    """The JSON skeleton of ``value``; its tensors are appended to ``tensors`` (referenced by index)."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() == 0:  # nothing to store: shape and dtype are enough
-            return {"e": [list(value.shape), str(value.dtype).removeprefix("torch.")]}
-        tensors.append(value)
-        return {"t": len(tensors) - 1}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return {"v": value}
-    if isinstance(value, Mapping):
-        for k in value:
-            if isinstance(k, bool) or not isinstance(k, (str, int)):
-                raise TypeError(f"checkpoint dict keys must be str or int, got {k!r}")
-        return {"d": [[k, encode(v, tensors)] for k, v in value.items()]}
-    if isinstance(value, (list, tuple)):
-        return {"l" if isinstance(value, list) else "u": [encode(v, tensors) for v in value]}
-    raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint")
-
-
-def decode(skeleton: Any, tensors: Mapping[int, torch.Tensor]) -> Any:
-    """Inverse of :func:`encode` (``tensors[i]`` is the i-th tensor)."""
-    if not isinstance(skeleton, dict) or len(skeleton) != 1:
-        raise ValueError(f"bad skeleton node {str(skeleton)[:60]}")
-    ((kind, body),) = skeleton.items()
-    if kind == "t":
-        return tensors[int(body)]
-    if kind == "v":
-        if body is not None and not isinstance(body, (bool, int, float, str)):
-            raise ValueError("bad skeleton value")
-        return body
-    if kind == "e":
-        shape, dtype = body
-        if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
-            raise ValueError(f"bad dtype {dtype!r}")
-        return torch.empty([int(s) for s in shape], dtype=getattr(torch, dtype))
-    if kind == "d":
-        return {k: decode(v, tensors) for k, v in body}
-    if kind in ("l", "u"):
-        items = [decode(v, tensors) for v in body]
-        return items if kind == "l" else tuple(items)
-    raise ValueError(f"bad skeleton kind {kind!r}")
-
-
-def _owned(t: torch.Tensor) -> torch.Tensor:
-    """A detached, contiguous CPU tensor with its own storage (torch.save writes a view's whole storage)."""
-    t = t.detach().to("cpu").contiguous()
-    if t.untyped_storage().nbytes() != t.numel() * t.element_size() or t.storage_offset():
-        t = t.clone()
-    return t
-
-
-def _flat_entries(entries: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    flat: dict[str, torch.Tensor] = {}
-    for entry, value in entries.items():
-        if not _ENTRY.match(entry):
-            raise ValueError(
-                f"bad checkpoint entry name {entry!r} (words of letters, digits, _ . - joined by /)"
-            )
-        tensors: list[torch.Tensor] = []
-        tree = encode(value, tensors)
-        small: dict[torch.dtype, list[int]] = {}
-        for i, t in enumerate(tensors):
-            if t.numel() * t.element_size() <= PACK_BYTES:
-                small.setdefault(t.dtype, []).append(i)
-            else:
-                flat[f"{entry}/{i}"] = _owned(t)
-        packed: dict[str, list[Any]] = {}
-        for dtype, members in small.items():
-            name, offset = str(dtype).removeprefix("torch."), 0
-            for i in members:
-                packed[str(i)] = [name, offset, list(tensors[i].shape)]
-                offset += tensors[i].numel()
-            flat[f"{entry}/pack-{name}"] = torch.cat([tensors[i].detach().cpu().reshape(-1) for i in members])
-        text = json.dumps({"tree": tree, "packed": packed}, separators=(",", ":")).encode()
-        flat[f"{entry}/{SKELETON}"] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
-    return flat
-
-
-def _unpack(doc: Any, flat: Mapping[str, torch.Tensor], key: str, own: re.Pattern[str]) -> Any:
-    """An entry from its skeleton document, its own tensors and its packs."""
-    tensors: dict[int, torch.Tensor] = {}
-    for fqn, t in flat.items():
-        m = own.match(fqn)
-        if m and m.group(1).isdigit():
-            tensors[int(m.group(1))] = t
-    for i, (dtype, offset, shape) in doc["packed"].items():
-        pack = flat[f"{key}/pack-{dtype}"]
-        n = torch.Size(shape).numel()
-        if not 0 <= int(offset) <= int(offset) + n <= pack.numel():
-            raise ValueError(f"packed tensor {i} lies outside its pack")
-        tensors[int(i)] = pack[int(offset) : int(offset) + n].view(shape).clone()
-    return decode(doc["tree"], tensors)
+    return (Path(root) / MANIFEST).is_file()
 
 
 # -------------------------------------------------------------------------------------- safe metadata
@@ -281,14 +175,6 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # -------------------------------------------------------------------------------------------- save
 def _rank(group: Any) -> int:
     return dist.get_rank(group) if group is not None else 0
@@ -312,7 +198,6 @@ def save(
     *,
     info: Mapping[str, Any] | None = None,
     group: Any = None,
-    name: str = "checkpoint",
 ) -> None:
     """Write checkpoint ``step`` of ``root``: a collective over ``group`` (every rank calls it with the
     entries it owns; entry names must be unique over all ranks); without a group, one process writes all.
@@ -323,9 +208,9 @@ def save(
     """
     root = Path(root)
     rank = _rank(group)
-    tmp = root / f".{_folder_name(name, step)}.tmp"
-    final = root / _folder_name(name, step)
-    flat = _flat_entries(entries)
+    tmp = root / f".{_folder_name(step)}.tmp"
+    final = root / _folder_name(step)
+    flat = flatten(entries)
     writer = _Writer(tmp)
     try:
         with warnings.catch_warnings():
@@ -356,7 +241,7 @@ def save(
     outcome: list[Any] = [None]
     if rank == 0:
         try:
-            _publish(root, name, step, tmp, final, pieces, info or {})
+            _publish(root, step, tmp, final, pieces, info or {})
         except UserError as err:
             outcome[0] = str(err)
     if group is not None:
@@ -366,7 +251,7 @@ def save(
 
 
 def _publish(
-    root: Path, name: str, step: int, tmp: Path, final: Path, pieces: list[Any], info: Mapping[str, Any]
+    root: Path, step: int, tmp: Path, final: Path, pieces: list[Any], info: Mapping[str, Any]
 ) -> None:
     """Rank 0: complete the manifest, move the folder into place, swap the manifest, drop the old folder."""
     files: dict[str, Any] = {}
@@ -381,11 +266,11 @@ def _publish(
         owners.update(entries)
     try:
         files[METADATA] = {"sha256": sha256_file(tmp / METADATA), "bytes": (tmp / METADATA).stat().st_size}
-        _fsync_dir(tmp)
+        fsync_folder(tmp)
         if final.exists():  # a folder renamed by an attempt killed before its manifest: never published
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_folder(root)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(
@@ -401,25 +286,25 @@ def _publish(
     }
     manifest["sha256"] = hashlib.sha256(_canonical(manifest)).hexdigest()
     text = json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n"
-    atomic_write(manifest_path(root, name), lambda fh: fh.write(text))  # the commit point
+    atomic_write(root / MANIFEST, lambda fh: fh.write(text))  # the commit point
     for old in root.iterdir():
-        if old != final and old.is_dir() and _folder_pattern(name).match(old.name):
+        if old != final and old.is_dir() and FOLDER.match(old.name):
             shutil.rmtree(old, ignore_errors=True)
 
 
-def sweep(root: Path, name: str = "checkpoint") -> list[str]:
+def sweep(root: Path) -> list[str]:
     """Remove folders of unfinished checkpoints (temporary ones, and any not named by the manifest); returns
     their names. Call it before the first save of a run, on one rank, while no save is under way."""
     root = Path(root)
     keep = None
-    if exists(root, name):
+    if exists(root):
         try:
-            keep = json.loads(manifest_path(root, name).read_text()).get("folder")
+            keep = json.loads((root / MANIFEST).read_text()).get("folder")
         except (OSError, ValueError, AttributeError):
             return []  # a damaged manifest: leave everything for the user to inspect
     removed = []
     for path in root.iterdir() if root.is_dir() else ():
-        if path.is_dir() and path.name != keep and _folder_pattern(name).match(path.name):
+        if path.is_dir() and path.name != keep and FOLDER.match(path.name):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
     return removed
@@ -437,10 +322,18 @@ class Manifest:
     entries: dict[str, int]
     files: dict[str, dict[str, Any]]
 
+    @property
+    def path(self) -> Path:
+        return self.root / MANIFEST
 
-def read_manifest(root: Path, name: str = "checkpoint") -> Manifest:
+    def load(self, keys: Iterable[str] | None = None) -> dict[str, Any]:
+        """The entries ``keys`` (default: all), on the CPU (see :func:`load`)."""
+        return _load(self, keys)
+
+
+def read_manifest(root: Path) -> Manifest:
     """The manifest of ``root``'s checkpoint, its own sha256 checked (UserError when absent or damaged)."""
-    path = manifest_path(root, name)
+    path = Path(root) / MANIFEST
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist")
     try:
@@ -455,7 +348,7 @@ def read_manifest(root: Path, name: str = "checkpoint") -> Manifest:
     if hashlib.sha256(_canonical(body)).hexdigest() != raw.get("sha256"):
         raise UserError(f"checkpoint {str(path)!r} is corrupt (sha256 mismatch: truncated or altered)")
     folder = str(raw.get("folder", ""))
-    if Path(folder).name != folder or not _folder_pattern(name).match(folder) or folder.startswith("."):
+    if Path(folder).name != folder or not FOLDER.match(folder) or folder.startswith("."):
         raise UserError(f"checkpoint {str(path)!r} names a folder outside its run folder: {folder!r}")
     files = raw.get("files")
     if not isinstance(files, dict) or METADATA not in files:
@@ -487,22 +380,19 @@ def read_metadata(manifest: Manifest) -> dcp_metadata.Metadata:
     return parse_metadata(path.read_bytes(), str(path))
 
 
-def load(
-    root: Path,
-    keys: Iterable[str] | None = None,
-    *,
-    manifest: Manifest | None = None,
-    name: str = "checkpoint",
-) -> dict[str, Any]:
+def load(root: Path, keys: Iterable[str] | None = None) -> dict[str, Any]:
     """The entries ``keys`` (default: all) of ``root``'s checkpoint, on the CPU. Reads only the files that
     hold them, each verified first; needs no process group (every rank reads on its own)."""
-    manifest = manifest or read_manifest(root, name)
+    return _load(read_manifest(root), keys)
+
+
+def _load(manifest: Manifest, keys: Iterable[str] | None) -> dict[str, Any]:
     wanted = list(manifest.entries) if keys is None else list(keys)
     missing = [k for k in wanted if k not in manifest.entries]
     if missing:
         raise UserError(f"checkpoint {str(manifest.folder)!r} has no entry {missing[0]!r}")
     metadata = read_metadata(manifest)
-    own = {k: re.compile(rf"^{re.escape(k)}/(\d+|{SKELETON}|pack-[a-z0-9]+)$") for k in wanted}
+    own = {k: own_names(k) for k in wanted}
     fqns = [f for f in metadata.state_dict_metadata if any(p.match(f) for p in own.values())]
     needed = set(fqns)
     for relative in sorted(
@@ -543,8 +433,7 @@ def load(
         if skeleton_key not in flat:
             raise UserError(f"checkpoint {str(manifest.folder)!r} lacks the structure of entry {key!r}")
         try:
-            doc = json.loads(flat[skeleton_key].numpy().tobytes())
-            out[key] = _unpack(doc, flat, key, own[key])
+            out[key] = unflatten(key, flat)
         except (ValueError, KeyError, TypeError) as err:
             raise UserError(
                 f"checkpoint {str(manifest.folder)!r}: entry {key!r} is malformed ({err})"

@@ -1,0 +1,162 @@
+"""What a training run's checkpoint holds, and reading it back from a run folder in either format.
+
+A run's checkpoint is a set of named entries (:mod:`largemeta.checkpoint`) plus the run's description
+(``info``)::
+
+    "shared"        the learner's state common to all tasks: step, φ, the outer optimizer (joint training:
+                    the body's optimizer state)
+    "task/<i>"      meta-train task i (index in the config's task list): "params" (θ: shared keys and head),
+                    "inner_state", "meta" (what the meta-gradient accumulated along the trajectory, e.g.
+                    Leap's path) and "task" (sampler and BatchNorm state)
+  with a task pool (tasks_per_trajectory > 0), instead of "task/<i>":
+    "slot/<s>"      slot s's trajectory: "params", "inner_state", "meta"
+    "pooltask/<p>"  pool task p's own state: "private" (its head), "task"; absent while never drawn
+    "pool"          the draw: generator, queue, assignment (each slot's pool task)
+
+    info: config (the resolved config), identity (run id, algorithm, seed), task_names, world (ranks that
+          wrote it), data_placement
+
+:func:`read` locates and checks the latest checkpoint of a run folder — the sharded manifest
+(``largemeta-sharded-checkpoint-v2``), else version 0.1's ``checkpoint.pt`` (``largemeta-checkpoint-v1``),
+converted on the way in to the same entries — without loading its tensors; :meth:`CheckpointOnDisk.load`
+then reads the entries a caller needs. Who writes and loads which entry is the trainer's
+(:mod:`largemeta.train.checkpoint`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from largemeta.checkpoint import legacy, store
+from largemeta.errors import UserError
+from largemeta.runs.names import CHECKPOINT, LEGACY_CHECKPOINT, RUN
+
+SHARED = "shared"
+POOL = "pool"
+POOL_TASK = "pooltask/"
+
+
+def task_entry(index: int) -> str:
+    return f"task/{index}"
+
+
+def slot_entry(slot: int) -> str:
+    return f"slot/{slot}"
+
+
+def pool_task_entry(task: int) -> str:
+    return f"{POOL_TASK}{task}"
+
+
+@dataclass(frozen=True)
+class CheckpointOnDisk:
+    """A run folder's latest checkpoint, located and checked, not loaded yet: what it records (``step``,
+    ``info``, the names of its ``entries``) is read without its tensors."""
+
+    path: Path
+    format: str
+    """``largemeta-sharded-checkpoint-v2``, or ``largemeta-checkpoint-v1`` (version 0.1's single file)."""
+    step: int
+    info: dict[str, Any]
+    entries: tuple[str, ...]
+    _load: Callable[[list[str]], dict[str, Any]]
+
+    def load(self, keys: Iterable[str] | None = None) -> dict[str, Any]:
+        """The entries ``keys`` (default: all), on the CPU; only the files holding them are read."""
+        return self._load(list(self.entries) if keys is None else list(keys))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.info["config"]
+
+    @property
+    def identity(self) -> dict[str, Any] | None:
+        return self.info.get("identity")
+
+    @property
+    def data_placement(self) -> str | None:
+        return self.info.get("data_placement")
+
+    @property
+    def pooled(self) -> bool:
+        """Whether a task pool wrote it."""
+        return POOL in self.entries
+
+    def check_fits(self, task_names: list[str], pooled: bool) -> None:
+        """A one-line error unless the checkpoint holds these meta-train tasks, with a pool or without one as
+        the run has."""
+        if self.info.get("task_names") != task_names:
+            raise UserError(
+                f"checkpoint tasks {self.info.get('task_names')} do not match the config's {task_names}"
+            )
+        if pooled != self.pooled:
+            had = "with" if self.pooled else "without"
+            raise UserError(
+                f"the checkpoint was written {had} a task pool (tasks_per_trajectory); this run differs"
+            )
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run folder holds a checkpoint (either format)."""
+    return (Path(run_dir) / CHECKPOINT).is_file() or (Path(run_dir) / LEGACY_CHECKPOINT).is_file()
+
+
+def no_checkpoint(run_dir: Path) -> UserError:
+    """The one-line error for a folder with no checkpoint to resume or read."""
+    if not Path(run_dir).is_dir():
+        return UserError(f"run folder {str(run_dir)!r} does not exist")
+    if (Path(run_dir) / RUN).is_file():
+        return UserError(
+            f"{str(run_dir)!r} has no checkpoint yet: its run stopped before writing one; "
+            f"start it again with --out {run_dir}"
+        )
+    return UserError(f"{str(run_dir)!r} is not a run folder: no {CHECKPOINT} there")
+
+
+def read(run_dir: Path) -> CheckpointOnDisk:
+    """The run folder's checkpoint: the sharded manifest (verified), else a version-0.1 ``checkpoint.pt``
+    (read whole and converted to entries); checked to record what a run's checkpoint records (a one-line
+    error otherwise, naming the file)."""
+    run_dir = Path(run_dir)
+    if store.exists(run_dir):
+        manifest = store.read_manifest(run_dir)
+        on_disk = CheckpointOnDisk(
+            manifest.path, store.FORMAT, manifest.step, manifest.info, tuple(manifest.entries), manifest.load
+        )
+    elif (run_dir / LEGACY_CHECKPOINT).is_file():
+        path = run_dir / LEGACY_CHECKPOINT
+        step, info, entries = legacy.read(path)
+        on_disk = CheckpointOnDisk(
+            path, legacy.FORMAT, step, info, tuple(entries), lambda keys: _pick(entries, keys, path)
+        )
+    else:
+        raise no_checkpoint(run_dir)
+    for key, kind in (("config", dict), ("task_names", list)):
+        if not isinstance(on_disk.info.get(key), kind):
+            raise UserError(
+                f"checkpoint {str(on_disk.path)!r} is incomplete: {key} is missing or not a {kind.__name__} "
+                "(not a whole largemeta checkpoint)"
+            )
+    if "identity" in on_disk.info and not isinstance(on_disk.info["identity"], dict):
+        raise UserError(f"checkpoint {str(on_disk.path)!r} is incomplete: its identity is not a mapping")
+    if SHARED not in on_disk.entries:
+        raise UserError(
+            f"checkpoint {str(on_disk.path)!r} is incomplete: {SHARED} is missing (not a whole checkpoint)"
+        )
+    return on_disk
+
+
+def _pick(entries: dict[str, Any], keys: list[str], path: Path) -> dict[str, Any]:
+    missing = [k for k in keys if k not in entries]
+    if missing:
+        raise UserError(f"checkpoint {str(path)!r} has no entry {missing[0]!r}")
+    return {k: entries[k] for k in keys}
+
+
+def read_phi(run_dir: Path) -> tuple[CheckpointOnDisk, dict[str, Any]]:
+    """A run folder's checkpoint and its φ (the ``phi`` of entry "shared"), without the tasks' entries."""
+    on_disk = read(run_dir)
+    return on_disk, on_disk.load([SHARED])[SHARED]["phi"]

@@ -1,0 +1,140 @@
+"""φ as a file: reading it from a run folder (its checkpoint) or an export, and the export format both ways.
+
+An *export* (``largemeta export``) is a ``.safetensors`` file of the body's state dict — φ and fresh BatchNorm
+statistics — whose metadata says ``format`` = ``largemeta-phi`` (:data:`FORMAT`), and records ``config``
+(the resolved config, JSON), ``model``, ``step`` and ``in_channels``. :func:`is_export` and the reader decide
+"is an export" by the same ``format`` key. :func:`fit_to_body` is the one check that a φ fits a body, tensor
+by tensor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from largemeta.core.params import Params
+from largemeta.errors import UserError
+from largemeta.files import atomic_write
+from largemeta.runs import checkpoint
+
+FORMAT = "largemeta-phi"
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as fh:
+        return fh.metadata() or {}
+
+
+def is_export(path: Path) -> bool:
+    """Whether ``path`` is a file ``largemeta export`` wrote (its metadata's ``format``)."""
+    try:
+        return _metadata(path).get("format") == FORMAT
+    except (SafetensorError, OSError):
+        return False
+
+
+def write_export(
+    path: Path, tensors: Params, *, config: dict[str, Any], model: str, step: int | None, in_channels: int
+) -> None:
+    """Write an export atomically (see the module docstring for what it records)."""
+    meta = {
+        "format": FORMAT,
+        "model": model,
+        "step": str(step),
+        "in_channels": str(in_channels),
+        "config": json.dumps(config),
+    }
+    payload = safetensors_bytes(tensors, metadata=meta)
+    atomic_write(path, lambda fh: fh.write(payload))
+
+
+@dataclass(frozen=True)
+class TrainedWeights:
+    """φ read from a run folder or an exported file, and the config of the run that trained it."""
+
+    source: str
+    phi: Params
+    config: dict[str, Any] = field(default_factory=dict)
+    step: int | None = None
+    """Cumulative inner steps per task that trained φ (when recorded)."""
+    channels: int | None = None
+    """Input channels of the body, when recorded (exports record it; older ones may not)."""
+
+    @property
+    def model(self) -> str:
+        return str(self.config.get("model", "convnet"))
+
+    @property
+    def in_channels(self) -> int | None:
+        """Input channels of the body: as recorded, else read off its first convolution (None when that is
+        not 1 or 3: then the first convolution is not there, and fitting φ to the body names it)."""
+        if self.channels in (1, 3):
+            return self.channels
+        conv = next((v for v in self.phi.values() if v.dim() == 4), None)
+        return int(conv.shape[1]) if conv is not None and conv.shape[1] in (1, 3) else None
+
+
+def check_finite(tensors: Params, what: str) -> None:
+    """A one-line error naming the first tensor holding NaN or inf."""
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise UserError(f"{what}: tensor {k!r} holds NaN or inf; refusing to use it")
+
+
+def load_weights(source: str | Path) -> TrainedWeights:
+    """φ from a run folder (its checkpoint) or a ``.safetensors`` file written by ``largemeta export``;
+    refused when any of it is not finite."""
+    path = Path(source)
+    if path.is_dir():
+        on_disk, phi = checkpoint.read_phi(path)
+        weights = TrainedWeights(str(source), phi, on_disk.config, on_disk.step)
+    elif path.suffix == ".safetensors" and path.is_file():
+        weights = _load_safetensors(path, str(source))
+    else:
+        raise UserError(f"{str(source)!r} is not a run folder or an existing .safetensors file")
+    check_finite(weights.phi, f"φ of {str(source)!r}")
+    return weights
+
+
+def _load_safetensors(path: Path, source: str) -> TrainedWeights:
+    try:
+        meta = _metadata(path)
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{source!r} is not a readable .safetensors file ({err})") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(
+            f"{source!r} has no largemeta metadata (format {FORMAT!r}; write it with 'largemeta export')"
+        )
+    try:
+        config = json.loads(meta["config"])
+    except (ValueError, RecursionError):
+        config = None
+    if not isinstance(config, dict):
+        raise UserError(
+            f"{source!r}: its 'config' metadata is not a JSON object (write it with 'largemeta export')"
+        )
+    step = int(meta["step"]) if meta.get("step", "").isdigit() else None
+    channels = int(meta["in_channels"]) if meta.get("in_channels", "") in ("1", "3") else None
+    return TrainedWeights(source, tensors, config, step, channels)
+
+
+def fit_to_body(phi: Params, body_params: Params, *, what: str, model: str) -> Params:
+    """``phi`` restricted to the body's parameters and cast to their dtypes, after checking that every one of
+    them is there with its shape; a one-line :class:`UserError` naming the first that is not."""
+    for k, v in body_params.items():
+        if k not in phi:
+            raise UserError(f"{what} lacks tensor {k!r} of model {model} (shape {tuple(v.shape)})")
+        if phi[k].shape != v.shape:
+            raise UserError(
+                f"{what} does not fit model {model}: tensor {k!r} has shape "
+                f"{tuple(phi[k].shape)}, the model needs {tuple(v.shape)}"
+            )
+    return {k: phi[k].detach().clone().to(v.dtype) for k, v in body_params.items()}

@@ -1,0 +1,94 @@
+"""A training run's folder: taking it for a new run or for ``--resume`` (the resume policy), and writing the
+run's records once the run is built.
+
+A new run takes an empty folder (or one holding a run that never wrote a checkpoint) and gets a new
+identity. ``--resume`` takes a run folder with a checkpoint and continues it only when:
+
+* the checkpoint belongs to the folder's run (``run.json``), a version-0.1 checkpoint being adopted;
+* the config differs from the checkpoint's in resumable keys alone
+  (:data:`~largemeta.train.config.RESUMABLE_CHANGES`), and ``steps`` is not below the steps already done;
+
+unfinished checkpoint folders of a killed run are swept, a checkpoint of version 0.1's format is named as such
+(it resumes as it is), and a ``config.json`` that is not the checkpoint's
+config (edited or damaged) is warned about and rewritten from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from largemeta.checkpoint import store
+from largemeta.data.cache import notice
+from largemeta.errors import UserError
+from largemeta.runs import checkpoint, folder
+from largemeta.runs.checkpoint import CheckpointOnDisk
+from largemeta.runs.claim import Claim, accept_new_run, accept_run, claim
+from largemeta.runs.names import CONFIG, METRICS
+from largemeta.train.config import RESUMABLE_CHANGES, TrainConfig, diff, from_mapping, save_config
+
+
+@dataclass
+class Opened:
+    """A run folder taken for this run: the claim (held until released), the identity the run continues
+    under, and the checkpoint it resumes (None: a new run)."""
+
+    claim: Claim
+    identity: dict[str, Any]
+    saved: CheckpointOnDisk | None
+
+
+def open_run_folder(run_dir: Path, cfg: TrainConfig, resume: bool) -> Opened:
+    """Take ``run_dir`` for a new run (``resume`` False) or to continue its checkpoint with ``cfg``; a
+    one-line error (and the folder given back as it was) when the policy refuses."""
+    if not resume:
+        return Opened(
+            claim(run_dir, accept_new_run, what="run folder"), folder.new_identity(cfg.algo, cfg.seed), None
+        )
+    with contextlib.ExitStack() as stack:
+        held = stack.enter_context(claim(run_dir, accept_run, what="run folder", create=False))
+        store.sweep(run_dir)  # unfinished checkpoint folders of a killed run
+        saved = checkpoint.read(run_dir)
+        if saved.format != store.FORMAT:
+            notice(
+                f"{str(saved.path)!r} is a {saved.format} checkpoint (version 0.1's single file): it is read "
+                f"as it is, and the next checkpoint is written as {store.FORMAT}"
+            )
+        identity = folder.check_identity(run_dir, saved.identity, saved.config)
+        differing = diff(saved.config, cfg)
+        if differing:
+            pairs = ", ".join(f"{k}: {saved.config.get(k)!r} -> {getattr(cfg, k)!r}" for k in differing)
+            raise UserError(
+                f"--resume with a different config (only {', '.join(RESUMABLE_CHANGES)} may change): {pairs}"
+            )
+        if saved.step > cfg.steps:
+            raise UserError(f"--steps {cfg.steps} is below the {saved.step} steps already done")
+        try:
+            copy: Any = folder.read_config(run_dir)
+        except UserError:
+            copy = None
+        if copy is None or diff(copy, from_mapping(saved.config)):  # edited or lost: the checkpoint rules
+            warnings.warn(
+                f"{str(Path(run_dir) / CONFIG)!r} is not the checkpoint's config (edited or damaged); "
+                f"it is ignored and rewritten from the checkpoint",
+                stacklevel=3,
+            )
+        stack.pop_all()  # accepted: held until the trainer releases it
+    return Opened(held, identity, saved)
+
+
+def write_records(
+    run_dir: Path, cfg: TrainConfig, identity: dict[str, Any], saved: CheckpointOnDisk | None
+) -> dict[str, Any]:
+    """config.json and run.json (copies), and metrics.jsonl (new, or cut back to the checkpoint's step);
+    returns the last metrics line kept (empty: none)."""
+    run_dir = Path(run_dir)
+    save_config(cfg, run_dir / CONFIG)
+    folder.write_identity(run_dir, identity)
+    if saved is None:
+        (run_dir / METRICS).write_text("")
+        return {}
+    return folder.cut_metrics(run_dir / METRICS, saved.step)
