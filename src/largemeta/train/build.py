@@ -1,7 +1,7 @@
 """Building a training run from its config: where it runs, its tasks, its learner and how a step executes.
 
 :func:`place` joins the process group (under torchrun) and picks the device; :func:`build_run` decides where
-the task images live (``data_placement``: on the device or streamed, :mod:`largemeta.data.placement`), loads
+the task images live (``data_placement``: on the device or streamed, :mod:`largemeta.data.loader`), loads
 this rank's share of the suite's meta-train tasks — or, with ``tasks_per_trajectory``, sets up the task pool
 that draws them (:mod:`largemeta.core.pool`; a drawn task's images are loaded when it is drawn and released
 when it leaves) — creates the body, φ and the heads, and wires the learner the algorithm table asks for
@@ -28,7 +28,7 @@ from largemeta.core.params import Params
 from largemeta.core.pool import TaskPool, check_pool
 from largemeta.data.cache import notice
 from largemeta.data.images import TrainQuerySampler, task_seed
-from largemeta.data.placement import TaskLoader, choose_placement, resident_bytes
+from largemeta.data.loader import TaskLoader
 from largemeta.data.tasks import TaskSpec, load_suite
 from largemeta.errors import UserError
 from largemeta.execution import EXECUTORS, GRAPH, CudaGraphMetaStep
@@ -214,7 +214,7 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
     inner = INNER_OPTIMIZERS.create(
         cfg.inner_optimizer, lr=cfg.inner_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    where = {"loader": loader, "data_placement": loader.placement}
+    where = {"loader": loader, "data_placement": loader.data_placement}
     if algo.joint:
         learner: MetaLearner | JointLearner = JointLearner(
             phi, tasks, inner, heads, group=placement.group, reduce=task_group.mean if task_group else None
@@ -256,27 +256,20 @@ def task_loader(
     at_once: int | None,
     before: str | None,
 ) -> TaskLoader:
-    """The run's :class:`TaskLoader`, its placement resolved: ``auto`` weighs the decoded size of the
-    ``at_once`` largest of ``specs`` (all: None) against the budget — or, resuming, keeps the placement the
-    run had. On CUDA device and stream placement sample differently, so there a resumed run keeps its own;
-    on a CPU they sample alike and a run may resume with the other."""
-    loader = TaskLoader(placement.device, data_dir=cfg.data_dir or None, workers=cfg.stream_workers)
-    why = ""
-    if cfg.data_placement == "auto" and before in ("device", "stream"):
-        chosen = before
-    elif cfg.data_placement == "auto":
-        size = resident_bytes(loader, specs, at_once)
-        chosen, why = choose_placement("auto", size, placement.device, cfg.memory_budget_gb)
-    else:
-        chosen = cfg.data_placement
-    if before and chosen != before and placement.device.type == "cuda":
-        raise UserError(
-            f"this run was trained with data_placement = {before!r}, whose batches differ from {chosen!r}'s "
-            f"on CUDA; resume with --set data_placement={before}"
-        )
-    loader.placement = chosen
-    if chosen == "stream" and why and placement.rank == 0:
-        notice(f"{why} by {loader.workers} worker process(es)")
+    """The run's :class:`TaskLoader` on this rank's device (its data placement resolved there: ``auto``
+    weighs the ``at_once`` largest of ``specs``, all when None; resuming, the run's own, ``before``)."""
+    loader = TaskLoader(
+        placement.device,
+        cfg.data_placement,
+        specs=specs,
+        at_once=at_once,
+        memory_budget_gb=cfg.memory_budget_gb,
+        resumed=before,
+        data_dir=cfg.data_dir or None,
+        workers=cfg.stream_workers,
+    )
+    if loader.data_placement == "stream" and loader.why and placement.rank == 0:
+        notice(f"{loader.why} by {loader.workers} worker process(es)")
     return loader
 
 
