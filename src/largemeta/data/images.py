@@ -215,9 +215,9 @@ class TaskImages:
     def sample_train(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """An augmented training minibatch: x float32 (B, C, H, W) in [-1, 1], y int64 (B,)."""
         x, draw = self.rows.train_batch(self.sampler, batch_size)
-        y = self.y_train[draw.indices].to(self.device)
-        if draw.offsets is not None or draw.mask is not None:
-            draw = draw.to(self.device)
+        y = self.y_train[draw.indices]
+        if draw.indices.device != self.device:  # drawn on the CPU, ahead (streamed)
+            y, draw = y.to(self.device), draw.to(self.device)
         spec = self.spec
         x = apply_augmentation(
             x, padding=spec.crop_padding, offsets=draw.offsets, mask=draw.mask, channels=spec.channels
