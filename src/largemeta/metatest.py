@@ -6,7 +6,7 @@ of the N steps; test accuracy is measured at N/5, 2N/5, …, N. Reported: per-se
 the half-width of a 95 % Student-t interval over seeds (:mod:`largemeta.stats`).
 
 A target's images are on the device or streamed from disk (``data_placement``, as in training:
-:mod:`largemeta.data.placement`); one target is resident at a time, and on a CPU both give the same batches.
+:mod:`largemeta.data.loader`); one target is resident at a time, and on a CPU both give the same batches.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from largemeta.core.params import Params
-from largemeta.data.images import SampledImages, task_seed
-from largemeta.data.placement import TaskLoader, check_options, choose_placement, resident_bytes
+from largemeta.data.images import TaskImages, task_seed
+from largemeta.data.loader import TaskLoader, check_options
 from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError
 from largemeta.models import create_model, feature_size, init_head, is_code_reference, split_state
@@ -116,7 +116,7 @@ def fine_tune_optimizer(
 
 
 class _TargetSampler:
-    def __init__(self, data: SampledImages) -> None:
+    def __init__(self, data: TaskImages) -> None:
         self.data = data
 
     def sample_train(self, batch: int):
@@ -127,7 +127,7 @@ class _TargetSampler:
 
 def fine_tune(
     init: Init,
-    data: SampledImages,
+    data: TaskImages,
     *,
     steps: int,
     seed: int,
@@ -193,14 +193,18 @@ def meta_test(
     for size, channels in dict.fromkeys((s.image_size, s.channels) for s in specs):
         check_image_size(body, channels, size, f"init {init.name!r} ({init.model})")
     device = torch.device(device)
-    loader = TaskLoader(device, data_dir=data_dir, workers=stream_workers)
+    loader = TaskLoader(
+        device,
+        data_placement,
+        specs=specs,
+        at_once=1,
+        memory_budget_gb=memory_budget_gb,
+        data_dir=data_dir,
+        workers=stream_workers,
+    )
     try:
-        placement, why = choose_placement(
-            data_placement, resident_bytes(loader, specs, at_once=1), device, memory_budget_gb
-        )
-        loader.placement = placement
-        if log is not None and placement == "stream":
-            log(why)
+        if log is not None and loader.data_placement == "stream" and loader.why:
+            log(loader.why)
         results = {
             spec.name: _one_target(init, loader, spec, i, steps, seeds, batch_size, train_size, device)
             for i, spec in enumerate(specs)

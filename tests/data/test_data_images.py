@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from largemeta.data.arrays import ArrayDataset
-from largemeta.data.augment import crop_at, flip_where, normalize, random_crop, resize_uint8
-from largemeta.data.images import TaskImages
+from largemeta.data.augment import crop_at, flip_where, normalize, resize_uint8
+from largemeta.data.images import DeviceRows, TaskImages
+from largemeta.data.sampler import TaskSampler
 from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError
 
@@ -38,7 +39,7 @@ def test_shapes_ranges_and_device():
     assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert torch.equal(x[:, 0], x[:, 1])  # grey repeated to 3 channels
     assert task.image_shape == (3, 12, 12) and task.num_classes == 4
-    assert task.x_train.shape[1] == 1  # still stored as one channel
+    assert task.rows.x_train.shape[1] == 1  # still stored as one channel
 
 
 def test_same_seed_same_batches_and_other_seed_differs():
@@ -72,7 +73,7 @@ def test_eval_iterator_is_the_eval_split_unaugmented():
     x = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
     assert [len(b[1]) for b in batches] == [5, 5, 2] and torch.equal(y, task.y_eval)
-    assert torch.allclose(x, task.x_eval.float() / 127.5 - 1, atol=1e-6)
+    assert torch.allclose(x, task.rows.x_eval.float() / 127.5 - 1, atol=1e-6)
 
 
 def test_class_subset_relabels_in_given_order():
@@ -82,7 +83,7 @@ def test_class_subset_relabels_in_given_order():
     assert task.class_names == ("k3", "k1") and task.num_train == 12
     # label 0 of the task is dataset class 3
     first = torch.from_numpy(ds.x_train[ds.y_train == 3]).permute(0, 3, 1, 2)
-    assert torch.equal(task.x_train[task.y_train == 0], first)
+    assert torch.equal(task.rows.x_train[task.y_train == 0], first)
 
 
 def test_unknown_class_in_task():
@@ -104,7 +105,7 @@ def test_subsample():
 
 def test_rgb_to_grey_and_resize():
     task = toy_task(rgb=True, channels=1, image_size=5)
-    assert task.x_train.shape == (24, 1, 5, 5) and task.x_train.dtype == torch.uint8
+    assert task.rows.x_train.shape == (24, 1, 5, 5) and task.rows.x_train.dtype == torch.uint8
 
 
 def crop_loop(x: torch.Tensor, padding: int, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
@@ -137,7 +138,8 @@ def test_vectorized_crop_matches_loop(b, c, h, w, padding, seed):
 
 def test_random_crop_covers_all_offsets_and_keeps_shape():
     x = torch.ones(500, 1, 4, 4, dtype=torch.uint8)
-    out = random_crop(x, 2, torch.Generator().manual_seed(0))
+    top, left = TaskSampler(500, padding=2, flip=False, seed=0).draw(500).offsets
+    out = crop_at(x, 2, top, left)
     assert out.shape == x.shape
     # zeros visible in a crop tell its offset; all 25 offsets occur in 500 draws
     patterns = {tuple(o.flatten().tolist()) for o in out}
@@ -176,9 +178,13 @@ def test_offline_suite_tasks_on_real_data(builtin):
 
 
 @pytest.mark.network
-def test_build_tasks_loads_each_dataset_once_and_seeds_differ(builtin, monkeypatch):
+def test_a_loader_loads_each_dataset_once_and_seeds_differ(builtin, monkeypatch):
     import largemeta.data.images as images
-    from largemeta.data import build_tasks, load_suite
+    from largemeta.data import TaskLoader, load_suite, task_seed
+
+    def build_tasks(specs, seed):
+        loader = TaskLoader("cpu", "device")
+        return [loader.task_images(spec, seed=task_seed(seed, i)) for i, spec in enumerate(specs)]
 
     calls = []
     monkeypatch.setattr(images, "load_dataset", lambda name, **kw: calls.append(name) or builtin(name))
@@ -195,7 +201,7 @@ def test_build_tasks_loads_each_dataset_once_and_seeds_differ(builtin, monkeypat
 def test_task_images_live_on_cuda():
     spec = TaskSpec("t", "toy", image_size=12, channels=3, crop_padding=2)
     task = TaskImages.from_arrays(spec, toy_dataset(), device="cuda", seed=3)
-    assert task.x_train.is_cuda and task.generator.device.type == "cuda"
+    assert task.rows.x_train.is_cuda and task.sampler.generator.device.type == "cuda"
     state = task.state_dict()
     x, y = task.sample_train(64)
     assert x.is_cuda and y.is_cuda and x.shape == (64, 3, 12, 12)
@@ -234,7 +240,7 @@ def test_sampler_properties(seed, batches, cut, padding, flip):
     for n, (x, y) in zip(batches[cut:], expected, strict=True):
         xc, yc = c.sample_train(n)
         assert torch.equal(x, xc) and torch.equal(y, yc)
-    idx = a.sample_indices(max(batches))
+    idx = a.sampler.draw(max(batches)).indices
     assert int(idx.min()) >= 0 and int(idx.max()) < a.num_train
 
 
@@ -250,9 +256,11 @@ def v01_trainer_split(data: TaskImages, query_fraction: float, seed: int):
         raise UserError(f"task {data.name!r}: {n} training images are too few to hold out a query share")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(data.device)
     q, t = perm[:n_query].sort().values, perm[n_query:].sort().values
-    args = (data.x_eval, data.y_eval, data.class_names)
-    train = TaskImages(data.spec, data.x_train[t], data.y_train[t], *args, seed=data.seed)
-    query = TaskImages(data.spec, data.x_train[q], data.y_train[q], *args, seed=data.seed + 1)
+    x, args = data.rows.x_train, (data.y_eval, data.class_names)
+    train = TaskImages(data.spec, DeviceRows(x[t], data.rows.x_eval), data.y_train[t], *args, seed=data.seed)
+    query = TaskImages(
+        data.spec, DeviceRows(x[q], data.rows.x_eval), data.y_train[q], *args, seed=data.seed + 1
+    )
     return t, q, train, query
 
 
@@ -284,12 +292,12 @@ def test_split_query_is_the_v01_trainer_split(n, fraction, seed, padding, flip, 
             data.split_query(fraction, seed)
         return
     train, query = data.split_query(fraction, seed)
-    assert torch.equal(train.x_train[:, 0, 0, 0].long(), t) and torch.equal(
-        query.x_train[:, 0, 0, 0].long(), q
+    assert torch.equal(train.rows.x_train[:, 0, 0, 0].long(), t) and torch.equal(
+        query.rows.x_train[:, 0, 0, 0].long(), q
     )
     for got, want in ((train, want_train), (query, want_query)):
-        assert torch.equal(got.x_train, want.x_train) and torch.equal(got.y_train, want.y_train)
-        assert got.x_eval is data.x_eval and got.seed == want.seed
+        assert torch.equal(got.rows.x_train, want.rows.x_train) and torch.equal(got.y_train, want.y_train)
+        assert got.rows.x_eval is data.rows.x_eval and got.seed == want.seed
         assert torch.equal(got.state_dict()["generator"], want.state_dict()["generator"])
         for b in batches:
             (xg, yg), (xw, yw) = got.sample_train(b), want.sample_train(b)
@@ -301,11 +309,13 @@ def test_split_query_partitions_the_training_images():
     data = unique_images_task(20, seed=7)
     train, query = data.split_query(0.25)  # seed defaults to the task's seed
     same = data.split_query(0.25, seed=7)
-    assert torch.equal(train.x_train, same[0].x_train) and torch.equal(query.x_train, same[1].x_train)
-    held, kept = query.x_train[:, 0, 0, 0].tolist(), train.x_train[:, 0, 0, 0].tolist()
+    assert torch.equal(train.rows.x_train, same[0].rows.x_train) and torch.equal(
+        query.rows.x_train, same[1].rows.x_train
+    )
+    held, kept = query.rows.x_train[:, 0, 0, 0].tolist(), train.rows.x_train[:, 0, 0, 0].tolist()
     assert len(held) == 5 and held == sorted(held) and kept == sorted(kept)
     assert sorted(held + kept) == list(range(20))
-    assert data.split_query(0.25, seed=8)[1].x_train[:, 0, 0, 0].tolist() != held
+    assert data.split_query(0.25, seed=8)[1].rows.x_train[:, 0, 0, 0].tolist() != held
     assert data.num_train == 20 and data.seed == 7  # the task itself is untouched
 
 
@@ -345,19 +355,43 @@ def test_datasets_loads_each_dataset_once(monkeypatch, tmp_path):
     assert datasets.get("toy") is datasets.get("toy") and len(calls) == 2
     assert [t.num_classes for t in tasks] == [4, 5, 4] and [t.seed for t in tasks] == [0, 1, 2]
     want = TaskImages.from_arrays(specs[2], toy_dataset(), seed=2)
-    assert torch.equal(tasks[2].x_train, want.x_train) and torch.equal(
+    assert torch.equal(tasks[2].rows.x_train, want.rows.x_train) and torch.equal(
         tasks[2].sample_train(8)[0], want.sample_train(8)[0]
     )
 
 
-def test_build_tasks_seeds_each_task_by_position(monkeypatch):
-    import largemeta.data.images as images
-    from largemeta.data import build_tasks, task_seed
+# ------------------------------------------------------------------------------- the sampler's stream
 
-    calls = []
-    monkeypatch.setattr(images, "load_dataset", lambda name, **kw: calls.append(name) or toy_dataset())
-    specs = [TaskSpec(f"t{i}", "toy", image_size=10, channels=1) for i in range(3)]
-    tasks = build_tasks(specs, seed=11)
-    assert calls == ["toy"] and [t.seed for t in tasks] == [task_seed(11, i) for i in range(3)]
-    want = TaskImages.from_arrays(specs[1], toy_dataset(), seed=task_seed(11, 1))
-    assert torch.equal(tasks[1].sample_train(16)[0], want.sample_train(16)[0])
+
+def v01_sample_train(data: TaskImages, generator: torch.Generator, batch: int):
+    """The oracle: ``TaskImages.sample_train`` as it was before the sampler was its own object (indices,
+    then the crop offsets and the flip mask drawn as the batch was augmented), verbatim but for the names.
+    Every φ hash rests on this order of draws."""
+    spec, x_train = data.spec, data.rows.x_train
+    idx = torch.randint(data.num_train, (batch,), device=x_train.device, generator=generator)
+    x = x_train[idx]
+    if spec.crop_padding:
+        top, left = torch.randint(
+            0, 2 * spec.crop_padding + 1, (2, batch), device=x.device, generator=generator
+        )
+        x = crop_at(x, spec.crop_padding, top, left)
+    if spec.flip:
+        x = flip_where(x, torch.rand(batch, device=x.device, generator=generator) < 0.5)
+    return normalize(x, spec.channels), data.y_train[idx]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    batches=st.lists(st.integers(1, 40), min_size=1, max_size=5),
+    padding=st.integers(0, 3),
+    flip=st.booleans(),
+    channels=st.sampled_from([1, 3]),
+)
+def test_the_sampler_draws_in_the_order_of_version_0_1(seed, batches, padding, flip, channels):
+    task = toy_task(seed, crop_padding=padding, flip=flip, channels=channels)
+    generator = torch.Generator().manual_seed(seed)
+    for b in batches:
+        (x, y), (xw, yw) = task.sample_train(b), v01_sample_train(task, generator, b)
+        assert torch.equal(x, xw) and torch.equal(y, yw)
+    assert torch.equal(task.state_dict()["generator"], generator.get_state())

@@ -21,6 +21,7 @@ LAYERS = (
     "arrays",
     "store",
     "augment",
+    "sampler",
     "tasks",
     "index",
     "byo",
@@ -29,7 +30,7 @@ LAYERS = (
     "datasets",
     "images",
     "stream",
-    "placement",
+    "loader",
 )
 DATA_DIR = Path(largemeta.data.__file__).parent
 

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from largemeta.data.placement import TaskLoader, choose_placement, resident_bytes
-from largemeta.data.stream import StreamError, StreamHub, StreamImages
+from largemeta.data.datasets import BYO_ENTRIES, load_dataset, memory_mapped
+from largemeta.data.loader import TaskLoader, choose_placement, resident_bytes
+from largemeta.data.stream import StreamError, StreamHub, StreamRows
 from largemeta.data.tasks import TaskSpec
+from largemeta.errors import UserError
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def same(a, b):
 def test_streamed_batches_equal_device_batches_on_a_cpu(npz_task, loaders):
     spec, _ = npz_task
     device, stream = (loader.task_images(spec, seed=7) for loader in loaders)
-    assert isinstance(stream, StreamImages) and (stream.num_train, stream.num_eval) == (
+    assert isinstance(stream.rows, StreamRows) and (stream.num_train, stream.num_eval) == (
         device.num_train,
         device.num_eval,
     )
@@ -151,7 +153,7 @@ def test_a_cache_array_truncated_mid_run_is_named(npz_task):
     try:
         images = loader.task_images(spec, seed=0)
         images.sample_train(4)
-        path = images.source_train.path
+        path = images.rows.source_train.path
         with open(path, "r+b") as f:
             f.truncate(os.path.getsize(path) // 2)
         with pytest.raises(StreamError, match=r"x_train\.npy.*truncated"):
@@ -202,6 +204,38 @@ def test_auto_picks_by_the_budget_and_says_why(npz_task):
     assert placement == "stream" and "over the budget" in why and "memory_budget_gb" in why
     assert choose_placement("stream", 1, cpu)[0] == "stream"
     assert "half the available host memory" in choose_placement("auto", 1, cpu)[1]
+
+
+def test_the_loader_resolves_its_data_placement_once(npz_task):
+    spec, cache = npz_task
+    size = resident_bytes(TaskLoader("cpu", data_dir=cache), [spec])
+
+    def loader(placement, **kw):
+        return TaskLoader("cpu", placement, specs=[spec, spec], data_dir=cache, **kw)
+
+    assert loader("auto", memory_budget_gb=1.0).data_placement == "device"
+    over = loader("auto", at_once=1, memory_budget_gb=size / 2 / 2**30)
+    assert over.data_placement == "stream" and "over the budget" in over.why
+    assert loader("auto", memory_budget_gb=1e-9, resumed="device").data_placement == "device"  # kept
+    assert loader("stream").data_placement == "stream" and loader("stream").why == ""
+    assert loader("stream", resumed="device").data_placement == "stream"  # a CPU samples both alike
+    with pytest.raises(UserError, match=r"unknown data_placement 'disk' \(valid: auto, device, stream\)"):
+        loader("disk")
+    # elsewhere the device sampler's generator is not the CPU's: a resume keeps its placement
+    with pytest.raises(UserError, match="trained with data_placement = 'device'.*on meta; resume with"):
+        TaskLoader("meta", "stream", resumed="device")
+
+
+def test_a_bring_your_own_npz_is_written_once_as_a_cache_entry_to_stream_from(npz_task):
+    spec, cache = npz_task
+    first = memory_mapped(spec.dataset, cache)
+    assert isinstance(first.x_train, np.memmap) and len(list((cache / BYO_ENTRIES).iterdir())) == 1
+    again = memory_mapped(spec.dataset, cache)
+    assert again.x_train.filename == first.x_train.filename
+    loaded = load_dataset(spec.dataset)  # what the .npz reads as, in memory
+    assert not isinstance(loaded.x_train, np.memmap)
+    for k in ("x_train", "y_train", "x_test", "y_test"):
+        assert np.array_equal(np.asarray(getattr(again, k)), getattr(loaded, k))
 
 
 def test_the_hub_issues_requests_for_the_task_waited_on_first():

@@ -4,33 +4,26 @@ Entry points::
 
     load_dataset(name_or_path, data_dir=None, root=None) -> ArrayDataset   # host uint8 arrays, cached
     load_suite(name_or_path) -> Suite                      # .meta_train, .meta_test: tuple[TaskSpec, ...]
-    build_tasks(suite.meta_train, device="cuda", seed=0) -> list[TaskImages]
-    Datasets(data_dir=None).task_images(spec, device=..., seed=...) -> TaskImages   # each dataset loaded once
-    TaskImages.from_spec(spec, device=..., seed=...)       # .sample_train(batch), .iter_eval(batch), ...
+    loader = TaskLoader(device, "device")                  # or "stream", or "auto" with specs= (and a budget)
+    images = loader.task_images(spec, seed=task_seed(0, i))  # each dataset loaded once per loader
+    images.sample_train(batch), images.iter_eval(batch)    # a seeded, checkpointable stream; the eval split
     train, query = images.split_query(0.25)                # held-out query pool (FOMAML / iMAML)
     TrainQuerySampler(images, query_fraction=0.25)         # the training loop's sampler of both streams
-    TaskLoader(device, placement="stream").task_images(spec, seed)  # images streamed from disk instead
 
 Vocabulary: a :class:`TaskSpec` is a recipe (a suite entry: dataset, classes, size, augmentation); a
-:class:`TaskImages` is that recipe realised (its images on a device plus a seeded, checkpointable minibatch
-stream); a :class:`StreamImages` offers the same from disk, decoded by worker processes as it samples
-(:mod:`largemeta.data.stream`); a :class:`DatasetSpec` says how a registered dataset is fetched and converted
-into an :class:`ArrayDataset`.
+:class:`TaskImages` is that recipe realised: its labels, its :class:`TaskSampler` (the seeded, checkpointable
+choice of rows, crops and flips of each batch) and its images, kept on the device (:class:`DeviceRows`) or on
+disk and decoded by worker processes as they are drawn (:class:`StreamRows`, :mod:`largemeta.data.stream`);
+a :class:`DatasetSpec` says how a registered dataset is fetched and converted into an :class:`ArrayDataset`.
 """
 
 from largemeta.data.arrays import ArrayDataset, DatasetSpec
 from largemeta.data.datasets import DATASETS, fetch_dataset, load_dataset
-from largemeta.data.images import (
-    Datasets,
-    SampledImages,
-    TaskImages,
-    TrainQuerySampler,
-    build_tasks,
-    task_seed,
-)
+from largemeta.data.images import Datasets, DeviceRows, TaskImages, TrainQuerySampler, task_seed
 from largemeta.data.index import FolderIndex, index_folder
-from largemeta.data.placement import PLACEMENTS, TaskLoader, choose_placement
-from largemeta.data.stream import StreamError, StreamHub, StreamImages
+from largemeta.data.loader import PLACEMENTS, TaskLoader, choose_placement
+from largemeta.data.sampler import TaskSampler
+from largemeta.data.stream import StreamError, StreamHub, StreamRows
 from largemeta.data.tasks import Suite, TaskSpec, list_suites, load_suite, resolve_classes
 
 __all__ = [
@@ -38,18 +31,18 @@ __all__ = [
     "ArrayDataset",
     "DatasetSpec",
     "Datasets",
+    "DeviceRows",
     "FolderIndex",
     "PLACEMENTS",
-    "SampledImages",
     "StreamError",
     "StreamHub",
-    "StreamImages",
+    "StreamRows",
     "Suite",
     "TaskImages",
     "TaskLoader",
+    "TaskSampler",
     "TaskSpec",
     "TrainQuerySampler",
-    "build_tasks",
     "choose_placement",
     "fetch_dataset",
     "index_folder",

@@ -1,9 +1,9 @@
 """Batched, device-side augmentation of uint8 image batches (B, C, H, W).
 
-Everything works on the whole batch at once on the tensor's device and draws its randomness from a
-caller-supplied ``torch.Generator`` (one per task, so a task's stream of batches is reproducible and can be
-checkpointed). Cropping and flipping stay in uint8 (a quarter of the memory traffic of float); only the
-final :func:`normalize` produces float.
+Everything works on the whole batch at once on the tensor's device. The random choices (crop offsets, flip
+mask) are given: a task's :class:`~largemeta.data.sampler.TaskSampler` draws them, so that its stream of
+batches is reproducible and can be checkpointed. Cropping and flipping stay in uint8 (a quarter of the memory
+traffic of float); only the final :func:`normalize` produces float.
 """
 
 from __future__ import annotations
@@ -31,23 +31,9 @@ def crop_at(x: torch.Tensor, padding: int, top: torch.Tensor, left: torch.Tensor
     return padded.reshape(b, c, -1).gather(2, flat).view(b, c, h, w)
 
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop of the original size from each zero-padded image (per-sample offsets)."""
-    if padding == 0:
-        return x
-    offsets = torch.randint(0, 2 * padding + 1, (2, x.shape[0]), device=x.device, generator=generator)
-    return crop_at(x, padding, offsets[0], offsets[1])
-
-
 def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Images of ``x`` mirrored left-right where ``mask`` (B,) is true."""
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
-
-
-def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each image mirrored left-right with probability 1/2."""
-    mask = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-    return flip_where(x, mask)
 
 
 def normalize(x: torch.Tensor, channels: int | None = None) -> torch.Tensor:
@@ -63,23 +49,6 @@ def normalize(x: torch.Tensor, channels: int | None = None) -> torch.Tensor:
     return out
 
 
-def draw_augmentation(
-    batch: int, *, padding: int, flip: bool, generator: torch.Generator
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The random draws :func:`augment` makes for a batch of ``batch`` images, in its order, on the
-    generator's device: crop offsets (2, B) (None without padding) and the flip mask (B,) (None without flip).
-
-    A streamed task draws them ahead of the images it decodes in worker processes, then applies them with
-    :func:`apply_augmentation`; on the same generator the result equals :func:`augment`'s.
-    """
-    device = generator.device
-    offsets = (
-        torch.randint(0, 2 * padding + 1, (2, batch), device=device, generator=generator) if padding else None
-    )
-    mask = torch.rand(batch, device=device, generator=generator) < 0.5 if flip else None
-    return offsets, mask
-
-
 def apply_augmentation(
     x: torch.Tensor,
     *,
@@ -88,21 +57,13 @@ def apply_augmentation(
     mask: torch.Tensor | None,
     channels: int | None = None,
 ) -> torch.Tensor:
-    """:func:`augment` with its random draws given (from :func:`draw_augmentation`)."""
+    """Crop each image at its ``offsets`` (2, B) (None: no crop), mirror it where ``mask`` (B,) is true (None:
+    no flip), then :func:`normalize`; the offsets and mask come from a
+    :class:`~largemeta.data.sampler.TaskSampler` draw."""
     if offsets is not None:
         x = crop_at(x, padding, offsets[0], offsets[1])
     if mask is not None:
         x = flip_where(x, mask)
-    return normalize(x, channels)
-
-
-def augment(
-    x: torch.Tensor, *, padding: int, flip: bool, generator: torch.Generator, channels: int | None = None
-) -> torch.Tensor:
-    """Random crop (``padding`` > 0), random flip (``flip``), then :func:`normalize`."""
-    x = random_crop(x, padding, generator)
-    if flip:
-        x = random_flip(x, generator)
     return normalize(x, channels)
 
 

@@ -13,6 +13,9 @@ Layout::
                                           (:mod:`largemeta.data.store`, which also reads version 0.1's
                                           ``<cache>/datasets/<name>/data.npz``)
     <cache>/indexes/<key>/                listings of bring-your-own folders (:mod:`largemeta.data.index`)
+    <cache>/byo-v2/<key>/*.npy            a bring-your-own .npz's arrays, written once to stream from
+                                          (:func:`largemeta.data.datasets.memory_mapped`; key: a hash of the
+                                          file's path, size and mtime)
 
 Every file is written to a temporary name in the same directory, fsync'd and renamed into place
 (:func:`largemeta.files.atomic_open`, with the user's umask), so an interrupted fetch never leaves a

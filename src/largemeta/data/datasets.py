@@ -2,6 +2,9 @@
 
 ``load_dataset(name_or_path)``: a registered name is read from the cache, or fetched from its sources and
 converted once; a path is read as a bring-your-own folder or ``.npz`` (:mod:`largemeta.data.byo`).
+``memory_mapped(name_or_path)``: the same dataset with its arrays memory-mapped from a cache entry (what
+streaming reads rows from); a path's arrays are written once into an entry of their own under
+``<cache>/byo-v2/``.
 
 Every built-in dataset is registered below, in one place: those packaged in registries that need no dataset
 host (:mod:`largemeta.data.packaged`: MNIST, Fashion-MNIST, QuickDraw, digits) and the paper's
@@ -14,8 +17,11 @@ one line that says how to repair it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+import numpy as np
 
 from largemeta.data.arrays import ArrayDataset, DatasetSpec
 from largemeta.data.byo import load_path
@@ -35,6 +41,9 @@ from largemeta.data.store import (
 from largemeta.data.vision import PAPER_DATASETS
 from largemeta.errors import UserError
 from largemeta.registry import Registry
+
+BYO_ENTRIES = "byo-v2"
+"""The cache folder of the entries :func:`memory_mapped` writes for bring-your-own paths."""
 
 BUILTIN_DATASETS: tuple[DatasetSpec, ...] = (*PACKAGED_DATASETS, *PAPER_DATASETS)
 
@@ -142,3 +151,32 @@ def load_dataset(
     if name not in DATASETS and looks_like_path(name):
         return load_path(Path(name).expanduser(), skip_bad_images=skip_bad_images)
     return fetch_dataset(name, data_dir, root)
+
+
+def memory_mapped(
+    name_or_path: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    loaded: ArrayDataset | None = None,
+) -> ArrayDataset:
+    """The dataset of :func:`load_dataset` (``loaded``, when the caller has it already) with its arrays
+    memory-mapped from a cache entry: a registered dataset's own entry, else one written for the path, once,
+    under ``<cache>/byo-v2/<key>/`` (the format of :mod:`largemeta.data.store`; ``key``: the first 32 hex
+    digits of the sha256 of the resolved path, its size and its modification time, so an edited file gets a
+    new entry). A cache that cannot be written is refused in one line."""
+    ds = loaded if loaded is not None else load_dataset(name_or_path, data_dir)
+    if all(isinstance(getattr(ds, k), np.memmap) for k in ("x_train", "x_test")):
+        return ds
+    path = Path(name_or_path).expanduser().resolve()
+    st = path.stat()
+    key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    cache = resolve_data_dir(data_dir)
+    folder = cache / BYO_ENTRIES / key
+    try:
+        return read_entry(folder, ds.name)
+    except Damaged:
+        try:
+            write_entry(folder, ds)
+        except OSError as err:
+            why = f"streaming {os.fspath(name_or_path)} needs its arrays on disk: "
+            raise unwritable(cache, err, why) from None
+    return read_entry(folder, ds.name)

@@ -1,46 +1,46 @@
-"""One task's images on the device, and the seeded minibatch stream the trainer draws from them.
+"""A task's images and its seeded minibatch stream: :class:`TaskImages`, with its device-resident storage.
 
-A :class:`TaskImages` keeps one task's images as uint8 tensors (N, C, H, W) on the training device, already
-resized to the task's size and restricted to its classes (labels renumbered 0..k-1). Minibatches are
-drawn and augmented on that device with a per-task ``torch.Generator`` living there too, so no host work
-and no host-device copy happens per step. Grey images stay 1 channel in memory and become 3 only in the
-batch when the task asks for 3.
+A :class:`TaskImages` is a :class:`~largemeta.data.tasks.TaskSpec` realised: labels renumbered 0..k-1, a
+:class:`~largemeta.data.sampler.TaskSampler` (which rows, crops and flips each batch takes, and its state) and
+a storage that fetches the rows it names:
+
+* :class:`DeviceRows` (here): the task's images as uint8 tensors (N, C, H, W) on the training device,
+  resized once to the task's size and restricted to its classes. Batches are drawn and augmented on that
+  device, so no host work and no host-device copy happens per step. Grey images stay 1 channel in memory and
+  become 3 only in the batch when the task asks for 3.
+* :class:`~largemeta.data.stream.StreamRows`: the images stay on disk and worker processes decode the rows
+  each batch draws.
 
 Trainer API::
 
-    task = TaskImages.from_spec(spec, device="cuda", seed=0)   # spec: largemeta.data.tasks.TaskSpec
+    task = TaskLoader("cuda", "device").task_images(spec, seed=0)   # or TaskImages.from_arrays(spec, ds, ...)
     task.num_classes          # k, labels are 0..k-1
     task.image_shape          # (C, H, W) of the batches
     x, y = task.sample_train(128)        # x float32 (B, C, H, W) in [-1, 1], augmented; y int64 (B,)
     for x, y in task.iter_eval(512):     # the eval split in order, no augmentation
         ...
     small = task.subsample(n_per_class=50, seed=1)   # limited-data experiments; or total=500
-    state = task.state_dict()            # generator state; checkpoint it with the model
+    state = task.state_dict()            # sampling state; checkpoint it with the model
     task.load_state_dict(state)          # the next batches are exactly those that followed the save
     train, query = task.split_query(0.25)   # held-out query pool for FOMAML / iMAML
 
-To build many tasks, loading each dataset once (e.g. QuickDraw for several class groups)::
-
-    train_tasks = build_tasks(suite.meta_train, device="cuda", seed=0)   # task i seeded task_seed(0, i)
-    datasets = Datasets(data_dir)                                        # or choose the specs and seeds
-    target = datasets.task_images(spec, device="cuda", seed=task_seed(s, i))
-
-Minibatches are drawn uniformly with replacement (``torch.randint``), so the generator state is the whole
-sampling state: restoring it resumes the identical stream.
+To build many tasks, loading each dataset once (e.g. QuickDraw for several class groups), use
+:class:`~largemeta.data.loader.TaskLoader` (``data_placement="device"`` keeps the images on the device).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from largemeta.data.arrays import ArrayDataset
-from largemeta.data.augment import augment, normalize, resize_uint8, to_grey
+from largemeta.data.augment import apply_augmentation, normalize, resize_uint8, to_grey
 from largemeta.data.datasets import load_dataset
+from largemeta.data.sampler import Draw, TaskSampler
 from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError
 
@@ -56,28 +56,131 @@ def prepare_images(x: np.ndarray, size: int, channels: int, device: torch.device
     return resize_uint8(t.contiguous(), size)
 
 
-class SampledImages:
-    """What every realisation of a :class:`~largemeta.data.tasks.TaskSpec` offers the training loop: its
-    labels and class names, a seeded minibatch stream whose state checkpoints (:meth:`state_dict`), its eval
-    split in order, and class-balanced subsets and held-out query pools of its training images.
+class Rows(Protocol):
+    """Where a task's images are kept; it fetches the rows a :class:`TaskSampler` draws, and nothing else.
 
-    Two realisations: :class:`TaskImages` holds the images on the training device (the fast path), and
-    :class:`largemeta.data.stream.StreamImages` reads them from disk as it samples them. Subclasses keep
-    ``y_train`` (labels of the training images, a tensor on ``_index_device``) and implement
-    :meth:`sample_train`, :meth:`iter_eval`, :attr:`num_eval` and :meth:`_training_on`.
+    ``sampler_device``: where the task's sampler (and the labels it indexes) lives.
     """
 
-    spec: TaskSpec
-    y_train: torch.Tensor
-    class_names: tuple[str, ...]
-    seed: int
     device: torch.device
-    generator: torch.Generator
 
     @property
-    def _index_device(self) -> torch.device:
-        """Where index tensors into the training images live."""
+    def sampler_device(self) -> torch.device: ...
+
+    def train_batch(self, sampler: TaskSampler, batch: int) -> tuple[torch.Tensor, Draw]:
+        """The sampler's next draw and its rows: uint8 (B, C, H, W) on :attr:`device`, not augmented."""
+        ...
+
+    def eval_batches(self, batch: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """The eval split in order: ``(start, uint8 rows on the device)``."""
+        ...
+
+    def training_on(self, index: torch.Tensor) -> Rows:
+        """The same storage, training on the rows at ``index`` (on :attr:`sampler_device`)."""
+        ...
+
+    def pending_state(self) -> torch.Tensor | None:
+        """The sampler's state before the oldest draw made ahead and not used yet (None: none is)."""
+        ...
+
+    def drop_pending(self) -> None:
+        """Forget the draws made ahead (the sampler was rewound)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the storage holds outside this object."""
+        ...
+
+
+class DeviceRows:
+    """A task's train and eval images, uint8 (N, C, H, W) tensors on one device; batches drawn there."""
+
+    def __init__(self, x_train: torch.Tensor, x_eval: torch.Tensor) -> None:
+        if x_train.dtype != torch.uint8 or x_train.ndim != 4:
+            raise ValueError(
+                f"x_train must be uint8 (N, C, H, W), got {x_train.dtype} {tuple(x_train.shape)}"
+            )
+        self.x_train, self.x_eval = x_train, x_eval
+        self.device = x_train.device
+
+    @property
+    def sampler_device(self) -> torch.device:
         return self.device
+
+    def train_batch(self, sampler: TaskSampler, batch: int) -> tuple[torch.Tensor, Draw]:
+        draw = sampler.draw(batch)
+        return self.x_train[draw.indices], draw
+
+    def eval_batches(self, batch: int) -> Iterator[tuple[int, torch.Tensor]]:
+        for i in range(0, self.x_eval.shape[0], batch):
+            yield i, self.x_eval[i : i + batch]
+
+    def training_on(self, index: torch.Tensor) -> DeviceRows:
+        return DeviceRows(self.x_train[index], self.x_eval)
+
+    def pending_state(self) -> None:
+        return None  # drawn when used
+
+    def drop_pending(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TaskImages:
+    """A task's labels, class names, seeded minibatch stream (its :class:`TaskSampler`) and images (its
+    :class:`Rows`, on the device or streamed): what the training loop and the meta-test draw batches from.
+
+    Not to be confused with :class:`~largemeta.data.tasks.TaskSpec` (the recipe, a suite entry) or a
+    model-side task (:class:`largemeta.models.task.ImageTask`, which draws its batches from one of these).
+
+    Args:
+        spec: the recipe.
+        rows: the storage.
+        y_train, y_eval: labels (0..k-1) of the training and eval rows; moved to ``rows.sampler_device``.
+        class_names: the task's classes, in label order.
+        seed: the sampling seed.
+    """
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        rows: Rows,
+        y_train: torch.Tensor | np.ndarray,
+        y_eval: torch.Tensor | np.ndarray,
+        class_names: Sequence[str],
+        *,
+        seed: int = 0,
+    ) -> None:
+        if len(y_train) == 0:
+            raise UserError(f"task {spec.name!r} has no training images")
+        self.spec, self.rows, self.seed = spec, rows, seed
+        self.device = rows.device
+        where = rows.sampler_device
+        self.y_train = torch.as_tensor(y_train, dtype=torch.int64).to(where)
+        self.y_eval = torch.as_tensor(y_eval, dtype=torch.int64).to(where)
+        self.class_names = tuple(class_names)
+        self.sampler = TaskSampler(
+            len(self.y_train), padding=spec.crop_padding, flip=spec.flip, seed=seed, device=where
+        )
+
+    @classmethod
+    def from_arrays(
+        cls, spec: TaskSpec, ds: ArrayDataset, *, device: str | torch.device = "cpu", seed: int = 0
+    ) -> TaskImages:
+        """The task ``spec`` on ``device``: its classes selected from ``ds``, resized once, moved there."""
+        dev = torch.device(device)
+        parts = {}
+        for role, split in (("train", spec.train_split), ("eval", spec.eval_split)):
+            keep, labels = spec.select(ds.class_names, getattr(ds, f"y_{split}"))
+            x = prepare_images(getattr(ds, f"x_{split}")[keep], spec.image_size, spec.channels, dev)
+            parts[role] = (x, labels)
+        rows = DeviceRows(parts["train"][0], parts["eval"][0])
+        names = spec.class_names_of(ds.class_names)
+        return cls(spec, rows, parts["train"][1], parts["eval"][1], names, seed=seed)
+
+    # -------------------------------------------------------------------------------- properties
 
     @property
     def name(self) -> str:
@@ -98,34 +201,55 @@ class SampledImages:
 
     @property
     def num_eval(self) -> int:
-        raise NotImplementedError
-
-    def sample_train(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """An augmented training minibatch: x float32 (B, C, H, W) in [-1, 1], y int64 (B,)."""
-        raise NotImplementedError
-
-    def iter_eval(self, batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The eval split in order, normalized, without augmentation."""
-        raise NotImplementedError
-
-    def _training_on(self, index: torch.Tensor, *, seed: int) -> SampledImages:
-        """A copy whose training images are those at ``index`` (eval split shared), sampling from ``seed``."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release what the task holds outside this object (nothing, unless it streams)."""
+        return int(self.y_eval.shape[0])
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({self.name!r}, classes={self.num_classes}, train={self.num_train}, "
-            f"eval={self.num_eval}, shape={self.image_shape}, device={self.device})"
+            f"eval={self.num_eval}, shape={self.image_shape}, device={self.device}, "
+            f"storage={type(self.rows).__name__})"
         )
+
+    # -------------------------------------------------------------------------------- batches
+
+    def sample_train(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """An augmented training minibatch: x float32 (B, C, H, W) in [-1, 1], y int64 (B,)."""
+        x, draw = self.rows.train_batch(self.sampler, batch_size)
+        y = self.y_train[draw.indices]
+        if draw.indices.device != self.device:  # drawn on the CPU, ahead (streamed)
+            y, draw = y.to(self.device), draw.to(self.device)
+        spec = self.spec
+        x = apply_augmentation(
+            x, padding=spec.crop_padding, offsets=draw.offsets, mask=draw.mask, channels=spec.channels
+        )
+        return x, y
+
+    def iter_eval(self, batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The eval split in order, normalized, without augmentation."""
+        for i, x in self.rows.eval_batches(batch_size):
+            yield normalize(x, self.spec.channels), self.y_eval[i : i + batch_size].to(self.device)
+
+    def close(self) -> None:
+        """Release what the task holds outside this object (nothing, unless it streams)."""
+        self.rows.close()
 
     # -------------------------------------------------------------------------------- subsets
 
+    def _training_on(self, index: torch.Tensor, *, seed: int) -> TaskImages:
+        """A copy whose training images are those at ``index`` (eval split shared), sampling from ``seed``."""
+        index = index.to(self.rows.sampler_device)
+        return TaskImages(
+            self.spec,
+            self.rows.training_on(index),
+            self.y_train[index],
+            self.y_eval,
+            self.class_names,
+            seed=seed,
+        )
+
     def subsample(
         self, n_per_class: int | None = None, total: int | None = None, seed: int = 0
-    ) -> SampledImages:
+    ) -> TaskImages:
         """A copy training on a class-balanced subset: ``n_per_class`` per class, or ``total`` images.
 
         With ``total`` the classes take turns (a seeded shuffle within each class), so per-class counts differ
@@ -157,10 +281,10 @@ class SampledImages:
             ranks = np.concatenate([np.arange(len(p)) for p in per_class])
             order = np.concatenate(per_class)
             chosen = order[np.argsort(ranks, kind="stable")][:total]
-        keep = torch.from_numpy(np.sort(chosen)).to(self._index_device)
+        keep = torch.from_numpy(np.sort(chosen))
         return self._training_on(keep, seed=self.seed)
 
-    def split_query(self, fraction: float, seed: int | None = None) -> tuple[SampledImages, SampledImages]:
+    def split_query(self, fraction: float, seed: int | None = None) -> tuple[TaskImages, TaskImages]:
         """Hold out a share of the training images as a query pool: ``(train, query)``, disjoint copies.
 
         First-order MAML and iMAML score the adapted weights on a batch the inner loop did not train on, so
@@ -181,132 +305,22 @@ class SampledImages:
         if n_query >= n:
             raise UserError(f"task {self.name!r}: {n} training images are too few to hold out a query share")
         g = torch.Generator().manual_seed(self.seed if seed is None else seed)
-        perm = torch.randperm(n, generator=g).to(self._index_device)
+        perm = torch.randperm(n, generator=g)
         query, train = perm[:n_query].sort().values, perm[n_query:].sort().values
         return self._training_on(train, seed=self.seed), self._training_on(query, seed=self.seed + 1)
 
     # ---------------------------------------------------------------------------- checkpointing
 
     def state_dict(self) -> dict[str, Any]:
-        """Sampling state to checkpoint: the generator state (a CPU uint8 tensor) and the seed."""
-        return {"generator": self.generator.get_state(), "seed": self.seed}
+        """Sampling state to checkpoint: the generator state (a CPU uint8 tensor; from before the oldest batch
+        drawn ahead and not used yet, when the storage draws ahead) and the seed."""
+        return self.sampler.state_dict(self.rows.pending_state())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume sampling exactly where :meth:`state_dict` was taken."""
-        self.generator.set_state(state["generator"])
-        self.seed = int(state.get("seed", self.seed))
-
-
-class TaskImages(SampledImages):
-    """One task's train and eval images (uint8, on a device) with a checkpointable sampling generator.
-
-    Not to be confused with :class:`~largemeta.data.tasks.TaskSpec` (the recipe, a suite entry) or a
-    model-side task (:class:`largemeta.models.task.ImageTask`, which draws its batches from one of these).
-    """
-
-    def __init__(
-        self,
-        spec: TaskSpec,
-        x_train: torch.Tensor,
-        y_train: torch.Tensor,
-        x_eval: torch.Tensor,
-        y_eval: torch.Tensor,
-        class_names: Sequence[str],
-        *,
-        seed: int = 0,
-    ) -> None:
-        if x_train.dtype != torch.uint8 or x_train.ndim != 4:
-            raise ValueError(
-                f"x_train must be uint8 (N, C, H, W), got {x_train.dtype} {tuple(x_train.shape)}"
-            )
-        if len(y_train) == 0:
-            raise UserError(f"task {spec.name!r} has no training images")
-        self.spec = spec
-        self.x_train, self.y_train = x_train, y_train
-        self.x_eval, self.y_eval = x_eval, y_eval
-        self.class_names = tuple(class_names)
-        self.seed = seed
-        self.device = x_train.device
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(seed)
-
-    # ------------------------------------------------------------------------------ construction
-
-    @classmethod
-    def from_spec(
-        cls,
-        spec: TaskSpec,
-        *,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-        data_dir: str | os.PathLike[str] | None = None,
-        root: str | os.PathLike[str] | None = None,
-        dataset: ArrayDataset | None = None,
-    ) -> TaskImages:
-        """Load ``spec.dataset`` (or use the already loaded ``dataset``) and build the task on ``device``."""
-        ds = dataset if dataset is not None else load_dataset(spec.dataset, data_dir=data_dir, root=root)
-        return cls.from_arrays(spec, ds, device=device, seed=seed)
-
-    @classmethod
-    def from_arrays(
-        cls, spec: TaskSpec, ds: ArrayDataset, *, device: str | torch.device = "cpu", seed: int = 0
-    ) -> TaskImages:
-        """Select the task's classes from ``ds``, resize once, and move to ``device``."""
-        dev = torch.device(device)
-        classes = spec.resolve_classes(ds.class_names)
-        # old label -> new label (-1 for classes outside the subset)
-        remap = np.full(ds.num_classes, -1, np.int64)
-        remap[classes] = np.arange(len(classes))
-        parts = {}
-        for role, split in (("train", spec.train_split), ("eval", spec.eval_split)):
-            x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
-            keep = remap[y] >= 0
-            parts[role] = (
-                prepare_images(x[keep], spec.image_size, spec.channels, dev),
-                torch.from_numpy(remap[y[keep]]).to(dev),
-            )
-        names = [ds.class_names[c] for c in classes]
-        return cls(spec, *parts["train"], *parts["eval"], names, seed=seed)
-
-    @property
-    def num_eval(self) -> int:
-        return int(self.y_eval.shape[0])
-
-    # -------------------------------------------------------------------------------- sampling
-
-    def sample_indices(self, batch_size: int) -> torch.Tensor:
-        """Indices of a minibatch, uniform with replacement, from the task's generator."""
-        return torch.randint(self.num_train, (batch_size,), device=self.device, generator=self.generator)
-
-    def sample_train(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.sample_indices(batch_size)
-        x = augment(
-            self.x_train[idx],
-            padding=self.spec.crop_padding,
-            flip=self.spec.flip,
-            generator=self.generator,
-            channels=self.spec.channels,
-        )
-        return x, self.y_train[idx]
-
-    def iter_eval(self, batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for i in range(0, self.num_eval, batch_size):
-            yield (
-                normalize(self.x_eval[i : i + batch_size], self.spec.channels),
-                self.y_eval[i : i + batch_size],
-            )
-
-    def _training_on(self, index: torch.Tensor, *, seed: int) -> TaskImages:
-        """A copy whose training images are ``x_train[index]`` (eval split shared), sampling from ``seed``."""
-        return TaskImages(
-            self.spec,
-            self.x_train[index],
-            self.y_train[index],
-            self.x_eval,
-            self.y_eval,
-            self.class_names,
-            seed=seed,
-        )
+        self.sampler.load_state_dict(state)
+        self.seed = self.sampler.seed
+        self.rows.drop_pending()
 
 
 def task_seed(seed: int, index: int) -> int:
@@ -321,7 +335,7 @@ class TrainQuerySampler:
     generators, so replaying the training stream — the shift-error probe — is not disturbed by query
     draws)."""
 
-    def __init__(self, images: SampledImages, query_fraction: float | None = None) -> None:
+    def __init__(self, images: TaskImages, query_fraction: float | None = None) -> None:
         self.train, self.query = images.split_query(query_fraction) if query_fraction else (images, None)
         if query_fraction:
             images.close()  # only its two parts sample
@@ -352,7 +366,8 @@ class TrainQuerySampler:
 
 
 class Datasets:
-    """Each distinct dataset loaded once, for building the :class:`TaskImages` of many specs.
+    """Each distinct dataset loaded once, for building the :class:`TaskImages` of many specs (what
+    :class:`~largemeta.data.loader.TaskLoader` builds its tasks with).
 
     Tasks often share a dataset (QuickDraw cut into class groups; one target fine-tuned under several seeds),
     and reading it from the cache once per task would repeat the same work. ``Datasets`` memoises
@@ -382,19 +397,3 @@ class Datasets:
     def task_images(self, spec: TaskSpec, *, device: str | torch.device = "cpu", seed: int = 0) -> TaskImages:
         """:meth:`TaskImages.from_arrays` on ``spec``'s dataset, loaded once for all specs that share it."""
         return TaskImages.from_arrays(spec, self.get(spec.dataset), device=device, seed=seed)
-
-
-def build_tasks(
-    specs: Sequence[TaskSpec],
-    *,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    data_dir: str | os.PathLike[str] | None = None,
-    root: str | os.PathLike[str] | None = None,
-) -> list[TaskImages]:
-    """:class:`TaskImages` for each spec, loading every distinct dataset once; task ``i`` gets
-    ``task_seed(seed, i)``."""
-    datasets = Datasets(data_dir, root)
-    return [
-        datasets.task_images(spec, device=device, seed=task_seed(seed, i)) for i, spec in enumerate(specs)
-    ]

@@ -1,34 +1,33 @@
 """Images that stay on disk: read, decoded and resized by ``DataLoader`` worker processes as a task samples
 them.
 
-A :class:`StreamImages` offers what a :class:`~largemeta.data.images.TaskImages` offers (a seeded,
-checkpointable minibatch stream, the eval split in order, subsets and query pools) without holding the images
+A :class:`StreamRows` is the storage of a :class:`~largemeta.data.images.TaskImages` that holds no image
 anywhere: a registered dataset's rows are read from its cache entry's ``.npy`` files at their offsets
 (:mod:`largemeta.data.store`), a bring-your-own folder's files from its listing (:mod:`largemeta.data.index`).
-Memory holds the labels, the listing and the batches in flight, whatever the size of the dataset.
+Memory holds the labels, the listing and the batches in flight, whatever the size of the dataset. The task's
+:class:`~largemeta.data.sampler.TaskSampler` decides every batch, as it does for images on the device.
 
 How a training batch is made, and why a streamed run resumes exactly::
 
     main process                                        a worker process
-    state = generator.get_state()     (kept)
-    idx = randint(n, (B,), generator)
-    offsets, flip = draw_augmentation(..., generator)
-    request (files or rows of idx) ───────────────────▶ read, decode, resize: uint8 (B, C, S, S)
+    state = sampler.get_state()       (kept)
+    draw = sampler.draw(B)            (indices, crop offsets, flip mask)
+    request (files or rows of draw.indices) ──────────▶ read, decode, resize: uint8 (B, C, S, S)
             ... drawn ahead: up to `depth` per task ◀── (pinned memory when the device is CUDA)
     on arrival: copied to the device (non-blocking); on use: crop, flip and normalize there with the drawn
-    offsets and mask, as TaskImages does
+    offsets and mask, as for images on the device
 
-Every random draw is made in the main process, in exactly the order :class:`TaskImages` makes it (indices,
-crop offsets, flip mask), from a CPU generator seeded with the task's seed; workers only read and decode. On a
-CPU device the generators are the same, so a streamed task yields the very batches a device-resident one does
-wherever the two decode and resize alike (the cache's arrays: always, through the same resize; a folder:
-where its images are already square at the task's size — streaming resizes each file straight to the task's
-size, the device path first to the folder's common size). On CUDA, TaskImages draws from a CUDA generator, a
-different sequence: there the two placements give different (equally valid) batches, and a run resumes with
-the placement it started with. Draws made ahead are not yet used: :meth:`StreamImages.state_dict` returns
-the generator state from before the oldest of them (kept with each draw), and ``load_state_dict`` drops them
-(batches still in flight are discarded as they arrive), so a checkpoint resumes at the batch the training loop
-would have used next.
+Every random draw is made in the main process by the task's sampler, on a CPU generator seeded with the
+task's seed; workers only read and decode. On a CPU device the device-resident sampler's generator is a CPU
+generator too, so a streamed task yields the very batches a device-resident one does wherever the two decode
+and resize alike (the cache's arrays: always, through the same resize; a folder: where its images are already
+square at the task's size — streaming resizes each file straight to the task's size, the device path first to
+the folder's common size). On CUDA the device-resident sampler draws from a CUDA generator, a different
+sequence: there the two placements give different (equally valid) batches, and a run resumes with the
+placement it started with. Draws made ahead are not yet used: :meth:`StreamRows.pending_state` is the sampler
+state from before the oldest of them (kept with each draw), which is what the task checkpoints, and
+``drop_pending`` forgets them on a restore (batches still in flight are discarded as they arrive), so a
+checkpoint resumes at the batch the training loop would have used next.
 
 One :class:`StreamHub` — one ``DataLoader`` and its worker processes — serves every streamed task of a
 process. Its requests are self-contained (which file or which rows, at which size), so workers know nothing
@@ -60,10 +59,11 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 
 from largemeta.data.arrays import ArrayDataset
-from largemeta.data.augment import apply_augmentation, draw_augmentation, normalize, to_grey
+from largemeta.data.augment import to_grey
 from largemeta.data.byo import square_resize
-from largemeta.data.images import SampledImages, prepare_images
+from largemeta.data.images import TaskImages, prepare_images
 from largemeta.data.index import FolderIndex, Listing
+from largemeta.data.sampler import Draw, TaskSampler
 from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError
 
@@ -214,7 +214,7 @@ class _Requests:
             yield self.hub._next_request()
 
 
-Draw = Callable[[], "tuple[tuple, Any, torch.Tensor | None] | None"]
+NextRequest = Callable[[], "tuple[tuple, Any, torch.Tensor | None] | None"]
 """Makes a stream's next request: ``(job, meta, generator state before the draw)``, None when it has none."""
 
 
@@ -222,7 +222,7 @@ Draw = Callable[[], "tuple[tuple, Any, torch.Tensor | None] | None"]
 class _Stream:
     id: int
     what: str
-    draw: Draw
+    draw: NextRequest
     size: int
     channels: int
     depth: int
@@ -251,7 +251,7 @@ class StreamHub:
         self._iter: Iterator[Any] | None = None
 
     # streams ---------------------------------------------------------------------------------------------
-    def open(self, draw: Draw, *, what: str, size: int, channels: int, depth: int = DEPTH) -> _Stream:
+    def open(self, draw: NextRequest, *, what: str, size: int, channels: int, depth: int = DEPTH) -> _Stream:
         stream = _Stream(next(self._ids), what, draw, size, channels, depth)
         self._streams[stream.id] = stream
         return stream
@@ -386,202 +386,131 @@ class StreamHub:
 # ------------------------------------------------------------------------------------------------ tasks
 
 
-class _TrainDraw:
-    """A training stream's draws (holds the generator, not the task, so that a dropped task is collected)."""
-
-    def __init__(self, images: StreamImages, batch: int) -> None:
-        self.generator, self.batch, self.spec = images.generator, batch, images.spec
-        self.rows, self.source, self.n = images.rows_train, images.source_train, images.num_train
-
-    def __call__(self) -> tuple[tuple, Any, torch.Tensor]:
-        state = self.generator.get_state()
-        idx = torch.randint(self.n, (self.batch,), generator=self.generator)
-        offsets, mask = draw_augmentation(
-            self.batch, padding=self.spec.crop_padding, flip=self.spec.flip, generator=self.generator
-        )
-        return self.source.job(self.rows[idx.numpy()]), (idx, offsets, mask), state
-
-
-class StreamImages(SampledImages):
-    """One task's images on disk, streamed through a :class:`StreamHub` (see the module docstring).
+class StreamRows:
+    """A task's images on disk, streamed through a :class:`StreamHub` (see the module docstring): the storage
+    of streamed placement behind :class:`~largemeta.data.images.TaskImages`.
 
     ``source_*`` say where a split's images are (:class:`ArrayRows`, :class:`FileRows`), ``rows_*`` which of
-    them belong to the task, ``y_*`` their labels (renumbered 0..k-1). Batches are delivered on ``device``.
+    them belong to the task. Batches are delivered on ``device``; the task's sampler lives on the CPU.
     """
+
+    sampler_device = torch.device("cpu")  # draws are made here, ahead of use
 
     def __init__(
         self,
         spec: TaskSpec,
         source_train: ArrayRows | FileRows,
         rows_train: np.ndarray,
-        y_train: np.ndarray,
         source_eval: ArrayRows | FileRows,
         rows_eval: np.ndarray,
-        y_eval: np.ndarray,
-        class_names: tuple[str, ...] | list[str],
         *,
         hub: StreamHub,
         device: str | torch.device = "cpu",
-        seed: int = 0,
     ) -> None:
-        if len(y_train) == 0:
-            raise UserError(f"task {spec.name!r} has no training images")
         self.spec, self.hub, self.device = spec, hub, torch.device(device)
         self.source_train, self.source_eval = source_train, source_eval
         self.rows_train, self.rows_eval = np.asarray(rows_train, np.int64), np.asarray(rows_eval, np.int64)
-        self.y_train = torch.as_tensor(np.asarray(y_train, np.int64))
-        self.y_eval = torch.as_tensor(np.asarray(y_eval, np.int64))
-        self.class_names = tuple(class_names)
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)  # CPU: draws are made here, ahead of use
         self._stream: _Stream | None = None
         self._batch = 0
 
-    # construction ----------------------------------------------------------------------------------------
-    @classmethod
-    def from_arrays(
-        cls,
-        spec: TaskSpec,
-        ds: ArrayDataset,
-        *,
-        hub: StreamHub,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-    ) -> StreamImages:
-        """The task ``spec`` over a dataset whose images are memory-mapped from a cache entry (only the file
-        names and offsets are used)."""
-        classes = spec.resolve_classes(ds.class_names)
-        remap = np.full(ds.num_classes, -1, np.int64)
-        remap[classes] = np.arange(len(classes))
-        parts = []
-        for split in (spec.train_split, spec.eval_split):
-            y = np.asarray(getattr(ds, f"y_{split}"))
-            keep = np.flatnonzero(remap[y] >= 0)
-            parts += [ArrayRows.of(getattr(ds, f"x_{split}"), f"{ds.name} x_{split}"), keep, remap[y[keep]]]
-        names = [ds.class_names[c] for c in classes]
-        return cls(spec, *parts, names, hub=hub, device=device, seed=seed)
-
-    @classmethod
-    def from_folder(
-        cls,
-        spec: TaskSpec,
-        index: FolderIndex,
-        *,
-        hub: StreamHub,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-    ) -> StreamImages:
-        """The task ``spec`` over a listed image folder (:func:`~largemeta.data.index.index_folder`)."""
-        classes = spec.resolve_classes(index.class_names)
-        remap = np.full(index.num_classes, -1, np.int64)
-        remap[classes] = np.arange(len(classes))
-        parts: list[Any] = []
-        for split in (spec.train_split, spec.eval_split):
-            listing = index.splits[split]
-            keep = np.flatnonzero(remap[listing.labels] >= 0)
-            parts += [FileRows(str(index.root), listing), keep, remap[listing.labels[keep]]]
-        names = [index.class_names[c] for c in classes]
-        return cls(spec, *parts, names, hub=hub, device=device, seed=seed)
-
-    # the SampledImages interface -------------------------------------------------------------------------
-    @property
-    def _index_device(self) -> torch.device:
-        return torch.device("cpu")
-
-    @property
-    def num_eval(self) -> int:
-        return int(self.y_eval.shape[0])
-
-    @property
-    def decoded_bytes(self) -> int:
-        """What the task's images would take decoded at its size (what device placement holds)."""
-        return (self.num_train + self.num_eval) * self.spec.channels * self.spec.image_size**2
-
-    def sample_train(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._stream is None or batch_size != self._batch:
-            self._open(batch_size)
+    def train_batch(self, sampler: TaskSampler, batch: int) -> tuple[torch.Tensor, Draw]:
+        if self._stream is None or batch != self._batch:
+            self._open(sampler, batch)
         assert self._stream is not None
         taken = self.hub.take(self._stream)
         assert taken is not None  # a training stream never ends
-        (idx, offsets, mask), x = taken
-        dev = self.device
-        x = apply_augmentation(
-            x.to(dev, non_blocking=True),
-            padding=self.spec.crop_padding,
-            offsets=None if offsets is None else offsets.to(dev),
-            mask=None if mask is None else mask.to(dev),
-            channels=self.spec.channels,
-        )
-        return x, self.y_train[idx].to(dev)
+        draw, x = taken
+        return x.to(self.device, non_blocking=True), draw
 
-    def iter_eval(self, batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        starts = iter(range(0, self.num_eval, batch_size))
+    def eval_batches(self, batch: int) -> Iterator[tuple[int, torch.Tensor]]:
+        starts = iter(range(0, len(self.rows_eval), batch))
         rows, source = self.rows_eval, self.source_eval
 
         def draw() -> tuple[tuple, Any, None] | None:
             i = next(starts, None)
             if i is None:
                 return None
-            return source.job(rows[i : i + batch_size]), i, None
+            return source.job(rows[i : i + batch]), i, None
 
-        stream = self.hub.open(
-            draw, what=f"task {self.name!r} (eval)", size=self.spec.image_size, channels=self.spec.channels
-        )
+        what = f"task {self.spec.name!r} (eval)"
+        stream = self.hub.open(draw, what=what, size=self.spec.image_size, channels=self.spec.channels)
         try:
             while (taken := self.hub.take(stream)) is not None:
                 i, x = taken
-                yield (
-                    normalize(x.to(self.device), self.spec.channels),
-                    self.y_eval[i : i + batch_size].to(self.device),
-                )
+                yield i, x.to(self.device)
         finally:
             self.hub.close(stream)
 
-    def _training_on(self, index: torch.Tensor, *, seed: int) -> StreamImages:
-        index = index.cpu().numpy()
-        return StreamImages(
+    def training_on(self, index: torch.Tensor) -> StreamRows:
+        return StreamRows(
             self.spec,
             self.source_train,
-            self.rows_train[index],
-            self.y_train.numpy()[index],
+            self.rows_train[index.cpu().numpy()],
             self.source_eval,
             self.rows_eval,
-            self.y_eval.numpy(),
-            self.class_names,
             hub=self.hub,
             device=self.device,
-            seed=seed,
         )
 
-    # the stream ------------------------------------------------------------------------------------------
-    def _open(self, batch_size: int) -> None:
-        """(Re)open the training stream for batches of ``batch_size``, rewinding what was drawn ahead."""
+    def _open(self, sampler: TaskSampler, batch: int) -> None:
+        """(Re)open the training stream for batches of ``batch``, rewinding what was drawn ahead."""
         if self._stream is not None:
-            state = self.state_dict()["generator"]
+            state = self.pending_state()
             self.close()
-            self.generator.set_state(state)
-        self._batch = batch_size
-        self._stream = self.hub.open(
-            _TrainDraw(self, batch_size),
-            what=f"task {self.name!r}",
-            size=self.spec.image_size,
-            channels=self.spec.channels,
-        )
+            if state is not None:
+                sampler.generator.set_state(state)
+        self._batch = batch
+        rows, source = self.rows_train, self.source_train
+
+        # holds the sampler, not the task, so that a dropped task is collected
+        def draw() -> tuple[tuple, Draw, torch.Tensor]:
+            state = sampler.get_state()
+            drawn = sampler.draw(batch)
+            return source.job(rows[drawn.indices.numpy()]), drawn, state
+
+        what = f"task {self.spec.name!r}"
+        self._stream = self.hub.open(draw, what=what, size=self.spec.image_size, channels=self.spec.channels)
         weakref.finalize(self, self.hub.close, self._stream)
+
+    def pending_state(self) -> torch.Tensor | None:
+        pending = self._stream.pending if self._stream is not None else ()
+        return pending[0][1] if pending else None
+
+    def drop_pending(self) -> None:
+        if self._stream is not None:
+            self.hub.reset(self._stream)
 
     def close(self) -> None:
         if self._stream is not None:
             self.hub.close(self._stream)
             self._stream = None
 
-    def state_dict(self) -> dict[str, Any]:
-        """The generator state from before the oldest batch drawn ahead and not yet used, and the seed."""
-        pending = self._stream.pending if self._stream is not None else ()
-        state = pending[0][1] if pending else self.generator.get_state()
-        return {"generator": state.clone(), "seed": self.seed}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self.seed = int(state.get("seed", self.seed))
-        if self._stream is not None:
-            self.hub.reset(self._stream)
+def stream_arrays(
+    spec: TaskSpec, ds: ArrayDataset, *, hub: StreamHub, device: str | torch.device = "cpu", seed: int = 0
+) -> TaskImages:
+    """The task ``spec`` streamed from a dataset whose images are memory-mapped from a cache entry (only the
+    file names and offsets are used)."""
+    parts: list[Any] = []
+    labels = []
+    for split in (spec.train_split, spec.eval_split):
+        keep, y = spec.select(ds.class_names, getattr(ds, f"y_{split}"))
+        parts += [ArrayRows.of(getattr(ds, f"x_{split}"), f"{ds.name} x_{split}"), keep]
+        labels.append(y)
+    rows = StreamRows(spec, *parts, hub=hub, device=device)
+    return TaskImages(spec, rows, *labels, spec.class_names_of(ds.class_names), seed=seed)
+
+
+def stream_folder(
+    spec: TaskSpec, index: FolderIndex, *, hub: StreamHub, device: str | torch.device = "cpu", seed: int = 0
+) -> TaskImages:
+    """The task ``spec`` streamed from a listed image folder (:func:`~largemeta.data.index.index_folder`)."""
+    parts: list[Any] = []
+    labels = []
+    for split in (spec.train_split, spec.eval_split):
+        listing = index.splits[split]
+        keep, y = spec.select(index.class_names, listing.labels)
+        parts += [FileRows(str(index.root), listing), keep]
+        labels.append(y)
+    rows = StreamRows(spec, *parts, hub=hub, device=device)
+    return TaskImages(spec, rows, *labels, spec.class_names_of(index.class_names), seed=seed)

@@ -115,6 +115,21 @@ class TaskSpec:
         """Indices into ``class_names`` selected by :attr:`classes`; ``UserError`` naming unknown ones."""
         return resolve_classes(self.classes, class_names, f"task {self.name!r} ({self.dataset})")
 
+    def class_names_of(self, class_names: Sequence[str]) -> list[str]:
+        """The task's class names, in the order of its labels 0..k-1."""
+        return [class_names[c] for c in self.resolve_classes(class_names)]
+
+    def select(self, class_names: Sequence[str], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, task_labels)``: the positions in ``labels`` (a split's labels, indices into
+        ``class_names``) of the task's classes, and their labels renumbered 0..k-1 in the order the task
+        lists its classes."""
+        classes = self.resolve_classes(class_names)
+        remap = np.full(len(class_names), -1, np.int64)  # dataset label -> task label (-1: not the task's)
+        remap[classes] = np.arange(len(classes))
+        labels = np.asarray(labels)
+        rows = np.flatnonzero(remap[labels] >= 0)
+        return rows, remap[labels[rows]]
+
 
 def _class_error(what: str, bad: object, class_names: Sequence[str]) -> UserError:
     n = len(class_names)

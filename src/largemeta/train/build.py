@@ -1,7 +1,7 @@
 """Building a training run from its config: where it runs, its tasks, its learner and how a step executes.
 
 :func:`place` joins the process group (under torchrun) and picks the device; :func:`build_run` decides where
-the task images live (``data_placement``: on the device or streamed, :mod:`largemeta.data.placement`), loads
+the task images live (``data_placement``: on the device or streamed, :mod:`largemeta.data.loader`), loads
 this rank's share of the suite's meta-train tasks — a fixed task list, or, with ``tasks_per_trajectory``, a
 task pool that draws them (:mod:`largemeta.core.assignment`; a drawn task's images are loaded when it is drawn
 and released when it leaves), its slots laid out over the ranks by :mod:`largemeta.train.layout` — creates
@@ -29,7 +29,7 @@ from largemeta.core.inner import INNER_OPTIMIZERS
 from largemeta.core.params import Params, map_tensors
 from largemeta.data.cache import notice
 from largemeta.data.images import TrainQuerySampler, task_seed
-from largemeta.data.placement import TaskLoader, choose_placement, resident_bytes
+from largemeta.data.loader import TaskLoader
 from largemeta.data.tasks import TaskSpec, load_suite
 from largemeta.errors import UserError
 from largemeta.execution import EXECUTORS, GRAPH, CudaGraphMetaStep
@@ -184,10 +184,10 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
     if cfg.init:
         phi = initial_phi(cfg, phi)
     phi = {k: v.to(placement.device) for k, v in phi.items()}
-    loader = TaskLoader(placement.device, data_dir=cfg.data_dir or None, workers=cfg.stream_workers)
+    may_run = list(range(len(specs))) if cfg.tasks_per_trajectory else lay.mine  # a pool draws any task
+    loader = task_loader(cfg, placement, [specs[p] for p in may_run], len(lay.mine), saved_placement)
     build_task = _task_builder(cfg, specs, body, buffers, placement.device, algo.uses_query, loader)
-    assignment, may_run = assign(cfg, specs, lay, placement, build_task)
-    set_placement(loader, cfg, placement, [specs[p] for p in may_run], len(lay.mine), saved_placement)
+    assignment = assign(cfg, specs, lay, placement, build_task)
     tasks, heads = assignment.start()
     if len(may_run) == len(tasks):  # every task it will ever run is built: free the host copies
         loader.forget_datasets()
@@ -197,7 +197,7 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
     inner = INNER_OPTIMIZERS.create(
         cfg.inner_optimizer, lr=cfg.inner_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    where = {"loader": loader, "data_placement": loader.placement}
+    where = {"loader": loader, "data_placement": loader.data_placement}
     if algo.joint:
         learner: MetaLearner | JointLearner = JointLearner(
             phi, tasks, inner, heads, group=placement.group, reduce=task_group.mean if task_group else None
@@ -230,34 +230,28 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
     )
 
 
-def set_placement(
-    loader: TaskLoader,
+def task_loader(
     cfg: TrainConfig,
     placement: Placement,
     specs: list[TaskSpec],
-    at_once: int,
+    at_once: int | None,
     before: str | None,
-) -> None:
-    """Resolve the run's data placement on ``loader``: ``auto`` weighs the decoded size of the ``at_once``
-    largest of ``specs`` (the tasks this rank may run) against the budget — or, resuming, keeps the placement
-    the run had. On CUDA device and stream placement sample differently, so there a resumed run keeps its
-    own; on a CPU they sample alike and a run may resume with the other."""
-    why = ""
-    if cfg.data_placement == "auto" and before in ("device", "stream"):
-        chosen = before
-    elif cfg.data_placement == "auto":
-        size = resident_bytes(loader, specs, at_once)
-        chosen, why = choose_placement("auto", size, placement.device, cfg.memory_budget_gb)
-    else:
-        chosen = cfg.data_placement
-    if before and chosen != before and placement.device.type == "cuda":
-        raise UserError(
-            f"this run was trained with data_placement = {before!r}, whose batches differ from {chosen!r}'s "
-            f"on CUDA; resume with --set data_placement={before}"
-        )
-    loader.placement = chosen
-    if chosen == "stream" and why and placement.rank == 0:
-        notice(f"{why} by {loader.workers} worker process(es)")
+) -> TaskLoader:
+    """The run's :class:`TaskLoader` on this rank's device (its data placement resolved there: ``auto``
+    weighs the ``at_once`` largest of ``specs``, all when None; resuming, the run's own, ``before``)."""
+    loader = TaskLoader(
+        placement.device,
+        cfg.data_placement,
+        specs=specs,
+        at_once=at_once,
+        memory_budget_gb=cfg.memory_budget_gb,
+        resumed=before,
+        data_dir=cfg.data_dir or None,
+        workers=cfg.stream_workers,
+    )
+    if loader.data_placement == "stream" and loader.why and placement.rank == 0:
+        notice(f"{loader.why} by {loader.workers} worker process(es)")
+    return loader
 
 
 def _task_builder(
@@ -298,9 +292,9 @@ def _static(
     lay: Layout,
     placement: Placement,
     build_task: Callable[[int], tuple[ImageTask, Params]],
-) -> tuple[Static, list[int]]:
+) -> Static:
     """A fixed task list: task s in slot s; this rank builds its slots' tasks once."""
-    return Static(len(specs), activate=lambda p, state: build_task(p), local=lay.mine), lay.mine
+    return Static(len(specs), activate=lambda p, state: build_task(p), local=lay.mine)
 
 
 def _task_pool(
@@ -309,7 +303,7 @@ def _task_pool(
     lay: Layout,
     placement: Placement,
     build_task: Callable[[int], tuple[ImageTask, Params]],
-) -> tuple[TaskPool, list[int]]:
+) -> TaskPool:
     """The pool of every meta-train task, ``cfg.tasks_per_trajectory`` at a time (any may be drawn on any
     rank): a drawn task is built (its images loaded) when it enters a slot, its state kept on the host and
     its images released when it leaves."""
@@ -344,4 +338,4 @@ def _task_pool(
         local=lay.mine,
         exchange=exchange,
     )
-    return pool, list(range(len(specs)))
+    return pool

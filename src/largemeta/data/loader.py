@@ -1,11 +1,12 @@
 """Where a run's task images live — decoded on the training device, or streamed from disk — and the one object
-that builds them: :class:`TaskLoader`.
+that decides it and builds them: :class:`TaskLoader` (used by training and by the meta-test alike).
 
-``data_placement`` (a training config key):
+``data_placement`` (a training config key and an ``evaluate`` flag; "placement" alone, in ``largemeta.train``,
+means where the processes run):
 
-* ``device`` — :class:`~largemeta.data.images.TaskImages`: every image decoded once, uint8 on the training
+* ``device`` — :class:`~largemeta.data.images.DeviceRows`: every image decoded once, uint8 on the training
   device, batches drawn and augmented there. The fast path; the suite must fit.
-* ``stream`` — :class:`~largemeta.data.stream.StreamImages`: images stay on disk (a registered dataset's
+* ``stream`` — :class:`~largemeta.data.stream.StreamRows`: images stay on disk (a registered dataset's
   cache entry, a folder's files) and worker processes decode the rows each batch draws. Any size.
 * ``auto`` — ``device`` when the task images that must be resident at once fit the memory budget, else
   ``stream`` (:func:`choose_placement` says why).
@@ -18,22 +19,18 @@ memory must remain for the rest of the machine.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from largemeta.data.arrays import ArrayDataset
 from largemeta.data.cache import data_dir as resolve_data_dir
-from largemeta.data.cache import unwritable
-from largemeta.data.datasets import DATASETS, looks_like_path
-from largemeta.data.images import Datasets, SampledImages
+from largemeta.data.datasets import DATASETS, looks_like_path, memory_mapped
+from largemeta.data.images import Datasets, TaskImages
 from largemeta.data.index import FolderIndex, index_folder
-from largemeta.data.store import Damaged, read_entry, write_entry
-from largemeta.data.stream import StreamHub, StreamImages
+from largemeta.data.stream import StreamHub, stream_arrays, stream_folder
 from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError, choice_error
 
@@ -112,31 +109,57 @@ def default_workers() -> int:
 
 
 class TaskLoader:
-    """Builds the images of any task spec of a run, on the device or streamed, loading each dataset once.
+    """Decides where a run's task images live and builds the images of any of its task specs there, loading
+    each dataset once.
 
     Args:
         device: where batches are delivered.
-        placement: ``device`` or ``stream`` (resolve ``auto`` first with :func:`choose_placement`, which needs
-            :meth:`decoded_bytes`; :attr:`placement` may be set until the first task is built).
+        data_placement: ``device``, ``stream`` or ``auto``; ``auto`` is resolved here: ``device`` when the
+            decoded images of the ``at_once`` largest of ``specs`` (all of them when None) fit the budget
+            (``memory_budget_gb``, 0: half the free memory), else ``stream`` (:attr:`why` says why).
+        resumed: the data placement a resumed run was trained with (None: a new run). ``auto`` keeps it; on a
+            device other than the CPU, where the two placements draw different batches, another one is
+            refused.
         data_dir: the dataset cache.
         workers: streaming worker processes (0: :func:`default_workers`).
+
+    After construction :attr:`data_placement` is ``device`` or ``stream``; :attr:`why` is the reason when
+    ``auto`` weighed the sizes, else empty.
     """
 
     def __init__(
         self,
         device: str | torch.device = "cpu",
-        placement: str = "device",
+        data_placement: str = "device",
         *,
+        specs: Sequence[TaskSpec] = (),
+        at_once: int | None = None,
+        memory_budget_gb: float = 0.0,
+        resumed: str | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         workers: int = 0,
     ) -> None:
-        self.device, self.placement = torch.device(device), placement
+        self.device = torch.device(device)
         self.data_dir = data_dir or None
         self.workers = workers or default_workers()
         self.datasets = Datasets(data_dir=self.data_dir)
         self._hub: StreamHub | None = None
         self._indexes: dict[str, FolderIndex] = {}
         self._mapped: dict[str, ArrayDataset] = {}
+        self.why = ""
+        if data_placement == "auto" and resumed in ("device", "stream"):
+            chosen = resumed
+        elif data_placement == "auto":
+            size = resident_bytes(self, specs, at_once)
+            chosen, self.why = choose_placement("auto", size, self.device, memory_budget_gb)
+        else:
+            chosen, _ = choose_placement(data_placement, 0, self.device)
+        if resumed and chosen != resumed and self.device.type != "cpu":
+            raise UserError(
+                f"this run was trained with data_placement = {resumed!r}, whose batches differ from "
+                f"{chosen!r}'s on {self.device.type}; resume with --set data_placement={resumed}"
+            )
+        self.data_placement = chosen
 
     @property
     def hub(self) -> StreamHub:
@@ -164,47 +187,21 @@ class TaskLoader:
         else:
             ds = self.datasets.get(spec.dataset)
             names, labels = ds.class_names, {"train": ds.y_train, "test": ds.y_test}
-        keep = np.zeros(len(names), bool)
-        keep[spec.resolve_classes(names)] = True
-        count = sum(int(keep[np.asarray(labels[s])].sum()) for s in (spec.train_split, spec.eval_split))
+        count = sum(len(spec.select(names, labels[s])[0]) for s in (spec.train_split, spec.eval_split))
         return count * spec.channels * spec.image_size**2
 
     # tasks -----------------------------------------------------------------------------------------------
-    def task_images(self, spec: TaskSpec, seed: int = 0) -> SampledImages:
-        """``spec``'s images placed as :attr:`placement` says, sampling from ``seed``."""
-        if self.placement == "device":
+    def task_images(self, spec: TaskSpec, seed: int = 0) -> TaskImages:
+        """``spec``'s images placed as :attr:`data_placement` says, sampling from ``seed``."""
+        if self.data_placement == "device":
             return self.datasets.task_images(spec, device=self.device, seed=seed)
-        if self.placement != "stream":
-            raise ValueError(f"resolve data_placement {self.placement!r} before building tasks")
         if self._is_folder(spec.dataset):
-            return StreamImages.from_folder(
-                spec, self._index(spec.dataset), hub=self.hub, device=self.device, seed=seed
-            )
-        return StreamImages.from_arrays(
-            spec, self._memory_mapped(spec.dataset), hub=self.hub, device=self.device, seed=seed
-        )
-
-    def _memory_mapped(self, name: str) -> ArrayDataset:
-        """``name``'s arrays memory-mapped from a cache entry: a registered dataset's own, or (a ``.npz`` read
-        into memory) one written for it under ``<cache>/byo-v2/`` keyed by its path, size and mtime."""
-        ds = self.datasets.get(name)
-        if all(isinstance(getattr(ds, k), np.memmap) for k in ("x_train", "x_test")):
-            return ds
-        if name not in self._mapped:
-            path = Path(name).expanduser().resolve()
-            st = path.stat()
-            key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
-            cache = resolve_data_dir(self.data_dir)
-            folder = cache / "byo-v2" / key
-            try:
-                self._mapped[name] = read_entry(folder, ds.name)
-            except Damaged:
-                try:
-                    write_entry(folder, ds)
-                except OSError as err:
-                    raise unwritable(cache, err, f"streaming {name} needs its arrays on disk: ") from None
-                self._mapped[name] = read_entry(folder, ds.name)
-        return self._mapped[name]
+            return stream_folder(spec, self._index(spec.dataset), hub=self.hub, device=self.device, seed=seed)
+        if spec.dataset not in self._mapped:
+            loaded = self.datasets.get(spec.dataset)
+            self._mapped[spec.dataset] = memory_mapped(spec.dataset, self.data_dir, loaded)
+        ds = self._mapped[spec.dataset]
+        return stream_arrays(spec, ds, hub=self.hub, device=self.device, seed=seed)
 
     def forget_datasets(self) -> None:
         """Drop the loaded datasets (host arrays, memory maps): the tasks built so far keep what they need,
