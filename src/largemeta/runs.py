@@ -57,8 +57,27 @@ _CHECKPOINT_FOLDER = re.compile(rf"^\.?{CHECKPOINT_NAME}-\d+(\.tmp)?$")
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    """Whether a run folder holds a checkpoint (either format)."""
-    return (Path(run_dir) / CHECKPOINT).is_file() or (Path(run_dir) / LEGACY_CHECKPOINT).is_file()
+    """Whether a run folder holds a checkpoint (either format), or a checkpoint folder without its manifest
+    (to recover, never to overwrite)."""
+    run_dir = Path(run_dir)
+    return (
+        (run_dir / CHECKPOINT).is_file()
+        or (run_dir / LEGACY_CHECKPOINT).is_file()
+        or bool(_checkpoint_folders(run_dir))
+    )
+
+
+def _checkpoint_folders(run_dir: Path) -> list[str]:
+    """Checkpoint folders (not temporary ones) in a run folder, by name."""
+    try:
+        names = contents(run_dir)
+    except OSError:
+        return []
+    return [
+        n
+        for n in names
+        if not n.startswith(".") and sharded_checkpoint.folder_step(n, CHECKPOINT_NAME) is not None
+    ]
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -90,6 +109,12 @@ def no_checkpoint(run_dir: Path) -> UserError:
     """The one-line error for a folder with no checkpoint to resume or read."""
     if not Path(run_dir).is_dir():
         return UserError(f"run folder {str(run_dir)!r} does not exist")
+    folders = _checkpoint_folders(Path(run_dir))
+    if folders:
+        return UserError(
+            f"{str(run_dir)!r} holds {_listing(folders)} but no {CHECKPOINT} naming a complete checkpoint of "
+            f"this run, and none of them is one to recover; nothing was deleted: put the run's {CHECKPOINT} back"
+        )
     if (Path(run_dir) / RUN).is_file():
         return UserError(
             f"{str(run_dir)!r} has no checkpoint yet: its run stopped before writing one; "
@@ -271,7 +296,7 @@ def _is_run_file(name: str) -> bool:
 
 def accept_new_run(folder: Path, names: list[str]) -> None:
     """A new run goes into an empty folder, or one holding a run that never wrote a checkpoint."""
-    if CHECKPOINT in names or LEGACY_CHECKPOINT in names:
+    if CHECKPOINT in names or LEGACY_CHECKPOINT in names or _checkpoint_folders(folder):
         raise UserError(f"{str(folder)!r} already holds a run; use --resume {folder} or another --out")
     if names and not (RUN in names and all(_is_run_file(n) for n in names)):
         raise UserError(
@@ -282,7 +307,7 @@ def accept_new_run(folder: Path, names: list[str]) -> None:
 
 def accept_run(folder: Path, names: list[str]) -> None:
     """--resume needs a run folder with a checkpoint."""
-    if CHECKPOINT not in names and LEGACY_CHECKPOINT not in names:
+    if CHECKPOINT not in names and LEGACY_CHECKPOINT not in names and not _checkpoint_folders(folder):
         raise no_checkpoint(folder)
 
 
@@ -353,8 +378,68 @@ def check_finite(tensors: Params, what: str) -> None:
 def read_manifest(run_dir: Path) -> sharded_checkpoint.Manifest:
     """A run folder's checkpoint manifest, verified and checked to record what a run's checkpoint records:
     the config, the task names and the "shared" entry (φ); a one-line error otherwise."""
-    manifest = sharded_checkpoint.read_manifest(run_dir, CHECKPOINT_NAME)
-    path = Path(run_dir) / CHECKPOINT
+    return _check_manifest(
+        sharded_checkpoint.read_manifest(run_dir, CHECKPOINT_NAME), Path(run_dir) / CHECKPOINT
+    )
+
+
+def locate_checkpoint(run_dir: Path) -> tuple[sharded_checkpoint.Manifest, str | None]:
+    """The checkpoint ``--resume`` continues, and a note when it is not the one ``checkpoint.json`` names.
+
+    The manifest is verified (its sha256, then that it is this folder's run's: ``run.json``) before anything
+    else. A newer complete checkpoint folder of the same run beside it (a manifest put back by hand, or a save
+    killed between publishing its folder and its manifest) is the one continued; so is the newest complete
+    checkpoint folder when the manifest is missing. A damaged or foreign manifest is refused in one line that
+    names the newest complete checkpoint of this run and how to continue from it; nothing is deleted."""
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT
+    recorded = _recorded_identity(run_dir)
+    manifest, error = None, None
+    if path.exists():
+        try:
+            manifest = read_manifest(run_dir)
+            check_identity(run_dir, manifest.info.get("identity"), manifest.info["config"])
+        except UserError as err:
+            manifest, error = None, err
+    owner = recorded or (manifest.info.get("identity") if manifest is not None else None)
+    run_id = owner.get("run_id") if owner else None
+    candidates = [
+        m
+        for m in sharded_checkpoint.complete_folders(run_dir, CHECKPOINT_NAME)
+        if run_id is None or (m.info.get("identity") or {}).get("run_id") == run_id
+    ]
+    newest = candidates[0] if candidates else None
+    if error is not None:
+        if newest is None:
+            raise error
+        raise UserError(
+            f"{error}; nothing was deleted: the newest complete checkpoint of this run is "
+            f"{str(newest.folder)!r} (step {newest.step}); to continue from it, move {CHECKPOINT} aside "
+            f"(mv {path} {path}.bad) and resume again"
+        )
+    if manifest is None:
+        if newest is None:
+            raise no_checkpoint(run_dir)
+        if (
+            run_id is None
+            and len({str((m.info.get("identity") or {}).get("run_id")) for m in candidates}) > 1
+        ):
+            raise UserError(
+                f"{str(run_dir)!r} has no {CHECKPOINT} and no {RUN}, and holds complete checkpoints of several "
+                f"runs; nothing was deleted: put the run's {CHECKPOINT} back"
+            )
+        note = f"{str(path)!r} is missing: recovered from {str(newest.folder)!r} (step {newest.step}), the newest complete checkpoint of this run"
+        return _check_manifest(newest, path), note
+    if newest is not None and newest.step > manifest.step:
+        note = (
+            f"{str(path)!r} names step {manifest.step}, but {str(newest.folder)!r} is a newer complete "
+            f"checkpoint of this run: continuing from step {newest.step}"
+        )
+        return _check_manifest(newest, path), note
+    return manifest, None
+
+
+def _check_manifest(manifest: sharded_checkpoint.Manifest, path: Path) -> sharded_checkpoint.Manifest:
     for key, kind in (("config", dict), ("task_names", list)):
         if not isinstance(manifest.info.get(key), kind):
             raise UserError(

@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from largemeta import sharded_checkpoint
 from largemeta.errors import UserError
-from largemeta.runs import CHECKPOINT_NAME, LEGACY_CHECKPOINT, read_legacy_checkpoint, read_manifest
+from largemeta.runs import CHECKPOINT_NAME, LEGACY_CHECKPOINT, locate_checkpoint, read_legacy_checkpoint
 from largemeta.train import distributed, state
 from largemeta.train.build import Run, map_tensors
 
@@ -65,6 +65,8 @@ class Saved:
     manifest: sharded_checkpoint.Manifest | None = None
     legacy: dict[str, Any] | None = None
     """The whole state of a version-0.1 ``checkpoint.pt`` (read in full on every rank)."""
+    recovered: str | None = None
+    """Why the checkpoint is not the one ``checkpoint.json`` names (:func:`largemeta.runs.locate_checkpoint`)."""
 
     @property
     def config(self) -> dict[str, Any]:
@@ -83,9 +85,9 @@ def read(run_dir: Path) -> Saved:
     """The run folder's checkpoint: the sharded manifest (verified, complete), else a version-0.1
     ``checkpoint.pt``; a one-line error when it is neither."""
     run_dir = Path(run_dir)
-    if sharded_checkpoint.exists(run_dir, CHECKPOINT_NAME):
-        manifest = read_manifest(run_dir)
-        return Saved(manifest.step, manifest.info, manifest=manifest)
+    if sharded_checkpoint.exists(run_dir, CHECKPOINT_NAME) or not (run_dir / LEGACY_CHECKPOINT).is_file():
+        manifest, recovered = locate_checkpoint(run_dir)
+        return Saved(manifest.step, manifest.info, manifest=manifest, recovered=recovered)
     legacy = read_legacy_checkpoint(run_dir)
     info = {
         k: legacy[k] for k in ("config", "identity", "task_names", "world", "data_placement") if k in legacy

@@ -121,11 +121,10 @@ class Trainer:
             self.identity = runs.new_identity(self.cfg.algo, self.cfg.seed)
             return None
         self.claim = runs.claim(self.run_dir, runs.accept_run, what="run folder", create=False)
-        sharded_checkpoint.sweep(
-            self.run_dir, CHECKPOINT_NAME
-        )  # unfinished checkpoint folders of a killed run
-        saved = sharded_state.read(self.run_dir)
+        saved = sharded_state.read(self.run_dir)  # verified (sha256, the run's identity) before any sweep
         self.identity = runs.check_identity(self.run_dir, saved.identity, saved.config)
+        _reinstate(saved)
+        sharded_checkpoint.sweep(self.run_dir, CHECKPOINT_NAME)  # what killed or superseded saves left
         differing = diff(saved.config, self.cfg)
         if differing:
             pairs = ", ".join(f"{k}: {saved.config.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in differing)
@@ -341,6 +340,14 @@ class Trainer:
         if not self.cfg.tensorboard:
             return None
         return _tensorboard_writer_class()(str(self.run_dir / TENSORBOARD))
+
+
+def _reinstate(saved: sharded_state.Saved) -> None:
+    """A checkpoint recovered from its folder (manifest missing, or older than it) is named by the run's
+    manifest again, with a warning saying why."""
+    if saved.recovered is not None and saved.manifest is not None:
+        sharded_checkpoint.reinstate(saved.manifest, CHECKPOINT_NAME)
+        warnings.warn(saved.recovered, stacklevel=3)
 
 
 def _tensorboard_writer_class():
