@@ -113,7 +113,8 @@ def no_checkpoint(run_dir: Path) -> UserError:
     if folders:
         return UserError(
             f"{str(run_dir)!r} holds {_listing(folders)} but no {CHECKPOINT} naming a complete checkpoint of "
-            f"this run, and none of them is one to recover; nothing was deleted: put the run's {CHECKPOINT} back"
+            f"this run, and none of them is one to recover; nothing was deleted: put the run's {CHECKPOINT} "
+            "back"
         )
     if (Path(run_dir) / RUN).is_file():
         return UserError(
@@ -425,10 +426,13 @@ def locate_checkpoint(run_dir: Path) -> tuple[sharded_checkpoint.Manifest, str |
             and len({str((m.info.get("identity") or {}).get("run_id")) for m in candidates}) > 1
         ):
             raise UserError(
-                f"{str(run_dir)!r} has no {CHECKPOINT} and no {RUN}, and holds complete checkpoints of several "
-                f"runs; nothing was deleted: put the run's {CHECKPOINT} back"
+                f"{str(run_dir)!r} has no {CHECKPOINT} and no {RUN}, and holds complete checkpoints of "
+                f"several runs; nothing was deleted: put the run's {CHECKPOINT} back"
             )
-        note = f"{str(path)!r} is missing: recovered from {str(newest.folder)!r} (step {newest.step}), the newest complete checkpoint of this run"
+        note = (
+            f"{str(path)!r} is missing: recovered from {str(newest.folder)!r} (step {newest.step}), the "
+            "newest complete checkpoint of this run"
+        )
         return _check_manifest(newest, path), note
     if newest is not None and newest.step > manifest.step:
         note = (

@@ -420,7 +420,8 @@ def _manifest_text(
 
 
 def _write_folder_manifest(folder: Path, text: bytes) -> None:
-    """The manifest's copy inside its folder (:data:`FOLDER_MANIFEST`), on disk before the folder is renamed."""
+    """The manifest's copy inside its folder (:data:`FOLDER_MANIFEST`), on disk before the folder is
+    renamed."""
     with open(folder / FOLDER_MANIFEST, "wb") as fh:
         fh.write(text)
         fh.flush()

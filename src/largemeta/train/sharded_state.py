@@ -66,7 +66,8 @@ class Saved:
     legacy: dict[str, Any] | None = None
     """The whole state of a version-0.1 ``checkpoint.pt`` (read in full on every rank)."""
     recovered: str | None = None
-    """Why the checkpoint is not the one ``checkpoint.json`` names (:func:`largemeta.runs.locate_checkpoint`)."""
+    """Why the checkpoint is not the one ``checkpoint.json`` names
+    (:func:`largemeta.runs.locate_checkpoint`)."""
 
     @property
     def config(self) -> dict[str, Any]:
