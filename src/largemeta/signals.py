@@ -6,8 +6,9 @@ training loop, between two steps — the first signal is only recorded (:func:`d
 loop finishes its step, writes a checkpoint and raises :class:`largemeta.errors.Preempted` (the same signal
 again within :data:`SAME_STOP_S` seconds is the same stop: a launcher forwarding what the process group
 already got). Anywhere else, and on a second signal, the handler raises :class:`largemeta.errors.Stopped` at
-once (a ``KeyboardInterrupt``, so ``finally`` blocks run and half-written temporary files are removed) — or, when the signal lands inside an
-import, as soon as the import is over (polled with SIGALRM), so that no module is left half initialised.
+once (a ``KeyboardInterrupt``, so ``finally`` blocks run and half-written temporary files are removed) — or,
+when the signal lands inside an import, as soon as the import is over (polled with SIGALRM), so that no
+module is left half initialised.
 
 Handlers can only be installed in the main thread; elsewhere these functions change nothing.
 """
