@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from largemeta.errors import UserError, check_positive
+from largemeta.files import sha256_file
 from largemeta.registry import Registry, call_with_accepted
 
 Factory = Callable[..., nn.Module]
@@ -155,6 +156,71 @@ def feature_size(body: nn.Module, channels: int, image_size: int | tuple[int, in
             f"a batch of shape {shape} gave {given}{hint}"
         )
     return int(out.shape[1])
+
+
+def source_identity(name: str) -> dict[str, Any] | None:
+    """What identifies the code of body ``name``, for a checkpoint to record and a resume to compare: a file's
+    path and sha256, a module's name, its file's sha256 and its distribution's version, an entry point's or
+    timm's version. None for a body built into largemeta (its code is the package's). Call it once the body
+    was built (the module is imported by then)."""
+    if name in MODELS:
+        return None
+    if name.startswith("timm:"):
+        return {"package": "timm", "version": _version("timm")}
+    where = name.rpartition(":")[0]
+    if not where:
+        found = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name))
+        dist = getattr(found[0], "dist", None) if found else None
+        return {"entry_point": found[0].value if found else name, "version": getattr(dist, "version", None)}
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        path = Path(where).expanduser().resolve()
+        return {"file": str(path), "sha256": sha256_file(path)}
+    file = _module_file(where)
+    top = where.split(".")[0]
+    dists = importlib.metadata.packages_distributions().get(top, [])
+    return {
+        "module": where,
+        "sha256": sha256_file(Path(file)) if file and Path(file).is_file() else None,
+        "version": _version(dists[0]) if dists else None,
+    }
+
+
+def same_source(recorded: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
+    """Whether two :func:`source_identity` records name the same code (by content where both hashed it: a
+    file moved with its run is the same code)."""
+    if recorded is None or current is None:
+        return recorded == current
+    if recorded.get("sha256") and current.get("sha256"):
+        return recorded["sha256"] == current["sha256"]
+    return recorded == current
+
+
+def describe_source(source: dict[str, Any] | None) -> str:
+    if source is None:
+        return "a body built into largemeta"
+    what = source.get("file") or source.get("module") or source.get("entry_point") or source.get("package")
+    digest = (
+        f"sha256 {str(source['sha256'])[:12]}" if source.get("sha256") else f"version {source.get('version')}"
+    )
+    return f"{what} ({digest})"
+
+
+def _module_file(module: str) -> str | None:
+    """The file of ``module``, found without running it (its parent packages are imported)."""
+    if module in sys.modules:
+        return getattr(sys.modules[module], "__file__", None)
+    try:
+        spec = importlib.util.find_spec(module)
+    except Exception:  # a missing or broken parent package: building the body says what is wrong
+        return None
+    return spec.origin if spec is not None and spec.has_location else None
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 # Forward passes for feature_size ------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from largemeta import runs, sharded_checkpoint, signals
 from largemeta.errors import Preempted, UserError
 from largemeta.metatest import check_image_size
+from largemeta.models.factory import describe_source, same_source, source_identity
 from largemeta.runs import CHECKPOINT, CHECKPOINT_NAME, CONFIG, METRICS, TENSORBOARD
 from largemeta.train import distributed, sharded_state
 from largemeta.train.build import build_run, place
@@ -52,9 +53,16 @@ class Trainer:
     ``resume``); ``close()`` releases the run folder and the process group."""
 
     def __init__(
-        self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True
+        self,
+        cfg: TrainConfig,
+        run_dir: Path,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+        allow_model_change: bool = False,
     ) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.allow_model_change = allow_model_change
         self.placement = place(cfg)
         self.rank = self.placement.rank
         self.progress = progress and self.rank == 0
@@ -119,10 +127,14 @@ class Trainer:
         if not resume:
             self.claim = runs.claim(self.run_dir, runs.accept_new_run, what="run folder")
             self.identity = runs.new_identity(self.cfg.algo, self.cfg.seed)
+            self.identity["model_source"] = source_identity(self.cfg.model)
             return None
         self.claim = runs.claim(self.run_dir, runs.accept_run, what="run folder", create=False)
         saved = sharded_state.read(self.run_dir)  # verified (sha256, the run's identity) before any sweep
         self.identity = runs.check_identity(self.run_dir, saved.identity, saved.config)
+        self.identity = _check_model_source(
+            self.identity, self.cfg.model, saved.step, self.allow_model_change
+        )
         _reinstate(saved)
         sharded_checkpoint.sweep(self.run_dir, CHECKPOINT_NAME)  # what killed or superseded saves left
         differing = diff(saved.config, self.cfg)
@@ -340,6 +352,30 @@ class Trainer:
         if not self.cfg.tensorboard:
             return None
         return _tensorboard_writer_class()(str(self.run_dir / TENSORBOARD))
+
+
+def _check_model_source(identity: dict[str, Any], model: str, step: int, allow: bool) -> dict[str, Any]:
+    """The identity to continue with: a body whose code is not the code the checkpoint was trained with (a
+    file or module edited since) is refused, or with ``allow`` continued and the change recorded in the
+    identity's ``model_changes`` (a checkpoint from before sources were recorded gets today's source)."""
+    current = source_identity(model)
+    if "model_source" not in identity:
+        return {**identity, "model_source": current}
+    recorded = identity["model_source"]
+    if same_source(recorded, current):
+        return identity
+    if not allow:
+        raise UserError(
+            f"model {model!r} is not the code this run was trained with: {describe_source(recorded)} then, "
+            f"{describe_source(current)} now; put that code back, or resume with --allow-model-change to "
+            "continue with this code (the change is recorded in the run)"
+        )
+    change = {"step": step, "from": recorded, "to": current}
+    return {
+        **identity,
+        "model_source": current,
+        "model_changes": [*identity.get("model_changes", []), change],
+    }
 
 
 def _reinstate(saved: sharded_state.Saved) -> None:
