@@ -33,6 +33,7 @@ from largemeta.data.tasks import TaskSpec, load_suite
 from largemeta.errors import UserError
 from largemeta.execution import EXECUTORS, GRAPH, CudaGraphMetaStep
 from largemeta.models import create_model, feature_size, init_head, split_state
+from largemeta.models.factory import check_body
 from largemeta.models.task import ImageTask
 from largemeta.runs import fit_to_body, load_weights
 from largemeta.train import distributed, groups
@@ -194,6 +195,7 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
 
     torch.manual_seed(cfg.seed)  # the same initial φ on every rank
     body = create_model(cfg.model, in_channels=channels.pop(), width=cfg.width)
+    check_body(body, cfg.model, specs[0].channels, specs[0].image_size)
     phi, buffers = split_state(body)
     if cfg.init:
         phi = initial_phi(cfg, phi)
@@ -209,7 +211,7 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
         tasks, heads = (list(part) for part in zip(*(build_task(gi) for gi in mine), strict=True))
         loader.forget_datasets()  # every task is built: free the host copies (a pool keeps them, to redraw)
         task_group = groups.serve_in_groups(
-            lay, body, tasks, sync_batchnorm=cfg.sync_batchnorm, timeout_s=distributed.TIMEOUT_S
+            lay, body, tasks, sync_batchnorm=cfg.sync_batchnorm, timeout_s=distributed.collective_timeout_s()
         )
     inner = INNER_OPTIMIZERS.create(
         cfg.inner_optimizer, lr=cfg.inner_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
