@@ -340,12 +340,15 @@ def save(
             dcp.save(flat, storage_writer=writer, process_group=group, no_dist=group is None)
     except CheckpointException as err:
         exc, text = _failure_text(err)
-        if isinstance(exc, RuntimeError) and not isinstance(exc, OSError):
+        if _lost_peer(exc):
             raise exc from None  # a failed collective inside DCP: the caller reports the lost peer
         if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(
+                tmp, ignore_errors=True
+            )  # a full disk must not stay full of a checkpoint never used
+        hint = "" if isinstance(exc, OSError) else " — a write failed: is the disk full?"
         raise UserError(
-            f"cannot write checkpoint {str(tmp)!r} ({text}); the previous checkpoint is intact"
+            f"cannot write checkpoint {str(tmp)!r} ({text}{hint}); the previous checkpoint is intact"
         ) from None
     try:
         mine = {
@@ -370,6 +373,20 @@ def save(
         dist.broadcast_object_list(outcome, src=dist.get_global_rank(group, 0), group=group)
     if outcome[0] is not None:
         raise UserError(outcome[0])
+
+
+_PEER_WORDS = ("gloo", "nccl", "timed out", "timeout", "connection", "peer", "socket", "broken pipe")
+
+
+def _lost_peer(exc: BaseException | None) -> bool:
+    """Whether DCP failed in a collective (another rank gone), not in writing: a full disk or a file-size
+    limit surfaces from torch's file writer as a plain RuntimeError ("unexpected pos ..."), which is a write
+    failure like any OSError."""
+    if isinstance(exc, dist.DistError):
+        return True
+    if not isinstance(exc, RuntimeError) or isinstance(exc, OSError):
+        return False
+    return any(word in str(exc).lower() for word in _PEER_WORDS)
 
 
 def _publish(
