@@ -306,6 +306,7 @@ def _task_builder(
             buffers={k: v.clone() for k, v in buffers.items()},
             device=device,
             name=spec.name,
+            rng_seed=seed,
         )
         features = feature_size(body, spec.channels, spec.image_size)
         head = init_head(images.num_classes, features, torch.Generator().manual_seed(seed))
