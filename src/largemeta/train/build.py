@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -275,6 +276,13 @@ def task_loader(
         raise UserError(
             f"this run was trained with data_placement = {before!r}, whose batches differ from {chosen!r}'s "
             f"on CUDA; resume with --set data_placement={before}"
+        )
+    folders = [s.dataset for s in specs if Path(s.dataset).expanduser().is_dir()]
+    if before and chosen != before and folders:
+        raise UserError(
+            f"this run was trained with data_placement = {before!r}; its tasks read the image folder "
+            f"{folders[0]!r}, which {chosen!r} decodes differently unless every image is square at the "
+            f"task's size; resume with --set data_placement={before}"
         )
     loader.placement = chosen
     if chosen == "stream" and why and placement.rank == 0:
