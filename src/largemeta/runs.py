@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import shlex
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -416,7 +417,7 @@ def locate_checkpoint(run_dir: Path) -> tuple[sharded_checkpoint.Manifest, str |
         raise UserError(
             f"{error}; nothing was deleted: the newest complete checkpoint of this run is "
             f"{str(newest.folder)!r} (step {newest.step}); to continue from it, move {CHECKPOINT} aside "
-            f"(mv {path} {path}.bad) and resume again"
+            f"(mv {shlex.quote(str(path))} {shlex.quote(str(path) + '.bad')}) and resume again"
         )
     if manifest is None:
         if newest is None:
