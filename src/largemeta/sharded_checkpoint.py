@@ -343,9 +343,7 @@ def save(
         if _lost_peer(exc):
             raise exc from None  # a failed collective inside DCP: the caller reports the lost peer
         if rank == 0:
-            shutil.rmtree(
-                tmp, ignore_errors=True
-            )  # a full disk must not stay full of a checkpoint never used
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of an unused checkpoint
         hint = "" if isinstance(exc, OSError) else " — a write failed: is the disk full?"
         raise UserError(
             f"cannot write checkpoint {str(tmp)!r} ({text}{hint}); the previous checkpoint is intact"
@@ -408,6 +406,12 @@ def _publish(
         text = _manifest_text(step, final.name, info, owners, files)
         _write_folder_manifest(tmp, text)
         _fsync_dir(tmp)
+        if final.exists() and not is_own_folder(final):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UserError(
+                f"cannot write checkpoint {str(final)!r}: a folder of that name holding other files is in "
+                "the way (nothing of it was touched); move it out of the run folder"
+            )
         if final.exists():  # a folder renamed by an attempt killed before its manifest: never published
             shutil.rmtree(final)
         os.replace(tmp, final)

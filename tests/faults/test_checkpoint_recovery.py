@@ -168,3 +168,10 @@ def test_a_users_folder_named_like_a_checkpoint_is_never_swept(tiny_suite, tiny_
     for name in ("checkpoint-00000003", ".checkpoint-00000009.tmp", "checkpoint-00000010"):
         assert (run / name / "notes.txt").read_text() == "mine"
     assert read_all(run)["step"] == 12
+    # one where the next checkpoint goes: that save is refused, the folder untouched, step 12 kept
+    (run / "checkpoint-00000018").mkdir()
+    (run / "checkpoint-00000018" / "notes.txt").write_text("mine")
+    code, err = train(capsys, run, 18, resume=True)
+    assert code == 2 and "a folder of that name holding other files is in the way" in err, err
+    assert (run / "checkpoint-00000018" / "notes.txt").read_text() == "mine"
+    assert read_all(run)["step"] == 12
