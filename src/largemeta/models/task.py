@@ -144,9 +144,16 @@ class ImageTask:
         """Seed the global generator for this forward from the task's seed and its count of forwards, which
         the checkpoint keeps: Dropout's masks then depend on the task and its step alone — the same after a
         resume, and on any number of ranks (a task's batch split over a task group still draws per rank)."""
-        if self.rng_seed is not None:
-            torch.manual_seed((self.rng_seed * 1_000_003 + self.rng_draws) % (1 << 63))
-            self.rng_draws += 1
+        if self.rng_seed is None:
+            return
+        if (
+            self.device is not None
+            and self.device.type == "cuda"
+            and torch.cuda.is_current_stream_capturing()
+        ):
+            return  # a CUDA graph being captured: its replays advance the generator themselves
+        torch.manual_seed((self.rng_seed * 1_000_003 + self.rng_draws) % (1 << 63))
+        self.rng_draws += 1
 
     def train_loss(self, params: Params) -> Tensor:
         """Cross-entropy on a fresh training batch; updates this task's BN running statistics."""
