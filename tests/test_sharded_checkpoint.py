@@ -68,12 +68,23 @@ def test_a_new_checkpoint_replaces_the_old_one_and_leftovers_are_swept(tmp_path)
     sc.save(tmp_path, 1, {"a": torch.ones(1)})
     sc.save(tmp_path, 2, {"a": torch.full((1,), 2.0)})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-00000002", "checkpoint.json"]
-    # what a kill -9 leaves: a half-written temporary folder, a renamed folder whose manifest never came
+    # what a kill -9 leaves: a half-written temporary folder, a superseded folder not yet removed, and a
+    # renamed folder whose manifest never came (complete: its copy of the manifest names it)
+    manifest = (tmp_path / "checkpoint.json").read_bytes()
+    shutil.copytree(tmp_path / "checkpoint-00000002", tmp_path.parent / "kept-2")
+    sc.save(tmp_path, 4, {"a": torch.full((1,), 4.0)})
+    shutil.copytree(tmp_path.parent / "kept-2", tmp_path / "checkpoint-00000002")
+    shutil.copytree(tmp_path / "checkpoint-00000002", tmp_path / "checkpoint-00000001")
+    (tmp_path / "checkpoint.json").write_bytes(manifest)
     (tmp_path / ".checkpoint-00000003.tmp").mkdir()
-    shutil.copytree(tmp_path / "checkpoint-00000002", tmp_path / "checkpoint-00000004")
     assert sc.load(tmp_path)["a"].item() == 2.0  # the manifest still names step 2
-    assert sorted(sc.sweep(tmp_path)) == [".checkpoint-00000003.tmp", "checkpoint-00000004"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-00000002", "checkpoint.json"]
+    assert sorted(sc.sweep(tmp_path)) == [".checkpoint-00000003.tmp", "checkpoint-00000001"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-00000002",
+        "checkpoint-00000004",
+        "checkpoint.json",
+    ]
+    assert [m.step for m in sc.complete_folders(tmp_path)] == [4, 2]  # the newer one is kept, to recover
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -61,12 +61,21 @@ def _accuracy_plot(
     ax.set_xlabel(xlabel)
     ax.set_ylabel("meta-test accuracy (%)")
     ax.set_title(title)
-    ax.legend()
+    _legend(ax)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _legend(ax) -> None:
+    """The legend of what was drawn; an empty plot (an experiment stopped before its first result) says so
+    instead of leaving the plotting library to warn about a legend with nothing in it."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no finished point yet", transform=ax.transAxes, ha="center", va="center")
 
 
 def plot_convergence(result: dict[str, Any], out: Path) -> list[Path]:
@@ -91,7 +100,7 @@ def plot_convergence(result: dict[str, Any], out: Path) -> list[Path]:
     ax.set_xlabel("cumulative inner steps per task")
     ax.set_ylabel("meta-training loss (mean over tasks)")
     ax.set_title("Meta-training loss")
-    ax.legend()
+    _legend(ax)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     loss = out / "convergence_loss.png"

@@ -3,10 +3,12 @@
 SLURM and Kubernetes preempt a job with SIGTERM (then SIGKILL after a grace period); Ctrl-C sends SIGINT. The
 command line installs one handler for both (:func:`handling`). Where work can stop at a clean boundary — the
 training loop, between two steps — the first signal is only recorded (:func:`deferred`, :func:`pending`): the
-loop finishes its step, writes a checkpoint and raises :class:`largemeta.errors.Preempted`. Anywhere else, and
-on a second signal, the handler raises :class:`largemeta.errors.Stopped` at once (a ``KeyboardInterrupt``, so
-``finally`` blocks run and half-written temporary files are removed) — or, when the signal lands inside an
-import, as soon as the import is over (polled with SIGALRM), so that no module is left half initialised.
+loop finishes its step, writes a checkpoint and raises :class:`largemeta.errors.Preempted` (the same signal
+again within :data:`SAME_STOP_S` seconds is the same stop: a launcher forwarding what the process group
+already got). Anywhere else, and on a second signal, the handler raises :class:`largemeta.errors.Stopped` at
+once (a ``KeyboardInterrupt``, so ``finally`` blocks run and half-written temporary files are removed) — or,
+when the signal lands inside an import, as soon as the import is over (polled with SIGALRM), so that no
+module is left half initialised.
 
 Handlers can only be installed in the main thread; elsewhere these functions change nothing.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,10 +33,19 @@ class _State:
     pending: int | None = None
     after_import = False
     """A signal arrived during an import: raised once the import is over (SIGALRM polls for that)."""
+    first_at = 0.0
+    """When the pending signal arrived (time.monotonic)."""
 
 
 _state = _State()
 _POLL_S = 0.02
+SAME_STOP_S = 2.0
+"""The same signal again within this many seconds is the same stop, not a second one: a signal sent to a
+process group reaches a torchrun rank twice, once itself and once forwarded by the launcher."""
+
+
+def _repeated(signum: int) -> bool:
+    return signum == _state.pending and time.monotonic() - _state.first_at < SAME_STOP_S
 
 
 def _importing(frame) -> bool:
@@ -49,6 +61,9 @@ def _importing(frame) -> bool:
 def _handler(signum: int, frame) -> None:
     if _state.deferring and _state.pending is None:
         _state.pending = signum  # the loop stops after its current step
+        _state.first_at = time.monotonic()
+        return
+    if _state.deferring and _repeated(signum):
         return
     _state.pending = signum
     if _importing(frame):

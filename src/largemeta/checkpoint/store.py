@@ -6,7 +6,8 @@ each entry is written by exactly one rank, the one that owns it, and read back b
 on any number of ranks, or in one process without a process group. On disk, in a folder ``ROOT``::
 
     ROOT/checkpoint.json               the manifest: the checkpoint, and the pointer to its folder
-    ROOT/checkpoint-00000040/          one DCP checkpoint: .metadata + one __R_0.distcp file per writing rank
+    ROOT/checkpoint-00000040/          one DCP checkpoint: .metadata + one __R_0.distcp file per writing rank,
+                                       and manifest.json, a copy of the manifest that published it
     ROOT/.checkpoint-00000044.tmp/     a checkpoint being written (swept away at the next start)
 
 **Format.** Each entry is stored as tensors only (:mod:`largemeta.checkpoint.entries`: its tensors, packs
@@ -19,8 +20,11 @@ each rank hashes the files it wrote and sends the digests to rank 0, which hashe
 folder, renames it to its final name, and only then replaces the manifest
 (:func:`largemeta.files.atomic_write`: temporary file, fsync, rename, fsync of the folder). The manifest is
 the commit point: a kill -9 at any moment leaves the previous manifest naming the previous, complete folder,
-which is deleted only after the new manifest is in place. Left-overs (a temporary folder, a renamed folder
-that never got its manifest) are removed by :func:`sweep`.
+which is deleted only after the new manifest is in place. Left-overs (a temporary folder, a folder superseded
+by a newer manifest) are removed by :func:`sweep`, which touches only folders holding nothing but this
+module's files, and never a folder at or after the manifest's step: a folder renamed by a save killed before
+its manifest, or one newer than a manifest put back by hand, is a complete checkpoint (its copy of the
+manifest says so: :func:`complete_folders`) that a caller may recover, not debris.
 
 **Integrity.** Before anything of a folder is read, the manifest's own sha256 is checked, then the sha256 of
 ``.metadata`` and of every data file the read will touch (a rank reads only the files that hold its
@@ -69,6 +73,9 @@ MANIFEST = "checkpoint.json"
 """The manifest's name in its folder: the commit point and the pointer to the checkpoint's own folder."""
 FOLDER = re.compile(r"^\.?checkpoint-\d{8,}(\.tmp)?$")
 """A checkpoint's folder (``checkpoint-NNNNNNNN``), or one being written (``.checkpoint-NNNNNNNN.tmp``)."""
+FOLDER_MANIFEST = "manifest.json"
+"""A copy of the manifest inside its checkpoint folder, written before the folder is renamed into place: a
+folder whose run manifest was lost, damaged or replaced can still be verified and recovered."""
 _NO_DIST_WARNING = r"torch\.distributed is disabled, unavailable or uninitialized"
 
 
@@ -218,12 +225,13 @@ def save(
             dcp.save(flat, storage_writer=writer, process_group=group, no_dist=group is None)
     except CheckpointException as err:
         exc, text = _failure_text(err)
-        if isinstance(exc, RuntimeError) and not isinstance(exc, OSError):
+        if _lost_peer(exc):
             raise exc from None  # a failed collective inside DCP: the caller reports the lost peer
         if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of an unused checkpoint
+        hint = "" if isinstance(exc, OSError) else " — a write failed: is the disk full?"
         raise UserError(
-            f"cannot write checkpoint {str(tmp)!r} ({text}); the previous checkpoint is intact"
+            f"cannot write checkpoint {str(tmp)!r} ({text}{hint}); the previous checkpoint is intact"
         ) from None
     try:
         mine = {
@@ -250,6 +258,20 @@ def save(
         raise UserError(outcome[0])
 
 
+_PEER_WORDS = ("gloo", "nccl", "timed out", "timeout", "connection", "peer", "socket", "broken pipe")
+
+
+def _lost_peer(exc: BaseException | None) -> bool:
+    """Whether DCP failed in a collective (another rank gone), not in writing: a full disk or a file-size
+    limit surfaces from torch's file writer as a plain RuntimeError ("unexpected pos ..."), which is a write
+    failure like any OSError."""
+    if isinstance(exc, dist.DistError):
+        return True
+    if not isinstance(exc, RuntimeError) or isinstance(exc, OSError):
+        return False
+    return any(word in str(exc).lower() for word in _PEER_WORDS)
+
+
 def _publish(
     root: Path, step: int, tmp: Path, final: Path, pieces: list[Any], info: Mapping[str, Any]
 ) -> None:
@@ -266,7 +288,15 @@ def _publish(
         owners.update(entries)
     try:
         files[METADATA] = {"sha256": sha256_file(tmp / METADATA), "bytes": (tmp / METADATA).stat().st_size}
+        text = _manifest_text(step, final.name, info, owners, files)
+        _write_folder_manifest(tmp, text)
         fsync_folder(tmp)
+        if final.exists() and not is_own_folder(final):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UserError(
+                f"cannot write checkpoint {str(final)!r}: a folder of that name holding other files is in "
+                "the way (nothing of it was touched); move it out of the run folder"
+            )
         if final.exists():  # a folder renamed by an attempt killed before its manifest: never published
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -276,38 +306,102 @@ def _publish(
         raise UserError(
             f"cannot write checkpoint {str(final)!r}: {err.strerror or err}; the previous one is intact"
         ) from None
+    atomic_write(root / MANIFEST, lambda fh: fh.write(text))  # the commit point
+    _remove_superseded(root, step)
+
+
+def _manifest_text(
+    step: int, folder: str, info: Mapping[str, Any], owners: dict[str, int], files: dict[str, Any]
+) -> bytes:
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "step": int(step),
-        "folder": final.name,
+        "folder": folder,
         "info": dict(info),
         "entries": dict(sorted(owners.items())),
         "files": dict(sorted(files.items())),
     }
     manifest["sha256"] = hashlib.sha256(_canonical(manifest)).hexdigest()
-    text = json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n"
-    atomic_write(root / MANIFEST, lambda fh: fh.write(text))  # the commit point
-    for old in root.iterdir():
-        if old != final and old.is_dir() and FOLDER.match(old.name):
-            shutil.rmtree(old, ignore_errors=True)
+    return json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def _write_folder_manifest(folder: Path, text: bytes) -> None:
+    """The manifest's copy inside its folder (:data:`FOLDER_MANIFEST`), on disk before the folder is
+    renamed."""
+    with open(folder / FOLDER_MANIFEST, "wb") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def sweep(root: Path) -> list[str]:
-    """Remove folders of unfinished checkpoints (temporary ones, and any not named by the manifest); returns
-    their names. Call it before the first save of a run, on one rank, while no save is under way."""
-    root = Path(root)
-    keep = None
-    if exists(root):
-        try:
-            keep = json.loads((root / MANIFEST).read_text()).get("folder")
-        except (OSError, ValueError, AttributeError):
-            return []  # a damaged manifest: leave everything for the user to inspect
+    """Remove what unfinished or superseded checkpoints left: temporary folders, and folders older than the
+    step of the verified manifest; returns their names. Only folders holding nothing but this module's files
+    are touched (never a user's own folder that happens to be named alike), and never a folder at or after
+    the manifest's step (a newer complete checkpoint is recovered, not deleted: see
+    :func:`complete_folders`). Call it, on one rank, while no save is under way."""
+    try:
+        step = read_manifest(root).step
+    except UserError:
+        step = -1  # no trustworthy manifest: only temporary folders go
+    return _remove_superseded(Path(root), step)
+
+
+def _remove_superseded(root: Path, step: int) -> list[str]:
     removed = []
     for path in root.iterdir() if root.is_dir() else ():
-        if path.is_dir() and path.name != keep and FOLDER.match(path.name):
+        found = folder_step(path.name)
+        if found is None or not path.is_dir() or not is_own_folder(path):
+            continue
+        if path.name.startswith(".") or found < step:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
     return removed
+
+
+def reinstate(folder: Path) -> None:
+    """Make a complete folder's copy of its manifest (:func:`complete_folders`) the manifest of the folder
+    holding it again."""
+    text = (Path(folder) / FOLDER_MANIFEST).read_bytes()
+    atomic_write(Path(folder).parent / MANIFEST, lambda fh: fh.write(text))
+
+
+def folder_step(folder: str) -> int | None:
+    """The step of a checkpoint folder's name (temporary or not); None for any other name."""
+    if not FOLDER.match(folder):
+        return None
+    return int(folder.lstrip(".").removesuffix(".tmp").rsplit("-", 1)[1])
+
+
+_OWN_FILE = re.compile(
+    rf"^(\.metadata(\.tmp)?|__\d+_\d+\.distcp|__\d+\.metadata(\.tmp)?|{re.escape(FOLDER_MANIFEST)})$"
+)
+
+
+def is_own_folder(path: Path) -> bool:
+    """Whether ``path`` holds nothing but what :func:`save` writes into a checkpoint folder."""
+    try:
+        with os.scandir(path) as entries:
+            return all(_OWN_FILE.match(entry.name) and entry.is_file() for entry in entries)
+    except OSError:
+        return False
+
+
+def complete_folders(root: Path) -> list[Manifest]:
+    """The complete checkpoints of ``root``, newest first, whatever its manifest says: every folder whose
+    copy of its manifest (:data:`FOLDER_MANIFEST`) is intact and names that folder. The files' own sha256
+    are checked when they are read, as always."""
+    found = []
+    for path in Path(root).iterdir() if Path(root).is_dir() else ():
+        if path.name.startswith(".") or folder_step(path.name) is None or not path.is_dir():
+            continue
+        try:
+            manifest = _parse_manifest(path / FOLDER_MANIFEST, Path(root))
+        except UserError:
+            continue
+        if manifest.folder == path:
+            found.append(manifest)
+    return sorted(found, key=lambda m: m.step, reverse=True)
 
 
 # -------------------------------------------------------------------------------------------- load
@@ -333,7 +427,10 @@ class Manifest:
 
 def read_manifest(root: Path) -> Manifest:
     """The manifest of ``root``'s checkpoint, its own sha256 checked (UserError when absent or damaged)."""
-    path = Path(root) / MANIFEST
+    return _parse_manifest(Path(root) / MANIFEST, Path(root))
+
+
+def _parse_manifest(path: Path, root: Path) -> Manifest:
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist")
     try:

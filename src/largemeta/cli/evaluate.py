@@ -9,10 +9,16 @@ from pathlib import Path
 from largemeta.cli.common import positive_int, print_json
 from largemeta.errors import UserError
 
+EXIT_CODES = """exit codes: 0 done; 2 bad input (one line on stderr); 130 stopped by SIGINT, 143 by SIGTERM
+(128 + the signal, as for any command that cannot resume: nothing is written, results.json comes whole at the
+end or not at all; run it again)"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "evaluate", help="fine-tune an initialization on meta-test targets (the paper's protocol)"
+        "evaluate",
+        help="fine-tune an initialization on meta-test targets (the paper's protocol)",
+        epilog=EXIT_CODES,
     )
     p.add_argument("--init", required=True, help="RUN_DIR, FILE.safetensors (largemeta export) or scratch")
     where = p.add_mutually_exclusive_group()

@@ -43,6 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key (repeatable)"
     )
     p.add_argument("--json", action="store_true", help="print the last metrics line as JSON")
+    p.add_argument(
+        "--allow-model-change",
+        action="store_true",
+        help="with --resume: continue although the body's code (its file or module) changed since the "
+        "checkpoint; the change is recorded in the run (run.json, the checkpoint's identity)",
+    )
     p.set_defaults(func=run_train, resumable=True)
 
     a = sub.add_parser("algorithms", help="the algorithm table: every --algo name and what it needs")
@@ -97,7 +103,9 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, overrides(args))
     try:
-        trainer = Trainer(cfg, folder, resume=bool(args.resume))
+        if args.allow_model_change and not args.resume:
+            raise UserError("--allow-model-change goes with --resume (a new run records its model's code)")
+        trainer = Trainer(cfg, folder, resume=bool(args.resume), allow_model_change=args.allow_model_change)
         try:
             last = trainer.run()
         finally:

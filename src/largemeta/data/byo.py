@@ -105,7 +105,8 @@ def _list_images(root: Path, dirs: list[Path]) -> list[tuple[Path, int]]:
 def _bad_image(path: Path, err: Exception, skip: bool, bad: list[Path]) -> None:
     if not skip:
         raise UserError(
-            f"cannot read image {path}: {err} (pass --skip-bad-images to skip such files)"
+            f"cannot read image {path}: {err} (fix or remove the file; 'largemeta data info FOLDER "
+            "--skip-bad-images' reads the folder skipping such files, and counts them)"
         ) from None
     bad.append(path)
 

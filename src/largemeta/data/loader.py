@@ -159,6 +159,13 @@ class TaskLoader:
                 f"this run was trained with data_placement = {resumed!r}, whose batches differ from "
                 f"{chosen!r}'s on {self.device.type}; resume with --set data_placement={resumed}"
             )
+        folders = [s.dataset for s in specs if self._is_folder(s.dataset)]
+        if resumed and chosen != resumed and folders:
+            raise UserError(
+                f"this run was trained with data_placement = {resumed!r}; its tasks read the image folder "
+                f"{folders[0]!r}, which {chosen!r} decodes differently unless every image is square at the "
+                f"task's size; resume with --set data_placement={resumed}"
+            )
         self.data_placement = chosen
 
     @property

@@ -200,6 +200,16 @@ def _as_is(item: Any) -> Any:
 
 def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)  # one core per worker: they run beside the training process
+    ignore_stop_signals()
+
+
+def ignore_stop_signals() -> None:
+    """A worker process ignores SIGINT and SIGTERM: Ctrl-C, ``scancel``, ``timeout`` and torchrun signal the
+    whole process group, and the training process, which owns shutdown, must finish its step and write its
+    checkpoint with the workers still serving it (it stops them after; they leave on their own should it
+    die)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class _Requests:

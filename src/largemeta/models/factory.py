@@ -25,6 +25,7 @@ Naming a module or file runs its code, like ``torch.hub.load``: take model names
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import importlib
@@ -32,7 +33,7 @@ import importlib.metadata
 import importlib.util
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import chain
 from pathlib import Path
 from types import ModuleType
@@ -43,6 +44,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from largemeta.errors import UserError, check_positive
+from largemeta.files import sha256_file
 from largemeta.registry import Registry, call_with_accepted
 
 Factory = Callable[..., nn.Module]
@@ -73,23 +75,97 @@ def create_model(name: str, **options: Any) -> nn.Module:
     options = {k: v for k, v in options.items() if v is not None}
     if name in MODELS:
         return MODELS.create(name, **options)
-    factory = _find_factory(name)
-    if not callable(factory):
-        raise UserError(
-            f"model {name!r}: {type(factory).__name__} object is not callable "
-            "(a factory is a function or class returning a torch.nn.Module)"
-        )
-    try:
-        body = call_with_accepted(factory, **options)
-    except UserError:
-        raise
-    except Exception as err:
-        raise UserError(f"model {name!r}: the factory raised {_first_line(err)}") from err
+    with _user_code(name):  # what it prints goes to stderr: stdout stays the command's (train --json)
+        factory = _find_factory(name)
+        if not callable(factory):
+            raise UserError(
+                f"model {name!r}: {type(factory).__name__} object is not callable "
+                "(a factory is a function or class returning a torch.nn.Module)"
+            )
+        try:
+            body = call_with_accepted(factory, **options)
+        except UserError:
+            raise
+        except Exception as err:
+            raise UserError(f"model {name!r}: the factory raised {_first_line(err)}") from err
     if not isinstance(body, nn.Module):
         raise UserError(
             f"model {name!r}: the factory returned a {type(body).__name__}, not a torch.nn.Module"
         )
     return body
+
+
+@contextlib.contextmanager
+def _user_code(name: str) -> Iterator[None]:
+    """Around a user's module or factory: its prints go to stderr, and a ``sys.exit`` in it is a one-line
+    error (a command that exits 0 having done nothing would pass for done)."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    except SystemExit as err:
+        raise UserError(
+            f"model {name!r}: its code called sys.exit({err.code!r}); a factory must return a torch.nn.Module"
+        ) from None
+
+
+def check_body(body: nn.Module, name: str, channels: int, image_size: int | tuple[int, int]) -> None:
+    """:func:`check_trainable`, then :func:`check_all_used`: before a run writes anything."""
+    check_trainable(body, name)
+    check_all_used(body, name, channels, image_size)
+
+
+def check_trainable(body: nn.Module, name: str) -> None:
+    """A one-line error for a body that cannot be meta-trained as written: no parameter at all, a parameter
+    that is not real floating point (integer, complex), or one frozen with ``requires_grad=False`` (every
+    parameter of a body is meta-trained, so it would not stay frozen: fixed tensors belong in buffers)."""
+    params = list(body.named_parameters())
+    if not params:
+        has = "only buffers" if any(True for _ in body.buffers()) else "none"
+        raise UserError(
+            f"model {name!r} has no parameters ({has}): nothing to meta-train; a body needs at least one "
+            "floating-point parameter"
+        )
+    for key, p in params:
+        if not p.is_floating_point():
+            raise UserError(
+                f"model {name!r}: parameter {key!r} is {str(p.dtype).removeprefix('torch.')}; only real "
+                "floating-point parameters can be meta-trained (keep other tensors as buffers: "
+                "register_buffer)"
+            )
+        if not p.requires_grad:
+            raise UserError(
+                f"model {name!r}: parameter {key!r} has requires_grad=False; every parameter of a body is "
+                "meta-trained, so it would not stay frozen (keep fixed tensors as buffers: register_buffer)"
+            )
+
+
+def check_all_used(body: nn.Module, name: str, channels: int, image_size: int | tuple[int, int]) -> None:
+    """A one-line error naming a parameter that the body's forward never uses (no gradient could reach it):
+    one backward pass of two zero images in eval mode, on copies (no buffer updated, no random number
+    drawn from the global generator)."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in body.named_parameters()}
+    buffers = {k: v.detach().clone() for k, v in body.named_buffers()}
+    device = next(iter(params.values())).device
+    was = body.training
+    body.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            out = functional_call(
+                body, {**params, **buffers}, (torch.zeros(2, channels, height, width, device=device),)
+            )
+            grads = torch.autograd.grad(out.sum(), list(params.values()), allow_unused=True)
+    except Exception:  # a body that fails on this batch: building the run's tasks says why
+        return
+    finally:
+        body.train(was)
+    unused = [k for k, g in zip(params, grads, strict=True) if g is None]
+    if unused:
+        more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
+        raise UserError(
+            f"model {name!r}: parameter {unused[0]!r}{more} is not used by the body's forward (no gradient "
+            "reaches it); remove it, or keep it as a buffer (register_buffer)"
+        )
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -155,6 +231,71 @@ def feature_size(body: nn.Module, channels: int, image_size: int | tuple[int, in
             f"a batch of shape {shape} gave {given}{hint}"
         )
     return int(out.shape[1])
+
+
+def source_identity(name: str) -> dict[str, Any] | None:
+    """What identifies the code of body ``name``, for a checkpoint to record and a resume to compare: a file's
+    path and sha256, a module's name, its file's sha256 and its distribution's version, an entry point's or
+    timm's version. None for a body built into largemeta (its code is the package's). Call it once the body
+    was built (the module is imported by then)."""
+    if name in MODELS:
+        return None
+    if name.startswith("timm:"):
+        return {"package": "timm", "version": _version("timm")}
+    where = name.rpartition(":")[0]
+    if not where:
+        found = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name))
+        dist = getattr(found[0], "dist", None) if found else None
+        return {"entry_point": found[0].value if found else name, "version": getattr(dist, "version", None)}
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        path = Path(where).expanduser().resolve()
+        return {"file": str(path), "sha256": sha256_file(path)}
+    file = _module_file(where)
+    top = where.split(".")[0]
+    dists = importlib.metadata.packages_distributions().get(top, [])
+    return {
+        "module": where,
+        "sha256": sha256_file(Path(file)) if file and Path(file).is_file() else None,
+        "version": _version(dists[0]) if dists else None,
+    }
+
+
+def same_source(recorded: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
+    """Whether two :func:`source_identity` records name the same code (by content where both hashed it: a
+    file moved with its run is the same code)."""
+    if recorded is None or current is None:
+        return recorded == current
+    if recorded.get("sha256") and current.get("sha256"):
+        return recorded["sha256"] == current["sha256"]
+    return recorded == current
+
+
+def describe_source(source: dict[str, Any] | None) -> str:
+    if source is None:
+        return "a body built into largemeta"
+    what = source.get("file") or source.get("module") or source.get("entry_point") or source.get("package")
+    digest = (
+        f"sha256 {str(source['sha256'])[:12]}" if source.get("sha256") else f"version {source.get('version')}"
+    )
+    return f"{what} ({digest})"
+
+
+def _module_file(module: str) -> str | None:
+    """The file of ``module``, found without running it (its parent packages are imported)."""
+    if module in sys.modules:
+        return getattr(sys.modules[module], "__file__", None)
+    try:
+        spec = importlib.util.find_spec(module)
+    except Exception:  # a missing or broken parent package: building the body says what is wrong
+        return None
+    return spec.origin if spec is not None and spec.has_location else None
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 # Forward passes for feature_size ------------------------------------------------------------------------
@@ -240,7 +381,10 @@ def _import_file(name: str, path: Path) -> ModuleType:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as err:
+    except (Exception, SystemExit) as err:
+        if isinstance(err, SystemExit):
+            sys.modules.pop(module_name, None)
+            raise
         sys.modules.pop(module_name, None)
         raise UserError(f"model {name!r}: cannot import file {str(path)!r}: {_first_line(err)}") from err
     _FILES[path] = (stamp, module)

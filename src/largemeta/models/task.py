@@ -75,6 +75,7 @@ class ImageTask:
         buffers: Params | None = None,
         device: torch.device | str | None = None,
         name: str = "",
+        rng_seed: int | None = None,
     ) -> None:
         check_positive("classes", classes, integer=True)
         check_positive("batch size", batch_size, integer=True)
@@ -88,6 +89,10 @@ class ImageTask:
         self.memory_format = torch.contiguous_format
         """Memory format of input batches; the channels-last executor sets ``torch.channels_last``."""
         self._static: dict[str, Batch] = {}
+        self.rng_seed = rng_seed if rng_seed is not None and draws_random_numbers(body) else None
+        """A body that draws random numbers (Dropout) gets them from this task's own seed (see
+        :meth:`_seed_forward`); None: the body draws none, and the global generator is left alone."""
+        self.rng_draws = 0
 
     # Batches -------------------------------------------------------------------------------------------
     def _prepare(self, batch: Batch) -> Batch:
@@ -132,7 +137,23 @@ class ImageTask:
         self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor, y: Tensor
     ) -> Tensor:
         """Training-mode cross-entropy with explicit buffers (pure but for the buffer update; vmappable)."""
+        self._seed_forward()
         return F.cross_entropy(apply(self.body, params, buffers, x, train=True), y)
+
+    def _seed_forward(self) -> None:
+        """Seed the global generator for this forward from the task's seed and its count of forwards, which
+        the checkpoint keeps: Dropout's masks then depend on the task and its step alone — the same after a
+        resume, and on any number of ranks (a task's batch split over a task group still draws per rank)."""
+        if self.rng_seed is None:
+            return
+        if (
+            self.device is not None
+            and self.device.type == "cuda"
+            and torch.cuda.is_current_stream_capturing()
+        ):
+            return  # a CUDA graph being captured: its replays advance the generator themselves
+        torch.manual_seed((self.rng_seed * 1_000_003 + self.rng_draws) % (1 << 63))
+        self.rng_draws += 1
 
     def train_loss(self, params: Params) -> Tensor:
         """Cross-entropy on a fresh training batch; updates this task's BN running statistics."""
@@ -164,7 +185,13 @@ class ImageTask:
     def state_dict(self) -> dict[str, Any]:
         """Sampler state (to replay the same batches) and the BN buffers (they change with every step)."""
         sampler = self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else None
-        return {"sampler": copy.deepcopy(sampler), "buffers": {k: v.clone() for k, v in self.buffers.items()}}
+        state = {
+            "sampler": copy.deepcopy(sampler),
+            "buffers": {k: v.clone() for k, v in self.buffers.items()},
+        }
+        if self.rng_seed is not None:
+            state["rng_draws"] = self.rng_draws
+        return state
 
     @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -172,6 +199,12 @@ class ImageTask:
             self.sampler.load_state_dict(copy.deepcopy(state["sampler"]))
         for k, v in state["buffers"].items():
             self.buffers[k].copy_(v)  # in place: executors and graphs may hold these tensors
+        self.rng_draws = int(state.get("rng_draws", 0))
+
+
+def draws_random_numbers(body: nn.Module) -> bool:
+    """Whether ``body`` holds a module known to draw random numbers in training mode (the Dropout family)."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in body.modules())
 
 
 def _device(device: torch.device | str) -> torch.device:

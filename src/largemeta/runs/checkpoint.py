@@ -25,6 +25,7 @@ then reads the entries a caller needs. Who writes and loads which entry is the t
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,9 @@ from typing import Any
 
 from largemeta.checkpoint import legacy, store
 from largemeta.errors import UserError
-from largemeta.runs.names import CHECKPOINT, LEGACY_CHECKPOINT, RUN
+from largemeta.files import contents
+from largemeta.runs.folder import check_identity, recorded_identity
+from largemeta.runs.names import CHECKPOINT, LEGACY_CHECKPOINT, RUN, listing
 
 SHARED = "shared"
 POOL = "pool"
@@ -63,6 +66,11 @@ class CheckpointOnDisk:
     info: dict[str, Any]
     entries: tuple[str, ...]
     _load: Callable[[list[str]], dict[str, Any]]
+    recovered: str | None = None
+    """Why this is not the checkpoint ``checkpoint.json`` names (its folder's own copy of the manifest was
+    used: the run's manifest is missing, or older than the folder); None when it is."""
+    folder: Path | None = None
+    """The checkpoint's folder (sharded format)."""
 
     def load(self, keys: Iterable[str] | None = None) -> dict[str, Any]:
         """The entries ``keys`` (default: all), on the CPU; only the files holding them are read."""
@@ -100,14 +108,36 @@ class CheckpointOnDisk:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    """Whether a run folder holds a checkpoint (either format)."""
-    return (Path(run_dir) / CHECKPOINT).is_file() or (Path(run_dir) / LEGACY_CHECKPOINT).is_file()
+    """Whether a run folder holds a checkpoint (either format), or a checkpoint folder without its manifest
+    (to recover, never to overwrite)."""
+    run_dir = Path(run_dir)
+    return (
+        (run_dir / CHECKPOINT).is_file()
+        or (run_dir / LEGACY_CHECKPOINT).is_file()
+        or bool(checkpoint_folders(run_dir))
+    )
+
+
+def checkpoint_folders(run_dir: Path) -> list[str]:
+    """Checkpoint folders (not temporary ones) in a run folder, by name."""
+    try:
+        names = contents(run_dir)
+    except OSError:
+        return []
+    return [n for n in names if not n.startswith(".") and store.folder_step(n) is not None]
 
 
 def no_checkpoint(run_dir: Path) -> UserError:
     """The one-line error for a folder with no checkpoint to resume or read."""
     if not Path(run_dir).is_dir():
         return UserError(f"run folder {str(run_dir)!r} does not exist")
+    folders = checkpoint_folders(Path(run_dir))
+    if folders:
+        return UserError(
+            f"{str(run_dir)!r} holds {listing(folders)} but no {CHECKPOINT} naming a complete checkpoint of "
+            f"this run, and none of them is one to recover; nothing was deleted: put the run's {CHECKPOINT} "
+            "back"
+        )
     if (Path(run_dir) / RUN).is_file():
         return UserError(
             f"{str(run_dir)!r} has no checkpoint yet: its run stopped before writing one; "
@@ -121,19 +151,90 @@ def read(run_dir: Path) -> CheckpointOnDisk:
     (read whole and converted to entries); checked to record what a run's checkpoint records (a one-line
     error otherwise, naming the file)."""
     run_dir = Path(run_dir)
-    if store.exists(run_dir):
-        manifest = store.read_manifest(run_dir)
-        on_disk = CheckpointOnDisk(
-            manifest.path, store.FORMAT, manifest.step, manifest.info, tuple(manifest.entries), manifest.load
-        )
-    elif (run_dir / LEGACY_CHECKPOINT).is_file():
-        path = run_dir / LEGACY_CHECKPOINT
-        step, info, entries = legacy.read(path)
-        on_disk = CheckpointOnDisk(
+    if store.exists(run_dir) or not (run_dir / LEGACY_CHECKPOINT).is_file():
+        return _locate(run_dir)
+    path = run_dir / LEGACY_CHECKPOINT
+    step, info, entries = legacy.read(path)
+    return _checked(
+        CheckpointOnDisk(
             path, legacy.FORMAT, step, info, tuple(entries), lambda keys: _pick(entries, keys, path)
         )
-    else:
-        raise no_checkpoint(run_dir)
+    )
+
+
+def _on_disk(manifest: store.Manifest, recovered: str | None = None) -> CheckpointOnDisk:
+    return _checked(
+        CheckpointOnDisk(
+            manifest.path,
+            store.FORMAT,
+            manifest.step,
+            manifest.info,
+            tuple(manifest.entries),
+            manifest.load,
+            recovered,
+            manifest.folder,
+        )
+    )
+
+
+def _locate(run_dir: Path) -> CheckpointOnDisk:
+    """The sharded checkpoint ``--resume`` continues: the one ``checkpoint.json`` names, verified (its sha256,
+    then that it is this folder's run's: ``run.json``) — unless a newer complete checkpoint folder of the same
+    run lies beside it (a manifest put back by hand, or a save killed between publishing its folder and its
+    manifest), or the manifest is missing: then the newest complete folder, with a note saying so. A damaged
+    or foreign manifest is refused in one line that names the newest complete checkpoint of this run and how
+    to continue from it; nothing is deleted."""
+    path = run_dir / CHECKPOINT
+    recorded = recorded_identity(run_dir)
+    on_disk, error = None, None
+    if path.exists():
+        try:
+            on_disk = _on_disk(store.read_manifest(run_dir))
+            check_identity(run_dir, on_disk.identity, on_disk.config)
+        except UserError as err:
+            on_disk, error = None, err
+    owner = recorded or (on_disk.identity if on_disk is not None else None)
+    run_id = owner.get("run_id") if owner else None
+    candidates = [
+        m
+        for m in store.complete_folders(run_dir)
+        if run_id is None or (m.info.get("identity") or {}).get("run_id") == run_id
+    ]
+    newest = candidates[0] if candidates else None
+    if error is not None:
+        if newest is None:
+            raise error
+        raise UserError(
+            f"{error}; nothing was deleted: the newest complete checkpoint of this run is "
+            f"{str(newest.folder)!r} (step {newest.step}); to continue from it, move {CHECKPOINT} aside "
+            f"(mv {shlex.quote(str(path))} {shlex.quote(str(path) + '.bad')}) and resume again"
+        )
+    if on_disk is None:
+        if newest is None:
+            raise no_checkpoint(run_dir)
+        if (
+            run_id is None
+            and len({str((m.info.get("identity") or {}).get("run_id")) for m in candidates}) > 1
+        ):
+            raise UserError(
+                f"{str(run_dir)!r} has no {CHECKPOINT} and no {RUN}, and holds complete checkpoints of "
+                f"several runs; nothing was deleted: put the run's {CHECKPOINT} back"
+            )
+        note = (
+            f"{str(path)!r} is missing: recovered from {str(newest.folder)!r} (step {newest.step}), the "
+            "newest complete checkpoint of this run"
+        )
+        return _on_disk(newest, note)
+    if newest is not None and newest.step > on_disk.step:
+        note = (
+            f"{str(path)!r} names step {on_disk.step}, but {str(newest.folder)!r} is a newer complete "
+            f"checkpoint of this run: continuing from step {newest.step}"
+        )
+        return _on_disk(newest, note)
+    return on_disk
+
+
+def _checked(on_disk: CheckpointOnDisk) -> CheckpointOnDisk:
     for key, kind in (("config", dict), ("task_names", list)):
         if not isinstance(on_disk.info.get(key), kind):
             raise UserError(

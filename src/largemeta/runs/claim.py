@@ -17,8 +17,8 @@ from types import TracebackType
 
 from largemeta.errors import UserError
 from largemeta.files import FolderLock, contents, lock_folder, sweep_temporaries
-from largemeta.runs.checkpoint import no_checkpoint
-from largemeta.runs.names import CHECKPOINT, LEGACY_CHECKPOINT, RESULTS, RUN, is_run_file
+from largemeta.runs.checkpoint import checkpoint_folders, no_checkpoint
+from largemeta.runs.names import CHECKPOINT, LEGACY_CHECKPOINT, RESULTS, RUN, is_run_file, listing
 
 Accept = Callable[[Path, list[str]], None]
 """``accept(folder, names)``: raises :class:`UserError` for a folder holding something the command must not
@@ -100,16 +100,10 @@ def _contents(folder: Path) -> list[str]:
         raise UserError(f"cannot read folder {str(folder)!r}: {err.strerror or err}") from None
 
 
-def listing(names: list[str]) -> str:
-    """Up to three names, and how many more."""
-    shown = ", ".join(repr(n) for n in names[:3])
-    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-
 # accept policies ----------------------------------------------------------------------------------------
 def accept_new_run(folder: Path, names: list[str]) -> None:
     """A new run goes into an empty folder, or one holding a run that never wrote a checkpoint."""
-    if CHECKPOINT in names or LEGACY_CHECKPOINT in names:
+    if CHECKPOINT in names or LEGACY_CHECKPOINT in names or checkpoint_folders(folder):
         raise UserError(f"{str(folder)!r} already holds a run; use --resume {folder} or another --out")
     if names and not (RUN in names and all(is_run_file(n) for n in names)):
         raise UserError(
@@ -120,7 +114,7 @@ def accept_new_run(folder: Path, names: list[str]) -> None:
 
 def accept_run(folder: Path, names: list[str]) -> None:
     """--resume needs a run folder with a checkpoint."""
-    if CHECKPOINT not in names and LEGACY_CHECKPOINT not in names:
+    if CHECKPOINT not in names and LEGACY_CHECKPOINT not in names and not checkpoint_folders(folder):
         raise no_checkpoint(folder)
 
 

@@ -51,7 +51,7 @@ def describe(identity: dict[str, Any] | None) -> str:
     return f"run {str(identity.get('run_id'))[:8]} ({identity.get('algo')}, seed {identity.get('seed')})"
 
 
-def _recorded_identity(run_dir: Path) -> dict[str, Any] | None:
+def recorded_identity(run_dir: Path) -> dict[str, Any] | None:
     try:
         recorded = json.loads((Path(run_dir) / RUN).read_text())
     except (OSError, ValueError, RecursionError):
@@ -63,7 +63,7 @@ def check_identity(run_dir: Path, identity: dict[str, Any] | None, config: dict[
     """The identity to continue a checkpoint (``identity``, ``config``: what it records) with; refuses a
     checkpoint that belongs to another run than the folder's (``run.json``). A version 0.1 checkpoint (no
     identity, no run.json) is adopted: it gets one."""
-    recorded = _recorded_identity(run_dir)
+    recorded = recorded_identity(run_dir)
     if recorded is not None and (identity is None or identity.get("run_id") != recorded["run_id"]):
         raise UserError(
             f"{str(Path(run_dir) / CHECKPOINT)!r} is the checkpoint of {describe(identity)}, not of this "

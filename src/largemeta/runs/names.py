@@ -36,3 +36,9 @@ RUN_FILES = frozenset({CHECKPOINT, LEGACY_CHECKPOINT, CONFIG, RUN, METRICS, TENS
 def is_run_file(name: str) -> bool:
     """Whether ``name`` is something a run folder holds: one of :data:`RUN_FILES` or a checkpoint folder."""
     return name in RUN_FILES or bool(store.FOLDER.match(name))
+
+
+def listing(names: list[str]) -> str:
+    """Up to three names, and how many more."""
+    shown = ", ".join(repr(n) for n in names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")

@@ -34,6 +34,7 @@ from largemeta.data.tasks import TaskSpec, load_suite
 from largemeta.errors import UserError
 from largemeta.execution import EXECUTORS, GRAPH, CudaGraphMetaStep
 from largemeta.models import create_model, feature_size, init_head, split_state
+from largemeta.models.factory import check_body
 from largemeta.models.task import ImageTask
 from largemeta.runs.weights import fit_to_body, load_weights
 from largemeta.train import distributed, groups
@@ -180,6 +181,7 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
 
     torch.manual_seed(cfg.seed)  # the same initial φ on every rank
     body = create_model(cfg.model, in_channels=channels.pop(), width=cfg.width)
+    check_body(body, cfg.model, specs[0].channels, specs[0].image_size)
     phi, buffers = split_state(body)
     if cfg.init:
         phi = initial_phi(cfg, phi)
@@ -192,7 +194,7 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
     if len(may_run) == len(tasks):  # every task it will ever run is built: free the host copies
         loader.forget_datasets()
     task_group = groups.serve_in_groups(
-        lay, body, tasks, sync_batchnorm=cfg.sync_batchnorm, timeout_s=distributed.TIMEOUT_S
+        lay, body, tasks, sync_batchnorm=cfg.sync_batchnorm, timeout_s=distributed.collective_timeout_s()
     )
     inner = INNER_OPTIMIZERS.create(
         cfg.inner_optimizer, lr=cfg.inner_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -278,6 +280,7 @@ def _task_builder(
             buffers={k: v.clone() for k, v in buffers.items()},
             device=device,
             name=spec.name,
+            rng_seed=seed,
         )
         features = feature_size(body, spec.channels, spec.image_size)
         head = init_head(images.num_classes, features, torch.Generator().manual_seed(seed))

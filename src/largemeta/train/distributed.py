@@ -21,7 +21,26 @@ import torch.distributed as dist
 
 from largemeta.errors import UserError
 
-TIMEOUT_S = int(os.environ.get("LARGEMETA_COLLECTIVE_TIMEOUT", "60"))
+TIMEOUT_ENV = "LARGEMETA_COLLECTIVE_TIMEOUT"
+TIMEOUT_S = 60
+"""Seconds a collective waits for the other ranks, unless ``LARGEMETA_COLLECTIVE_TIMEOUT`` says otherwise."""
+
+
+def collective_timeout_s() -> int:
+    """``LARGEMETA_COLLECTIVE_TIMEOUT`` (whole seconds > 0), else :data:`TIMEOUT_S`; a one-line error for
+    anything else."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return TIMEOUT_S
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UserError(f"{TIMEOUT_ENV} must be a whole number of seconds > 0, got {text!r}")
+    return value
+
+
 T = TypeVar("T")
 _PEER_WORDS = ("gloo", "nccl", "timed out", "timeout", "connection", "peer", "socket", "broken pipe")
 _joined = False
@@ -36,6 +55,7 @@ class PeerLost(UserError):
 def init(device: torch.device) -> tuple[int, int, Any]:
     """(rank, world size, process group or None) — joins the group when launched with WORLD_SIZE > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    timeout_s = collective_timeout_s()  # checked on one process too: a job script's typo shows at once
     if world <= 1:
         return 0, 1, None
     global _joined
@@ -43,7 +63,7 @@ def init(device: torch.device) -> tuple[int, int, Any]:
         backend = "nccl" if device.type == "cuda" else "gloo"
         # a rank that dies before the ranks connect: one line (exit 3) after the timeout, not a traceback
         guarded(
-            lambda: dist.init_process_group(backend=backend, timeout=timedelta(seconds=TIMEOUT_S)),
+            lambda: dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s)),
             "joining the other ranks",
         )
     _joined = True
@@ -61,7 +81,7 @@ def guarded(fn: Callable[[], T], what: str) -> T:
         rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
         raise PeerLost(
             f"rank {rank}: {what} failed — another rank died or stopped responding "
-            f"(collective timeout {TIMEOUT_S} s): {str(err).splitlines()[0][:200]}"
+            f"(collective timeout {collective_timeout_s()} s): {str(err).splitlines()[0][:200]}"
         ) from None
 
 

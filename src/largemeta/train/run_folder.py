@@ -8,7 +8,12 @@ identity. ``--resume`` takes a run folder with a checkpoint and continues it onl
 * the config differs from the checkpoint's in resumable keys alone
   (:data:`~largemeta.train.config.RESUMABLE_CHANGES`), and ``steps`` is not below the steps already done;
 
-unfinished checkpoint folders of a killed run are swept, a checkpoint of version 0.1's format is named as such
+* the body's code is the code the checkpoint was trained with (its source's sha256, recorded in the
+  identity), or ``--allow-model-change`` records the change in the identity's ``model_changes``;
+
+a checkpoint recovered from its folder (the run's manifest missing, or older than a complete folder beside it)
+is named by the manifest again, with a warning saying why; then what killed or superseded saves left is swept
+(only after the checkpoint is verified), a checkpoint of version 0.1's format is named as such
 (it resumes as it is), and a ``config.json`` that is not the checkpoint's
 config (edited or damaged) is warned about and rewritten from the checkpoint.
 """
@@ -24,6 +29,7 @@ from typing import Any
 from largemeta.checkpoint import store
 from largemeta.data.cache import notice
 from largemeta.errors import UserError
+from largemeta.models.factory import describe_source, same_source, source_identity
 from largemeta.runs import checkpoint, folder
 from largemeta.runs.checkpoint import CheckpointOnDisk
 from largemeta.runs.claim import Claim, accept_new_run, accept_run, claim
@@ -41,23 +47,28 @@ class Opened:
     saved: CheckpointOnDisk | None
 
 
-def open_run_folder(run_dir: Path, cfg: TrainConfig, resume: bool) -> Opened:
+def open_run_folder(
+    run_dir: Path, cfg: TrainConfig, resume: bool, allow_model_change: bool = False
+) -> Opened:
     """Take ``run_dir`` for a new run (``resume`` False) or to continue its checkpoint with ``cfg``; a
     one-line error (and the folder given back as it was) when the policy refuses."""
     if not resume:
-        return Opened(
-            claim(run_dir, accept_new_run, what="run folder"), folder.new_identity(cfg.algo, cfg.seed), None
-        )
+        identity = {**folder.new_identity(cfg.algo, cfg.seed), "model_source": source_identity(cfg.model)}
+        return Opened(claim(run_dir, accept_new_run, what="run folder"), identity, None)
     with contextlib.ExitStack() as stack:
         held = stack.enter_context(claim(run_dir, accept_run, what="run folder", create=False))
-        store.sweep(run_dir)  # unfinished checkpoint folders of a killed run
-        saved = checkpoint.read(run_dir)
+        saved = checkpoint.read(run_dir)  # verified (sha256, the run's identity) before anything is swept
         if saved.format != store.FORMAT:
             notice(
                 f"{str(saved.path)!r} is a {saved.format} checkpoint (version 0.1's single file): it is read "
                 f"as it is, and the next checkpoint is written as {store.FORMAT}"
             )
         identity = folder.check_identity(run_dir, saved.identity, saved.config)
+        identity = _check_model_source(identity, cfg.model, saved.step, allow_model_change)
+        if saved.recovered is not None and saved.folder is not None:
+            store.reinstate(saved.folder)
+            warnings.warn(saved.recovered, stacklevel=3)
+        store.sweep(run_dir)  # what killed or superseded saves left
         differing = diff(saved.config, cfg)
         if differing:
             pairs = ", ".join(f"{k}: {saved.config.get(k)!r} -> {getattr(cfg, k)!r}" for k in differing)
@@ -92,3 +103,27 @@ def write_records(
         (run_dir / METRICS).write_text("")
         return {}
     return folder.cut_metrics(run_dir / METRICS, saved.step)
+
+
+def _check_model_source(identity: dict[str, Any], model: str, step: int, allow: bool) -> dict[str, Any]:
+    """The identity to continue with: a body whose code is not the code the checkpoint was trained with (a
+    file or module edited since) is refused, or with ``allow`` continued and the change recorded in the
+    identity's ``model_changes`` (a checkpoint from before sources were recorded gets today's source)."""
+    current = source_identity(model)
+    if "model_source" not in identity:
+        return {**identity, "model_source": current}
+    recorded = identity["model_source"]
+    if same_source(recorded, current):
+        return identity
+    if not allow:
+        raise UserError(
+            f"model {model!r} is not the code this run was trained with: {describe_source(recorded)} then, "
+            f"{describe_source(current)} now; put that code back, or resume with --allow-model-change to "
+            "continue with this code (the change is recorded in the run)"
+        )
+    change = {"step": step, "from": recorded, "to": current}
+    return {
+        **identity,
+        "model_source": current,
+        "model_changes": [*identity.get("model_changes", []), change],
+    }

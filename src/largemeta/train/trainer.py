@@ -56,9 +56,16 @@ class Trainer:
     ``resume``); ``close()`` releases the run folder and the process group."""
 
     def __init__(
-        self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True
+        self,
+        cfg: TrainConfig,
+        run_dir: Path,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+        allow_model_change: bool = False,
     ) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.allow_model_change = allow_model_change
         self.placement = place(cfg)
         self.rank = self.placement.rank
         self.progress = progress and self.rank == 0
@@ -99,7 +106,7 @@ class Trainer:
         outcome: tuple[str, int] | None = None
         if self.rank == 0:
             try:
-                opened = open_run_folder(self.run_dir, self.cfg, resume)
+                opened = open_run_folder(self.run_dir, self.cfg, resume, self.allow_model_change)
                 held.enter_context(opened.claim)
                 saved, self.identity = opened.saved, opened.identity
             except BaseException as err:
