@@ -25,7 +25,7 @@ LAYERS = [
     ["data"],
     ["core"],
     ["checkpoint", "sharded_checkpoint", "registry"],
-    ["files", "signals", "stats"],
+    ["files", "signals", "stats", "argtypes"],
     ["errors"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -224,7 +224,7 @@ def test_every_experiment_skips_its_finished_parts_when_run_again(
 ):
     import largemeta.cli.experiment as cli_experiment
     import largemeta.data.datasets
-    import largemeta.experiments as experiments
+    import largemeta.metatest as experiments
 
     (tmp_path / "c.toml").write_text("")
     common = ["--config", str(tmp_path / "c.toml"), "--steps", "2", "--eval-steps", "1", "--seeds", "1"]
