@@ -64,6 +64,8 @@ class Trainer:
         """Step of the last checkpoint in the folder (None: none yet)."""
         self.last_record: dict[str, Any] = {}
         self.steps_run = 0
+        self._trajectory_eval: dict[str, dict[str, float]] = {}
+        """Each local task's held-out accuracy and loss of θ at a log step, before that step's restart."""
         try:
             saved = self._open_folder(resume)
             if cfg.tensorboard:
@@ -73,6 +75,11 @@ class Trainer:
                 check_image_size(self.run_state.body, spec.channels, spec.image_size, f"task {spec.name!r}")
             if saved is not None:
                 sharded_state.restore(self.run_state, self.run_dir, saved)
+            self.controller = getattr(self.learner, "controller", None)
+            """φ's schedule (None for joint training: no meta-update, no restart)."""
+            if self.controller is not None:
+                # measured after the step's meta-update and before its restart (θ, not φ, at a multiple of K)
+                self.controller.on_step.append(self._measure_trajectories)
             if self.rank == 0:
                 self._write_run_files(saved)
         except BaseException:
@@ -281,21 +288,33 @@ class Trainer:
         err.step, err.signal = step, what  # type: ignore[attr-defined]
         return err
 
-    def _held_out_accuracy(self) -> list[float]:
-        """Each local task's accuracy on the first ``eval_batches`` batches of its held-out split (NaN:
-        none)."""
-        out = []
+    def _held_out(self) -> dict[str, dict[str, float]]:
+        """Each local task's accuracy and loss on the first ``eval_batches`` batches of its held-out split
+        (NaN: none), with the parameters the tasks hold now."""
+        out = {}
         for task, params in zip(self.tasks, self.learner.params, strict=True):
             batches = itertools.islice(task.sampler.train.iter_eval(256), self.cfg.eval_batches)
-            out.append(task.loss_and_accuracy(params, batches)["accuracy"])
+            out[task.name] = task.loss_and_accuracy(params, batches)
         return out
+
+    def _measure_trajectories(self, controller) -> None:
+        """A step hook: at a log step, the held-out accuracy and loss of every trajectory's θ."""
+        step = controller.step
+        if step % self.cfg.log_every == 0 or step == self.cfg.steps:
+            self._trajectory_eval = self._held_out()
 
     def _log(self, step: int, losses: dict[str, float], rate: float, metrics, writer) -> dict[str, Any]:
         """``losses``: each task's mean training loss over the window (with a task pool, the tasks active in
-        it); held-out accuracy is measured for the tasks active now."""
+        it); held-out accuracy and loss are θ's before this step's restart, and at a step that restarts,
+        ``phi_accuracy`` is φ's (with each task's head, for the tasks active after the restart)."""
         mine: dict[str, dict[str, float]] = {name: {"loss": loss} for name, loss in losses.items()}
-        for task, acc in zip(self.tasks, self._held_out_accuracy(), strict=True):
-            mine.setdefault(task.name, {})["accuracy"] = acc
+        if self.controller is None:
+            self._trajectory_eval = self._held_out()
+        for name, held_out in self._trajectory_eval.items():
+            mine.setdefault(name, {}).update(accuracy=held_out["accuracy"], held_out_loss=held_out["loss"])
+        if self.controller is not None and step % self.controller.schedule.k == 0:  # θ = φ now
+            for name, held_out in self._held_out().items():
+                mine.setdefault(name, {})["phi_accuracy"] = held_out["accuracy"]
         gathered = distributed.gather(mine, self.placement.group)
         if self.rank != 0:
             return {}
@@ -312,6 +331,8 @@ class Trainer:
             "mean_loss": sum(trained) / len(trained),
             "meta_grad_norm": self.learner.last_meta_grad_norm,
             "shift_norm": self.learner.last_shift_norm,
+            "meta_updates": self.controller.meta_updates if self.controller else 0,
+            "shifts": self.controller.shifts if self.controller else 0,
             "tasks": tasks,
         }
         record.update(self.run_state.log_fields())  # data placement; a task pool's active tasks and draws
