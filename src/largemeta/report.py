@@ -1,7 +1,8 @@
 """Reports read from results files only (pure functions of the JSON; testable without training).
 
 ``write_report(dir)`` collects every ``results.json`` under ``dir`` (each experiment kind registered in
-:data:`largemeta.experiments.EXPERIMENTS` gives its table and figures; evaluate's) and the synthetic figures, and writes ``report.md`` and a self-contained ``report.html`` (figures embedded as data
+:data:`largemeta.experiments.EXPERIMENTS` gives its table and figures; evaluate's) and the synthetic
+figures, and writes ``report.md`` and a self-contained ``report.html`` (figures embedded as data
 URIs). Results of an experiment stopped half-way are reported as far as they go. The folders written are
 locked meanwhile (:func:`largemeta.files.lock_folder`); a ``report.md`` or ``report.html`` that this command
 did not write is refused, never overwritten; a damaged ``results.json`` is a one-line error naming it.
