@@ -17,8 +17,7 @@ def train(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "largemeta", "train", *args],
         env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,  # a pipe: what nohup, SLURM and CI give a command
+        capture_output=True,  # pipes: what nohup, SLURM and CI give a command
         text=True,
         timeout=300,
     )

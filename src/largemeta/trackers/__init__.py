@@ -16,7 +16,7 @@ before anything is written, in one line naming the extra to install.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,10 +42,12 @@ def require(names: Sequence[str]) -> None:
     """A one-line error naming the extra to install when a tracker's package is missing."""
     for name in names:
         package = TRACKERS[name]
-        if importlib.util.find_spec(package) is None:
+        try:
+            importlib.import_module(package)
+        except ImportError:
             raise UserError(
                 f"tracker {name!r} needs the {package} package: pip install 'largemeta[{package}]'"
-            )
+            ) from None
 
 
 def flat_metrics(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -95,7 +97,8 @@ class Trackers:
                     name, self.folder, run_id=saved.get("id") or run_id, params=params, resumed=bool(saved)
                 )
                 self.backends.append(backend)
-                self.state[name] = {"id": backend.id, "step": saved.get("step", -1)}
+                last = max(saved.get("step", -1), backend.last_step() if saved else -1)
+                self.state[name] = {"id": backend.id, "step": last}
         except BaseException:
             self.close(failed=True)
             raise

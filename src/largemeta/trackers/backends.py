@@ -29,6 +29,9 @@ class TensorBoard:
         if not resumed:
             self.writer.add_text("config", "\n".join(f"    {k} = {v!r}" for k, v in params.items()), 0)
 
+    def last_step(self) -> int:
+        return -1
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():
             self.writer.add_scalar(key, value, step)
@@ -70,13 +73,19 @@ class MLflow:
         now = int(time.time() * 1000)
         self.client.log_batch(self.id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
+    def last_step(self) -> int:
+        """The last step the store holds (a kill can come between sending a line and noting it)."""
+        history = self.client.get_metric_history(self.id, "mean_loss")
+        return max((m.step for m in history), default=-1)
+
     def close(self, failed: bool) -> None:
         self.client.set_terminated(self.id, status="FAILED" if failed else "FINISHED")
 
 
 class WandB:
     """A run of the project ``$WANDB_PROJECT`` (``largemeta``) whose id is the run folder's; resumed by it
-    (W&B's ``resume="allow"``). Its console capture is off: stdout stays the command's."""
+    (W&B's ``resume="allow"``; the config is the one it started with). Its console capture is off: stdout
+    stays the command's."""
 
     def __init__(self, folder: Path, run_id: str, params: dict[str, Any], resumed: bool) -> None:
         import wandb
@@ -89,10 +98,13 @@ class WandB:
                 id=run_id,
                 name=folder.name,
                 resume="allow",
-                config=json.loads(json.dumps(params)),
+                config=None if resumed else json.loads(json.dumps(params)),
                 settings=wandb.Settings(console="off", silent=True),
                 reinit="create_new",
             )
+
+    def last_step(self) -> int:
+        return -1
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
