@@ -294,6 +294,7 @@ def accept_results(kind: str) -> Callable[[Path, list[str]], None]:
     """An ``evaluate --out`` folder: empty (results.json is written once, never overwritten)."""
 
     def accept(folder: Path, names: list[str]) -> None:
+        names = [n for n in names if n != console.LOG_FILE]  # an attempt that stopped before its results
         if RESULTS in names:
             raise UserError(
                 f"{str(folder)!r} already holds {RESULTS} (of {kind} or another command); pass another --out"

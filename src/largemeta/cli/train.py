@@ -37,10 +37,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--algo", help="an algorithm of 'largemeta algorithms' (cts, reptile, leap, ...)")
     p.add_argument("--steps", type=int, help="cumulative inner steps per task")
     p.add_argument("--k", type=int, help="inner steps per trajectory")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="one seed for the whole run")
     p.add_argument("--device", help="cpu, cuda, cuda:N, auto")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key (repeatable)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config key (repeatable; 'largemeta config keys' lists them, 'largemeta config show' "
+        "prints the result)",
     )
     p.add_argument("--json", action="store_true", help="print the last metrics line as JSON")
     p.add_argument(
@@ -56,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=run_algorithms)
 
     e = sub.add_parser("export", help="write a run's φ as a plain model state_dict (.safetensors)")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help="a run folder (its latest checkpoint's φ is exported)")
     e.add_argument("--out", required=True, help="FILE.safetensors")
     e.set_defaults(func=run_export)
 

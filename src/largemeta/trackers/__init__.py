@@ -76,7 +76,7 @@ class Trackers:
     def __init__(
         self,
         names: Sequence[str],
-        folder: Path,
+        folder: Path | None,
         *,
         run_id: str,
         params: dict[str, Any],
@@ -84,7 +84,7 @@ class Trackers:
     ) -> None:
         from largemeta.trackers.backends import open_backend
 
-        self.folder, self.names = Path(folder), list(dict.fromkeys(names))
+        self.folder, self.names = folder, list(dict.fromkeys(names))
         check_names(self.names)
         require(self.names)
         state = self._read_state() if resume else {}
@@ -94,7 +94,11 @@ class Trackers:
             for name in self.names:
                 saved = state.get(name, {})
                 backend = open_backend(
-                    name, self.folder, run_id=saved.get("id") or run_id, params=params, resumed=bool(saved)
+                    name,
+                    self.folder or Path.cwd(),
+                    run_id=saved.get("id") or run_id,
+                    params=params,
+                    resumed=bool(saved),
                 )
                 self.backends.append(backend)
                 last = max(saved.get("step", -1), backend.last_step() if saved else -1)
@@ -106,6 +110,8 @@ class Trackers:
             self._write_state()
 
     def _read_state(self) -> dict[str, Any]:
+        if self.folder is None:
+            return {}
         try:
             state = json.loads((self.folder / STATE).read_text())
         except (OSError, ValueError, RecursionError):
@@ -113,6 +119,8 @@ class Trackers:
         return state if isinstance(state, dict) else {}
 
     def _write_state(self) -> None:
+        if self.folder is None:
+            return
         atomic_write_text(self.folder / STATE, json.dumps(self.state, indent=1) + "\n")
 
     def log(self, record: dict[str, Any]) -> None:
@@ -136,8 +144,11 @@ class Trackers:
             backend.close(failed)
 
 
-def log_results(names: Sequence[str], folder: Path, params: dict[str, Any], result: dict[str, Any]) -> None:
-    """One tracker run for a finished evaluation or experiment (``folder``: its results folder): ``params``
+def log_results(
+    names: Sequence[str], folder: Path | None, params: dict[str, Any], result: dict[str, Any]
+) -> None:
+    """One tracker run for a finished evaluation or experiment (``folder``: its results folder, which keeps
+    the tracker runs' ids; None: none, and no TensorBoard): ``params``
     as hyper-parameters, every accuracy of ``result`` (``mean_accuracy`` and ``ci95`` fields) as a metric."""
     if not names:
         return
