@@ -67,6 +67,10 @@ def load_init(source: str, *, model: str | None = None, width: int | None = None
     if not (path.is_dir() or (path.suffix == ".safetensors" and path.is_file())):
         raise UserError(f"--init {source!r} is not 'scratch', a run folder or an existing .safetensors file")
     weights = load_weights(source)
+    if model is None and not weights.model:
+        raise UserError(
+            f"--init {source!r} does not name its body (saved by the drop-in API without body=); pass --model"
+        )
     if model is None and is_code_reference(weights.model):
         # naming the body's code in a file must not be enough to run it: the checkpoint itself runs no code
         raise UserError(
