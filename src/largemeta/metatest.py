@@ -101,6 +101,17 @@ def check_image_size(body: torch.nn.Module, channels: int, image_size: int, what
         body.train(was)
 
 
+def check_init(init: Init, specs: list[TaskSpec]) -> None:
+    """A one-line error unless ``init``'s body builds, takes every target's images and φ fits it (the random
+    stream is left where it was)."""
+    with torch.random.fork_rng(devices=[]):
+        body = create_model(init.model, **init.model_options)
+        if init.phi is not None:
+            fit_to_body(init.phi, split_state(body)[0], what=f"init {init.name!r}", model=init.model)
+    for size, channels in dict.fromkeys((s.image_size, s.channels) for s in specs):
+        check_image_size(body, channels, size, f"init {init.name!r} ({init.model})")
+
+
 def body_and_phi(init: Init, seed: int) -> tuple[torch.nn.Module, Params, Params]:
     """The body template, φ for it (checked against its shapes), and fresh BatchNorm buffers."""
     torch.manual_seed(seed)
@@ -198,10 +209,7 @@ def meta_test(
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     check_options(data_placement, memory_budget_gb, stream_workers)
-    with torch.random.fork_rng(devices=[]):  # creating the body must not move the random stream
-        body = create_model(init.model, **init.model_options)
-    for size, channels in dict.fromkeys((s.image_size, s.channels) for s in specs):
-        check_image_size(body, channels, size, f"init {init.name!r} ({init.model})")
+    check_init(init, specs)
     device = torch.device(device)
     progress = console.Progress("fine-tuning step", len(specs) * seeds * steps, every=steps)
 

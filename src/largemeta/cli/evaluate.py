@@ -100,7 +100,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from largemeta import runs as runs_module
     from largemeta.data.tasks import TaskSpec, load_suite
     from largemeta.files import atomic_write_text
-    from largemeta.metatest import load_init
+    from largemeta.metatest import check_init, load_init
     from largemeta.train.build import resolve_device
 
     sizes = parse_sizes(args.train_size)
@@ -133,6 +133,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if bad:
         raise UserError(f"targets {bad} have {specs[0].channels} channels, the init's model takes {channels}")
     device = resolve_device(args.device, 0)
+    check_init(init, specs)  # before the header: a bad --init is one line
     # claimed before the long evaluation: a folder holding anything is refused before anything is written
     claim = runs_module.claim(Path(args.out), runs_module.accept_results("evaluate")) if args.out else None
     try:
