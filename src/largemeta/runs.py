@@ -41,6 +41,7 @@ from largemeta import __version__, checkpoint, console, sharded_checkpoint, trac
 from largemeta.core.params import Params
 from largemeta.errors import UserError
 from largemeta.files import FolderLock, atomic_write_text, contents, lock_folder, sweep_temporaries
+from largemeta.trackers import backends
 
 CHECKPOINT_NAME = "checkpoint"
 CHECKPOINT = f"{CHECKPOINT_NAME}.json"
@@ -50,7 +51,7 @@ LEGACY_CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 RUN = "run.json"
 METRICS = "metrics.jsonl"
-TENSORBOARD = "tensorboard"
+TENSORBOARD = backends.TENSORBOARD
 RESULTS = "results.json"
 RUN_FILES = frozenset(
     {CHECKPOINT, LEGACY_CHECKPOINT, CONFIG, RUN, METRICS, TENSORBOARD, console.LOG_FILE, trackers.STATE}

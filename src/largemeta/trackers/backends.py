@@ -12,8 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from largemeta.runs import TENSORBOARD
-
+TENSORBOARD = "tensorboard"
+"""In a run folder: TensorBoard's event files."""
 PROJECT = "largemeta"
 """MLflow's experiment and W&B's project when the environment names none."""
 
