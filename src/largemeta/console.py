@@ -86,6 +86,7 @@ def session(verbosity: int = 0, stream: TextIO | None = None) -> Iterator[None]:
     try:
         yield
     finally:
+        _pending.clear()
         log.removeHandler(handler)
         _console = saved[0]
         log.setLevel(saved[1])
@@ -118,10 +119,20 @@ def notice(message: str) -> None:
         print(f"largemeta: {message}", file=sys.stderr, flush=True)
 
 
+_pending: list[str] = []
+
+
 def header(what: str, settings: dict[str, Any]) -> None:
-    """The first line of a long command: what it does and where, then its key settings."""
+    """The first line of a long command: what it does and where, then its key settings. It is printed with
+    the command's first progress (:class:`Progress`), once the work has begun: a command refused or stopped
+    before then prints its one line alone."""
     shown = " | ".join(f"{k} {v}" for k, v in settings.items() if v not in (None, ""))
-    log.info(f"{what} | {shown}" if shown else what)
+    _pending.append(f"{what} | {shown}" if shown else what)
+
+
+def _headers() -> None:
+    while _pending:
+        log.info(_pending.pop(0))
 
 
 def duration(seconds: float) -> str:
@@ -144,14 +155,22 @@ class Progress:
         self.start = self.done = start
         self.t0 = self.last_line = time.monotonic()
         self.losses: list[float] = []
-        self.bar = (
-            tqdm(total=total, initial=start, unit=unit, desc=what, dynamic_ncols=True, leave=False)
-            if bars() and start < total
-            else None
-        )
+        self.wants_bar = bars() and start < total
+        self.bar: tqdm | None = None  # shown from the first step, below the header
 
     def update(self, done: int, loss: float | None = None) -> None:
         """``done`` steps of ``total`` are done; ``loss``: the latest step's."""
+        if _pending:
+            _headers()
+        if self.bar is None and self.wants_bar:
+            self.bar = tqdm(
+                total=self.total,
+                initial=self.start,
+                unit=self.unit,
+                desc=self.what,
+                dynamic_ncols=True,
+                leave=False,
+            )
         if self.bar is not None:
             self.bar.update(done - self.done)
             if loss is not None:
@@ -179,6 +198,7 @@ class Progress:
         self.last_line = now
 
     def close(self) -> None:
+        self.wants_bar = False
         if self.bar is not None:
             self.bar.close()
             self.bar = None
