@@ -130,17 +130,19 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     cache = data_dir(args.data_dir)
     console.header(f"data fetch -> {cache}", {"datasets": f"{len(names)} ({', '.join(names)})"})
     failed = []
+    progress = console.Progress("dataset", len(names), every=1)
     for i, n in enumerate(names, start=1):
-        console.log.info(f"dataset {i}/{len(names)}: {n}")
         try:
             ds = fetch_dataset(n, args.data_dir, args.root, force=args.force)
         except UserError as err:  # gather, so one bad dataset does not hide which others are fine
             failed.append((n, str(err)))
             continue
+        progress.update(i)  # the header with the first dataset fetched: a refusal is one line
         print(
             f"{n}: {len(ds.y_train):,} train + {len(ds.y_test):,} test, {ds.num_classes} classes, "
             f"{'x'.join(map(str, ds.shape))}"
         )
+    progress.close()
     if failed:
         raise UserError(
             f"{len(failed)} of {len(names)} dataset(s) not fetched "

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from largemeta import console
 from largemeta.errors import UserError, choice_error
 from largemeta.files import atomic_write_text
 
@@ -101,6 +102,7 @@ class Trackers:
                     resumed=bool(saved),
                 )
                 self.backends.append(backend)
+                console.log.debug(f"tracker {name}: run {backend.id}{' (resumed)' if saved else ''}")
                 last = max(saved.get("step", -1), backend.last_step() if saved else -1)
                 self.state[name] = {"id": backend.id, "step": last}
         except BaseException:

@@ -265,14 +265,14 @@ class Trainer:
                         total[0] += loss
                         total[1] += 1
                     window += 1
+                    if bar is not None:
+                        bar.update(step, float(losses.mean()))
                     if step % cfg.log_every == 0 or step == cfg.steps:
                         rate = window / (time.perf_counter() - t0)
                         means = {name: total / n for name, (total, n) in window_losses.items()}
                         last = self._log(step, means, rate, metrics, tracked)
                         window_losses.clear()
                         window, t0 = 0, time.perf_counter()
-                    if bar is not None:
-                        bar.update(step, float(losses.mean()))
                     if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                         self.save()
                     if stop and step < cfg.steps:  # at the last step the run is simply done
@@ -376,6 +376,13 @@ class Trainer:
                 f"{step} — {self._last_good()}"
             ) from None
         tracked.log(_finite(record))
+        console.log.debug(
+            f"step {step}: "
+            + "; ".join(
+                f"{name} " + " ".join(f"{k} {v:.4g}" for k, v in fields.items())
+                for name, fields in tasks.items()
+            )
+        )
         return record
 
 
