@@ -208,3 +208,22 @@ def test_an_unknown_tracker_is_refused(tmp_path):
     from largemeta.cli import main
 
     assert main(["config", "show", "--set", "trackers=mlflow,comet"]) == 2
+
+
+def test_a_tracker_store_that_fails_is_one_line(tiny_suite, tiny_config, tmp_path):
+    """An MLflow URI whose store cannot be opened: one line naming the tracker, exit 2."""
+    (tmp_path / "file").write_text("not a folder")
+    out = subprocess.run(
+        [sys.executable, "-m", "largemeta", "train", "--out", str(tmp_path / "run")]
+        + sets(tiny_config(tiny_suite, trackers="mlflow")),
+        env=env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2, out.stderr
+    last = out.stderr.splitlines()[-1]
+    assert (
+        last.startswith("largemeta: error: tracker 'mlflow' could not start its run: ")
+        and "Traceback" not in out.stderr
+    )

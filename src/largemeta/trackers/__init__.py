@@ -70,6 +70,18 @@ def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
     return {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in config.items()}
 
 
+def _guarded(name: str, what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``; a tracker's own failure (a store that cannot be reached, a bad URI) becomes
+    one line naming the tracker (the run's files and its last checkpoint are kept)."""
+    try:
+        return fn(*args, **kwargs)
+    except UserError:
+        raise
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"tracker {name!r} {what}: {first}") from None
+
+
 class Trackers:
     """The tracker runs of one run folder (or one results folder): ``log(record)`` sends a metrics line to
     every one; ``close()`` ends them. With no tracker names it does nothing."""
@@ -94,7 +106,10 @@ class Trackers:
         try:
             for name in self.names:
                 saved = state.get(name, {})
-                backend = open_backend(
+                backend = _guarded(
+                    name,
+                    "could not start its run",
+                    open_backend,
                     name,
                     self.folder or Path.cwd(),
                     run_id=saved.get("id") or run_id,
@@ -134,7 +149,7 @@ class Trackers:
         sent = False
         for name, backend in zip(self.names, self.backends, strict=True):
             if step > self.state[name]["step"]:
-                backend.log_metrics(metrics, step)
+                _guarded(name, f"could not log step {step}", backend.log_metrics, metrics, step)
                 self.state[name]["step"] = step
                 sent = True
         if sent:
