@@ -9,6 +9,8 @@ A run folder (``largemeta train --out RUN``) holds::
     config.json      the resolved config (a human-readable copy; never read back)
     run.json         the run's identity {run_id, algo, seed, created} (a copy; it tells a foreign checkpoint)
     metrics.jsonl    one JSON line per log step (cut back to the checkpoint's step on resume)
+    log.txt          what the commands that trained it printed (appended on resume)
+    trackers.json    the run's experiment-tracker runs and the last step each was sent (largemeta.trackers)
     tensorboard/     optional event files
 
 A results folder (``evaluate --out``, the experiments) holds ``results.json``. :func:`claim` takes a folder
@@ -35,10 +37,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 
-from largemeta import __version__, checkpoint, sharded_checkpoint
+from largemeta import __version__, checkpoint, console, sharded_checkpoint, trackers
 from largemeta.core.params import Params
 from largemeta.errors import UserError
 from largemeta.files import FolderLock, atomic_write_text, contents, lock_folder, sweep_temporaries
+from largemeta.trackers import backends
 
 CHECKPOINT_NAME = "checkpoint"
 CHECKPOINT = f"{CHECKPOINT_NAME}.json"
@@ -48,9 +51,11 @@ LEGACY_CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 RUN = "run.json"
 METRICS = "metrics.jsonl"
-TENSORBOARD = "tensorboard"
+TENSORBOARD = backends.TENSORBOARD
 RESULTS = "results.json"
-RUN_FILES = frozenset({CHECKPOINT, LEGACY_CHECKPOINT, CONFIG, RUN, METRICS, TENSORBOARD})
+RUN_FILES = frozenset(
+    {CHECKPOINT, LEGACY_CHECKPOINT, CONFIG, RUN, METRICS, TENSORBOARD, console.LOG_FILE, trackers.STATE}
+)
 """What a run folder may hold, beside its checkpoint folders."""
 _CHECKPOINT_FOLDER = re.compile(rf"^\.?{CHECKPOINT_NAME}-\d+(\.tmp)?$")
 """A checkpoint's folder, or one being written (:mod:`largemeta.sharded_checkpoint`)."""
@@ -290,6 +295,7 @@ def accept_results(kind: str) -> Callable[[Path, list[str]], None]:
     """An ``evaluate --out`` folder: empty (results.json is written once, never overwritten)."""
 
     def accept(folder: Path, names: list[str]) -> None:
+        names = [n for n in names if n != console.LOG_FILE]  # an attempt that stopped before its results
         if RESULTS in names:
             raise UserError(
                 f"{str(folder)!r} already holds {RESULTS} (of {kind} or another command); pass another --out"

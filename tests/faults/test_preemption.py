@@ -56,7 +56,7 @@ def test_sigterm_mid_run_checkpoints_exits_75_and_resume_is_bit_exact(tiny_suite
     train(cfg, tmp_path / "straight")
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "largemeta", "train", "--out", str(run), "--steps", "150", *sets(cfg)],
+        [sys.executable, "-m", "largemeta", "train", "-q", "--out", str(run), "--steps", "150", *sets(cfg)],
         env=env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -133,6 +133,7 @@ def test_ctrl_c_in_the_first_second_is_one_line(tiny_suite, tiny_config, tmp_pat
                 "-m",
                 "largemeta",
                 "train",
+                "-q",  # the stop's line alone (no header or progress lines from the loop)
                 "--out",
                 str(tmp_path / f"r{i}"),
                 "--steps",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import contextlib
 from pathlib import Path
 
 from largemeta.cli.common import positive_int, print_json
@@ -49,8 +49,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--stream-workers", type=int, default=0, help="decoding processes when streaming (0: auto)"
     )
-    p.add_argument("--out", help="folder for results.json (new or empty; locked while evaluating)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--out", help="folder for results.json and log.txt (new or empty; locked while evaluating)"
+    )
+    p.add_argument(
+        "--trackers",
+        default="",
+        metavar="LIST",
+        help="log the results to these trackers too: comma list of tensorboard (needs --out), mlflow, wandb",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the results as JSON (and nothing else on stdout)"
+    )
     p.set_defaults(func=run_evaluate)
 
 
@@ -86,13 +96,19 @@ def parse_sizes(text: str | None) -> list[int | None]:
 def run_evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from largemeta import console, trackers
     from largemeta import runs as runs_module
     from largemeta.data.tasks import TaskSpec, load_suite
     from largemeta.files import atomic_write_text
-    from largemeta.metatest import load_init, meta_test
+    from largemeta.metatest import check_init, load_init
     from largemeta.train.build import resolve_device
 
     sizes = parse_sizes(args.train_size)
+    tracked = [t.strip() for t in args.trackers.split(",") if t.strip()]
+    trackers.check_names(tracked)
+    if "tensorboard" in tracked and not args.out:
+        raise UserError("--trackers tensorboard writes into the results folder: give --out")
+    trackers.require(tracked)
     init = load_init(args.init, model=args.model, width=args.width, channels=args.channels or 1)
     channels = args.channels or init.in_channels
     if args.suite:
@@ -117,33 +133,35 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if bad:
         raise UserError(f"targets {bad} have {specs[0].channels} channels, the init's model takes {channels}")
     device = resolve_device(args.device, 0)
+    check_init(init, specs)  # before the header: a bad --init is one line
     # claimed before the long evaluation: a folder holding anything is refused before anything is written
     claim = runs_module.claim(Path(args.out), runs_module.accept_results("evaluate")) if args.out else None
     try:
-        runs = {
-            n: meta_test(
-                init,
-                specs,
-                steps=args.steps,
-                seeds=args.seeds,
-                batch_size=args.batch_size,
-                train_size=n,
-                device=device,
-                data_dir=args.data_dir,
-                data_placement=args.data_placement,
-                memory_budget_gb=args.memory_budget_gb,
-                stream_workers=args.stream_workers,
-                log=lambda line: print(f"largemeta: {line}", file=sys.stderr),
+        with contextlib.ExitStack() as stack:
+            if claim is not None:
+                stack.enter_context(console.log_file(claim.folder))
+            console.header(
+                f"evaluate {init.name} -> {args.out or 'stdout'}",
+                {
+                    "device": device,
+                    "model": init.model,
+                    "targets": f"{len(specs)} ({', '.join(s.name for s in specs)})",
+                    "fine-tuning": f"{args.steps} steps x {args.seeds} seeds, batch {args.batch_size}",
+                    "train size": args.train_size,
+                    "trackers": ",".join(tracked),
+                },
             )
-            for n in sizes
-        }
-        result = (
-            runs[None]
-            if sizes == [None]
-            else {"init": init.name, "by_train_size": {str(n): r for n, r in runs.items()}}
-        )
-        if claim is not None:
-            atomic_write_text(claim.folder / runs_module.RESULTS, json.dumps(result, indent=2) + "\n")
+            runs = _evaluate(args, init, specs, sizes, device)
+            result = (
+                runs[None]
+                if sizes == [None]
+                else {"init": init.name, "by_train_size": {str(n): r for n, r in runs.items()}}
+            )
+            if claim is not None:
+                atomic_write_text(claim.folder / runs_module.RESULTS, json.dumps(result, indent=2) + "\n")
+            params = {"command": "evaluate", "init": init.name, "steps": args.steps, "seeds": args.seeds}
+            params.update(batch_size=args.batch_size, train_size=args.train_size or "all", device=str(device))
+            trackers.log_results(tracked, claim.folder if claim else None, params, result)
     except BaseException:
         if claim is not None:
             claim.abandon()
@@ -160,3 +178,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
             print(f"  {name:<20} {100 * t['mean_accuracy']:6.2f} % ± {100 * t['ci95']:.2f}")
         print(f"  {'mean':<20} {100 * r['mean_accuracy']:6.2f} %")
     return 0
+
+
+def _evaluate(args: argparse.Namespace, init, specs, sizes, device) -> dict:
+    from largemeta import console
+    from largemeta.metatest import meta_test
+
+    return {
+        n: meta_test(
+            init,
+            specs,
+            steps=args.steps,
+            seeds=args.seeds,
+            batch_size=args.batch_size,
+            train_size=n,
+            device=device,
+            data_dir=args.data_dir,
+            data_placement=args.data_placement,
+            memory_budget_gb=args.memory_budget_gb,
+            stream_workers=args.stream_workers,
+            log=console.notice,
+        )
+        for n in sizes
+    }

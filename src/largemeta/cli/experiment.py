@@ -8,7 +8,6 @@ Experiments and the demo are resumable: stopped by SIGTERM or SIGINT they exit 7
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,12 +36,19 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 def _common(p: argparse.ArgumentParser, algos: str) -> None:
     p.add_argument("--config", default="offline", help="TOML config or shipped name (offline)")
-    p.add_argument("--algos", default=algos, help=f"comma list ({algos})")
+    p.add_argument(
+        "--algos",
+        default=algos,
+        help=f"comma list of 'largemeta algorithms' names, or scratch (a randomly initialized body, "
+        f"evaluated without meta-training: the baseline); default {algos}",
+    )
     p.add_argument("--out", required=True, help=f"results folder (new, or this experiment's: {RESUMABLE})")
     p.add_argument("--steps", type=positive_int, help="budget: cumulative inner steps per task")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (cpu)")
+    p.add_argument(
+        "--json", action="store_true", help="print the results as JSON (and nothing else on stdout)"
+    )
     _eval_args(p)
 
 
@@ -60,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=run_experiment, resumable=True)
 
     rep = sub.add_parser("report", help="Markdown + self-contained HTML report of a results folder")
-    rep.add_argument("dir")
+    rep.add_argument("dir", help="a results folder of an experiment or the demo (holding results.json)")
     rep.set_defaults(func=run_report)
 
     demo = sub.add_parser("demo", help="the main job: CTS vs Reptile vs Leap vs scratch on the offline suite")
@@ -98,7 +104,19 @@ def _settings(args: argparse.Namespace):
 
 
 def _log(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+    from largemeta.console import log
+
+    log.info(text)
+
+
+def _track(cfg, out: Path, result: dict) -> None:
+    """The experiment's results to the run config's trackers (each trained run logged itself)."""
+    from largemeta.trackers import log_results
+    from largemeta.train.config import tracker_names
+
+    names = tracker_names(cfg)
+    if names:
+        log_results(names, out, {"command": result["request"]["command"], **cfg.to_dict()}, result)
 
 
 def run_experiment(args: argparse.Namespace) -> int:
@@ -111,6 +129,7 @@ def run_experiment(args: argparse.Namespace) -> int:
     with _resumable(args.out):
         result = spec.from_args(cfg, args, common)
     spec.plots(result, common.out)
+    _track(cfg, common.out, result)
     print_json(result) if args.json else print(spec.table(result))
     return 0
 
@@ -158,6 +177,7 @@ def run_demo(args: argparse.Namespace) -> int:
             cfg, DEMO_ALGOS, out, fractions=(0.25, 0.5, 1.0), settings=settings, log=_log, command="demo"
         )
     EXPERIMENTS.get("convergence").plots(result, out)
+    _track(cfg, out, result)
     md, page = write_report(out)
     seconds = time.perf_counter() - started
     if args.json:

@@ -88,7 +88,9 @@ def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
 def notice(message: str) -> None:
     """One informational line on stderr (``largemeta: ...``), like the CLI's error lines: a decision the
     user should know about (a placement chosen, a damaged cache entry being repaired), not a problem."""
-    print(f"largemeta: {message}", file=sys.stderr, flush=True)
+    from largemeta import console
+
+    console.notice(message)
 
 
 def unwritable(cache: Path, err: OSError, what: str = "") -> UserError:

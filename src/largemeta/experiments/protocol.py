@@ -38,7 +38,7 @@ def train_to(cfg: TrainConfig, run_dir: Path, steps: int) -> None:
         raise UserError(
             f"{str(run_dir)!r} is already past {steps} steps: it was not trained by this experiment"
         )
-    trainer = Trainer(dataclasses.replace(cfg, steps=steps), run_dir, resume=resume, progress=False)
+    trainer = Trainer(dataclasses.replace(cfg, steps=steps), run_dir, resume=resume)
     try:
         trainer.run()
     finally:

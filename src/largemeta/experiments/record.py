@@ -9,12 +9,13 @@ while an experiment writes it (:func:`largemeta.runs.claim`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from largemeta import signals
+from largemeta import console, signals
 from largemeta.errors import UserError
 from largemeta.files import atomic_write_text
 from largemeta.runs import RESULTS, claim, read_results
@@ -66,7 +67,10 @@ class Record:
                 )
 
         self.claim = claim(self.out, accept, what="experiment folder")
+        self.log_file = contextlib.ExitStack()
         try:
+            self.log_file.enter_context(console.log_file(self.out))
+            console.header(f"{request['command']} -> {self.out}", _settings_shown(request))
             if (self.out / RESULTS).exists():
                 self.result = read_results(self.out / RESULTS)
                 done = self.result.setdefault("done", [])
@@ -76,6 +80,7 @@ class Record:
                 self.result = {**skeleton, "done": [], "complete": False}
                 self.save()
         except BaseException:
+            self.log_file.close()
             self.claim.abandon()
             raise
 
@@ -98,6 +103,7 @@ class Record:
         if complete:
             self.result["complete"] = True
             self.save()
+        self.log_file.close()
         self.claim.release()
 
     def __enter__(self) -> Record:
@@ -105,3 +111,23 @@ class Record:
 
     def __exit__(self, kind, value, tb) -> None:
         self.close(complete=kind is None)
+
+
+def _settings_shown(request: dict[str, Any]) -> dict[str, Any]:
+    """An experiment's header: what it compares, the budget and the evaluation."""
+    cfg, ev = request["config"], request["eval"]
+    shown = {
+        k: ",".join(map(str, request[k]))
+        for k in ("algos", "milestones", "ks", "betas", "sizes")
+        if k in request
+    }
+    shown.update(
+        {
+            "suite": cfg.get("suite"),
+            "steps": cfg.get("steps"),
+            "K": cfg.get("k"),
+            "β": cfg.get("meta_lr"),
+            "eval": f"{ev['steps']} steps x {ev['seeds']} seeds",
+        }
+    )
+    return shown

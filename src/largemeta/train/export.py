@@ -7,19 +7,16 @@ that exists and is not an export of largemeta.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save
 
+from largemeta import phi
 from largemeta.errors import UserError
-from largemeta.files import atomic_write
 from largemeta.models import create_model, split_state
-from largemeta.runs import check_finite, load_weights
+from largemeta.phi import FORMAT
+from largemeta.runs import load_weights
 from largemeta.train.config import from_mapping
-
-FORMAT = "largemeta-phi"
 
 
 def _is_export(path: Path) -> bool:
@@ -44,15 +41,11 @@ def export(run_dir: Path, out: Path) -> Path:
     torch.manual_seed(cfg.seed)
     channels = weights.in_channels or 3
     _, buffers = split_state(create_model(cfg.model, in_channels=channels, width=cfg.width))
-    tensors = {**{k: v.contiguous() for k, v in weights.phi.items()}, **buffers}
-    check_finite(tensors, f"export of {str(run_dir)!r}")
-    meta = {
-        "format": FORMAT,
-        "model": cfg.model,
-        "step": str(weights.step),
-        "in_channels": str(channels),
-        "config": json.dumps(cfg.to_dict()),
-    }
-    payload = save(tensors, metadata=meta)
-    atomic_write(out, lambda fh: fh.write(payload))
-    return out
+    return phi.save(
+        out,
+        {**weights.phi, **buffers},
+        model=cfg.model,
+        in_channels=channels,
+        step=weights.step,
+        config=cfg.to_dict(),
+    )
