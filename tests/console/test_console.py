@@ -75,7 +75,8 @@ def test_quiet_prints_nothing_but_the_result_and_verbose_is_accepted(tiny_suite,
         timeout=300,
     )
     assert loud.returncode == 0 and "step 4/4" in loud.stderr
-    assert re.search(r"step 4: t0 loss \S+ accuracy \S+; t1 loss", loud.stderr)  # -v: each task's figures
+    # -v: each task's figures
+    assert re.search(r"step 4: t0 loss \S+ accuracy \S+ held_out_loss \S+.*; t1 loss", loud.stderr)
 
 
 def test_a_bad_value_is_still_one_line_and_exit_2(tmp_path):
