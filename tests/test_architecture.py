@@ -18,14 +18,14 @@ LAYERS = [
     ["report"],
     ["experiments"],
     ["train"],
-    ["metatest", "testing", "api"],
+    ["metatest", "testing", "api", "phi"],
     ["execution"],
     ["runs"],
     ["models", "synthetic"],
     ["data"],
     ["core"],
-    ["checkpoint", "registry"],
-    ["files", "signals", "stats"],
+    ["checkpoint", "registry", "trackers"],
+    ["files", "signals", "stats", "argtypes", "console"],
     ["errors"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -2,10 +2,11 @@
 
 The algorithm core lives in :mod:`largemeta.core`; the paper's 2-D benchmark in
 :mod:`largemeta.synthetic`; the command line in :mod:`largemeta.cli`; the drop-in for your own training loop,
-:class:`largemeta.ContinualTrajectoryShifting`, in :mod:`largemeta.api`.
+:class:`largemeta.ContinualTrajectoryShifting`, in :mod:`largemeta.api`. φ trained by either is read back with
+:func:`largemeta.load_phi` and put into a model with :func:`largemeta.load_phi_into` (:mod:`largemeta.phi`).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):
@@ -14,4 +15,8 @@ def __getattr__(name: str):
         from largemeta.api import ContinualTrajectoryShifting
 
         return ContinualTrajectoryShifting
+    if name in ("load_phi", "load_phi_into"):
+        from largemeta import phi
+
+        return getattr(phi, name)
     raise AttributeError(f"module 'largemeta' has no attribute {name!r}")

@@ -31,7 +31,10 @@ def head_names(model: nn.Module) -> set[str]:
     """Names of the parameters of ``model``'s last ``nn.Linear`` (in registration order): the default head."""
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise UserError(f"{type(model).__name__} has no nn.Linear to take as its head; pass shared=")
+        raise UserError(
+            f"{type(model).__name__} has no nn.Linear to take as its head; pass shared= to say which "
+            f"parameters are meta-learned, e.g. {SHARED_EXAMPLE}"
+        )
     name, head = linears[-1]
     return {f"{name}.{p}" if name else p for p, _ in head.named_parameters(recurse=False)}
 
@@ -39,6 +42,9 @@ def head_names(model: nn.Module) -> set[str]:
 def _not_in(names: set[str]) -> SharedRule:
     return lambda name, param: name not in names
 
+
+SHARED_EXAMPLE = "shared=lambda name, param: not name.startswith('head.')"
+"""How to pick the meta-learned parameters, as the errors show it."""
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -105,7 +111,7 @@ class ContinualTrajectoryShifting:
             for model, opt in zip(models, opts):
                 opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
             cts.step()
-        torch.save(cts.export_state_dict(), "phi.pt")
+        cts.save("phi.safetensors", prefix="body.", body="convnet", width=32)  # evaluate --init takes it
     """
 
     def __init__(
@@ -145,7 +151,16 @@ class ContinualTrajectoryShifting:
         is_shared = shared or _not_in(head_names(self.models[0]))
         shapes = {n: tuple(p.shape) for n, p in live[0].items() if is_shared(n, p)}
         if not shapes:
-            raise UserError(f"the shared rule selected no parameter of {type(self.models[0]).__name__}")
+            what = type(self.models[0]).__name__
+            why = (
+                " (the default rule leaves out the last nn.Linear, the head, and that is all it has)"
+                if shared is None
+                else ""
+            )
+            raise UserError(
+                f"the shared rule selected no parameter of {what}{why}; pass shared= to say which parameters "
+                f"are meta-learned, e.g. {SHARED_EXAMPLE}, or shared=lambda name, param: True for all"
+            )
         for t, params in enumerate(live[1:], start=1):
             _check_same(shapes, {n: tuple(p.shape) for n, p in params.items()}, "model 0", f"model {t}")
         if process_group is not None:
@@ -165,6 +180,7 @@ class ContinualTrajectoryShifting:
         self.controller.begin(live)  # every model's shared parameters start at φ
         self.reset_inner_state = reset_inner_state
         self.controller.on_restart.append(self._on_restart)
+        self.algorithm, self.k, self.meta_every, self.meta_lr = algorithm, k, meta_every, meta_lr
 
     def _on_restart(self, controller: MetaController) -> None:
         if self.reset_inner_state:
@@ -196,6 +212,54 @@ class ContinualTrajectoryShifting:
         for k, v in self.models[model].state_dict(keep_vars=True).items():
             out[k] = (self.phi[by_tensor[id(v)]] if id(v) in by_tensor else v).detach().clone()
         return out
+
+    def save(
+        self,
+        path: str,
+        *,
+        model: int = 0,
+        prefix: str = "",
+        body: str = "",
+        in_channels: int | None = None,
+        **body_options: Any,
+    ) -> Any:
+        """Write φ (and the body's buffers) of ``models[model]`` in ``largemeta export``'s format: a
+        ``.safetensors`` file that ``largemeta evaluate --init``, :func:`largemeta.load_phi` and
+        :func:`largemeta.load_phi_into` read.
+
+        Args:
+            prefix: the body's name inside the model (``"body."`` for ``model.body``): only tensors under it
+                are written, named as in the body alone.
+            body: the body as ``largemeta.models.create_model`` names it (``convnet``, ``resnet20``,
+                ``resnet18``, ``FILE.py:factory``), so that ``evaluate`` can build it; ``body_options`` are
+                its options (``width=32``). Without it, ``evaluate`` needs ``--model``.
+            in_channels: the body's input channels (default: read off its first convolution).
+        """
+        from largemeta import phi as phi_file
+
+        state = self.export_state_dict(model)
+        params = {n for n, _ in self.models[model].named_parameters()}
+        kept = {
+            k[len(prefix) :]: v
+            for k, v in state.items()
+            if k.startswith(prefix) and (k in self.phi or k not in params)  # φ and buffers, not the head
+        }
+        if not any(k.startswith(prefix) for k in self.phi):
+            raise UserError(
+                f"prefix {prefix!r} holds no shared parameter of {type(self.models[model]).__name__}"
+            )
+        if in_channels is None:
+            conv = next((v for v in kept.values() if v.dim() == 4), None)
+            in_channels = int(conv.shape[1]) if conv is not None else None
+        config = {
+            "model": body,
+            **body_options,
+            "algo": self.algorithm,
+            "k": self.k,
+            "meta_every": self.meta_every,
+            "meta_lr": self.meta_lr,
+        }
+        return phi_file.save(path, kept, model=body, in_channels=in_channels, step=self.steps, config=config)
 
     def state_dict(self) -> dict[str, Any]:
         """Step, φ, the meta optimizer and this process's task parameters; save your optimizers beside it."""

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from largemeta import console
 from largemeta.core.params import Params
 from largemeta.data.images import TaskImages, task_seed
 from largemeta.data.loader import TaskLoader, check_options
@@ -66,6 +67,10 @@ def load_init(source: str, *, model: str | None = None, width: int | None = None
     if not (path.is_dir() or (path.suffix == ".safetensors" and path.is_file())):
         raise UserError(f"--init {source!r} is not 'scratch', a run folder or an existing .safetensors file")
     weights = load_weights(source)
+    if model is None and not weights.model:
+        raise UserError(
+            f"--init {source!r} does not name its body (saved by the drop-in API without body=); pass --model"
+        )
     if model is None and is_code_reference(weights.model):
         # naming the body's code in a file must not be enough to run it: the checkpoint itself runs no code
         raise UserError(
@@ -94,6 +99,17 @@ def check_image_size(body: torch.nn.Module, channels: int, image_size: int, what
         ) from None
     finally:
         body.train(was)
+
+
+def check_init(init: Init, specs: list[TaskSpec]) -> None:
+    """A one-line error unless ``init``'s body builds, takes every target's images and φ fits it (the random
+    stream is left where it was)."""
+    with torch.random.fork_rng(devices=[]):
+        body = create_model(init.model, **init.model_options)
+        if init.phi is not None:
+            fit_to_body(init.phi, split_state(body)[0], what=f"init {init.name!r}", model=init.model)
+    for size, channels in dict.fromkeys((s.image_size, s.channels) for s in specs):
+        check_image_size(body, channels, size, f"init {init.name!r} ({init.model})")
 
 
 def body_and_phi(init: Init, seed: int) -> tuple[torch.nn.Module, Params, Params]:
@@ -136,8 +152,10 @@ def fine_tune(
     weight_decay: float = 5e-4,
     device: torch.device | str = "cpu",
     curve_points: int = 5,
+    on_step: Callable[[Tensor], None] | None = None,
 ) -> dict[int, float]:
-    """Fine-tune φ on one target with the protocol; returns test accuracy at every steps/curve_points."""
+    """Fine-tune φ on one target with the protocol; returns test accuracy at every steps/curve_points.
+    ``on_step`` hears each step's training loss."""
     body, phi, buffers = body_and_phi(init, seed)  # the seed only matters for a scratch init
     device = torch.device(device)
     task = ImageTask(
@@ -157,8 +175,11 @@ def fine_tune(
     curve = {}
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        task.train_loss(params).backward()
+        loss = task.train_loss(params)
+        loss.backward()
         optimizer.step()
+        if on_step is not None:
+            on_step(loss.detach())
         schedule.step()
         if step + 1 in marks:
             curve[step + 1] = task.loss_and_accuracy(params, data.iter_eval(512))["accuracy"]
@@ -188,11 +209,13 @@ def meta_test(
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     check_options(data_placement, memory_budget_gb, stream_workers)
-    with torch.random.fork_rng(devices=[]):  # creating the body must not move the random stream
-        body = create_model(init.model, **init.model_options)
-    for size, channels in dict.fromkeys((s.image_size, s.channels) for s in specs):
-        check_image_size(body, channels, size, f"init {init.name!r} ({init.model})")
+    check_init(init, specs)
     device = torch.device(device)
+    progress = console.Progress("fine-tuning step", len(specs) * seeds * steps, every=steps)
+
+    def on_step(loss: Tensor) -> None:
+        progress.update(progress.done + 1, float(loss))
+
     loader = TaskLoader(
         device,
         data_placement,
@@ -206,11 +229,14 @@ def meta_test(
         if log is not None and loader.data_placement == "stream" and loader.why:
             log(loader.why)
         results = {
-            spec.name: _one_target(init, loader, spec, i, steps, seeds, batch_size, train_size, device)
+            spec.name: _one_target(
+                init, loader, spec, i, steps, seeds, batch_size, train_size, device, on_step
+            )
             for i, spec in enumerate(specs)
         }
     finally:
         loader.close()
+        progress.close()
     overall = sum(r["mean_accuracy"] for r in results.values()) / len(results)
     return {
         "init": init.name,
@@ -232,6 +258,7 @@ def _one_target(
     batch_size: int,
     train_size: int | None,
     device: torch.device,
+    on_step: Callable[[Tensor], None] | None = None,
 ) -> dict[str, Any]:
     """Target ``i`` fine-tuned under every seed: mean, interval, per-seed accuracies, the mean curve."""
     per_seed, curves = [], []
@@ -247,7 +274,13 @@ def _one_target(
             if train_size is not None:
                 target = data.subsample(total=train_size, seed=s)
             curve = fine_tune(
-                init, target, steps=steps, seed=task_seed(1000 + s, i), batch_size=batch_size, device=device
+                init,
+                target,
+                steps=steps,
+                seed=task_seed(1000 + s, i),
+                batch_size=batch_size,
+                device=device,
+                on_step=on_step,
             )
         finally:
             if target is not data:

@@ -1,7 +1,8 @@
-"""Figures and reports read from results files only (pure functions of the JSON; testable without training).
+"""Reports read from results files only (pure functions of the JSON; testable without training).
 
-``write_report(dir)`` collects every ``results.json`` under ``dir`` (convergence, k-ablation, evaluate) and
-the synthetic figures, and writes ``report.md`` and a self-contained ``report.html`` (figures embedded as data
+``write_report(dir)`` collects every ``results.json`` under ``dir`` (each experiment kind registered in
+:data:`largemeta.experiments.EXPERIMENTS` gives its table and figures; evaluate's) and the synthetic
+figures, and writes ``report.md`` and a self-contained ``report.html`` (figures embedded as data
 URIs). Results of an experiment stopped half-way are reported as far as they go. The folders written are
 claimed meanwhile (:func:`largemeta.runs.claim.claim`); a ``report.md`` or ``report.html`` that this command
 did not write is refused, never overwritten; a damaged ``results.json`` is a one-line error naming it.
@@ -17,119 +18,20 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy  # noqa: E402
-import torch  # noqa: E402
-
-import largemeta  # noqa: E402
-from largemeta.errors import UserError  # noqa: E402
-from largemeta.experiments import overall, table  # noqa: E402
-from largemeta.files import atomic_write_text  # noqa: E402
-from largemeta.runs.claim import accept_anything, claim  # noqa: E402
-from largemeta.runs.names import RESULTS  # noqa: E402
-from largemeta.runs.results import read_results  # noqa: E402
+import largemeta
+from largemeta.errors import UserError
+from largemeta.experiments import EXPERIMENTS
+from largemeta.files import atomic_write_text
+from largemeta.runs.claim import accept_anything, claim
+from largemeta.runs.names import RESULTS
+from largemeta.runs.results import read_results
 
 MARK_MD = "# largemeta report"
 MARK_HTML = "<title>largemeta report</title>"
 """How a report this command wrote begins (``report.md``) or what it holds (``report.html``)."""
-
-
-def _accuracy_plot(
-    series: dict[str, tuple[list[int], list[dict[str, Any]]]], xlabel: str, title: str, path: Path
-) -> Path:
-    """Accuracy (%) with 95 % intervals over seeds against a log-scaled x, one line per series."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for name, (all_xs, all_results) in series.items():
-        done = [(x, r) for x, r in zip(all_xs, all_results, strict=True) if r is not None]
-        if not done:
-            continue
-        xs = [x for x, _ in done]
-        stats = [overall(r) for _, r in done]
-        ax.errorbar(
-            xs,
-            [100 * s[0] for s in stats],
-            yerr=[100 * s[1] for s in stats],
-            marker="o",
-            capsize=3,
-            label=name,
-            linestyle="--" if name == "scratch" else "-",
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("meta-test accuracy (%)")
-    ax.set_title(title)
-    _legend(ax)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _legend(ax) -> None:
-    """The legend of what was drawn; an empty plot (an experiment stopped before its first result) says so
-    instead of leaving the plotting library to warn about a legend with nothing in it."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-    else:
-        ax.text(0.5, 0.5, "no finished point yet", transform=ax.transAxes, ha="center", va="center")
-
-
-def plot_convergence(result: dict[str, Any], out: Path) -> list[Path]:
-    milestones = result["milestones"]
-    series = {
-        a: (milestones, [e["accuracy"].get(str(m)) for m in milestones])
-        for a, e in result["algorithms"].items()
-    }
-    acc = _accuracy_plot(
-        series,
-        "cumulative inner steps per task",
-        "Meta-test accuracy vs. inner steps (95 % interval over seeds)",
-        out / "convergence_accuracy.png",
-    )
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for algo, entry in result["algorithms"].items():
-        pts = [(r["step"], r["mean_loss"]) for r in entry.get("loss", []) if r.get("mean_loss")]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), label=algo)
-    ax.set_yscale("log")
-    ax.set_xlabel("cumulative inner steps per task")
-    ax.set_ylabel("meta-training loss (mean over tasks)")
-    ax.set_title("Meta-training loss")
-    _legend(ax)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    loss = out / "convergence_loss.png"
-    fig.savefig(loss, dpi=110)
-    plt.close(fig)
-    return [acc, loss]
-
-
-def plot_k_ablation(result: dict[str, Any], out: Path) -> list[Path]:
-    ks = result["ks"]
-    series = {a: (ks, [by_k.get(str(k)) for k in ks]) for a, by_k in result["algorithms"].items()}
-    return [
-        _accuracy_plot(
-            series, "K (inner steps per trajectory)", "Meta-test accuracy vs. K", out / "k_ablation.png"
-        )
-    ]
-
-
-def plot_pretrained(result: dict[str, Any], out: Path) -> list[Path]:
-    sizes = result["sizes"]
-    series = {n: (sizes, [by.get(str(k)) for k in sizes]) for n, by in result["algorithms"].items()}
-    return [
-        _accuracy_plot(
-            series,
-            "training images per target",
-            f"Meta-training on top of {result['init']} vs. plain fine-tuning",
-            out / "pretrained.png",
-        )
-    ]
 
 
 def environment() -> dict[str, str]:
@@ -150,17 +52,10 @@ def _section(path: Path, directory: Path) -> tuple[str, str, list[Path], dict[st
     result = read_results(path)
     kind = result.get("experiment", "evaluate")
     rel = path.parent.relative_to(directory)
-    if kind == "convergence":
-        figs = plot_convergence(result, path.parent)
-        return (f"Convergence ({rel})", table(result), figs, result.get("config"))
-    if kind == "k-ablation":
-        figs = plot_k_ablation(result, path.parent)
-        return (f"K ablation ({rel})", table(result), figs, result.get("config"))
-    if kind == "tune":
-        return (f"Fair tuning: each algorithm at its best β ({rel})", table(result), [], result.get("config"))
-    if kind == "pretrained":
-        figs = plot_pretrained(result, path.parent)
-        return (f"Meta-training on a pretrained start ({rel})", table(result), figs, result.get("config"))
+    if kind in EXPERIMENTS:
+        spec = EXPERIMENTS.get(kind)
+        figs = spec.plots(result, path.parent)
+        return (f"{spec.title} ({rel})", spec.table(result), figs, result.get("config"))
     if "tasks" in result:
         rows = ["| target | accuracy (%) | 95 % interval |", "|---|---|---|"]
         rows += [

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from largemeta.data.cache import data_dir, sha256_bytes
+from largemeta.data.cache import data_dir
 from largemeta.data.datasets import fetch_dataset
 from largemeta.data.formats import (
     parse_digits_csv,
@@ -21,6 +21,7 @@ from largemeta.data.formats import (
 )
 from largemeta.data.packaged import FASHION_GZ_SHA256, MNIST_SHA256
 from largemeta.errors import UserError
+from largemeta.files import sha256_bytes
 
 pytestmark = pytest.mark.network
 

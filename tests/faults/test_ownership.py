@@ -91,7 +91,7 @@ def test_two_trainers_racing_for_one_folder_and_a_resume_while_training(tiny_sui
     assert steps == sorted(set(steps)) and steps[-1] <= state["step"]
     folder = f"checkpoint-{state['step']:08d}"  # one checkpoint folder: the one the manifest names
     assert sorted(os.listdir(run)) == sorted(
-        ["checkpoint.json", folder, "config.json", "metrics.jsonl", "run.json"]
+        ["checkpoint.json", folder, "config.json", "log.txt", "metrics.jsonl", "run.json"]
     )
 
 

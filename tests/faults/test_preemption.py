@@ -56,7 +56,7 @@ def test_sigterm_mid_run_checkpoints_exits_75_and_resume_is_bit_exact(tiny_suite
     train(cfg, tmp_path / "straight")
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "largemeta", "train", "--out", str(run), "--steps", "150", *sets(cfg)],
+        [sys.executable, "-m", "largemeta", "train", "-q", "--out", str(run), "--steps", "150", *sets(cfg)],
         env=env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -133,6 +133,7 @@ def test_ctrl_c_in_the_first_second_is_one_line(tiny_suite, tiny_config, tmp_pat
                 "-m",
                 "largemeta",
                 "train",
+                "-q",  # the stop's line alone (no header or progress lines from the loop)
                 "--out",
                 str(tmp_path / f"r{i}"),
                 "--steps",
@@ -224,7 +225,7 @@ def test_every_experiment_skips_its_finished_parts_when_run_again(
 ):
     import largemeta.cli.experiment as cli_experiment
     import largemeta.data.datasets
-    import largemeta.experiments as experiments
+    import largemeta.metatest as experiments
 
     (tmp_path / "c.toml").write_text("")
     common = ["--config", str(tmp_path / "c.toml"), "--steps", "2", "--eval-steps", "1", "--seeds", "1"]

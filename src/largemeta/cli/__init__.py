@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
-from largemeta import __version__
+from largemeta import __version__, console
 from largemeta.errors import Preempted, UserError
 
 # Command-group modules, in the order their help lists them.
@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "largemeta.cli.evaluate",
     "largemeta.cli.data",
     "largemeta.cli.synthetic",
+    "largemeta.cli.config",
 )
 
 
@@ -55,7 +56,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _add_verbosity(parser)
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """``-q`` / ``-v`` on the top level and on every command (``largemeta train -q ...``)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-q",
+        "--quiet",
+        dest="verbosity",
+        action="store_const",
+        const=-1,
+        default=argparse.SUPPRESS,
+        help="show warnings and errors only (no header, progress or notices)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="store_const",
+        const=1,
+        default=argparse.SUPPRESS,
+        help="show debug detail too",
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                _add_verbosity(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,7 +118,8 @@ def _run(argv: Sequence[str] | None, raw: list[str], parsed: list[argparse.Names
     try:
         args = build_parser().parse_args(argv)
         parsed.append(args)
-        return int(args.func(args) or 0)
+        with console.session(getattr(args, "verbosity", 0)):
+            return int(args.func(args) or 0)
     except UserError as err:
         if "--debug" in raw:
             traceback.print_exc()

@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from largemeta.argtypes import comma_floats, comma_ints, positive_float, positive_int
 from largemeta.errors import UserError
 
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (valid: an integer >= 1)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is out of range (valid: an integer >= 1)")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (valid: a number > 0)") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is out of range (valid: a finite number > 0)")
-    return value
+__all__ = ["comma_floats", "comma_ints", "positive_float", "positive_int"]
 
 
 def jsonable(value: Any) -> Any:

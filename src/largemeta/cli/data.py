@@ -54,7 +54,9 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("info", help="sizes, classes and splits of a dataset (name, folder or .npz)")
     _common(p)
-    p.add_argument("name", metavar="NAME|PATH")
+    p.add_argument(
+        "name", metavar="NAME|PATH", help="a registered dataset, a folder of class subfolders or an .npz file"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument(
         "--skip-bad-images",
@@ -64,7 +66,9 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("suite", help="the tasks of a suite (built-in name or TOML path)")
-    p.add_argument("name", metavar="NAME|PATH")
+    p.add_argument(
+        "name", metavar="NAME|PATH", help="a built-in suite (offline, paper, pool) or a suite TOML"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_suite)
 
@@ -121,23 +125,30 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     names = list(dict.fromkeys(names))
     for n in names:  # refuse a typo before fetching anything
         DATASETS.get(n)
+    from largemeta import console
+
+    cache = data_dir(args.data_dir)
+    console.header(f"data fetch -> {cache}", {"datasets": f"{len(names)} ({', '.join(names)})"})
     failed = []
-    for n in names:
+    progress = console.Progress("dataset", len(names), every=1)
+    for i, n in enumerate(names, start=1):
         try:
             ds = fetch_dataset(n, args.data_dir, args.root, force=args.force)
         except UserError as err:  # gather, so one bad dataset does not hide which others are fine
             failed.append((n, str(err)))
             continue
+        progress.update(i)  # the header with the first dataset fetched: a refusal is one line
         print(
             f"{n}: {len(ds.y_train):,} train + {len(ds.y_test):,} test, {ds.num_classes} classes, "
             f"{'x'.join(map(str, ds.shape))}"
         )
+    progress.close()
     if failed:
         raise UserError(
             f"{len(failed)} of {len(names)} dataset(s) not fetched "
             f"({', '.join(n for n, _ in failed)}); first: {failed[0][1]}"
         )
-    print(f"cache: {data_dir(args.data_dir)}")
+    print(f"cache: {cache}")
     return 0
 
 

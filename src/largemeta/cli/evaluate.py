@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import contextlib
 from pathlib import Path
 
 from largemeta.cli.common import positive_int, print_json
@@ -55,8 +55,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--stream-workers", type=int, default=0, help="decoding processes when streaming (0: auto)"
     )
-    p.add_argument("--out", help="folder for results.json (new or empty; locked while evaluating)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--out", help="folder for results.json and log.txt (new or empty; locked while evaluating)"
+    )
+    p.add_argument(
+        "--trackers",
+        default="",
+        metavar="LIST",
+        help="log the results to these trackers too: comma list of tensorboard (needs --out), mlflow, wandb",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the results as JSON (and nothing else on stdout)"
+    )
     p.set_defaults(func=run_evaluate)
 
 
@@ -90,17 +100,22 @@ def parse_sizes(text: str | None) -> list[int | None]:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import contextlib
     import json
 
+    from largemeta import console, trackers
     from largemeta.data.tasks import TaskSpec, load_suite
     from largemeta.files import atomic_write_text
-    from largemeta.metatest import load_init, meta_test
+    from largemeta.metatest import check_init, load_init
     from largemeta.runs.claim import accept_results, claim
     from largemeta.runs.names import RESULTS
     from largemeta.train.build import resolve_device
 
     sizes = parse_sizes(args.train_size)
+    tracked = [t.strip() for t in args.trackers.split(",") if t.strip()]
+    trackers.check_names(tracked)
+    if "tensorboard" in tracked and not args.out:
+        raise UserError("--trackers tensorboard writes into the results folder: give --out")
+    trackers.require(tracked)
     init = load_init(args.init, model=args.model, width=args.width, channels=args.channels or 1)
     channels = args.channels or init.in_channels
     if args.suite:
@@ -125,33 +140,35 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if bad:
         raise UserError(f"targets {bad} have {specs[0].channels} channels, the init's model takes {channels}")
     device = resolve_device(args.device, 0)
+    check_init(init, specs)  # before the header: a bad --init is one line
     # claimed before the long evaluation: a folder holding anything is refused before anything is written
-    held = claim(Path(args.out), accept_results("evaluate")) if args.out else contextlib.nullcontext()
-    with held:  # released when done; a folder created for nothing is removed again on an error
-        runs = {
-            n: meta_test(
-                init,
-                specs,
-                steps=args.steps,
-                seeds=args.seeds,
-                batch_size=args.batch_size,
-                train_size=n,
-                device=device,
-                data_dir=args.data_dir,
-                data_placement=args.data_placement,
-                memory_budget_gb=args.memory_budget_gb,
-                stream_workers=args.stream_workers,
-                log=lambda line: print(f"largemeta: {line}", file=sys.stderr),
-            )
-            for n in sizes
-        }
+    with contextlib.ExitStack() as stack:  # released when done; on an error given back as found
+        out = Path(args.out) if args.out else None
+        if out is not None:
+            stack.enter_context(claim(out, accept_results("evaluate")))
+            stack.enter_context(console.log_file(out))
+        console.header(
+            f"evaluate {init.name} -> {args.out or 'stdout'}",
+            {
+                "device": device,
+                "model": init.model,
+                "targets": f"{len(specs)} ({', '.join(s.name for s in specs)})",
+                "fine-tuning": f"{args.steps} steps x {args.seeds} seeds, batch {args.batch_size}",
+                "train size": args.train_size,
+                "trackers": ",".join(tracked),
+            },
+        )
+        runs = _evaluate(args, init, specs, sizes, device)
         result = (
             runs[None]
             if sizes == [None]
             else {"init": init.name, "by_train_size": {str(n): r for n, r in runs.items()}}
         )
-        if args.out:
-            atomic_write_text(Path(args.out) / RESULTS, json.dumps(result, indent=2) + "\n")
+        if out is not None:
+            atomic_write_text(out / RESULTS, json.dumps(result, indent=2) + "\n")
+        params = {"command": "evaluate", "init": init.name, "steps": args.steps, "seeds": args.seeds}
+        params.update(batch_size=args.batch_size, train_size=args.train_size or "all", device=str(device))
+        trackers.log_results(tracked, out, params, result)
     if args.json:
         print_json(result)
         return 0
@@ -162,3 +179,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
             print(f"  {name:<20} {100 * t['mean_accuracy']:6.2f} % ± {100 * t['ci95']:.2f}")
         print(f"  {'mean':<20} {100 * r['mean_accuracy']:6.2f} %")
     return 0
+
+
+def _evaluate(args: argparse.Namespace, init, specs, sizes, device) -> dict:
+    from largemeta import console
+    from largemeta.metatest import meta_test
+
+    return {
+        n: meta_test(
+            init,
+            specs,
+            steps=args.steps,
+            seeds=args.seeds,
+            batch_size=args.batch_size,
+            train_size=n,
+            device=device,
+            data_dir=args.data_dir,
+            data_placement=args.data_placement,
+            memory_budget_gb=args.memory_budget_gb,
+            stream_workers=args.stream_workers,
+            log=console.notice,
+        )
+        for n in sizes
+    }

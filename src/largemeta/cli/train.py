@@ -37,10 +37,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--algo", help="an algorithm of 'largemeta algorithms' (cts, reptile, leap, ...)")
     p.add_argument("--steps", type=int, help="cumulative inner steps per task")
     p.add_argument("--k", type=int, help="inner steps per trajectory")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="one seed for the whole run")
     p.add_argument("--device", help="cpu, cuda, cuda:N, auto")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key (repeatable)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config key (repeatable; 'largemeta config keys' lists them, 'largemeta config show' "
+        "prints the result)",
     )
     p.add_argument("--json", action="store_true", help="print the last metrics line as JSON")
     p.add_argument(
@@ -49,6 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --resume: continue although the body's code (its file or module) changed since the "
         "checkpoint; the change is recorded in the run (run.json, the checkpoint's identity)",
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything a run would (config, run folder, data, model, device, trackers), print the "
+        "resolved config and the plan, and exit without training or writing the run folder",
+    )
     p.set_defaults(func=run_train, resumable=True)
 
     a = sub.add_parser("algorithms", help="the algorithm table: every --algo name and what it needs")
@@ -56,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=run_algorithms)
 
     e = sub.add_parser("export", help="write a run's φ as a plain model state_dict (.safetensors)")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help="a run folder (its latest checkpoint's φ is exported)")
     e.add_argument("--out", required=True, help="FILE.safetensors")
     e.set_defaults(func=run_export)
 
@@ -102,9 +113,11 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = from_mapping(overrides(args), base)
     else:
         cfg = load_config(args.config, overrides(args))
+    if args.allow_model_change and not args.resume:
+        raise UserError("--allow-model-change goes with --resume (a new run records its model's code)")
+    if args.dry_run:
+        return _dry_run(cfg, folder, bool(args.resume), args.json, args.allow_model_change)
     try:
-        if args.allow_model_change and not args.resume:
-            raise UserError("--allow-model-change goes with --resume (a new run records its model's code)")
         trainer = Trainer(cfg, folder, resume=bool(args.resume), allow_model_change=args.allow_model_change)
         try:
             last = trainer.run()
@@ -126,6 +139,18 @@ def run_train(args: argparse.Namespace) -> int:
             loss = last.get("mean_loss")
             shown = f"{loss:.4f}" if isinstance(loss, (int, float)) else "not finite"
             print(f"trained {cfg.algo} for {cfg.steps} steps; mean loss {shown}; run folder {folder}")
+    return 0
+
+
+def _dry_run(cfg, folder: Path, resume: bool, as_json: bool, allow_model_change: bool) -> int:
+    from largemeta.train.config_docs import to_toml
+    from largemeta.train.dry_run import describe, plan
+
+    p = plan(cfg, folder, resume=resume, allow_model_change=allow_model_change)
+    if as_json:
+        print_json({"config": cfg.to_dict(), "plan": p})
+    else:
+        print(to_toml(cfg) + describe(p), end="")
     return 0
 
 

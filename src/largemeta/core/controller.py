@@ -197,6 +197,16 @@ class MetaController:
             hook(self)
 
     @property
+    def meta_updates(self) -> int:
+        """Meta-updates so far (one every ``meta_every`` inner steps)."""
+        return self.step // self.schedule.meta_every
+
+    @property
+    def shifts(self) -> int:
+        """Trajectory shifts so far (CTS shifts after every meta-update)."""
+        return self.meta_updates if self.schedule.shift else 0
+
+    @property
     def last_meta_grad_norm(self) -> float:
         """‖g‖ of the last meta-update (NaN before the first)."""
         return float(sq_norm(self._last[0]).sqrt()) if self._last else float("nan")

@@ -20,19 +20,17 @@ Layout::
 Every file is written to a temporary name in the same directory, fsync'd and renamed into place
 (:func:`largemeta.files.atomic_open`, with the user's umask), so an interrupted fetch never leaves a
 half-written file under a final name. Conversions of one dataset are
-serialised across processes by a lock file (:func:`cache_lock`).
+serialised across processes by a lock file (:func:`largemeta.files.wait_for_lock`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import hashlib
 import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +53,6 @@ def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
         return Path(env).expanduser()
     # appauthor=False: no vendor folder above ours on Windows (else largemeta\largemeta\Cache).
     return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False)).expanduser()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def check_sha256(what: str, actual: str, expected: str | None) -> None:
@@ -91,7 +85,9 @@ def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
 def notice(message: str) -> None:
     """One informational line on stderr (``largemeta: ...``), like the CLI's error lines: a decision the
     user should know about (a placement chosen, a damaged cache entry being repaired), not a problem."""
-    print(f"largemeta: {message}", file=sys.stderr, flush=True)
+    from largemeta import console
+
+    console.notice(message)
 
 
 def unwritable(cache: Path, err: OSError, what: str = "") -> UserError:
@@ -119,29 +115,3 @@ def ensure_writable(cache: Path, what: str = "") -> None:
         os.unlink(tmp)
     except OSError as err:
         raise unwritable(cache, err, what) from None
-
-
-@contextlib.contextmanager
-def cache_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created if needed) for the duration of the block.
-
-    Two processes converting the same dataset into a shared cache take turns instead of interleaving their
-    renames. Where no lock can be taken (a read-only cache, a platform without ``fcntl``) the block runs
-    unlocked: the atomic renames still keep every file whole.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock

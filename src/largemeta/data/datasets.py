@@ -25,8 +25,8 @@ import numpy as np
 
 from largemeta.data.arrays import ArrayDataset, DatasetSpec
 from largemeta.data.byo import load_path
-from largemeta.data.cache import cache_lock, ensure_writable, notice, unwritable
 from largemeta.data.cache import data_dir as resolve_data_dir
+from largemeta.data.cache import ensure_writable, notice, unwritable
 from largemeta.data.packaged import PACKAGED_DATASETS
 from largemeta.data.store import (
     Damaged,
@@ -40,6 +40,7 @@ from largemeta.data.store import (
 )
 from largemeta.data.vision import PAPER_DATASETS
 from largemeta.errors import UserError
+from largemeta.files import wait_for_lock
 from largemeta.registry import Registry
 
 BYO_ENTRIES = "byo-v2"
@@ -81,7 +82,7 @@ def read_cached(name: str, cache: Path) -> ArrayDataset | None:
         return None
     ds = read_v1(old, name)
     try:
-        with cache_lock(_lock_path(cache, name)):
+        with wait_for_lock(_lock_path(cache, name)):
             write_entry(folder, ds)
     except OSError:
         return ds  # a read-only cache: the 0.1 entry, read and checked, serves as it is
@@ -120,7 +121,7 @@ def fetch_dataset(
             if cached is not None:
                 return cached
     ensure_writable(cache, what=f"{damage}: " if damage else "")
-    with cache_lock(_lock_path(cache, name)):
+    with wait_for_lock(_lock_path(cache, name)):
         try:
             ds = spec.build(cache / "downloads", Path(root).expanduser() if root else None).validate()
         except OSError as err:  # the downloads folder (the rest is checked above): full disk, read-only

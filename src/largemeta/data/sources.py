@@ -24,10 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from largemeta.data.cache import check_sha256, progress, sha256_bytes
+from largemeta.data.cache import check_sha256, progress
 from largemeta.data.formats import maybe_gunzip, read_deb_data, read_tar_members, read_zip_members
 from largemeta.errors import UserError
-from largemeta.files import sha256_file
+from largemeta.files import sha256_bytes, sha256_file
 
 OFFLINE_ENV = "LARGEMETA_OFFLINE"
 _CLIENT_TIMEOUT_S = 600

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from largemeta import console
 from largemeta.errors import UserError
 from largemeta.files import FolderLock, contents, lock_folder, sweep_temporaries
 from largemeta.runs.checkpoint import checkpoint_folders, no_checkpoint
@@ -122,6 +123,7 @@ def accept_results(kind: str) -> Accept:
     """An ``evaluate --out`` folder: empty (results.json is written once, never overwritten)."""
 
     def accept(folder: Path, names: list[str]) -> None:
+        names = [n for n in names if n != console.LOG_FILE]  # an attempt that stopped before its results
         if RESULTS in names:
             raise UserError(
                 f"{str(folder)!r} already holds {RESULTS} (of {kind} or another command); pass another --out"

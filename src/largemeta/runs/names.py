@@ -11,6 +11,8 @@ A run folder (``largemeta train --out RUN``) holds::
                       rewrites it from the checkpoint's)
     run.json          the run's identity {run_id, algo, seed, created} (a copy; it tells a foreign checkpoint)
     metrics.jsonl     one JSON line per log step (cut back to the checkpoint's step on resume)
+    log.txt           what the commands that trained it printed (appended on resume)
+    trackers.json     the run's experiment-tracker runs and the last step each was sent (largemeta.trackers)
     tensorboard/      optional event files
 
 A results folder (``evaluate --out``, the experiments) holds ``results.json``.
@@ -18,7 +20,9 @@ A results folder (``evaluate --out``, the experiments) holds ``results.json``.
 
 from __future__ import annotations
 
+from largemeta import console, trackers
 from largemeta.checkpoint import store
+from largemeta.trackers import backends
 
 CHECKPOINT = store.MANIFEST
 """The latest checkpoint's manifest (:mod:`largemeta.checkpoint.store`)."""
@@ -27,9 +31,11 @@ LEGACY_CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 RUN = "run.json"
 METRICS = "metrics.jsonl"
-TENSORBOARD = "tensorboard"
+TENSORBOARD = backends.TENSORBOARD
 RESULTS = "results.json"
-RUN_FILES = frozenset({CHECKPOINT, LEGACY_CHECKPOINT, CONFIG, RUN, METRICS, TENSORBOARD})
+RUN_FILES = frozenset(
+    {CHECKPOINT, LEGACY_CHECKPOINT, CONFIG, RUN, METRICS, TENSORBOARD, console.LOG_FILE, trackers.STATE}
+)
 """What a run folder may hold, beside its checkpoint folders."""
 
 

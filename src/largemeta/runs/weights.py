@@ -41,7 +41,13 @@ def is_export(path: Path) -> bool:
 
 
 def write_export(
-    path: Path, tensors: Params, *, config: dict[str, Any], model: str, step: int | None, in_channels: int
+    path: Path,
+    tensors: Params,
+    *,
+    config: dict[str, Any],
+    model: str,
+    step: int | None,
+    in_channels: int | None,
 ) -> None:
     """Write an export atomically (see the module docstring for what it records)."""
     meta = {

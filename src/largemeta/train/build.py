@@ -74,14 +74,17 @@ def place(cfg: TrainConfig) -> Placement:
     return Placement(device, rank, world, group)
 
 
-def select_tasks(specs: tuple[TaskSpec, ...], names: tuple[str, ...]) -> list[TaskSpec]:
-    """The named tasks among ``specs`` (all of them when ``names`` is empty), in the order named."""
+def select_tasks(
+    specs: tuple[TaskSpec, ...], names: tuple[str, ...], what: str = "meta-train task"
+) -> list[TaskSpec]:
+    """The named tasks among ``specs`` (all of them when ``names`` is empty), in the order named; ``what``
+    names them in the error for an unknown one."""
     if not names:
         return list(specs)
     by_name = {s.name: s for s in specs}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise UserError(f"unknown meta-train task {unknown[0]!r} (valid: {', '.join(by_name)})")
+        raise UserError(f"unknown {what} {unknown[0]!r} (valid: {', '.join(by_name)})")
     return [by_name[n] for n in names]
 
 

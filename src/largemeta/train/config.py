@@ -22,6 +22,7 @@ from largemeta.data.loader import check_options
 from largemeta.errors import UserError, choice_error
 from largemeta.execution import GRAPH, STEP_CHOICES
 from largemeta.files import atomic_write_text
+from largemeta.trackers import check_names as check_trackers
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -115,12 +116,13 @@ class TrainConfig:
     stream_workers: int = 0
     """Worker processes decoding streamed images (per rank); 0 = one per CPU core but one, 1 to 8."""
     tensorboard: bool = False
-    """Also write TensorBoard event files (needs the tensorboard package)."""
+    """Also write TensorBoard event files (the same as naming tensorboard in trackers)."""
+    trackers: tuple[str, ...] = ()
+    """Experiment trackers that receive the config and every metrics line: tensorboard, mlflow, wandb (each
+    needs its package: pip install 'largemeta[mlflow]')."""
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["tasks"] = list(self.tasks)
-        return d
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -131,6 +133,7 @@ RESUMABLE_CHANGES = (
     "log_every",
     "device",
     "tensorboard",
+    "trackers",
     "data_dir",
     # where images live does not change which batches are drawn (on CUDA the run keeps its placement)
     "data_placement",
@@ -291,6 +294,7 @@ def validate(cfg: TrainConfig) -> None:
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise UserError(f"config key 'device' must be cpu, cuda, cuda:N or auto, got {cfg.device!r}")
     check_options(cfg.data_placement, cfg.memory_budget_gb, cfg.stream_workers)
+    check_trackers(cfg.trackers)
     m = cfg.tasks_per_trajectory
     _range("tasks_per_trajectory", 0 <= m <= MAX_STEPS, f">= 0 (0: every task), got {m}")
     if m and algo.joint:
@@ -303,6 +307,11 @@ def validate(cfg: TrainConfig) -> None:
             "executor 'cuda_graph' does not support task pools (tasks_per_trajectory > 0): a redraw replaces "
             "the captured tensors; choose another executor"
         )
+
+
+def tracker_names(cfg: TrainConfig) -> tuple[str, ...]:
+    """The trackers a run logs to: ``trackers``, and tensorboard when ``tensorboard = true``."""
+    return tuple(dict.fromkeys(cfg.trackers + (("tensorboard",) if cfg.tensorboard else ())))
 
 
 def diff(saved: dict[str, Any], current: TrainConfig) -> list[str]:

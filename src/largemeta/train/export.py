@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
+from largemeta import phi
 from largemeta.errors import UserError
 from largemeta.models import create_model, split_state
-from largemeta.runs.weights import check_finite, is_export, load_weights, write_export
+from largemeta.runs.weights import is_export, load_weights
 from largemeta.train.config import from_mapping
 
 
@@ -29,7 +30,11 @@ def export(run_dir: Path, out: Path) -> Path:
     torch.manual_seed(cfg.seed)
     channels = weights.in_channels or 3
     _, buffers = split_state(create_model(cfg.model, in_channels=channels, width=cfg.width))
-    tensors = {**{k: v.contiguous() for k, v in weights.phi.items()}, **buffers}
-    check_finite(tensors, f"export of {str(run_dir)!r}")
-    write_export(out, tensors, config=cfg.to_dict(), model=cfg.model, step=weights.step, in_channels=channels)
-    return out
+    return phi.save(
+        out,
+        {**weights.phi, **buffers},
+        model=cfg.model,
+        in_channels=channels,
+        step=weights.step,
+        config=cfg.to_dict(),
+    )

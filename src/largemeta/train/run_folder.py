@@ -57,26 +57,16 @@ def open_run_folder(
         return Opened(claim(run_dir, accept_new_run, what="run folder"), identity, None)
     with contextlib.ExitStack() as stack:
         held = stack.enter_context(claim(run_dir, accept_run, what="run folder", create=False))
-        saved = checkpoint.read(run_dir)  # verified (sha256, the run's identity) before anything is swept
+        saved, identity = check_resume(run_dir, cfg, allow_model_change)
         if saved.format != store.FORMAT:
             notice(
                 f"{str(saved.path)!r} is a {saved.format} checkpoint (version 0.1's single file): it is read "
                 f"as it is, and the next checkpoint is written as {store.FORMAT}"
             )
-        identity = folder.check_identity(run_dir, saved.identity, saved.config)
-        identity = _check_model_source(identity, cfg.model, saved.step, allow_model_change)
         if saved.recovered is not None and saved.folder is not None:
             store.reinstate(saved.folder)
             warnings.warn(saved.recovered, stacklevel=3)
-        store.sweep(run_dir)  # what killed or superseded saves left
-        differing = diff(saved.config, cfg)
-        if differing:
-            pairs = ", ".join(f"{k}: {saved.config.get(k)!r} -> {getattr(cfg, k)!r}" for k in differing)
-            raise UserError(
-                f"--resume with a different config (only {', '.join(RESUMABLE_CHANGES)} may change): {pairs}"
-            )
-        if saved.step > cfg.steps:
-            raise UserError(f"--steps {cfg.steps} is below the {saved.step} steps already done")
+        store.sweep(run_dir)  # what killed or superseded saves left, once the checkpoint is verified
         try:
             copy: Any = folder.read_config(run_dir)
         except UserError:
@@ -89,6 +79,26 @@ def open_run_folder(
             )
         stack.pop_all()  # accepted: held until the trainer releases it
     return Opened(held, identity, saved)
+
+
+def check_resume(
+    run_dir: Path, cfg: TrainConfig, allow_model_change: bool = False
+) -> tuple[CheckpointOnDisk, dict[str, Any]]:
+    """The checkpoint ``--resume`` would continue with ``cfg`` and the identity it continues under, checked
+    against the policy without writing anything (``train --dry-run`` asks this too); a one-line error when
+    the policy refuses."""
+    saved = checkpoint.read(run_dir)  # verified (sha256, the run's identity)
+    identity = folder.check_identity(run_dir, saved.identity, saved.config)
+    identity = _check_model_source(identity, cfg.model, saved.step, allow_model_change)
+    differing = diff(saved.config, cfg)
+    if differing:
+        pairs = ", ".join(f"{k}: {saved.config.get(k)!r} -> {getattr(cfg, k)!r}" for k in differing)
+        raise UserError(
+            f"--resume with a different config (only {', '.join(RESUMABLE_CHANGES)} may change): {pairs}"
+        )
+    if saved.step > cfg.steps:
+        raise UserError(f"--steps {cfg.steps} is below the {saved.step} steps already done")
+    return saved, identity
 
 
 def write_records(

@@ -27,23 +27,22 @@ import contextlib
 import itertools
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from largemeta import signals
+from largemeta import console, signals, trackers
+from largemeta.core.algorithms import ALGORITHMS
 from largemeta.errors import Preempted, UserError
 from largemeta.metatest import check_image_size
 from largemeta.runs import checkpoint as runs_checkpoint
 from largemeta.runs.checkpoint import CheckpointOnDisk
-from largemeta.runs.names import CHECKPOINT, METRICS, TENSORBOARD
+from largemeta.runs.names import CHECKPOINT, METRICS
 from largemeta.train import checkpoint, distributed
 from largemeta.train.build import build_run, place
-from largemeta.train.config import TrainConfig
+from largemeta.train.config import TrainConfig, tracker_names
 from largemeta.train.run_folder import open_run_folder, write_records
 
 
@@ -74,19 +73,29 @@ class Trainer:
         """Step of the last checkpoint in the folder (None: none yet)."""
         self.last_record: dict[str, Any] = {}
         self.steps_run = 0
+        self._trajectory_eval: dict[str, dict[str, float]] = {}
+        """Each local task's held-out accuracy and loss of θ at a log step, before that step's restart."""
+        self.resumed_at = 0
+        """The step this process started at (0: a new run)."""
         with contextlib.ExitStack() as held:  # on a failed start: the folder given back, the group left
             held.callback(distributed.shutdown)  # no one calls close() on a failed start
             saved = self._open_folder(resume, held)
-            if cfg.tensorboard:
-                _tensorboard_writer_class()  # refuse a missing package before writing anything
+            trackers.require(tracker_names(cfg))  # refuse a missing package before writing anything
             self.run_state = build_run(cfg, self.placement, saved.data_placement if saved else None)
             for spec in {(s.channels, s.image_size): s for s in self.run_state.specs}.values():
                 check_image_size(self.run_state.body, spec.channels, spec.image_size, f"task {spec.name!r}")
             if saved is not None:
                 checkpoint.restore(self.run_state, saved)
                 self.checkpoint_step = saved.step
+            self.controller = getattr(self.learner, "controller", None)
+            """φ's schedule (None for joint training: no meta-update, no restart)."""
+            if self.controller is not None:
+                # measured after the step's meta-update and before its restart (θ, not φ, at a multiple of K)
+                self.controller.on_step.append(self._measure_trajectories)
             if self.rank == 0:
                 self.last_record = write_records(self.run_dir, cfg, self.identity, saved)
+                held.enter_context(console.log_file(self.run_dir))
+            self.resumed_at = self.learner.step
             self._held = held.pop_all()  # released by close()
 
     @property
@@ -128,7 +137,7 @@ class Trainer:
     def close(self) -> None:
         """Stop the data workers, release the run folder and leave the process group."""
         self.run_state.close()
-        self._held.close()
+        self._held.close()  # log.txt, the run folder, the process group
 
     # checkpoints -------------------------------------------------------------------------------------------
     def _last_good(self) -> str:
@@ -178,11 +187,13 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train to ``cfg.steps``; returns the last metrics line (the kept one when nothing was left)."""
         cfg = self.cfg
+        if self.progress and self.learner.step < cfg.steps:
+            console.header(*self._header())
         metrics = open(self.run_dir / METRICS, "a") if self.rank == 0 else None
-        writer = self._tensorboard() if self.rank == 0 else None
+        tracked = self._trackers() if self.rank == 0 else None
         bar = None
-        if self.progress and sys.stderr.isatty() and self.learner.step < cfg.steps:
-            bar = tqdm(total=cfg.steps, initial=self.learner.step, unit="step", dynamic_ncols=True)
+        if self.progress and self.learner.step < cfg.steps:
+            bar = console.Progress("step", cfg.steps, every=cfg.log_every, start=self.learner.step)
         window_losses: dict[str, list[float]] = {}  # task -> [sum of its losses, steps] in this window
         window, t0 = 0, time.perf_counter()
         last = self.last_record
@@ -217,25 +228,59 @@ class Trainer:
                         total[1] += 1
                     window += 1
                     if bar is not None:
-                        bar.update(1)
+                        bar.update(step, float(losses.mean()))
                     if step % cfg.log_every == 0 or step == cfg.steps:
                         rate = window / (time.perf_counter() - t0)
                         means = {name: total / n for name, (total, n) in window_losses.items()}
-                        last = self._log(step, means, rate, metrics, writer)
+                        last = self._log(step, means, rate, metrics, tracked)
                         window_losses.clear()
                         window, t0 = 0, time.perf_counter()
                     if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                         self.save()
                     if stop and step < cfg.steps:  # at the last step the run is simply done
                         raise self._preempted(step)
+        except BaseException:
+            if tracked is not None:
+                tracked.close(failed=True)
+            raise
         finally:
             if bar is not None:
                 bar.close()
             if metrics is not None:
                 metrics.close()
-            if writer is not None:
-                writer.close()
+        if tracked is not None:
+            tracked.close()
         return last
+
+    def _header(self) -> tuple[str, dict[str, Any]]:
+        cfg = self.cfg
+        names = [s.name for s in self.run_state.specs]
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        at = f" from step {self.learner.step}" if self.learner.step else ""
+        return f"train {cfg.algo}{at} -> {self.run_dir}", {
+            "device": self.placement.device
+            if self.placement.world == 1
+            else f"{self.placement.device} x {self.placement.world} ranks",
+            "tasks": f"{len(names)} ({shown})"
+            + (f", {cfg.tasks_per_trajectory} per trajectory" if cfg.tasks_per_trajectory else ""),
+            "model": f"{cfg.model} width {cfg.width}",
+            "K": cfg.k,
+            "meta": f"{cfg.meta_optimizer} β {cfg.meta_lr:g}"
+            + (f" every {cfg.meta_every}" if ALGORITHMS.get(cfg.algo).cts else ""),
+            "inner": f"{cfg.inner_optimizer} α {cfg.inner_lr:g} batch {cfg.batch_size}",
+            "steps": cfg.steps,
+            "log every": cfg.log_every,
+            "trackers": ",".join(tracker_names(cfg)),
+        }
+
+    def _trackers(self) -> trackers.Trackers:
+        return trackers.Trackers(
+            tracker_names(self.cfg),
+            self.run_dir,
+            run_id=str(self.identity.get("run_id")),
+            params=trackers.hyperparameters(self.cfg.to_dict()),
+            resume=self.resumed_at > 0,
+        )
 
     def _preempted(self, step: int) -> Preempted:
         signum = signals.pending()
@@ -247,21 +292,33 @@ class Trainer:
             step=step,
         )
 
-    def _held_out_accuracy(self) -> list[float]:
-        """Each local task's accuracy on the first ``eval_batches`` batches of its held-out split (NaN:
-        none)."""
-        out = []
+    def _held_out(self) -> dict[str, dict[str, float]]:
+        """Each local task's accuracy and loss on the first ``eval_batches`` batches of its held-out split
+        (NaN: none), with the parameters the tasks hold now."""
+        out = {}
         for task, params in zip(self.tasks, self.learner.params, strict=True):
             batches = itertools.islice(task.sampler.train.iter_eval(256), self.cfg.eval_batches)
-            out.append(task.loss_and_accuracy(params, batches)["accuracy"])
+            out[task.name] = task.loss_and_accuracy(params, batches)
         return out
 
-    def _log(self, step: int, losses: dict[str, float], rate: float, metrics, writer) -> dict[str, Any]:
+    def _measure_trajectories(self, controller) -> None:
+        """A step hook: at a log step, the held-out accuracy and loss of every trajectory's θ."""
+        step = controller.step
+        if step % self.cfg.log_every == 0 or step == self.cfg.steps:
+            self._trajectory_eval = self._held_out()
+
+    def _log(self, step: int, losses: dict[str, float], rate: float, metrics, tracked) -> dict[str, Any]:
         """``losses``: each task's mean training loss over the window (with a task pool, the tasks active in
-        it); held-out accuracy is measured for the tasks active now."""
+        it); held-out accuracy and loss are θ's before this step's restart, and at a step that restarts,
+        ``phi_accuracy`` is φ's (with each task's head, for the tasks active after the restart)."""
         mine: dict[str, dict[str, float]] = {name: {"loss": loss} for name, loss in losses.items()}
-        for task, acc in zip(self.tasks, self._held_out_accuracy(), strict=True):
-            mine.setdefault(task.name, {})["accuracy"] = acc
+        if self.controller is None:
+            self._trajectory_eval = self._held_out()
+        for name, held_out in self._trajectory_eval.items():
+            mine.setdefault(name, {}).update(accuracy=held_out["accuracy"], held_out_loss=held_out["loss"])
+        if self.controller is not None and step % self.controller.schedule.k == 0:  # θ = φ now
+            for name, held_out in self._held_out().items():
+                mine.setdefault(name, {})["phi_accuracy"] = held_out["accuracy"]
         gathered = distributed.gather(mine, self.placement.group)
         if self.rank != 0:
             return {}
@@ -278,6 +335,8 @@ class Trainer:
             "mean_loss": sum(trained) / len(trained),
             "meta_grad_norm": self.learner.last_meta_grad_norm,
             "shift_norm": self.learner.last_shift_norm,
+            "meta_updates": self.controller.meta_updates if self.controller else 0,
+            "shifts": self.controller.shifts if self.controller else 0,
             "tasks": tasks,
         }
         record.update(self.run_state.log_fields())  # data placement; a task pool's active tasks and draws
@@ -292,31 +351,15 @@ class Trainer:
                 f"cannot write {str(self.run_dir / METRICS)!r}: {err.strerror or err}; stopped at step "
                 f"{step} — {self._last_good()}"
             ) from None
-        if writer is not None:
-            writer.add_scalar("train/mean_loss", record["mean_loss"], step)
-            writer.add_scalar("train/steps_per_s", rate, step)
-            for key in ("meta_grad_norm", "shift_norm"):
-                if math.isfinite(record[key]):
-                    writer.add_scalar(f"meta/{key}", record[key], step)
-            for name, t in tasks.items():
-                for key, value in t.items():
-                    writer.add_scalar(f"{key}/{name}", value, step)
+        tracked.log(_finite(record))
+        console.log.debug(
+            f"step {step}: "
+            + "; ".join(
+                f"{name} " + " ".join(f"{k} {v:.4g}" for k, v in fields.items())
+                for name, fields in tasks.items()
+            )
+        )
         return record
-
-    def _tensorboard(self):
-        if not self.cfg.tensorboard:
-            return None
-        return _tensorboard_writer_class()(str(self.run_dir / TENSORBOARD))
-
-
-def _tensorboard_writer_class():
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError(
-            "tensorboard = true needs the tensorboard package: pip install largemeta[tensorboard]"
-        ) from None
-    return SummaryWriter
 
 
 def _finite(value: Any) -> Any:
