@@ -35,7 +35,8 @@ class Common:
     algos: list[str]
     out: Path
     settings: EvalSettings
-    device: str
+    device: str | None
+    """Where the experiment trains and fine-tunes (``--device``; None: the config's device)."""
     log: Callable[[str], None]
 
 

@@ -18,6 +18,7 @@ from largemeta.core.algorithms import ALGORITHMS
 from largemeta.errors import UserError
 from largemeta.metatest import check_image_size
 from largemeta.train import sharded_state
+from largemeta.train.budget import meta_updates
 from largemeta.train.build import build_run, place
 from largemeta.train.config import RESUMABLE_CHANGES, TrainConfig, diff, tracker_names
 
@@ -58,6 +59,7 @@ def plan(cfg: TrainConfig, folder: Path, *, resume: bool) -> dict[str, Any]:
             "parameters_in_phi": sum(v.numel() for v in run.learner.phi.values()),
             "data_placement": run.data_placement,
             "trajectories": 0 if algo.joint else math.ceil(cfg.steps / cfg.k) - start // cfg.k,
+            "meta_updates": meta_updates(cfg) - meta_updates(cfg, start),
             "metrics_lines": _count(start, cfg.steps, cfg.log_every),
             "checkpoints": _count(start, cfg.steps, cfg.checkpoint_every),
             "trackers": list(tracker_names(cfg)),
@@ -84,7 +86,8 @@ def describe(p: dict[str, Any]) -> str:
         f"tasks: {len(tasks)} ({shown}), {p['tasks_per_trajectory']} per trajectory; "
         f"images {p['data_placement']}",
         f"φ: {p['parameters_in_phi']:,} parameters; {p['trajectories']} trajectories; "
-        f"{p['metrics_lines']} metrics lines; {p['checkpoints']} checkpoints",
+        f"{p['meta_updates']} meta-updates; {p['metrics_lines']} metrics lines; "
+        f"{p['checkpoints']} checkpoints",
         f"trackers: {', '.join(p['trackers']) or 'none'}",
         "checked: config, run folder, data, model, device; nothing written (dry run)",
     ]
