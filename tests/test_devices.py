@@ -171,7 +171,10 @@ def test_an_experiment_trains_and_fine_tunes_on_its_device_and_records_it(
     argv = ["experiment", "convergence", "--config", str(tmp_path / "c.toml"), "--algos", "reptile"]
     argv += ["--steps", "4", "--milestones", "1", "--eval-steps", "2", "--seeds", "1", *sets(cfg)]
     assert main([*argv, "--out", str(tmp_path / "E"), "--device", "cpu"]) == 0
-    capsys.readouterr()
+    header = next(
+        line for line in capsys.readouterr().err.splitlines() if "experiment convergence -> " in line
+    )
+    assert "| device cpu |" in header  # where it runs
     assert json.loads((tmp_path / "E" / "reptile" / "config.json").read_text())["device"] == "cpu"
     assert json.loads((tmp_path / "E" / "results.json").read_text())["config"]["device"] == "cpu"
 

@@ -70,7 +70,8 @@ class Record:
         self.log_file = contextlib.ExitStack()
         try:
             self.log_file.enter_context(console.log_file(self.out))
-            console.header(f"{request['command']} -> {self.out}", _settings_shown(request))
+            shown = _settings_shown(request, skeleton.get("config", {}).get("device"))
+            console.header(f"{request['command']} -> {self.out}", shown)
             if (self.out / RESULTS).exists():
                 self.result = read_results(self.out / RESULTS)
                 done = self.result.setdefault("done", [])
@@ -113,8 +114,8 @@ class Record:
         self.close(complete=kind is None)
 
 
-def _settings_shown(request: dict[str, Any]) -> dict[str, Any]:
-    """An experiment's header: what it compares, the budget and the evaluation."""
+def _settings_shown(request: dict[str, Any], device: str | None = None) -> dict[str, Any]:
+    """An experiment's header: what it compares, where it runs, the budget and the evaluation."""
     cfg, ev = request["config"], request["eval"]
     shown = {
         k: ",".join(map(str, request[k]))
@@ -123,6 +124,7 @@ def _settings_shown(request: dict[str, Any]) -> dict[str, Any]:
     }
     shown.update(
         {
+            "device": device,
             "suite": cfg.get("suite"),
             "steps": cfg.get("steps"),
             "K": cfg.get("k"),
