@@ -134,6 +134,7 @@ def test_convergence_records_meta_updates_at_each_milestone_and_warns_before_the
         "reptile with K=2 meta-updates every 2 steps; milestone 1 of --steps 5 holds none: φ stays at its "
         "initialization — raise --steps so that each milestone reaches 2 steps, or lower --set k=..."
     )
+    assert warned[0] in (tmp_path / "E" / "log.txt").read_text()  # the results folder keeps it too
 
 
 def test_k_ablation_tune_and_pretrained_record_meta_updates(tiny_suite, tiny_config, tmp_path, capsys):

@@ -46,7 +46,7 @@ def convergence(
         on_device,
         targets_of,
         train_to,
-        warn_no_meta_update,
+        without_meta_update,
     )
     from largemeta.metatest import load_init, scratch
     from largemeta.train.budget import lower_hint
@@ -56,15 +56,13 @@ def convergence(
     check_algos(list(algos), (*TRAIN_ALGORITHMS, "scratch"))
     milestones = milestones_of(cfg.steps, fractions)
     specs = targets_of(cfg, settings.targets)
+    warnings = []
     for algo in dict.fromkeys(algos):
         if algo != "scratch":
             trained = dataclasses.replace(cfg, algo=algo)
-            warn_no_meta_update(
-                trained,
-                milestones,
-                budget=f"milestone{{s}} {{steps}} of --steps {cfg.steps}",
-                fix=f"raise --steps so that each milestone reaches {{every}} steps, or {lower_hint(trained)}",
-            )
+            fix = f"raise --steps so that each milestone reaches {{every}} steps, or {lower_hint(trained)}"
+            budget = f"milestone{{s}} {{steps}} of --steps {cfg.steps}"
+            warnings.append(without_meta_update(trained, milestones, budget=budget, fix=fix))
 
     def parts(result: dict[str, Any]) -> Iterator[Part]:
         for algo in algos:
@@ -104,7 +102,8 @@ def convergence(
         "milestones": milestones,
         "eval": dataclasses.asdict(settings),
     }
-    return drive("convergence", cfg, out, request, {"algorithms": {}}, parts, log=log, command=command)
+    empty = {"algorithms": {}}
+    return drive("convergence", cfg, out, request, empty, parts, log=log, command=command, warnings=warnings)
 
 
 def _timed(entry: dict[str, Any], started: float) -> None:

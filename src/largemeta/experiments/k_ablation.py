@@ -36,7 +36,7 @@ def k_ablation(
     """Train each algorithm with each K (``meta_every`` capped at K) for ``cfg.steps``; score its φ. Training
     and evaluation run on ``device`` (default: the config's); ``meta_updates[algo][K]`` records φ's
     meta-updates, and a K whose first meta-update lies beyond the budget is warned about up front."""
-    from largemeta.experiments.protocol import on_device, targets_of, train_to, warn_no_meta_update
+    from largemeta.experiments.protocol import on_device, targets_of, train_to, without_meta_update
     from largemeta.metatest import load_init
 
     cfg = on_device(cfg, device)
@@ -45,14 +45,16 @@ def k_ablation(
     def run_config(algo: str, k: int):
         return dataclasses.replace(cfg, algo=algo, k=k, meta_every=min(cfg.meta_every, k))
 
-    for algo in dict.fromkeys(algos):
-        for k in ks:
-            warn_no_meta_update(
-                run_config(algo, k),
-                [cfg.steps],
-                budget="--steps {steps}",
-                fix=f"raise --steps to >= {{every}} or drop K={k} from --ks",
-            )
+    warnings = [
+        without_meta_update(
+            run_config(algo, k),
+            [cfg.steps],
+            budget="--steps {steps}",
+            fix=f"raise --steps to >= {{every}} or drop K={k} from --ks",
+        )
+        for algo in dict.fromkeys(algos)
+        for k in ks
+    ]
 
     def parts(result: dict[str, Any]) -> Iterator[Part]:
         for algo in algos:
@@ -73,7 +75,7 @@ def k_ablation(
 
     request = {"algos": list(algos), "ks": list(ks), "eval": dataclasses.asdict(settings)}
     empty = {"algorithms": {}, "meta_updates": {}}
-    return drive("k-ablation", cfg, out, request, empty, parts, log=log, command=command)
+    return drive("k-ablation", cfg, out, request, empty, parts, log=log, command=command, warnings=warnings)
 
 
 def table(result: dict[str, Any]) -> str:

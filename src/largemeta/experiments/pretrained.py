@@ -40,7 +40,7 @@ def pretrained(
     ``cfg.algo`` (CTS by default); both are evaluated on the meta-test targets sub-sampled to each size.
     Training and evaluation run on ``device`` (default: the config's); ``meta_updates[algo]`` records φ's
     meta-updates (a budget without one is warned about up front)."""
-    from largemeta.experiments.protocol import on_device, targets_of, train_to, warn_no_meta_update
+    from largemeta.experiments.protocol import on_device, targets_of, train_to, without_meta_update
     from largemeta.metatest import load_init
     from largemeta.train.budget import lower_hint
 
@@ -48,7 +48,7 @@ def pretrained(
     specs = targets_of(cfg, settings.targets)
     run_dir = out / cfg.algo
     fix = f"raise --steps to >= {{every}} or {lower_hint(cfg)}"
-    warn_no_meta_update(cfg, [cfg.steps], budget="--steps {steps}", fix=fix)
+    warning = without_meta_update(cfg, [cfg.steps], budget="--steps {steps}", fix=fix)
 
     def parts(result: dict[str, Any]) -> Iterator[Part]:
         def meta_train() -> None:
@@ -72,7 +72,7 @@ def pretrained(
 
     request = {"init": init, "sizes": list(sizes), "eval": dataclasses.asdict(settings)}
     empty = {"algorithms": {}, "meta_updates": {}}
-    return drive("pretrained", cfg, out, request, empty, parts, log=log, command=command)
+    return drive("pretrained", cfg, out, request, empty, parts, log=log, command=command, warnings=[warning])
 
 
 def table(result: dict[str, Any]) -> str:

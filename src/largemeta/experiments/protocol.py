@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from largemeta import console, signals
+from largemeta import signals
 from largemeta.data.tasks import TaskSpec, load_suite
 from largemeta.devices import resolve_device
 from largemeta.errors import UserError
@@ -63,20 +63,19 @@ def train_to(cfg: TrainConfig, run_dir: Path, steps: int) -> int:
     return count
 
 
-def warn_no_meta_update(cfg: TrainConfig, steps: Sequence[int], *, budget: str, fix: str) -> list[int]:
-    """One warning line (logged) when some of ``steps`` (milestones, or an experiment's budget) hold no
-    meta-update of ``cfg``'s algorithm: φ scored there is its initialization. ``budget`` names them
+def without_meta_update(cfg: TrainConfig, steps: Sequence[int], *, budget: str, fix: str) -> str | None:
+    """The warning line when some of ``steps`` (milestones, or an experiment's budget) hold no meta-update
+    of ``cfg``'s algorithm — φ scored there is its initialization — else None. ``budget`` names them
     (``{steps}``: those steps, ``{s}``: "s" for several), ``fix`` says what to change (``{every}``: the first
-    meta-update's step). Returns the steps without one."""
+    meta-update's step). :func:`largemeta.experiments.spec.drive` logs it, once the results folder's log.txt
+    is open, before any part runs."""
     every = meta_update_every(cfg)
     short = [s for s in steps if every is not None and s < every]
-    if short:
-        plural = len(short) > 1
-        where = budget.format(steps=", ".join(map(str, short)), s="s" if plural else "")
-        message = no_meta_update(cfg, max(short), budget=where, fix=fix.format(every=every), plural=plural)
-        if message:
-            console.log.warning(message)
-    return short
+    if not short:
+        return None
+    plural = len(short) > 1
+    where = budget.format(steps=", ".join(map(str, short)), s="s" if plural else "")
+    return no_meta_update(cfg, max(short), budget=where, fix=fix.format(every=every), plural=plural)
 
 
 def loss_curve(run_dir: Path) -> list[dict[str, Any]]:

@@ -48,7 +48,7 @@ def tune(
     evaluation run on ``device`` (default: the config's); ``meta_updates[algo][β]`` records φ's
     meta-updates, and a budget without one is warned about up front."""
     from largemeta.data.tasks import load_suite
-    from largemeta.experiments.protocol import on_device, targets_of, train_to, warn_no_meta_update
+    from largemeta.experiments.protocol import on_device, targets_of, train_to, without_meta_update
     from largemeta.metatest import load_init, scratch
     from largemeta.train.budget import lower_hint
     from largemeta.train.build import select_tasks
@@ -58,10 +58,11 @@ def tune(
     cfg = on_device(cfg, device)
     val_specs = select_tasks(load_suite(cfg.suite).meta_train, cfg.tasks)
     test_specs = targets_of(cfg, test.targets)
+    warnings = []
     for algo in dict.fromkeys(algos):
         trained = dataclasses.replace(cfg, algo=algo)
         fix = f"raise --steps to >= {{every}} or {lower_hint(trained)}"
-        warn_no_meta_update(trained, [cfg.steps], budget="--steps {steps}", fix=fix)
+        warnings.append(without_meta_update(trained, [cfg.steps], budget="--steps {steps}", fix=fix))
 
     def parts(result: dict[str, Any]) -> Iterator[Part]:
         for algo in algos:
@@ -105,7 +106,7 @@ def tune(
         "eval": dataclasses.asdict(test),
     }
     empty = {"validation": {}, "best": {}, "test": {}, "meta_updates": {}}
-    return drive("tune", cfg, out, request, empty, parts, log=log, command=command)
+    return drive("tune", cfg, out, request, empty, parts, log=log, command=command, warnings=warnings)
 
 
 def table(result: dict[str, Any]) -> str:
