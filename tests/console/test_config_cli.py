@@ -42,7 +42,10 @@ def test_train_dry_run_checks_and_plans_without_writing(tiny_suite, tiny_config,
     out = capsys.readouterr().out
     assert not run.exists()
     assert "# plan: train cts to step 60 (60 steps) on cpu" in out
-    assert "# tasks: 3 (t0, t1, t2)" in out and "15 trajectories; 6 metrics lines; 2 checkpoints" in out
+    assert (
+        "# tasks: 3 (t0, t1, t2)" in out
+        and "15 trajectories; 60 meta-updates; 6 metrics lines; 2 checkpoints" in out
+    )
     assert main(["train", "--out", str(run), "--steps", "60", "--dry-run", "--json", *sets(cfg)]) == 0
     plan = json.loads(capsys.readouterr().out)["plan"]
     assert plan["metrics_lines"] == 6 and plan["tasks"] == ["t0", "t1", "t2"] and not run.exists()

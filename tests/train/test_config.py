@@ -36,7 +36,7 @@ def test_defaults_validate_and_shipped_configs_load():
         ({"reset_inner_state": "yes"}, "config key 'reset_inner_state' must be true or false"),
         ({"meta_every": 5, "k": 2}, "1 <= meta_every <= k=2"),
         ({"algo": "single"}, "algo 'single' trains on one task"),
-        ({"device": "tpu"}, "config key 'device' must be cpu, cuda, cuda:N or auto"),
+        ({"device": "tpu"}, "config key 'device' must be one of auto, cpu, cuda, cuda:N, mps (auto: CUDA, "),
         (
             {"algo": "multitask", "executor": "batched"},
             "joint training (algo 'multitask') runs the plain loop",

@@ -32,6 +32,15 @@ def print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+def check_device_flag(args: Any) -> None:
+    """A ``--device`` given on the command line, checked before any work: a bad name or a device this machine
+    lacks is one line naming the flag (:func:`largemeta.devices.resolve_device`)."""
+    from largemeta.devices import resolve_device
+
+    if getattr(args, "device", None) is not None:
+        resolve_device(args.device, what="--device")
+
+
 def output_dir(path: str | None) -> Path | None:
     if path is None:
         return None

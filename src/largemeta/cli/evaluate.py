@@ -7,6 +7,8 @@ import contextlib
 from pathlib import Path
 
 from largemeta.cli.common import positive_int, print_json
+from largemeta.devices import DEFAULT as DEVICE_DEFAULT
+from largemeta.devices import HELP as DEVICE_HELP
 from largemeta.errors import UserError
 
 EXIT_CODES = """exit codes: 0 done; 2 bad input (one line on stderr); 130 stopped by SIGINT, 143 by SIGTERM
@@ -41,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--channels", type=int, choices=(1, 3), help="input channels (default: the init's, else 1)"
     )
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (cpu)")
+    p.add_argument("--device", default=DEVICE_DEFAULT, help=f"where to fine-tune: {DEVICE_HELP}")
     p.add_argument("--data-dir", help="dataset cache folder")
     p.add_argument(
         "--data-placement",
@@ -104,12 +106,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from largemeta import console, trackers
     from largemeta.data.tasks import TaskSpec, load_suite
+    from largemeta.devices import resolve_device
     from largemeta.files import atomic_write_text
     from largemeta.metatest import check_init, load_init
     from largemeta.runs.claim import accept_results, claim
     from largemeta.runs.names import RESULTS
-    from largemeta.train.build import resolve_device
 
+    device = resolve_device(args.device, what="--device")  # before any work: a bad device is one line
     sizes = parse_sizes(args.train_size)
     tracked = [t.strip() for t in args.trackers.split(",") if t.strip()]
     trackers.check_names(tracked)
@@ -139,7 +142,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     bad = [s.name for s in specs if s.channels != channels]
     if bad:
         raise UserError(f"targets {bad} have {specs[0].channels} channels, the init's model takes {channels}")
-    device = resolve_device(args.device, 0)
     check_init(init, specs)  # before the header: a bad --init is one line
     # claimed before the long evaluation: a folder holding anything is refused before anything is written
     with contextlib.ExitStack() as stack:  # released when done; on an error given back as found

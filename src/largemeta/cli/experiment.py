@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from largemeta.cli.common import positive_int, print_json
+from largemeta.cli.common import check_device_flag, positive_int, print_json
+from largemeta.devices import HELP as DEVICE_HELP
 from largemeta.errors import Preempted, Stopped, UserError
 
 RESUMABLE = (
@@ -45,7 +46,11 @@ def _common(p: argparse.ArgumentParser, algos: str) -> None:
     p.add_argument("--out", required=True, help=f"results folder (new, or this experiment's: {RESUMABLE})")
     p.add_argument("--steps", type=positive_int, help="budget: cumulative inner steps per task")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (cpu)")
+    p.add_argument(
+        "--device",
+        help=f"where to train and fine-tune: {DEVICE_HELP}; overrides the config's device (auto in the "
+        "shipped configs)",
+    )
     p.add_argument(
         "--json", action="store_true", help="print the results as JSON (and nothing else on stdout)"
     )
@@ -73,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", default="runs/demo", help=f"results folder (runs/demo); {RESUMABLE}")
     demo.add_argument("--json", action="store_true")
     demo.add_argument("--steps", type=positive_int, default=None, help="budget (default: the demo's)")
+    demo.add_argument("--device", help=f"where to train and fine-tune: {DEVICE_HELP}")
     demo.set_defaults(func=run_demo, resumable=True)
 
 
@@ -80,7 +86,7 @@ def _config(args: argparse.Namespace):
     from largemeta.cli.train import overrides
     from largemeta.train.config import load_config
 
-    return load_config(args.config, overrides(args, flags=("steps",)))
+    return load_config(args.config, overrides(args, flags=("steps", "device")))
 
 
 @contextmanager
@@ -122,10 +128,11 @@ def _track(cfg, out: Path, result: dict) -> None:
 def run_experiment(args: argparse.Namespace) -> int:
     from largemeta.experiments import EXPERIMENTS, Common
 
+    check_device_flag(args)  # before any work
     spec = EXPERIMENTS.get(args.experiment)
-    cfg = _config(args)
+    cfg = _config(args)  # holds --device: the experiment trains and fine-tunes there
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-    common = Common(algos, Path(args.out), _settings(args), args.device, _log)
+    common = Common(algos, Path(args.out), _settings(args), None, _log)
     with _resumable(args.out):
         result = spec.from_args(cfg, args, common)
     spec.plots(result, common.out)
@@ -165,9 +172,11 @@ def run_demo(args: argparse.Namespace) -> int:
     from largemeta.report import write_report
     from largemeta.train.config import load_config
 
+    check_device_flag(args)  # before any work
     started = time.perf_counter()
     out = Path(args.out)
-    cfg = load_config("offline", {**DEMO, **({"steps": args.steps} if args.steps else {})})
+    given = {k: v for k, v in {"steps": args.steps, "device": args.device}.items() if v is not None}
+    cfg = load_config("offline", {**DEMO, **given})
     settings = EvalSettings(**DEMO_EVAL)
     with _resumable(args.out):
         for name in sorted(load_suite(cfg.suite).datasets()):
@@ -188,6 +197,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 "algorithms": {
                     a: {m: overall(e["accuracy"][m])[0] for m in e["accuracy"]}
                     for a, e in result["algorithms"].items()
+                },
+                "meta_updates": {
+                    a: e["meta_updates"] for a, e in result["algorithms"].items() if "meta_updates" in e
                 },
                 "report": str(page),
             }

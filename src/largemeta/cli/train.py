@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from largemeta.cli.common import print_json
+from largemeta.cli.common import check_device_flag, print_json
+from largemeta.devices import HELP as DEVICE_HELP
 from largemeta.errors import UserError
 
 EXIT_CODES = """exit codes: 0 done; 2 bad input (one line on stderr, nothing saved before is changed);
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="cumulative inner steps per task")
     p.add_argument("--k", type=int, help="inner steps per trajectory")
     p.add_argument("--seed", type=int, help="one seed for the whole run")
-    p.add_argument("--device", help="cpu, cuda, cuda:N, auto")
+    p.add_argument("--device", help=f"where to train: {DEVICE_HELP}; overrides the config's device")
     p.add_argument(
         "--set",
         action="append",
@@ -101,6 +102,7 @@ def run_train(args: argparse.Namespace) -> int:
     from largemeta.train.config import from_mapping, load_config
     from largemeta.train.trainer import Trainer
 
+    check_device_flag(args)
     if args.resume and args.out and Path(args.out) != Path(args.resume):
         raise UserError("--resume continues RUN_DIR in place; drop --out or make it the same folder")
     if not args.resume and not args.out:
@@ -138,15 +140,23 @@ def run_train(args: argparse.Namespace) -> int:
         else:
             loss = last.get("mean_loss")
             shown = f"{loss:.4f}" if isinstance(loss, (int, float)) else "not finite"
-            print(f"trained {cfg.algo} for {cfg.steps} steps; mean loss {shown}; run folder {folder}")
+            what = f"{cfg.algo} for {cfg.steps} steps"
+            if trainer.controller is not None:
+                what += f" ({trainer.meta_updates} meta-updates of φ)"
+            print(f"trained {what}; mean loss {shown}; run folder {folder}")
     return 0
 
 
 def _dry_run(cfg, folder: Path, resume: bool, as_json: bool, allow_model_change: bool) -> int:
+    from largemeta.console import log
+    from largemeta.train.budget import no_meta_update
     from largemeta.train.config_docs import to_toml
     from largemeta.train.dry_run import describe, plan
 
     p = plan(cfg, folder, resume=resume, allow_model_change=allow_model_change)
+    warning = no_meta_update(cfg, cfg.steps, budget=f"--steps {cfg.steps}")
+    if warning:
+        log.warning(warning)
     if as_json:
         print_json({"config": cfg.to_dict(), "plan": p})
     else:

@@ -32,19 +32,37 @@ def convergence(
     *,
     fractions: Sequence[float] = (0.25, 0.5, 1.0),
     settings: EvalSettings = PROTOCOL,
-    device: str = "cpu",
+    device: str | None = None,
     log=lambda s: None,
     command: str = "experiment convergence",
 ) -> dict[str, Any]:
     """Train each algorithm at an equal budget of ``cfg.steps`` inner steps per task; evaluate at
-    milestones (``fractions`` of the budget; ``scratch`` is the random init, evaluated once)."""
-    from largemeta.experiments.protocol import loss_curve, milestones_of, targets_of, train_to
+    milestones (``fractions`` of the budget; ``scratch`` is the random init, evaluated once). Training and
+    evaluation run on ``device`` (default: the config's). Each trained algorithm's entry records φ's
+    meta-updates at each milestone; a milestone before the first meta-update is warned about up front."""
+    from largemeta.experiments.protocol import (
+        loss_curve,
+        milestones_of,
+        on_device,
+        targets_of,
+        train_to,
+        without_meta_update,
+    )
     from largemeta.metatest import load_init, scratch
+    from largemeta.train.budget import lower_hint
     from largemeta.train.config import TRAIN_ALGORITHMS
 
+    cfg = on_device(cfg, device)
     check_algos(list(algos), (*TRAIN_ALGORITHMS, "scratch"))
     milestones = milestones_of(cfg.steps, fractions)
     specs = targets_of(cfg, settings.targets)
+    warnings = []
+    for algo in dict.fromkeys(algos):
+        if algo != "scratch":
+            trained = dataclasses.replace(cfg, algo=algo)
+            fix = f"raise --steps so that each milestone reaches {{every}} steps, or {lower_hint(trained)}"
+            budget = f"milestone{{s}} {{steps}} of --steps {cfg.steps}"
+            warnings.append(without_meta_update(trained, milestones, budget=budget, fix=fix))
 
     def parts(result: dict[str, Any]) -> Iterator[Part]:
         for algo in algos:
@@ -54,7 +72,7 @@ def convergence(
                 def evaluate_scratch(entry=entry) -> None:
                     started = time.perf_counter()
                     r = settings.score(
-                        scratch(cfg.model, specs[0].channels, cfg.width), specs, cfg, device=device
+                        scratch(cfg.model, specs[0].channels, cfg.width), specs, cfg, device=cfg.device
                     )
                     entry["accuracy"] = {str(m): r for m in milestones}
                     _timed(entry, started)
@@ -63,17 +81,18 @@ def convergence(
                 continue
             run_dir = out / algo
             entry["run_dir"] = str(run_dir)
+            updates = entry.setdefault("meta_updates", {})  # milestone -> φ's meta-updates there
             for m in milestones:
 
-                def train_and_score(algo=algo, entry=entry, run_dir=run_dir, m=m) -> None:
+                def train_and_score(algo=algo, entry=entry, updates=updates, run_dir=run_dir, m=m) -> None:
                     started = time.perf_counter()
                     log(f"{algo}: training to {m} inner steps")
-                    train_to(dataclasses.replace(cfg, algo=algo), run_dir, m)
+                    updates[str(m)] = train_to(dataclasses.replace(cfg, algo=algo), run_dir, m)
                     init = load_init(str(run_dir), model=cfg.model)
-                    entry["accuracy"][str(m)] = settings.score(init, specs, cfg, device=device)
+                    entry["accuracy"][str(m)] = settings.score(init, specs, cfg, device=cfg.device)
                     entry["loss"] = loss_curve(run_dir)
                     mean = entry["accuracy"][str(m)]["mean_accuracy"]
-                    log(f"{algo} @ {m}: mean accuracy {100 * mean:.2f} %")
+                    log(f"{algo} @ {m}: mean accuracy {100 * mean:.2f} % ({updates[str(m)]} meta-updates)")
                     _timed(entry, started)
 
                 yield f"{algo} @ {m} steps", train_and_score
@@ -83,7 +102,8 @@ def convergence(
         "milestones": milestones,
         "eval": dataclasses.asdict(settings),
     }
-    return drive("convergence", cfg, out, request, {"algorithms": {}}, parts, log=log, command=command)
+    empty = {"algorithms": {}}
+    return drive("convergence", cfg, out, request, empty, parts, log=log, command=command, warnings=warnings)
 
 
 def _timed(entry: dict[str, Any], started: float) -> None:

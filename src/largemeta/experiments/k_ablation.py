@@ -29,36 +29,53 @@ def k_ablation(
     out: Path,
     *,
     settings: EvalSettings = PROTOCOL,
-    device: str = "cpu",
+    device: str | None = None,
     log=lambda s: None,
     command: str = "experiment k-ablation",
 ) -> dict[str, Any]:
-    """Train each algorithm with each K (``meta_every`` capped at K) for ``cfg.steps``; score its φ."""
-    from largemeta.experiments.protocol import targets_of, train_to
+    """Train each algorithm with each K (``meta_every`` capped at K) for ``cfg.steps``; score its φ. Training
+    and evaluation run on ``device`` (default: the config's); ``meta_updates[algo][K]`` records φ's
+    meta-updates, and a K whose first meta-update lies beyond the budget is warned about up front."""
+    from largemeta.experiments.protocol import on_device, targets_of, train_to, without_meta_update
     from largemeta.metatest import load_init
 
+    cfg = on_device(cfg, device)
     specs = targets_of(cfg, settings.targets)
+
+    def run_config(algo: str, k: int):
+        return dataclasses.replace(cfg, algo=algo, k=k, meta_every=min(cfg.meta_every, k))
+
+    warnings = [
+        without_meta_update(
+            run_config(algo, k),
+            [cfg.steps],
+            budget="--steps {steps}",
+            fix=f"raise --steps to >= {{every}} or drop K={k} from --ks",
+        )
+        for algo in dict.fromkeys(algos)
+        for k in ks
+    ]
 
     def parts(result: dict[str, Any]) -> Iterator[Part]:
         for algo in algos:
             by_k = result["algorithms"].setdefault(algo, {})
+            updates = result.setdefault("meta_updates", {}).setdefault(algo, {})  # K -> φ's meta-updates
             for k in ks:
 
-                def train_and_score(algo=algo, by_k=by_k, k=k, label=f"{algo}, K = {k}") -> None:
+                def train_and_score(
+                    algo=algo, by_k=by_k, updates=updates, k=k, label=f"{algo}, K = {k}"
+                ) -> None:
                     log(label)
                     run_dir = out / f"{algo}_k{k}"
-                    train_to(
-                        dataclasses.replace(cfg, algo=algo, k=k, meta_every=min(cfg.meta_every, k)),
-                        run_dir,
-                        cfg.steps,
-                    )
+                    updates[str(k)] = train_to(run_config(algo, k), run_dir, cfg.steps)
                     init = load_init(str(run_dir), model=cfg.model)
-                    by_k[str(k)] = settings.score(init, specs, cfg, device=device)
+                    by_k[str(k)] = settings.score(init, specs, cfg, device=cfg.device)
 
                 yield f"{algo}, K = {k}", train_and_score
 
     request = {"algos": list(algos), "ks": list(ks), "eval": dataclasses.asdict(settings)}
-    return drive("k-ablation", cfg, out, request, {"algorithms": {}}, parts, log=log, command=command)
+    empty = {"algorithms": {}, "meta_updates": {}}
+    return drive("k-ablation", cfg, out, request, empty, parts, log=log, command=command, warnings=warnings)
 
 
 def table(result: dict[str, Any]) -> str:

@@ -32,22 +32,29 @@ def pretrained(
     out: Path,
     *,
     settings: EvalSettings = PROTOCOL,
-    device: str = "cpu",
+    device: str | None = None,
     log=lambda s: None,
     command: str = "experiment pretrained",
 ) -> dict[str, Any]:
     """``init`` is fine-tuned directly (the baseline) and used as the starting φ of meta-training with
-    ``cfg.algo`` (CTS by default); both are evaluated on the meta-test targets sub-sampled to each size."""
-    from largemeta.experiments.protocol import targets_of, train_to
+    ``cfg.algo`` (CTS by default); both are evaluated on the meta-test targets sub-sampled to each size.
+    Training and evaluation run on ``device`` (default: the config's); ``meta_updates[algo]`` records φ's
+    meta-updates (a budget without one is warned about up front)."""
+    from largemeta.experiments.protocol import on_device, targets_of, train_to, without_meta_update
     from largemeta.metatest import load_init
+    from largemeta.train.budget import lower_hint
 
+    cfg = on_device(cfg, device)
     specs = targets_of(cfg, settings.targets)
     run_dir = out / cfg.algo
+    fix = f"raise --steps to >= {{every}} or {lower_hint(cfg)}"
+    warning = without_meta_update(cfg, [cfg.steps], budget="--steps {steps}", fix=fix)
 
     def parts(result: dict[str, Any]) -> Iterator[Part]:
         def meta_train() -> None:
             log(f"meta-training {cfg.algo} from {init}")
-            train_to(dataclasses.replace(cfg, init=init), run_dir, cfg.steps)
+            count = train_to(dataclasses.replace(cfg, init=init), run_dir, cfg.steps)
+            result.setdefault("meta_updates", {})[cfg.algo] = count
 
         yield f"meta-training {cfg.algo}", meta_train
         for name, source in {"finetune": init, cfg.algo: str(run_dir)}.items():
@@ -59,12 +66,13 @@ def pretrained(
                     log(f"{name}, {n} training images per target")
                     start[:] = start or [load_init(source, model=cfg.model)]
                     sized = dataclasses.replace(settings, train_size=n)
-                    by_size[str(n)] = sized.score(start[0], specs, cfg, device=device)
+                    by_size[str(n)] = sized.score(start[0], specs, cfg, device=cfg.device)
 
                 yield f"{name}, {n} training images per target", score
 
     request = {"init": init, "sizes": list(sizes), "eval": dataclasses.asdict(settings)}
-    return drive("pretrained", cfg, out, request, {"algorithms": {}}, parts, log=log, command=command)
+    empty = {"algorithms": {}, "meta_updates": {}}
+    return drive("pretrained", cfg, out, request, empty, parts, log=log, command=command, warnings=[warning])
 
 
 def table(result: dict[str, Any]) -> str:

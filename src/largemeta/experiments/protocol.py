@@ -1,5 +1,6 @@
-"""What every experiment's parts do: find the targets, train a run folder to a number of steps (resuming it
-from milestone to milestone), read its loss curve."""
+"""What every experiment's parts do: put the run on its device, find the targets, train a run folder to a
+number of steps (resuming it from milestone to milestone) and count its meta-updates, warn about a budget
+that holds none, read its loss curve."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from typing import Any
 
 from largemeta import signals
 from largemeta.data.tasks import TaskSpec, load_suite
+from largemeta.devices import resolve_device
 from largemeta.errors import UserError
 from largemeta.runs import checkpoint as runs_checkpoint
 from largemeta.runs.checkpoint import has_checkpoint
 from largemeta.runs.names import METRICS
+from largemeta.train.budget import meta_update_every, no_meta_update
 from largemeta.train.build import select_tasks
 from largemeta.train.config import RESUMABLE_CHANGES, TrainConfig
 from largemeta.train.trainer import Trainer
@@ -32,19 +35,48 @@ def milestones_of(steps: int, fractions: Sequence[float]) -> list[int]:
     return out
 
 
-def train_to(cfg: TrainConfig, run_dir: Path, steps: int) -> None:
-    """Train ``run_dir`` to ``steps``: a new run, or its checkpoint resumed (the config must be the same)."""
+def on_device(cfg: TrainConfig, device: str | None = None) -> TrainConfig:
+    """``cfg`` on the device an experiment trains *and* fine-tunes on: ``device`` when given (the command's
+    ``--device``), else the config's; resolved once, before any work (``auto``: CUDA, then MPS, then CPU),
+    and recorded as resolved, so each run folder's ``config.json`` and the results name the device used. A
+    bad or absent device is one line (:func:`largemeta.devices.resolve_device`)."""
+    what = "--device" if device is not None else "config key 'device'"
+    resolved = resolve_device(device if device is not None else cfg.device, what=what)
+    return dataclasses.replace(cfg, device=str(resolved))
+
+
+def train_to(cfg: TrainConfig, run_dir: Path, steps: int) -> int:
+    """Train ``run_dir`` to ``steps``: a new run, or its checkpoint resumed (the config must be the same).
+    Returns φ's meta-updates at ``steps``, as the run's controller counts them (0 for joint training)."""
     resume = has_checkpoint(run_dir)
     if resume and runs_checkpoint.read(run_dir).step > steps:
         raise UserError(
             f"{str(run_dir)!r} is already past {steps} steps: it was not trained by this experiment"
         )
-    trainer = Trainer(dataclasses.replace(cfg, steps=steps), run_dir, resume=resume)
+    # the experiment warned about budgets without a meta-update up front, in its own terms
+    trainer = Trainer(dataclasses.replace(cfg, steps=steps), run_dir, resume=resume, check_budget=False)
     try:
         trainer.run()
+        count = trainer.meta_updates
     finally:
         trainer.close()
     signals.check()  # a signal that came with the last step: stop here, the run is saved
+    return count
+
+
+def without_meta_update(cfg: TrainConfig, steps: Sequence[int], *, budget: str, fix: str) -> str | None:
+    """The warning line when some of ``steps`` (milestones, or an experiment's budget) hold no meta-update
+    of ``cfg``'s algorithm — φ scored there is its initialization — else None. ``budget`` names them
+    (``{steps}``: those steps, ``{s}``: "s" for several), ``fix`` says what to change (``{every}``: the first
+    meta-update's step). :func:`largemeta.experiments.spec.drive` logs it, once the results folder's log.txt
+    is open, before any part runs."""
+    every = meta_update_every(cfg)
+    short = [s for s in steps if every is not None and s < every]
+    if not short:
+        return None
+    plural = len(short) > 1
+    where = budget.format(steps=", ".join(map(str, short)), s="s" if plural else "")
+    return no_meta_update(cfg, max(short), budget=where, fix=fix.format(every=every), plural=plural)
 
 
 def loss_curve(run_dir: Path) -> list[dict[str, Any]]:

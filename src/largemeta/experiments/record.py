@@ -71,7 +71,8 @@ class Record:
         with contextlib.ExitStack() as held:  # given back as found if this fails
             held.enter_context(claim(self.out, accept, what="experiment folder"))
             held.enter_context(console.log_file(self.out))
-            console.header(f"{request['command']} -> {self.out}", _settings_shown(request))
+            shown = _settings_shown(request, skeleton.get("config", {}).get("device"))
+            console.header(f"{request['command']} -> {self.out}", shown)
             if (self.out / RESULTS).exists():
                 self.result = read_results(self.out / RESULTS)
                 done = self.result.setdefault("done", [])
@@ -110,8 +111,8 @@ class Record:
         self.close(complete=kind is None)
 
 
-def _settings_shown(request: dict[str, Any]) -> dict[str, Any]:
-    """An experiment's header: what it compares, the budget and the evaluation."""
+def _settings_shown(request: dict[str, Any], device: str | None = None) -> dict[str, Any]:
+    """An experiment's header: what it compares, where it runs, the budget and the evaluation."""
     cfg, ev = request["config"], request["eval"]
     shown = {
         k: ",".join(map(str, request[k]))
@@ -120,6 +121,7 @@ def _settings_shown(request: dict[str, Any]) -> dict[str, Any]:
     }
     shown.update(
         {
+            "device": device,
             "suite": cfg.get("suite"),
             "steps": cfg.get("steps"),
             "K": cfg.get("k"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,8 @@ class Common:
     algos: list[str]
     out: Path
     settings: EvalSettings
-    device: str
+    device: str | None
+    """Where the experiment trains and fine-tunes (``--device``; None: the config's device)."""
     log: Callable[[str], None]
 
 
@@ -109,13 +110,16 @@ def drive(
     *,
     log: Callable[[str], None],
     command: str,
+    warnings: Sequence[str | None] = (),
 ) -> dict[str, Any]:
     """Run experiment ``name`` into ``out/results.json``.
 
     ``request`` holds what decides the results beside the command and the config (it is recorded under
     ``"request"`` and, but for ``algos``, at the top level too); ``empty`` the result's containers;
     ``parts(result)`` yields the parts in order, lazily, so that a part may depend on the results of the
-    parts before it."""
+    parts before it. ``warnings`` (None: nothing to say) are logged as WARNING lines before the first part,
+    into the folder's log.txt too."""
+    from largemeta.console import log as console
     from largemeta.experiments.protocol import request_config
     from largemeta.experiments.record import Record
 
@@ -127,6 +131,8 @@ def drive(
         **empty,
     }
     with Record(out, skeleton, log) as record:
+        for warning in filter(None, warnings):
+            console.warning(warning)
         for label, work in parts(record.result):
             if record.done(label):
                 continue

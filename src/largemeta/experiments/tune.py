@@ -39,33 +39,46 @@ def tune(
     *,
     validation: EvalSettings = VALIDATION,
     test: EvalSettings = PROTOCOL,
-    device: str = "cpu",
+    device: str | None = None,
     log=lambda s: None,
     command: str = "experiment tune",
 ) -> dict[str, Any]:
     """Each algorithm at each β of ``betas``, scored with ``validation`` on the meta-training tasks; the
-    best β's φ scored with ``test`` on the meta-test targets (and scratch beside them)."""
+    best β's φ scored with ``test`` on the meta-test targets (and scratch beside them). Training and
+    evaluation run on ``device`` (default: the config's); ``meta_updates[algo][β]`` records φ's
+    meta-updates, and a budget without one is warned about up front."""
     from largemeta.data.tasks import load_suite
-    from largemeta.experiments.protocol import targets_of, train_to
+    from largemeta.experiments.protocol import on_device, targets_of, train_to, without_meta_update
     from largemeta.metatest import load_init, scratch
+    from largemeta.train.budget import lower_hint
     from largemeta.train.build import select_tasks
 
     if not betas or not all(math.isfinite(b) and b > 0 for b in betas):
         raise UserError(f"--betas must be finite numbers > 0, got {list(betas)}")
+    cfg = on_device(cfg, device)
     val_specs = select_tasks(load_suite(cfg.suite).meta_train, cfg.tasks)
     test_specs = targets_of(cfg, test.targets)
+    warnings = []
+    for algo in dict.fromkeys(algos):
+        trained = dataclasses.replace(cfg, algo=algo)
+        fix = f"raise --steps to >= {{every}} or {lower_hint(trained)}"
+        warnings.append(without_meta_update(trained, [cfg.steps], budget="--steps {steps}", fix=fix))
 
     def parts(result: dict[str, Any]) -> Iterator[Part]:
         for algo in algos:
             scores = result["validation"].setdefault(algo, {})
+            updates = result.setdefault("meta_updates", {}).setdefault(algo, {})  # β -> φ's meta-updates
             for beta in betas:
 
-                def validate(algo=algo, beta=beta, scores=scores, label=f"{algo}, β = {beta:g}") -> None:
+                def validate(
+                    algo=algo, beta=beta, scores=scores, updates=updates, label=f"{algo}, β = {beta:g}"
+                ) -> None:
                     log(label)
                     run_dir = out / f"{algo}_beta{beta:g}"
-                    train_to(dataclasses.replace(cfg, algo=algo, meta_lr=beta), run_dir, cfg.steps)
+                    run = dataclasses.replace(cfg, algo=algo, meta_lr=beta)
+                    updates[f"{beta:g}"] = train_to(run, run_dir, cfg.steps)
                     init = load_init(str(run_dir), model=cfg.model)
-                    scores[f"{beta:g}"] = validation.score(init, val_specs, cfg, device=device)[
+                    scores[f"{beta:g}"] = validation.score(init, val_specs, cfg, device=cfg.device)[
                         "mean_accuracy"
                     ]
 
@@ -76,13 +89,13 @@ def tune(
             def test_best(algo=algo, best=best, scores=scores) -> None:
                 log(f"{algo}: best β = {best} (validation {100 * scores[best]:.2f} %)")
                 init = load_init(str(out / f"{algo}_beta{best}"), model=cfg.model)
-                result["test"][algo] = test.score(init, test_specs, cfg, device=device)
+                result["test"][algo] = test.score(init, test_specs, cfg, device=cfg.device)
 
             yield f"{algo} at its best β, on the meta-test targets", test_best
 
         def test_scratch() -> None:
             init = scratch(cfg.model, test_specs[0].channels, cfg.width)
-            result["test"]["scratch"] = test.score(init, test_specs, cfg, device=device)
+            result["test"]["scratch"] = test.score(init, test_specs, cfg, device=cfg.device)
 
         yield "scratch", test_scratch
 
@@ -92,8 +105,8 @@ def tune(
         "validation_eval": dataclasses.asdict(validation),
         "eval": dataclasses.asdict(test),
     }
-    empty = {"validation": {}, "best": {}, "test": {}}
-    return drive("tune", cfg, out, request, empty, parts, log=log, command=command)
+    empty = {"validation": {}, "best": {}, "test": {}, "meta_updates": {}}
+    return drive("tune", cfg, out, request, empty, parts, log=log, command=command, warnings=warnings)
 
 
 def table(result: dict[str, Any]) -> str:

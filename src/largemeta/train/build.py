@@ -31,6 +31,7 @@ from largemeta.data.cache import notice
 from largemeta.data.images import TrainQuerySampler, task_seed
 from largemeta.data.loader import TaskLoader
 from largemeta.data.tasks import TaskSpec, load_suite
+from largemeta.devices import resolve_device
 from largemeta.errors import UserError
 from largemeta.execution import EXECUTORS, GRAPH, CudaGraphMetaStep
 from largemeta.models import create_model, feature_size, init_head, split_state
@@ -53,23 +54,10 @@ class Placement:
     group: Any
 
 
-def resolve_device(name: str, rank: int = 0) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available) → the device (``cuda`` picks
-    LOCAL_RANK's)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} asked for, but CUDA is not available here (valid: cpu, auto)")
-        if name == "cuda":
-            name = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
-        torch.cuda.set_device(torch.device(name))
-    return torch.device(name)
-
-
 def place(cfg: TrainConfig) -> Placement:
-    """Pick the device and join the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    device = resolve_device(cfg.device, int(os.environ.get("RANK", "0")))
+    """Pick the device (:func:`largemeta.devices.resolve_device`) and join the process group when launched by
+    torchrun (WORLD_SIZE > 1)."""
+    device = resolve_device(cfg.device, int(os.environ.get("RANK", "0")), what="config key 'device'")
     rank, world, group = distributed.init(device)
     return Placement(device, rank, world, group)
 

@@ -19,6 +19,7 @@ from typing import Any
 from largemeta.core.algorithms import ALGORITHMS
 from largemeta.core.inner import INNER_OPTIMIZERS
 from largemeta.data.loader import check_options
+from largemeta.devices import check_name as check_device
 from largemeta.errors import UserError, choice_error
 from largemeta.execution import GRAPH, STEP_CHOICES
 from largemeta.files import atomic_write_text
@@ -84,7 +85,7 @@ class TrainConfig:
     seed: int = 0
     """One seed for the whole run (model, heads, samplers)."""
     device: str = "auto"
-    """cpu, cuda, cuda:N, or auto (cuda when available)."""
+    """auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps; a device this machine lacks is refused."""
     executor: str = "loop"
     """How all tasks' inner steps run: loop, channels_last, autocast (bf16), channels_last+autocast, batched
     (vmap over same-shaped tasks), cuda_graph (the whole meta-step as one CUDA graph; GPU, SGD inner only)."""
@@ -291,8 +292,7 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"algo {cfg.algo!r} trains on one task: set tasks to one name, got {list(cfg.tasks)}")
     if cfg.shift_error_every and not algo.cts:
         raise UserError(f"shift_error_every needs a CTS algorithm, got algo {cfg.algo!r}")
-    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
-        raise UserError(f"config key 'device' must be cpu, cuda, cuda:N or auto, got {cfg.device!r}")
+    check_device(cfg.device, "config key 'device'")
     check_options(cfg.data_placement, cfg.memory_budget_gb, cfg.stream_workers)
     check_trackers(cfg.trackers)
     m = cfg.tasks_per_trajectory

@@ -18,6 +18,7 @@ from largemeta.core.algorithms import ALGORITHMS
 from largemeta.errors import UserError
 from largemeta.metatest import check_image_size
 from largemeta.runs.claim import accept_new_run
+from largemeta.train.budget import meta_updates
 from largemeta.train.build import build_run, place
 from largemeta.train.config import TrainConfig, tracker_names
 from largemeta.train.run_folder import check_resume
@@ -51,6 +52,7 @@ def plan(cfg: TrainConfig, folder: Path, *, resume: bool, allow_model_change: bo
             "parameters_in_phi": sum(v.numel() for v in run.learner.phi.values()),
             "data_placement": run.data_placement,
             "trajectories": 0 if algo.joint else math.ceil(cfg.steps / cfg.k) - start // cfg.k,
+            "meta_updates": meta_updates(cfg) - meta_updates(cfg, start),
             "metrics_lines": _count(start, cfg.steps, cfg.log_every),
             "checkpoints": _count(start, cfg.steps, cfg.checkpoint_every),
             "trackers": list(tracker_names(cfg)),
@@ -77,7 +79,8 @@ def describe(p: dict[str, Any]) -> str:
         f"tasks: {len(tasks)} ({shown}), {p['tasks_per_trajectory']} per trajectory; "
         f"images {p['data_placement']}",
         f"φ: {p['parameters_in_phi']:,} parameters; {p['trajectories']} trajectories; "
-        f"{p['metrics_lines']} metrics lines; {p['checkpoints']} checkpoints",
+        f"{p['meta_updates']} meta-updates; {p['metrics_lines']} metrics lines; "
+        f"{p['checkpoints']} checkpoints",
         f"trackers: {', '.join(p['trackers']) or 'none'}",
         "checked: config, run folder, data, model, device; nothing written (dry run)",
     ]

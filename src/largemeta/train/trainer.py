@@ -41,6 +41,7 @@ from largemeta.runs import checkpoint as runs_checkpoint
 from largemeta.runs.checkpoint import CheckpointOnDisk
 from largemeta.runs.names import CHECKPOINT, METRICS
 from largemeta.train import checkpoint, distributed
+from largemeta.train.budget import no_meta_update
 from largemeta.train.build import build_run, place
 from largemeta.train.config import TrainConfig, tracker_names
 from largemeta.train.run_folder import open_run_folder, write_records
@@ -62,9 +63,12 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         allow_model_change: bool = False,
+        check_budget: bool = True,
     ) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.allow_model_change = allow_model_change
+        self.check_budget = check_budget
+        """Warn when ``cfg.steps`` holds no meta-update (an experiment checks its milestones itself)."""
         self.placement = place(cfg)
         self.rank = self.placement.rank
         self.progress = progress and self.rank == 0
@@ -107,6 +111,12 @@ class Trainer:
         return self.run_state.tasks
 
     # the run folder ----------------------------------------------------------------------------------------
+    @property
+    def meta_updates(self) -> int:
+        """Meta-updates of φ so far, counted by the controller from its step (0 for joint training); right
+        after a resume too, since the step is restored."""
+        return self.controller.meta_updates if self.controller is not None else 0
+
     def _open_folder(self, resume: bool, held: contextlib.ExitStack) -> CheckpointOnDisk | None:
         """Rank 0 takes the folder (:func:`~largemeta.train.run_folder.open_run_folder`, its claim entered
         into ``held``); every rank learns the outcome (one line for all, at once, instead of a collective
@@ -187,6 +197,10 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train to ``cfg.steps``; returns the last metrics line (the kept one when nothing was left)."""
         cfg = self.cfg
+        if self.check_budget and self.rank == 0 and self.learner.step < cfg.steps:
+            warning = no_meta_update(cfg, cfg.steps, budget=f"--steps {cfg.steps}")
+            if warning:
+                console.log.warning(warning)
         if self.progress and self.learner.step < cfg.steps:
             console.header(*self._header())
         metrics = open(self.run_dir / METRICS, "a") if self.rank == 0 else None
@@ -335,7 +349,7 @@ class Trainer:
             "mean_loss": sum(trained) / len(trained),
             "meta_grad_norm": self.learner.last_meta_grad_norm,
             "shift_norm": self.learner.last_shift_norm,
-            "meta_updates": self.controller.meta_updates if self.controller else 0,
+            "meta_updates": self.meta_updates,
             "shifts": self.controller.shifts if self.controller else 0,
             "tasks": tasks,
         }
