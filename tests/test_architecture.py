@@ -25,7 +25,7 @@ LAYERS = [
     ["data"],
     ["core"],
     ["checkpoint", "sharded_checkpoint", "registry", "trackers"],
-    ["files", "signals", "stats", "argtypes", "console"],
+    ["files", "signals", "stats", "argtypes", "console", "provenance"],
     ["errors"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -18,10 +18,15 @@ from largemeta.experiments.spec import (
     EvalSettings,
     Experiment,
     Part,
+    Point,
     cell,
     check_algos,
     drive,
     grid,
+    protocol_of,
+    seed_suffix,
+    store,
+    train_seeds_of,
 )
 
 
@@ -35,9 +40,12 @@ def convergence(
     device: str = "cpu",
     log=lambda s: None,
     command: str = "experiment convergence",
+    train_seeds: int = 1,
 ) -> dict[str, Any]:
     """Train each algorithm at an equal budget of ``cfg.steps`` inner steps per task; evaluate at
-    milestones (``fractions`` of the budget; ``scratch`` is the random init, evaluated once)."""
+    milestones (``fractions`` of the budget; ``scratch`` is the random init, evaluated once). Each algorithm
+    is meta-trained ``train_seeds`` times (seeds ``cfg.seed``, ``cfg.seed + 1``, …; run folders
+    ``ALGO_seedS`` when more than once)."""
     from largemeta.experiments.protocol import loss_curve, milestones_of, targets_of, train_to
     from largemeta.metatest import load_init, scratch
     from largemeta.train.config import TRAIN_ALGORITHMS
@@ -45,6 +53,7 @@ def convergence(
     check_algos(list(algos), (*TRAIN_ALGORITHMS, "scratch"))
     milestones = milestones_of(cfg.steps, fractions)
     specs = targets_of(cfg, settings.targets)
+    seeds = train_seeds_of(cfg, train_seeds)
 
     def parts(result: dict[str, Any]) -> Iterator[Part]:
         for algo in algos:
@@ -61,29 +70,51 @@ def convergence(
 
                 yield "scratch", evaluate_scratch
                 continue
-            run_dir = out / algo
-            entry["run_dir"] = str(run_dir)
-            for m in milestones:
+            for seed in seeds:
+                run_dir = out / f"{algo}{seed_suffix(seed, train_seeds)}"
+                if train_seeds == 1:
+                    entry["run_dir"] = str(run_dir)
+                else:
+                    entry.setdefault("run_dirs", {})[str(seed)] = str(run_dir)
+                for m in milestones:
 
-                def train_and_score(algo=algo, entry=entry, run_dir=run_dir, m=m) -> None:
-                    started = time.perf_counter()
-                    log(f"{algo}: training to {m} inner steps")
-                    train_to(dataclasses.replace(cfg, algo=algo), run_dir, m)
-                    init = load_init(str(run_dir), model=cfg.model)
-                    entry["accuracy"][str(m)] = settings.score(init, specs, cfg, device=device)
-                    entry["loss"] = loss_curve(run_dir)
-                    mean = entry["accuracy"][str(m)]["mean_accuracy"]
-                    log(f"{algo} @ {m}: mean accuracy {100 * mean:.2f} %")
-                    _timed(entry, started)
+                    def train_and_score(algo=algo, entry=entry, run_dir=run_dir, m=m, seed=seed) -> None:
+                        started = time.perf_counter()
+                        what = algo if train_seeds == 1 else f"{algo} (seed {seed})"
+                        log(f"{what}: training to {m} inner steps")
+                        train_to(dataclasses.replace(cfg, algo=algo, seed=seed), run_dir, m)
+                        init = load_init(str(run_dir), model=cfg.model)
+                        scored = settings.score(init, specs, cfg, device=device)
+                        store(entry["accuracy"], str(m), seed, train_seeds, scored)
+                        if train_seeds == 1:
+                            entry["loss"] = loss_curve(run_dir)
+                        else:
+                            entry.setdefault("losses", {})[str(seed)] = loss_curve(run_dir)
+                        log(f"{what} @ {m}: mean accuracy {100 * scored['mean_accuracy']:.2f} %")
+                        _timed(entry, started)
 
-                yield f"{algo} @ {m} steps", train_and_score
+                    label = f"{algo} @ {m} steps" + (f" (seed {seed})" if train_seeds > 1 else "")
+                    yield label, train_and_score
 
     request = {
         "algos": list(algos),
         "milestones": milestones,
         "eval": dataclasses.asdict(settings),
+        **({"train_seeds": train_seeds} if train_seeds > 1 else {}),
     }
-    return drive("convergence", cfg, out, request, {"algorithms": {}}, parts, log=log, command=command)
+    protocol = protocol_of(settings, specs, cfg, seeds, milestones=milestones)
+    return drive(
+        "convergence",
+        cfg,
+        out,
+        request,
+        {"algorithms": {}},
+        parts,
+        log=log,
+        command=command,
+        device=device,
+        protocol=protocol,
+    )
 
 
 def _timed(entry: dict[str, Any], started: float) -> None:
@@ -111,10 +142,54 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
         out / "convergence_accuracy.png",
     )
     curves = {
-        a: [(r["step"], r["mean_loss"]) for r in e.get("loss", []) if r.get("mean_loss")]
+        a: [(r["step"], r["mean_loss"]) for r in _first_loss(e) if r.get("mean_loss")]
         for a, e in result["algorithms"].items()
     }
     return [acc, loss_plot(curves, "Meta-training loss", out / "convergence_loss.png")]
+
+
+def _first_loss(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The loss curve of the algorithm's (first) meta-training run."""
+    if "losses" in entry:
+        return entry["losses"][min(entry["losses"], key=int)] if entry["losses"] else []
+    return entry.get("loss", [])
+
+
+def points(result: dict[str, Any]) -> list[Point]:
+    return [
+        (f"{m} steps", {a: e["accuracy"].get(str(m)) for a, e in result["algorithms"].items()})
+        for m in result["milestones"]
+    ]
+
+
+def caption(result: dict[str, Any], name: str) -> str:
+    protocol = result.get("protocol") or {}
+    over = _over(protocol)
+    if name == "convergence_accuracy.png":
+        return (
+            "Meta-test accuracy of each algorithm's φ (fine-tuned on the held-out targets, averaged over "
+            f"them) against the cumulative inner steps per meta-training task it was trained for; bars: 95 % "
+            f"t-interval over {over}. Scratch is the random initialization (not meta-trained)."
+        )
+    if name == "convergence_loss.png":
+        return (
+            "Mean meta-training loss over the meta-training tasks against cumulative inner steps per task"
+            + (
+                " (the first meta-training seed's run)."
+                if len(protocol.get("train_seeds") or []) > 1
+                else "."
+            )
+        )
+    return ""
+
+
+def _over(protocol: dict[str, Any]) -> str:
+    seeds = protocol.get("fine_tuning_seeds")
+    runs = len(protocol.get("train_seeds") or [0])
+    if seeds is None:
+        return "seeds"
+    text = f"{seeds} fine-tuning seed{'s' if seeds != 1 else ''} (target-averaged)"
+    return text + (f" × {runs} meta-training runs" if runs > 1 else "")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -135,6 +210,7 @@ def from_args(cfg, args: argparse.Namespace, common: Common) -> dict[str, Any]:
         settings=common.settings,
         device=common.device,
         log=common.log,
+        train_seeds=common.train_seeds,
     )
 
 
@@ -149,5 +225,7 @@ EXPERIMENTS.add(
         from_args=from_args,
         table=table,
         plots=plots,
+        points=points,
+        caption=caption,
     ),
 )
