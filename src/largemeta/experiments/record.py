@@ -146,6 +146,7 @@ def _settings_shown(request: dict[str, Any]) -> dict[str, Any]:
             "K": cfg.get("k"),
             "β": cfg.get("meta_lr"),
             "eval": f"{ev['steps']} steps x {ev['seeds']} seeds",
+            "train seeds": request.get("train_seeds"),
         }
     )
     return shown
