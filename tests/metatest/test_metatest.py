@@ -222,6 +222,25 @@ def test_convergence_and_report(tiny_suite, tiny_config, tmp_path, capsys):
     assert "cts − reptile at 8 steps" in page
 
 
+def test_convergence_with_two_meta_training_runs(tiny_suite, tiny_config, tmp_path):
+    cfg = from_mapping(tiny_config(tiny_suite, steps=4))
+    settings = EvalSettings(steps=2, seeds=2, batch_size=8)
+    result = convergence(
+        cfg, ["cts", "scratch"], tmp_path / "exp", fractions=(1.0,), settings=settings, train_seeds=2
+    )
+    cts = result["algorithms"]["cts"]
+    assert set(cts["run_dirs"]) == {"0", "1"} and set(cts["losses"]) == {"0", "1"}
+    assert (tmp_path / "exp" / "cts_seed1" / "checkpoint.json").exists()
+    assert cts["accuracy"]["4"]["train_seeds"] == [0, 1]
+    [c] = result["comparisons"]
+    assert (c["a"], c["b"], c["at"], c["n"]) == ("cts", "scratch", "4 steps", 4)
+    assert c["over"] == "1 target × 2 fine-tuning seeds × 2 meta-training runs"
+    assert result["done"] == ["cts @ 4 steps (seed 0)", "cts @ 4 steps (seed 1)", "scratch"]
+    assert main(["report", str(tmp_path / "exp")]) == 0
+    md = (tmp_path / "exp" / "report.md").read_text()
+    assert "× 2 meta-training runs" in md and "- train_seeds: 0, 1" in md
+
+
 def test_report_of_an_empty_folder_is_an_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "holds no results.json" in capsys.readouterr().err
