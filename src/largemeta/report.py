@@ -100,7 +100,7 @@ def _listing(record: Any) -> str:
 
     def shown(v: Any) -> str:
         if isinstance(v, list):
-            return " ".join(map(str, v)) if all(isinstance(x, str) for x in v) else ", ".join(map(str, v))
+            return " ".join(v) if all(isinstance(x, str) for x in v) else "[" + ", ".join(map(str, v)) + "]"
         return "None" if v is None else str(v)
 
     return "\n".join(f"- {k}: {shown(v)}" for k, v in record.items())

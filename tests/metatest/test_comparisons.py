@@ -56,6 +56,9 @@ def test_compare_pairs_target_and_seed():
     assert c["ci95"] == pytest.approx([0.04457, 0.45543], abs=1e-5)
     assert c["over"] == "1 target × 4 fine-tuning seeds of 1 meta-training run"
     assert verdict(c) == "cts − reptile at 10 steps: +25.0 points, 95 % CI [4.5, 45.5], 4 pairs: cts higher"
+    # an end that rounds to 0.0 while it is not 0 keeps a second decimal: the verdict's sign stays readable
+    near = {**c, "mean_diff": 0.012, "ci95": [0.0004, 0.0236]}
+    assert verdict(near).endswith("+1.2 points, 95 % CI [0.04, 2.4], 4 pairs: cts higher")
     same = compare("a", one_target([0.4, 0.5]), "b", one_target([0.5, 0.4]), "x")
     assert verdict(same).endswith(": no significant difference")
     # a result scored with another protocol does not pair

@@ -238,7 +238,7 @@ def test_convergence_with_two_meta_training_runs(tiny_suite, tiny_config, tmp_pa
     assert result["done"] == ["cts @ 4 steps (seed 0)", "cts @ 4 steps (seed 1)", "scratch"]
     assert main(["report", str(tmp_path / "exp")]) == 0
     md = (tmp_path / "exp" / "report.md").read_text()
-    assert "× 2 meta-training runs" in md and "- train_seeds: 0, 1" in md
+    assert "× 2 meta-training runs" in md and "- train_seeds: [0, 1]" in md
 
 
 def test_report_of_an_empty_folder_is_an_error(tmp_path, capsys):

@@ -169,7 +169,9 @@ def caption(result: dict[str, Any], name: str) -> str:
         return (
             "Meta-test accuracy of each algorithm's φ (fine-tuned on the held-out targets, averaged over "
             f"them) against the cumulative inner steps per meta-training task it was trained for; bars: 95 % "
-            f"t-interval over {over}. Scratch is the random initialization (not meta-trained)."
+            f"t-interval over {over}. Scratch is the random initialization (not meta-trained). Two "
+            "algorithms' bars may overlap where their paired difference is significant: the paired "
+            "comparisons above say which differences are."
         )
     if name == "convergence_loss.png":
         return (

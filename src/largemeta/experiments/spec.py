@@ -300,10 +300,15 @@ def verdict(c: dict[str, Any]) -> str:
     if c["ci95"] is None:
         return text + f", {_plural(c['n'], 'pair')}: too few pairs for an interval"
     low, high = (100 * v for v in c["ci95"])
-    text += f", 95 % CI [{low:.1f}, {high:.1f}], {_plural(c['n'], 'pair')}"
+    text += f", 95 % CI [{_bound(low)}, {_bound(high)}], {_plural(c['n'], 'pair')}"
     if low <= 0 <= high:
         return text + ": no significant difference"
     return text + f": {c['a'] if low > 0 else c['b']} higher"
+
+
+def _bound(points: float) -> str:
+    """An interval's end in points: one decimal, or two where one would read as 0 while it is not."""
+    return f"{points:.1f}" if round(points, 1) != 0 or points == 0 else f"{points:.2f}"
 
 
 def verdicts(result: dict[str, Any]) -> list[str]:
