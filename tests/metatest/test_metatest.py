@@ -340,7 +340,15 @@ def test_tune_picks_beta_on_meta_training_tasks_only(tiny_suite, tiny_config, tm
         assert set(val) == {"0.01", "1"} and result["best"][algo] == max(val, key=val.get)
     assert set(result["test"]) == {"cts", "reptile", "scratch"}
     assert "| cts |" in table(result)
+    # compared at each one's best β, on the meta-test targets
+    assert [(c["a"], c["b"], c["at"], c["n"]) for c in result["comparisons"]] == [
+        ("cts", "reptile", "each one's best β", 2),
+        ("cts", "scratch", "each one's best β", 2),
+        ("reptile", "scratch", "each one's best β", 2),
+    ]
+    assert result["protocol"]["validation"]["train_size"] == 16 and result["protocol"]["betas"] == [0.01, 1.0]
     assert main(["report", str(tmp_path / "tune")]) == 0
+    assert "cts − reptile at each one's best β" in (tmp_path / "tune" / "report.md").read_text()
 
 
 def test_pretrained_experiment(tiny_suite, tiny_config, tmp_path, capsys):
@@ -382,6 +390,13 @@ def test_pretrained_experiment(tiny_suite, tiny_config, tmp_path, capsys):
         "16",
     }
     assert "gain of cts" in table(result) and (tmp_path / "pre" / "pretrained.png").exists()
+    assert [(c["a"], c["b"], c["at"]) for c in result["comparisons"]] == [
+        ("cts", "finetune", "8 images"),
+        ("cts", "finetune", "16 images"),
+    ]
+    assert result["protocol"]["train_size"] == [8, 16]
+    assert main(["report", str(tmp_path / "pre")]) == 0
+    assert "cts − finetune at 16 images" in (tmp_path / "pre" / "report.md").read_text()
     # the baseline is plain fine-tuning of the given model: the protocol run on it directly gives the same
     # numbers
     from largemeta.data.tasks import load_suite
