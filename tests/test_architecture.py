@@ -25,7 +25,7 @@ LAYERS = [
     ["data"],
     ["core"],
     ["checkpoint", "registry", "trackers"],
-    ["files", "signals", "stats", "argtypes", "console", "devices"],
+    ["files", "signals", "stats", "argtypes", "console", "devices", "provenance"],
     ["errors"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

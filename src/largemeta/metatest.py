@@ -32,6 +32,12 @@ from largemeta.stats import ci95
 
 LR_DROPS = (0.4, 0.7, 0.9)
 """Fractions of the fine-tuning steps after which the learning rate is multiplied by 0.3."""
+FINE_TUNING = (
+    "every weight from φ, a fresh head and BatchNorm statistics; Adam lr 1e-3, weight decay 5e-4, lr x0.3 "
+    f"after {', '.join(f'{100 * f:.0f} %' for f in LR_DROPS)} of the steps; the same target images, "
+    "subsets, batches and head per (target, seed) for every initialization"
+)
+"""How each (target, seed) is fine-tuned, as results files record it (``protocol.fine_tuning``)."""
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,15 @@
 """Reports read from results files only (pure functions of the JSON; testable without training).
 
 ``write_report(dir)`` collects every ``results.json`` under ``dir`` (each experiment kind registered in
-:data:`largemeta.experiments.EXPERIMENTS` gives its table and figures; evaluate's) and the synthetic
-figures, and writes ``report.md`` and a self-contained ``report.html`` (figures embedded as data
-URIs). Results of an experiment stopped half-way are reported as far as they go. The folders written are
-claimed meanwhile (:func:`largemeta.runs.claim.claim`); a ``report.md`` or ``report.html`` that this command
-did not write is refused, never overwritten; a damaged ``results.json`` is a one-line error naming it.
+:data:`largemeta.experiments.EXPERIMENTS` — the demo's among them — and evaluate's, with or without
+``--train-size``) and the synthetic figures, and writes ``report.md`` and a self-contained ``report.html``
+(figures embedded as data URIs). Each results file gets its table, one verdict per paired comparison of two
+algorithms (:func:`largemeta.experiments.spec.verdicts`), per-target tables, the meta-update counts when the
+file has them, its figures with captions, and the protocol and environment *the file records* (measured by
+the run that wrote it; "not recorded" for older files). Results of an experiment stopped half-way are
+reported as far as they go. The folders written are claimed meanwhile (:func:`largemeta.runs.claim.claim`); a
+``report.md`` or ``report.html`` that this command did not write is refused, never overwritten; a damaged
+``results.json`` is a one-line error naming it.
 """
 
 from __future__ import annotations
@@ -14,16 +18,13 @@ import base64
 import contextlib
 import html
 import json
-import platform
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy
-import torch
-
-import largemeta
 from largemeta.errors import UserError
 from largemeta.experiments import EXPERIMENTS
+from largemeta.experiments.spec import overall, verdicts
 from largemeta.files import atomic_write_text
 from largemeta.runs.claim import accept_anything, claim
 from largemeta.runs.names import RESULTS
@@ -33,36 +34,144 @@ MARK_MD = "# largemeta report"
 MARK_HTML = "<title>largemeta report</title>"
 """How a report this command wrote begins (``report.md``) or what it holds (``report.html``)."""
 
-
-def environment() -> dict[str, str]:
-    return {
-        "largemeta": largemeta.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-        "device": torch.cuda.get_device_name(0)
-        if torch.cuda.is_available()
-        else f"CPU ({platform.processor() or 'unknown'})",
-    }
+NOT_RECORDED = "not recorded (the results file predates this record)"
 
 
-def _section(path: Path, directory: Path) -> tuple[str, str, list[Path], dict[str, Any] | None] | None:
-    """(title, markdown, figures, config) of one results file (None: not one a report shows)."""
+@dataclass
+class Section:
+    """One results file's part of the report: Markdown blocks (text or a sub-heading), figures with their
+    captions, and the resolved config."""
+
+    title: str
+    blocks: list[tuple[str, str]] = field(default_factory=list)  # ("h3", heading) or ("md", markdown)
+    figures: list[tuple[Path, str]] = field(default_factory=list)
+    config: dict[str, Any] | None = None
+
+    def add(self, heading: str, text: str) -> None:
+        if text:
+            self.blocks += [("h3", heading), ("md", text)]
+
+
+def _pct(r: dict[str, Any]) -> str:
+    return f"{100 * r['mean_accuracy']:.1f} ± {100 * r['ci95']:.1f}"
+
+
+def per_target(point: dict[str, dict[str, Any] | None]) -> str:
+    """A table of each target's accuracy (%, ± 95 % interval) for each algorithm measured at a point."""
+    names = [n for n, r in point.items() if r is not None]
+    if not names:
+        return ""
+    targets = list(dict.fromkeys(t for n in names for t in point[n]["tasks"]))
+    lines = ["| target | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for t in targets:
+        cells = [_pct(point[n]["tasks"][t]) if t in point[n]["tasks"] else "—" for n in names]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    means = [f"{100 * overall(point[n])[0]:.1f}" for n in names]
+    lines.append("| mean | " + " | ".join(means) + " |")
+    return "\n".join(lines)
+
+
+def _meta_updates(node: Any, path: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
+    """Every ``meta_updates`` field of a results file, with where it is (request, config and the records
+    of protocol and environment aside)."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not path and key in ("request", "config", "protocol", "environment", "continued_in"):
+                continue
+            if key == "meta_updates":
+                found.append((" › ".join(path) or "results", value))
+            elif isinstance(value, dict):
+                found += _meta_updates(value, (*path, str(key)))
+    return found
+
+
+def meta_updates_text(result: dict[str, Any]) -> str:
+    found = _meta_updates(result)
+    if not found:
+        return ""
+    rows = ["| where | meta-updates |", "|---|---|"]
+    for where, value in found:
+        shown = ", ".join(f"{k}: {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+        rows.append(f"| {where.removeprefix('algorithms › ')} | {shown} |")
+    return "\n".join(rows)
+
+
+def _listing(record: Any) -> str:
+    if not isinstance(record, dict) or not record:
+        return NOT_RECORDED
+
+    def shown(v: Any) -> str:
+        if isinstance(v, list):
+            return " ".join(v) if all(isinstance(x, str) for x in v) else "[" + ", ".join(map(str, v)) + "]"
+        return "None" if v is None else str(v)
+
+    return "\n".join(f"- {k}: {shown(v)}" for k, v in record.items())
+
+
+def protocol_text(result: dict[str, Any]) -> str:
+    if isinstance(result.get("protocol"), dict):
+        return _listing(result["protocol"])
+    ev = result.get("eval") or (result.get("request") or {}).get("eval")
+    if isinstance(ev, dict):  # an older experiment: its request says how φ was scored
+        return NOT_RECORDED + "; the request says:\n\n" + _listing(ev)
+    return NOT_RECORDED
+
+
+def environment_text(result: dict[str, Any]) -> str:
+    text = _listing(result.get("environment"))
+    for i, env in enumerate(result.get("continued_in") or [], 1):
+        text += f"\n\nContinued ({i}) in:\n\n" + _listing(env)
+    return text
+
+
+def _experiment_section(result: dict[str, Any], folder: Path, rel: Path) -> Section:
+    spec = EXPERIMENTS.get(result["experiment"])
+    demo = (result.get("request") or {}).get("command") == "demo"
+    title = f"{'Demo: ' if demo else ''}{spec.title} ({rel})"
+    section = Section(title, config=result.get("config"))
+    section.blocks.append(("md", spec.table(result)))
+    section.add("Paired comparisons", "\n".join(verdicts(result)))
+    for at, point in spec.points(result):
+        section.add(f"Per target, {at}", per_target(point))
+    section.add("Meta-updates", meta_updates_text(result))
+    for fig in spec.plots(result, folder):
+        section.figures.append((fig, spec.caption(result, fig.name) or fig.stem.replace("_", " ")))
+    section.add("Protocol", protocol_text(result))
+    section.add("Environment", environment_text(result))
+    return section
+
+
+def _evaluate_section(result: dict[str, Any], rel: Path) -> Section:
+    section = Section(f"Evaluation of {result.get('init')} ({rel})")
+    if "by_train_size" in result:
+        for n, r in result["by_train_size"].items():
+            section.add(f"{n} training images per target", _evaluate_table(r))
+    else:
+        section.blocks.append(("md", _evaluate_table(result)))
+    section.add("Protocol", protocol_text(result))
+    section.add("Environment", environment_text(result))
+    return section
+
+
+def _evaluate_table(r: dict[str, Any]) -> str:
+    rows = ["| target | accuracy (%) | 95 % interval over seeds |", "|---|---|---|"]
+    rows += [
+        f"| {n} | {100 * t['mean_accuracy']:.2f} | ± {100 * t['ci95']:.2f} |" for n, t in r["tasks"].items()
+    ]
+    rows.append(f"| mean | {100 * r['mean_accuracy']:.2f} | |")
+    return "\n".join(rows)
+
+
+def _section(path: Path, directory: Path) -> Section | None:
+    """One results file's section (None: not one a report shows)."""
     result = read_results(path)
     kind = result.get("experiment", "evaluate")
     rel = path.parent.relative_to(directory)
     if kind in EXPERIMENTS:
-        spec = EXPERIMENTS.get(kind)
-        figs = spec.plots(result, path.parent)
-        return (f"{spec.title} ({rel})", spec.table(result), figs, result.get("config"))
-    if "tasks" in result:
-        rows = ["| target | accuracy (%) | 95 % interval |", "|---|---|---|"]
-        rows += [
-            f"| {n} | {100 * t['mean_accuracy']:.2f} | ± {100 * t['ci95']:.2f} |"
-            for n, t in result["tasks"].items()
-        ]
-        return (f"Evaluation of {result.get('init')} ({rel})", "\n".join(rows), [], None)
+        return _experiment_section(result, path.parent, rel)
+    if "tasks" in result or "by_train_size" in result:
+        return _evaluate_section(result, rel)
     return None
 
 
@@ -93,10 +202,15 @@ def write_report(directory: Path) -> tuple[Path, Path]:
         return _write_report(directory, found, md_path, html_path)
 
 
+SYNTHETIC_CAPTIONS = {
+    "flow_k": "The meta-gradient flow of the synthetic 2-D benchmark at this horizon K.",
+    "compare_k": "Reptile and CTS trajectories of φ on the synthetic 2-D benchmark at this horizon K.",
+    "shift_error": "How far CTS's shifted trajectories are from the ones a restart would have taken.",
+}
+
+
 def _write_report(directory: Path, found: list[Path], md_path: Path, html_path: Path) -> tuple[Path, Path]:
-    sections: list[
-        tuple[str, str, list[Path], dict[str, Any] | None]
-    ] = []  # (title, markdown, figures, config)
+    sections: list[Section] = []
     for path in found:
         try:
             section = _section(path, directory)
@@ -110,32 +224,46 @@ def _write_report(directory: Path, found: list[Path], md_path: Path, html_path: 
         p for p in directory.rglob("*.png") if p.name.startswith(("flow_k", "compare_k", "shift_error"))
     )
     if synthetic:
-        sections.append(("Synthetic benchmark", "", synthetic, None))
+        figures = [
+            (p, next(c for k, c in SYNTHETIC_CAPTIONS.items() if p.name.startswith(k)) + f" ({p.stem})")
+            for p in synthetic
+        ]
+        sections.append(Section("Synthetic benchmark", figures=figures))
     if not sections:
         raise UserError(f"{str(directory)!r} holds no results.json or synthetic figures to report")
-    env = environment()
     md = [MARK_MD, ""]
     page = [
         f"<!doctype html><html><head><meta charset='utf-8'>{MARK_HTML}",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.2em .6em}"
-        "img{max-width:100%}pre{background:#f4f4f4;padding:.6em;overflow:auto}</style></head><body>",
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:.2em .6em}"
+        "img{max-width:100%}figcaption{font-size:.9em;color:#333}"
+        "pre{background:#f4f4f4;padding:.6em;overflow:auto}</style></head><body>",
         "<h1>largemeta report</h1>",
     ]
-    for title, text, figs, cfg in sections:
-        md += [f"## {title}", "", text, ""]
-        page += [f"<h2>{html.escape(title)}</h2>", _md_table_to_html(text)]
-        for fig in figs:
-            md.append(f"![{fig.stem}]({fig.relative_to(directory)})")
+    for section in sections:
+        md += [f"## {section.title}", ""]
+        page.append(f"<h2>{html.escape(section.title)}</h2>")
+        blocks = section.blocks
+        # the figures go after the results, before protocol and environment
+        split = next(
+            (i for i, (kind, text) in enumerate(blocks) if kind == "h3" and text == "Protocol"), None
+        )
+        split = len(blocks) if split is None else split
+        for kind, text in blocks[:split]:
+            md, page = _block(kind, text, md, page)
+        for fig, caption in section.figures:
+            alt = fig.stem.replace("_", " ")
+            md += [f"![{alt}]({fig.relative_to(directory).as_posix()})", "", f"*{caption}*", ""]
             data = base64.b64encode(fig.read_bytes()).decode()
             page.append(
-                f"<figure><img alt='{html.escape(fig.stem)}' src='data:image/png;base64,{data}'>"
-                f"<figcaption>{html.escape(fig.stem)}</figcaption></figure>"
+                f"<figure><img alt='{html.escape(alt, quote=True)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
             )
-        if cfg:
-            text_cfg = json.dumps(cfg, indent=1)
+        for kind, text in blocks[split:]:
+            md, page = _block(kind, text, md, page)
+        if section.config:
+            text_cfg = json.dumps(section.config, indent=1)
             md += [
-                "",
                 "<details><summary>resolved config</summary>",
                 "",
                 "```json",
@@ -147,25 +275,52 @@ def _write_report(directory: Path, found: list[Path], md_path: Path, html_path: 
             page.append(
                 f"<details><summary>resolved config</summary><pre>{html.escape(text_cfg)}</pre></details>"
             )
-    md += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
-    page += ["<h2>Environment</h2><ul>"] + [
-        f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in env.items()
-    ]
-    page.append("</ul></body></html>")
+    page.append("</body></html>")
     atomic_write_text(md_path, "\n".join(md) + "\n")
     atomic_write_text(html_path, "\n".join(page) + "\n")
     return md_path, html_path
 
 
-def _md_table_to_html(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.startswith("|")]
-    if not lines:
-        return f"<p>{html.escape(text)}</p>" if text else ""
+def _block(kind: str, text: str, md: list[str], page: list[str]) -> tuple[list[str], list[str]]:
+    if kind == "h3":
+        return [*md, f"### {text}", ""], [*page, f"<h3>{html.escape(text)}</h3>"]
+    return [*md, text, ""], [*page, markdown_to_html(text)]
+
+
+def markdown_to_html(text: str) -> str:
+    """The Markdown this module writes as HTML: paragraphs, ``- `` lists and ``|`` tables."""
+    out = []
+    for chunk in text.split("\n\n"):
+        lines = [line for line in chunk.splitlines() if line.strip()]
+        if not lines:
+            continue
+        i = 0
+        while i < len(lines):
+            if lines[i].startswith("|"):
+                j = i
+                while j < len(lines) and lines[j].startswith("|"):
+                    j += 1
+                out.append(_table(lines[i:j]))
+            elif lines[i].startswith("- "):
+                j = i
+                while j < len(lines) and lines[j].startswith("- "):
+                    j += 1
+                out.append("<ul>" + "".join(f"<li>{html.escape(x[2:])}</li>" for x in lines[i:j]) + "</ul>")
+            else:
+                j = i
+                while j < len(lines) and not lines[j].startswith(("|", "- ")):
+                    j += 1
+                out.append(f"<p>{html.escape(' '.join(lines[i:j]))}</p>")
+            i = j
+    return "\n".join(out)
+
+
+def _table(lines: list[str]) -> str:
     rows = []
     for i, line in enumerate(lines):
         if set(line) <= set("|-: "):
             continue
-        cells = [c.strip() for c in line.strip("|").split("|")]
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
         tag = "th" if i == 0 else "td"
         rows.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
     return "<table>" + "".join(rows) + "</table>"

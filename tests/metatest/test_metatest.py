@@ -122,6 +122,26 @@ def test_a_streamed_meta_test_gives_the_numbers_of_one_on_the_device(tiny_suite,
     assert results["stream"] == results["device"] == results["auto"]
 
 
+def test_evaluate_records_protocol_and_environment_and_reports(tiny_suite, tmp_path, capsys):
+    base = ["evaluate", "--init", "scratch", "--model", "convnet", "--width", "8", "--channels", "1"]
+    base += ["--suite", str(tiny_suite), "--steps", "2", "--seeds", "2", "--batch-size", "8"]
+    assert main([*base, "--train-size", "35,70", "--out", str(tmp_path / "sizes")]) == 0
+    assert main([*base, "--out", str(tmp_path / "all")]) == 0
+    for name in ("sizes", "all"):
+        result = json.loads((tmp_path / name / "results.json").read_text())
+        assert result["environment"]["device"] == "cpu" and result["environment"]["argv"][:2] == [
+            "largemeta",
+            "evaluate",
+        ]
+        assert result["protocol"]["fine_tuning_steps"] == 2 and result["protocol"]["targets"] == ["target"]
+        assert result["protocol"]["train_size"] == ([35, 70] if name == "sizes" else None)
+        capsys.readouterr()
+        assert main(["report", str(tmp_path / name)]) == 0, capsys.readouterr().err  # not "holds no results"
+        md = (tmp_path / name / "report.md").read_text()
+        assert "Evaluation of scratch" in md and "| target |" in md and "- device: cpu" in md
+        assert ("### 35 training images per target" in md) == (name == "sizes")
+
+
 def test_architecture_mismatch_names_the_tensor(tiny_suite, tiny_config, tmp_path, capsys):
     run = run_tiny(tiny_suite, tiny_config, tmp_path / "run", steps=4)
     code = main(["evaluate", "--init", str(run), "--suite", str(tiny_suite), "--width", "16", "--steps", "2"])
@@ -184,6 +204,41 @@ def test_convergence_and_report(tiny_suite, tiny_config, tmp_path, capsys):
     page = (tmp_path / "exp" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "Convergence" in page
     assert (tmp_path / "exp" / "report.md").exists()
+    # recorded at run time: the environment, the protocol, a paired comparison of every two at each milestone
+    env = result["environment"]
+    assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["python"].count(".") == 2
+    assert set(env) == {"largemeta", "git_commit", "torch", "device", "python", "argv"}
+    assert result["protocol"]["targets"] == ["target"] and result["protocol"]["fine_tuning_seeds"] == 2
+    assert result["protocol"]["train_seeds"] == [cfg.seed] and result["protocol"]["fine_tuning_steps"] == 3
+    found = {(c["a"], c["b"], c["at"]): c for c in result["comparisons"]}
+    assert len(found) == 6 and ("cts", "scratch", "8 steps") in found
+    c = found[("cts", "reptile", "8 steps")]
+    cts, reptile = (
+        result["algorithms"][a]["accuracy"]["8"]["tasks"]["target"]["per_seed"] for a in ("cts", "reptile")
+    )
+    diffs = [x - y for x, y in zip(cts, reptile, strict=True)]  # the same target and seeds: paired
+    assert c["n"] == 2 and c["mean_diff"] == pytest.approx(sum(diffs) / 2) and c["unit"] == "fraction"
+    assert "95 % t-interval over 1 target × 2 fine-tuning seeds of 1 meta-training run" in table(result)
+    assert "cts − reptile at 8 steps" in page
+
+
+def test_convergence_with_two_meta_training_runs(tiny_suite, tiny_config, tmp_path):
+    cfg = from_mapping(tiny_config(tiny_suite, steps=4))
+    settings = EvalSettings(steps=2, seeds=2, batch_size=8)
+    result = convergence(
+        cfg, ["cts", "scratch"], tmp_path / "exp", fractions=(1.0,), settings=settings, train_seeds=2
+    )
+    cts = result["algorithms"]["cts"]
+    assert set(cts["run_dirs"]) == {"0", "1"} and set(cts["losses"]) == {"0", "1"}
+    assert (tmp_path / "exp" / "cts_seed1" / "checkpoint.json").exists()
+    assert cts["accuracy"]["4"]["train_seeds"] == [0, 1]
+    [c] = result["comparisons"]
+    assert (c["a"], c["b"], c["at"], c["n"]) == ("cts", "scratch", "4 steps", 4)
+    assert c["over"] == "1 target × 2 fine-tuning seeds × 2 meta-training runs"
+    assert result["done"] == ["cts @ 4 steps (seed 0)", "cts @ 4 steps (seed 1)", "scratch"]
+    assert main(["report", str(tmp_path / "exp")]) == 0
+    md = (tmp_path / "exp" / "report.md").read_text()
+    assert "× 2 meta-training runs" in md and "- train_seeds: [0, 1]" in md
 
 
 def test_report_of_an_empty_folder_is_an_error(tmp_path, capsys):
@@ -204,6 +259,43 @@ def test_k_ablation_and_its_plot(tiny_suite, tiny_config, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["ks"] == [2, 4] and set(result["algorithms"]["cts"]) == {"2", "4"}
     assert (tmp_path / "kab" / "k_ablation.png").exists() and (tmp_path / "kab" / "reptile_k4").is_dir()
+    assert [(c["a"], c["b"], c["at"]) for c in result["comparisons"]] == [
+        ("cts", "reptile", "K = 2"),
+        ("cts", "reptile", "K = 4"),
+    ]
+    assert main(["report", str(tmp_path / "kab")]) == 0
+    assert "cts − reptile at K = 4" in (tmp_path / "kab" / "report.md").read_text()
+
+
+def test_train_seeds_meta_train_each_algorithm_several_times(tiny_suite, tiny_config, tmp_path, capsys):
+    (tmp_path / "c.toml").write_text("")
+    args = ["experiment", "k-ablation", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "kab")]
+    args += ["--ks", "2", "--algos", "cts,reptile", "--steps", "4", "--eval-steps", "2", "--seeds", "2"]
+    args += ["--eval-batch-size", "8", "--train-seeds", "2", *sets(tiny_config(tiny_suite))]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "95 % t-interval over 1 target × 2 fine-tuning seeds × 2 meta-training runs" in printed
+    result = json.loads((tmp_path / "kab" / "results.json").read_text())
+    assert result["protocol"]["train_seeds"] == [0, 1] and result["request"]["train_seeds"] == 2
+    for algo in ("cts", "reptile"):
+        assert (tmp_path / "kab" / f"{algo}_k2_seed0").is_dir() and (
+            tmp_path / "kab" / f"{algo}_k2_seed1"
+        ).is_dir()
+        merged = result["algorithms"][algo]["2"]
+        assert merged["train_seeds"] == [0, 1] and len(merged["tasks"]["target"]["per_seed"]) == 4
+    # each run is the meta-training with its seed, and the two runs of an algorithm differ
+    from largemeta.runs.weights import load_weights
+
+    first, second = (load_weights(tmp_path / "kab" / f"cts_k2_seed{s}") for s in (0, 1))
+    assert (first.config["seed"], second.config["seed"]) == (0, 1)
+    assert any(not torch.equal(first.phi[k], second.phi[k]) for k in first.phi)
+    assert set(result["algorithms"]["cts"]["2"]["runs"]) == {"0", "1"}
+    [c] = result["comparisons"]
+    assert c["n"] == 4 and c["over"] == "1 target × 2 fine-tuning seeds × 2 meta-training runs"
+    assert len(result["done"]) == 4
+    # run again: every part done before is skipped
+    assert main(args) == 0
+    assert json.loads((tmp_path / "kab" / "results.json").read_text())["comparisons"] == result["comparisons"]
 
 
 def test_tune_picks_beta_on_meta_training_tasks_only(tiny_suite, tiny_config, tmp_path, capsys):
@@ -248,7 +340,15 @@ def test_tune_picks_beta_on_meta_training_tasks_only(tiny_suite, tiny_config, tm
         assert set(val) == {"0.01", "1"} and result["best"][algo] == max(val, key=val.get)
     assert set(result["test"]) == {"cts", "reptile", "scratch"}
     assert "| cts |" in table(result)
+    # compared at each one's best β, on the meta-test targets
+    assert [(c["a"], c["b"], c["at"], c["n"]) for c in result["comparisons"]] == [
+        ("cts", "reptile", "each one's best β", 2),
+        ("cts", "scratch", "each one's best β", 2),
+        ("reptile", "scratch", "each one's best β", 2),
+    ]
+    assert result["protocol"]["validation"]["train_size"] == 16 and result["protocol"]["betas"] == [0.01, 1.0]
     assert main(["report", str(tmp_path / "tune")]) == 0
+    assert "cts − reptile at each one's best β" in (tmp_path / "tune" / "report.md").read_text()
 
 
 def test_pretrained_experiment(tiny_suite, tiny_config, tmp_path, capsys):
@@ -290,6 +390,13 @@ def test_pretrained_experiment(tiny_suite, tiny_config, tmp_path, capsys):
         "16",
     }
     assert "gain of cts" in table(result) and (tmp_path / "pre" / "pretrained.png").exists()
+    assert [(c["a"], c["b"], c["at"]) for c in result["comparisons"]] == [
+        ("cts", "finetune", "8 images"),
+        ("cts", "finetune", "16 images"),
+    ]
+    assert result["protocol"]["train_size"] == [8, 16]
+    assert main(["report", str(tmp_path / "pre")]) == 0
+    assert "cts − finetune at 16 images" in (tmp_path / "pre" / "report.md").read_text()
     # the baseline is plain fine-tuning of the given model: the protocol run on it directly gives the same
     # numbers
     from largemeta.data.tasks import load_suite

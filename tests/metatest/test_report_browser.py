@@ -1,4 +1,6 @@
-"""The HTML report in a real browser: headless Chromium loads it, every plot decodes, the console stays clean.
+"""The HTML report in a real browser: headless Chromium loads it, every plot decodes, the console stays clean
+— for a report of every kind of results folder at once (each experiment, the demo, evaluate with and without
+``--train-size``), whose rendered text carries each kind's verdicts, protocol and environment.
 
 Marked ``browser``; skipped where Debian's ``chromium`` is not installed (``apt-get install chromium``).
 """
@@ -7,6 +9,7 @@ import json
 import shutil
 import subprocess
 
+import fake_results
 import pytest
 
 from largemeta.report import write_report
@@ -44,10 +47,8 @@ def fake_convergence(folder):
     (folder / "results.json").write_text(json.dumps(result))
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")
-def test_report_renders_in_headless_chromium(tmp_path):
-    fake_convergence(tmp_path / "exp")
-    _, page = write_report(tmp_path / "exp")
+def rendered(tmp_path, page):
+    """The page's DOM after headless Chromium loaded it, its probe (images, loaded, errors) and console."""
     probed = tmp_path / "probed.html"
     probed.write_text(page.read_text().replace("<head>", "<head>" + PROBE, 1))
     out = subprocess.run(
@@ -74,7 +75,43 @@ def test_report_renders_in_headless_chromium(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     marker = out.stdout.split('data-probe="', 1)[1].split('"', 1)[0].replace("&quot;", '"')
-    probe = json.loads(marker)
-    assert probe["images"] == 2 and probe["loaded"] == 2 and probe["errors"] == []
     console = [line for line in out.stderr.splitlines() if "CONSOLE" in line]
+    return out.stdout, json.loads(marker), console
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")
+def test_report_renders_in_headless_chromium(tmp_path):
+    fake_convergence(tmp_path / "exp")
+    _, page = write_report(tmp_path / "exp")
+    _, probe, console = rendered(tmp_path, page)
+    assert probe["images"] == 2 and probe["loaded"] == 2 and probe["errors"] == []
     assert not console, console
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")
+def test_a_report_of_every_kind_renders_in_headless_chromium(tmp_path):
+    for name, make in fake_results.KINDS.items():
+        make(tmp_path / "all" / name)
+    _, page = write_report(tmp_path / "all")
+    dom, probe, console = rendered(tmp_path, page)
+    # convergence 2 + demo 2 + k-ablation 1 + pretrained 1 figures (tune and evaluate have none)
+    assert probe["images"] == 6 and probe["loaded"] == 6 and probe["errors"] == []
+    assert not console, console
+    titles = [h.split(">", 1)[1].split("</h2>", 1)[0] for h in dom.split("<h2")[1:]]
+    assert titles == [
+        "Convergence (convergence)",
+        "Demo: Convergence (demo)",
+        "Evaluation of x (evaluate)",
+        "Evaluation of run (evaluate-sizes)",
+        "K ablation (k-ablation)",
+        "Meta-training on a pretrained start (pretrained)",
+        "Fair tuning: each algorithm at its best β (tune)",
+    ]
+    assert dom.count("<h3>Environment</h3>") == 7 and dom.count("recorded-device-xyz") == 7
+    for verdict in (
+        "cts − scratch at 10 steps: +10.0 points",
+        "cts − reptile at K = 2: +5.0 points",
+        "cts − finetune at 8 images: +5.0 points",
+        "reptile − scratch at each one's best β: +7.0 points",
+    ):
+        assert verdict in dom

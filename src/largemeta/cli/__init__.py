@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
-from largemeta import __version__, console
+from largemeta import __version__, console, provenance
 from largemeta.errors import Preempted, UserError
 
 # Command-group modules, in the order their help lists them.
@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from largemeta import signals
 
     raw = list(sys.argv[1:] if argv is None else argv)
+    provenance.set_command_line(["largemeta", *raw])
     parsed: list[argparse.Namespace] = []
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:

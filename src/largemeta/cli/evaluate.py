@@ -109,6 +109,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from largemeta.devices import resolve_device
     from largemeta.files import atomic_write_text
     from largemeta.metatest import check_init, load_init
+    from largemeta.provenance import environment
     from largemeta.runs.claim import accept_results, claim
     from largemeta.runs.names import RESULTS
 
@@ -167,7 +168,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
             else {"init": init.name, "by_train_size": {str(n): r for n, r in runs.items()}}
         )
         if out is not None:
-            atomic_write_text(out / RESULTS, json.dumps(result, indent=2) + "\n")
+            recorded = {
+                **result,
+                "protocol": _protocol(args, specs, sizes),
+                "environment": environment(device),
+            }
+            atomic_write_text(out / RESULTS, json.dumps(recorded, indent=2) + "\n")
         params = {"command": "evaluate", "init": init.name, "steps": args.steps, "seeds": args.seeds}
         params.update(batch_size=args.batch_size, train_size=args.train_size or "all", device=str(device))
         trackers.log_results(tracked, out, params, result)
@@ -181,6 +187,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
             print(f"  {name:<20} {100 * t['mean_accuracy']:6.2f} % ± {100 * t['ci95']:.2f}")
         print(f"  {'mean':<20} {100 * r['mean_accuracy']:6.2f} %")
     return 0
+
+
+def _protocol(args: argparse.Namespace, specs, sizes: list[int | None]) -> dict:
+    """The ``protocol`` record of evaluate's results file."""
+    from largemeta.metatest import FINE_TUNING
+
+    return {
+        "targets": [s.name for s in specs],
+        "fine_tuning_steps": args.steps,
+        "fine_tuning_seeds": args.seeds,
+        "batch_size": args.batch_size,
+        "train_size": sizes[0] if sizes == [None] else sizes,
+        "fine_tuning": FINE_TUNING,
+    }
 
 
 def _evaluate(args: argparse.Namespace, init, specs, sizes, device) -> dict:

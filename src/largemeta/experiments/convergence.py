@@ -18,10 +18,15 @@ from largemeta.experiments.spec import (
     EvalSettings,
     Experiment,
     Part,
+    Point,
     cell,
     check_algos,
     drive,
     grid,
+    protocol_of,
+    seed_suffix,
+    store,
+    train_seeds_of,
 )
 
 
@@ -35,11 +40,14 @@ def convergence(
     device: str | None = None,
     log=lambda s: None,
     command: str = "experiment convergence",
+    train_seeds: int = 1,
 ) -> dict[str, Any]:
     """Train each algorithm at an equal budget of ``cfg.steps`` inner steps per task; evaluate at
     milestones (``fractions`` of the budget; ``scratch`` is the random init, evaluated once). Training and
-    evaluation run on ``device`` (default: the config's). Each trained algorithm's entry records φ's
-    meta-updates at each milestone; a milestone before the first meta-update is warned about up front."""
+    evaluation run on ``device`` (default: the config's). Each algorithm is meta-trained ``train_seeds``
+    times (seeds ``cfg.seed``, ``cfg.seed + 1``, …; run folders ``ALGO_seedS`` when more than once). Each
+    trained algorithm's entry records φ's meta-updates at each milestone; a milestone before the first
+    meta-update is warned about up front."""
     from largemeta.experiments.protocol import (
         loss_curve,
         milestones_of,
@@ -63,6 +71,7 @@ def convergence(
             fix = f"raise --steps so that each milestone reaches {{every}} steps, or {lower_hint(trained)}"
             budget = f"milestone{{s}} {{steps}} of --steps {cfg.steps}"
             warnings.append(without_meta_update(trained, milestones, budget=budget, fix=fix))
+    seeds = train_seeds_of(cfg, train_seeds)
 
     def parts(result: dict[str, Any]) -> Iterator[Part]:
         for algo in algos:
@@ -79,31 +88,56 @@ def convergence(
 
                 yield "scratch", evaluate_scratch
                 continue
-            run_dir = out / algo
-            entry["run_dir"] = str(run_dir)
-            updates = entry.setdefault("meta_updates", {})  # milestone -> φ's meta-updates there
-            for m in milestones:
+            for seed in seeds:
+                run_dir = out / f"{algo}{seed_suffix(seed, train_seeds)}"
+                if train_seeds == 1:
+                    entry["run_dir"] = str(run_dir)
+                else:
+                    entry.setdefault("run_dirs", {})[str(seed)] = str(run_dir)
+                updates = entry.setdefault("meta_updates", {})  # milestone -> φ's meta-updates there
+                for m in milestones:
 
-                def train_and_score(algo=algo, entry=entry, updates=updates, run_dir=run_dir, m=m) -> None:
-                    started = time.perf_counter()
-                    log(f"{algo}: training to {m} inner steps")
-                    updates[str(m)] = train_to(dataclasses.replace(cfg, algo=algo), run_dir, m)
-                    init = load_init(str(run_dir), model=cfg.model)
-                    entry["accuracy"][str(m)] = settings.score(init, specs, cfg, device=cfg.device)
-                    entry["loss"] = loss_curve(run_dir)
-                    mean = entry["accuracy"][str(m)]["mean_accuracy"]
-                    log(f"{algo} @ {m}: mean accuracy {100 * mean:.2f} % ({updates[str(m)]} meta-updates)")
-                    _timed(entry, started)
+                    def train_and_score(
+                        algo=algo, entry=entry, updates=updates, run_dir=run_dir, m=m, seed=seed
+                    ) -> None:
+                        started = time.perf_counter()
+                        what = algo if train_seeds == 1 else f"{algo} (seed {seed})"
+                        log(f"{what}: training to {m} inner steps")
+                        updates[str(m)] = train_to(dataclasses.replace(cfg, algo=algo, seed=seed), run_dir, m)
+                        init = load_init(str(run_dir), model=cfg.model)
+                        scored = settings.score(init, specs, cfg, device=cfg.device)
+                        store(entry["accuracy"], str(m), seed, train_seeds, scored)
+                        if train_seeds == 1:
+                            entry["loss"] = loss_curve(run_dir)
+                        else:
+                            entry.setdefault("losses", {})[str(seed)] = loss_curve(run_dir)
+                        mean = 100 * scored["mean_accuracy"]
+                        log(f"{what} @ {m}: mean accuracy {mean:.2f} % ({updates[str(m)]} meta-updates)")
+                        _timed(entry, started)
 
-                yield f"{algo} @ {m} steps", train_and_score
+                    label = f"{algo} @ {m} steps" + (f" (seed {seed})" if train_seeds > 1 else "")
+                    yield label, train_and_score
 
     request = {
         "algos": list(algos),
         "milestones": milestones,
         "eval": dataclasses.asdict(settings),
+        **({"train_seeds": train_seeds} if train_seeds > 1 else {}),
     }
-    empty = {"algorithms": {}}
-    return drive("convergence", cfg, out, request, empty, parts, log=log, command=command, warnings=warnings)
+    protocol = protocol_of(settings, specs, cfg, seeds, milestones=milestones)
+    return drive(
+        "convergence",
+        cfg,
+        out,
+        request,
+        {"algorithms": {}},
+        parts,
+        log=log,
+        command=command,
+        device=cfg.device,
+        warnings=warnings,
+        protocol=protocol,
+    )
 
 
 def _timed(entry: dict[str, Any], started: float) -> None:
@@ -131,10 +165,56 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
         out / "convergence_accuracy.png",
     )
     curves = {
-        a: [(r["step"], r["mean_loss"]) for r in e.get("loss", []) if r.get("mean_loss")]
+        a: [(r["step"], r["mean_loss"]) for r in _first_loss(e) if r.get("mean_loss")]
         for a, e in result["algorithms"].items()
     }
     return [acc, loss_plot(curves, "Meta-training loss", out / "convergence_loss.png")]
+
+
+def _first_loss(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The loss curve of the algorithm's (first) meta-training run."""
+    if "losses" in entry:
+        return entry["losses"][min(entry["losses"], key=int)] if entry["losses"] else []
+    return entry.get("loss", [])
+
+
+def points(result: dict[str, Any]) -> list[Point]:
+    return [
+        (f"{m} steps", {a: e["accuracy"].get(str(m)) for a, e in result["algorithms"].items()})
+        for m in result["milestones"]
+    ]
+
+
+def caption(result: dict[str, Any], name: str) -> str:
+    protocol = result.get("protocol") or {}
+    over = _over(protocol)
+    if name == "convergence_accuracy.png":
+        return (
+            "Meta-test accuracy of each algorithm's φ (fine-tuned on the held-out targets, averaged over "
+            f"them) against the cumulative inner steps per meta-training task it was trained for; bars: 95 % "
+            f"t-interval over {over}. Scratch is the random initialization (not meta-trained). Two "
+            "algorithms' bars may overlap where their paired difference is significant: the paired "
+            "comparisons above say which differences are."
+        )
+    if name == "convergence_loss.png":
+        return (
+            "Mean meta-training loss over the meta-training tasks against cumulative inner steps per task"
+            + (
+                " (the first meta-training seed's run)."
+                if len(protocol.get("train_seeds") or []) > 1
+                else "."
+            )
+        )
+    return ""
+
+
+def _over(protocol: dict[str, Any]) -> str:
+    seeds = protocol.get("fine_tuning_seeds")
+    runs = len(protocol.get("train_seeds") or [0])
+    if seeds is None:
+        return "seeds"
+    text = f"{seeds} fine-tuning seed{'s' if seeds != 1 else ''} (target-averaged)"
+    return text + (f" × {runs} meta-training runs" if runs > 1 else "")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -155,6 +235,7 @@ def from_args(cfg, args: argparse.Namespace, common: Common) -> dict[str, Any]:
         settings=common.settings,
         device=common.device,
         log=common.log,
+        train_seeds=common.train_seeds,
     )
 
 
@@ -169,5 +250,7 @@ EXPERIMENTS.add(
         from_args=from_args,
         table=table,
         plots=plots,
+        points=points,
+        caption=caption,
     ),
 )

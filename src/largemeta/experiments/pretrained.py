@@ -18,10 +18,15 @@ from largemeta.experiments.spec import (
     EvalSettings,
     Experiment,
     Part,
+    Point,
     cell,
     drive,
     grid,
     overall,
+    protocol_of,
+    seed_suffix,
+    store,
+    train_seeds_of,
 )
 
 
@@ -35,44 +40,76 @@ def pretrained(
     device: str | None = None,
     log=lambda s: None,
     command: str = "experiment pretrained",
+    train_seeds: int = 1,
 ) -> dict[str, Any]:
     """``init`` is fine-tuned directly (the baseline) and used as the starting φ of meta-training with
-    ``cfg.algo`` (CTS by default); both are evaluated on the meta-test targets sub-sampled to each size.
-    Training and evaluation run on ``device`` (default: the config's); ``meta_updates[algo]`` records φ's
-    meta-updates (a budget without one is warned about up front)."""
+    ``cfg.algo`` (CTS by default; ``train_seeds`` runs, seeds ``cfg.seed``, ``cfg.seed + 1``, …); both are
+    evaluated on the meta-test targets sub-sampled to each size. Training and evaluation run on ``device``
+    (default: the config's); ``meta_updates[algo]`` records φ's meta-updates (a budget without one is warned
+    about up front)."""
     from largemeta.experiments.protocol import on_device, targets_of, train_to, without_meta_update
     from largemeta.metatest import load_init
     from largemeta.train.budget import lower_hint
 
     cfg = on_device(cfg, device)
     specs = targets_of(cfg, settings.targets)
-    run_dir = out / cfg.algo
+    seeds = train_seeds_of(cfg, train_seeds)
+    run_dirs = {seed: out / f"{cfg.algo}{seed_suffix(seed, train_seeds)}" for seed in seeds}
     fix = f"raise --steps to >= {{every}} or {lower_hint(cfg)}"
     warning = without_meta_update(cfg, [cfg.steps], budget="--steps {steps}", fix=fix)
 
     def parts(result: dict[str, Any]) -> Iterator[Part]:
-        def meta_train() -> None:
-            log(f"meta-training {cfg.algo} from {init}")
-            count = train_to(dataclasses.replace(cfg, init=init), run_dir, cfg.steps)
-            result.setdefault("meta_updates", {})[cfg.algo] = count
+        for seed, run_dir in run_dirs.items():
+            label = f"meta-training {cfg.algo}" + (f" (seed {seed})" if train_seeds > 1 else "")
 
-        yield f"meta-training {cfg.algo}", meta_train
-        for name, source in {"finetune": init, cfg.algo: str(run_dir)}.items():
+            def meta_train(seed=seed, run_dir=run_dir, label=label) -> None:
+                log(f"{label} from {init}")
+                count = train_to(dataclasses.replace(cfg, init=init, seed=seed), run_dir, cfg.steps)
+                result.setdefault("meta_updates", {})[cfg.algo] = count
+
+            yield label, meta_train
+        sources = {("finetune", None): init, **{(cfg.algo, s): str(d) for s, d in run_dirs.items()}}
+        for (name, seed), source in sources.items():
             by_size = result["algorithms"].setdefault(name, {})
             start: list[Any] = []  # loaded once, by the first part that needs it
             for n in sizes:
+                label = f"{name}, {n} training images per target"
+                label += f" (seed {seed})" if seed is not None and train_seeds > 1 else ""
 
-                def score(name=name, source=source, by_size=by_size, start=start, n=n) -> None:
-                    log(f"{name}, {n} training images per target")
+                def score(
+                    name=name, seed=seed, source=source, by_size=by_size, start=start, n=n, label=label
+                ):
+                    log(label)
                     start[:] = start or [load_init(source, model=cfg.model)]
                     sized = dataclasses.replace(settings, train_size=n)
-                    by_size[str(n)] = sized.score(start[0], specs, cfg, device=cfg.device)
+                    scored = sized.score(start[0], specs, cfg, device=cfg.device)
+                    if seed is None:
+                        by_size[str(n)] = scored
+                    else:
+                        store(by_size, str(n), seed, train_seeds, scored)
 
-                yield f"{name}, {n} training images per target", score
+                yield label, score
 
-    request = {"init": init, "sizes": list(sizes), "eval": dataclasses.asdict(settings)}
-    empty = {"algorithms": {}, "meta_updates": {}}
-    return drive("pretrained", cfg, out, request, empty, parts, log=log, command=command, warnings=[warning])
+    request = {
+        "init": init,
+        "sizes": list(sizes),
+        "eval": dataclasses.asdict(settings),
+        **({"train_seeds": train_seeds} if train_seeds > 1 else {}),
+    }
+    protocol = protocol_of(settings, specs, cfg, seeds, train_size=list(sizes))
+    return drive(
+        "pretrained",
+        cfg,
+        out,
+        request,
+        {"algorithms": {}, "meta_updates": {}},
+        parts,
+        log=log,
+        command=command,
+        device=cfg.device,
+        warnings=[warning],
+        protocol=protocol,
+    )
 
 
 def table(result: dict[str, Any]) -> str:
@@ -99,6 +136,26 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
     return [accuracy_plot(series, "training images per target", title, out / "pretrained.png")]
 
 
+def points(result: dict[str, Any]) -> list[Point]:
+    """Each size, the meta-trained φ first: its comparison reads as the gain over plain fine-tuning."""
+    names = sorted(result["algorithms"], key=lambda name: name == "finetune")
+    return [
+        (f"{n} images", {name: result["algorithms"][name].get(str(n)) for name in names})
+        for n in result["sizes"]
+    ]
+
+
+def caption(result: dict[str, Any], name: str) -> str:
+    p = result.get("protocol") or {}
+    runs = len(p.get("train_seeds") or [0])
+    return (
+        f"Meta-test accuracy (averaged over the held-out targets) of {result.get('init')} fine-tuned "
+        "directly (finetune) and after meta-training on top of it, against the number of training images per "
+        "target; bars: 95 % t-interval over fine-tuning seeds"
+        + (f" × {runs} meta-training runs." if runs > 1 else ".")
+    )
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", required=True, help="RUN_DIR, FILE.safetensors or torchvision:resnet18")
     p.add_argument("--sizes", type=comma_ints, default="500,1000,2000,5000", help="target training-set sizes")
@@ -109,7 +166,14 @@ def from_args(cfg, args: argparse.Namespace, common: Common) -> dict[str, Any]:
         raise UserError(f"experiment pretrained meta-trains one algorithm, got --algos {args.algos!r}")
     cfg = dataclasses.replace(cfg, algo=common.algos[0])
     return pretrained(
-        cfg, args.init, args.sizes, common.out, settings=common.settings, device=common.device, log=common.log
+        cfg,
+        args.init,
+        args.sizes,
+        common.out,
+        settings=common.settings,
+        device=common.device,
+        log=common.log,
+        train_seeds=common.train_seeds,
     )
 
 
@@ -124,5 +188,7 @@ EXPERIMENTS.add(
         from_args=from_args,
         table=table,
         plots=plots,
+        points=points,
+        caption=caption,
     ),
 )

@@ -40,7 +40,15 @@ class Record:
     ``skeleton`` (which holds ``request``); a folder holding the results of the same request is continued; any
     other folder is refused in one line before anything is written."""
 
-    def __init__(self, out: Path, skeleton: dict[str, Any], log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        out: Path,
+        skeleton: dict[str, Any],
+        log: Callable[[str], None],
+        *,
+        environment: dict[str, Any] | None = None,
+        protocol: dict[str, Any] | None = None,
+    ) -> None:
         self.out, self.log = Path(out), log
         skeleton = json.loads(json.dumps(skeleton))  # what the file will hold, lists for tuples
         request = skeleton["request"]
@@ -77,9 +85,19 @@ class Record:
                 self.result = read_results(self.out / RESULTS)
                 done = self.result.setdefault("done", [])
                 self.result["complete"] = False
+                if environment is not None and self.result.get("environment") != environment:
+                    # a continuation elsewhere (or by another version): each environment is kept
+                    if "environment" not in self.result:
+                        self.result["environment"] = environment
+                    elif environment not in self.result.setdefault("continued_in", []):
+                        self.result["continued_in"].append(environment)
+                if protocol is not None:
+                    self.result["protocol"] = protocol
                 log(f"continuing the experiment in {self.out}: {len(done)} part(s) done before")
             else:
-                self.result = {**skeleton, "done": [], "complete": False}
+                extra = {"environment": environment} if environment is not None else {}
+                extra.update({"protocol": protocol} if protocol is not None else {})
+                self.result = {**skeleton, **extra, "done": [], "complete": False}
                 self.save()
             self._held = held.pop_all()  # the log file and the claim, released by close()
 
@@ -127,6 +145,7 @@ def _settings_shown(request: dict[str, Any], device: str | None = None) -> dict[
             "K": cfg.get("k"),
             "β": cfg.get("meta_lr"),
             "eval": f"{ev['steps']} steps x {ev['seeds']} seeds",
+            "train seeds": request.get("train_seeds"),
         }
     )
     return shown

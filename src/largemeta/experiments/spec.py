@@ -17,13 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 from largemeta.errors import UserError
 from largemeta.registry import Registry
-from largemeta.stats import ci95
+from largemeta.stats import ci95, paired
 
 if TYPE_CHECKING:  # this module is read by the command line's start-up, which must not import torch
     from largemeta.data.tasks import TaskSpec
     from largemeta.metatest import Init
     from largemeta.train.config import TrainConfig
 
+Point = tuple[str, dict[str, "dict[str, Any] | None"]]
+"""A point of comparison: its label (``"3000 steps"``) and each algorithm's meta-test result there."""
+UNTRAINED = ("scratch", "finetune")
+"""The baselines that are not meta-trained: measured once, whatever the number of meta-training seeds."""
 Part = tuple[str, Callable[[], None]]
 """A part of an experiment: its label (what ``results.json`` lists as done) and the work that does it."""
 
@@ -38,6 +42,8 @@ class Common:
     device: str | None
     """Where the experiment trains and fine-tunes (``--device``; None: the config's device)."""
     log: Callable[[str], None]
+    train_seeds: int = 1
+    """How many times each algorithm is meta-trained (seeds ``seed``, ``seed + 1``, …)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +65,11 @@ class Experiment:
     """A Markdown table of the results (a part not finished yet is an empty cell)."""
     plots: Callable[[dict[str, Any], Path], list[Path]] = lambda result, out: []
     """Its figures, written into ``out``."""
+    points: Callable[[dict[str, Any]], list[Point]] = lambda result: []
+    """Where the algorithms are compared: each milestone, K, size… with every algorithm's meta-test result
+    there (None: not measured yet); the paired comparisons are made at each."""
+    caption: Callable[[dict[str, Any], str], str] = lambda result, name: ""
+    """The report's caption of the figure file ``name``."""
 
 
 EXPERIMENTS: Registry[Experiment] = Registry("experiment")
@@ -111,6 +122,8 @@ def drive(
     log: Callable[[str], None],
     command: str,
     warnings: Sequence[str | None] = (),
+    device: str = "cpu",
+    protocol: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run experiment ``name`` into ``out/results.json``.
 
@@ -118,10 +131,13 @@ def drive(
     ``"request"`` and, but for ``algos``, at the top level too); ``empty`` the result's containers;
     ``parts(result)`` yields the parts in order, lazily, so that a part may depend on the results of the
     parts before it. ``warnings`` (None: nothing to say) are logged as WARNING lines before the first part,
-    into the folder's log.txt too."""
+    into the folder's log.txt too. ``protocol`` (how φ is scored, :func:`protocol_of`) and the
+    ``environment`` of this process (:func:`largemeta.provenance.environment`) are recorded beside them; after
+    every part the paired comparisons (:func:`comparisons`) are brought up to date."""
     from largemeta.console import log as console
     from largemeta.experiments.protocol import request_config
     from largemeta.experiments.record import Record
+    from largemeta.provenance import environment
 
     skeleton: dict[str, Any] = {
         "experiment": name,
@@ -130,20 +146,195 @@ def drive(
         **{k: v for k, v in request.items() if k != "algos"},
         **empty,
     }
-    with Record(out, skeleton, log) as record:
+    with Record(out, skeleton, log, environment=environment(device), protocol=protocol) as record:
         for warning in filter(None, warnings):
             console.warning(warning)
         for label, work in parts(record.result):
             if record.done(label):
                 continue
             work()
+            record.result["comparisons"] = comparisons(record.result)
             record.finish(label)
     return record.result
 
 
+def train_seeds_of(cfg: TrainConfig, n: int) -> list[int]:
+    """The seeds of ``n`` meta-training runs of each algorithm: the config's seed, then the next ones."""
+    if n < 1:
+        raise UserError(f"--train-seeds must be >= 1, got {n}")
+    return [cfg.seed + j for j in range(n)]
+
+
+def seed_suffix(seed: int, n: int) -> str:
+    """The run folder's suffix of the meta-training run with ``seed`` (none when each trains once)."""
+    return "" if n == 1 else f"_seed{seed}"
+
+
+def store(slot: dict[str, Any], key: str, seed: int, n: int, result: dict[str, Any]) -> None:
+    """Put the meta-test ``result`` of the run meta-trained with ``seed`` (of ``n``) in ``slot[key]``: as it
+    is when each algorithm trains once, else merged with the other runs' (:func:`merge_runs`)."""
+    if n == 1:
+        slot[key] = result
+        return
+    runs = dict(slot[key]["runs"]) if isinstance(slot.get(key), dict) and "runs" in slot[key] else {}
+    runs[str(seed)] = result
+    slot[key] = merge_runs(runs)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def merge_runs(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The meta-test results of several meta-training runs (by seed) as one result of the same shape: each
+    target's ``per_seed`` runs over (meta-training seed, fine-tuning seed), seeds in order; ``runs`` keeps
+    each run's own result and ``train_seeds`` says which are in."""
+    order = sorted(runs, key=int)
+    first = runs[order[0]]
+    tasks = {}
+    for name in first["tasks"]:
+        per_seed = [v for seed in order for v in runs[seed]["tasks"][name]["per_seed"]]
+        curves = [runs[seed]["tasks"][name]["curve"] for seed in order]
+        tasks[name] = {
+            "mean_accuracy": _mean(per_seed),
+            "ci95": ci95(per_seed),
+            "per_seed": per_seed,
+            "curve": {k: _mean([c[k] for c in curves]) for k in curves[0]},
+        }
+    return {
+        **{k: first.get(k) for k in ("init", "steps", "seeds", "train_size")},
+        "train_seeds": [int(seed) for seed in order],
+        "tasks": tasks,
+        "mean_accuracy": _mean([t["mean_accuracy"] for t in tasks.values()]),
+        "runs": runs,
+    }
+
+
+def protocol_of(
+    settings: EvalSettings, targets: list[TaskSpec], cfg: TrainConfig, train_seeds: list[int], **more: Any
+) -> dict[str, Any]:
+    """The ``protocol`` record of a results file: how φ is meta-trained and scored."""
+    from largemeta.metatest import FINE_TUNING
+
+    return {
+        "meta_training_steps": cfg.steps,
+        "train_seeds": train_seeds,
+        "targets": [t.name for t in targets],
+        "fine_tuning_steps": settings.steps,
+        "fine_tuning_seeds": settings.seeds,
+        "batch_size": settings.batch_size,
+        "train_size": settings.train_size,
+        "fine_tuning": FINE_TUNING,
+        **more,
+    }
+
+
 def table(result: dict[str, Any]) -> str:
-    """The Markdown table of any experiment's results."""
-    return EXPERIMENTS.get(result["experiment"]).table(result)
+    """The Markdown table of any experiment's results, with the paired verdicts below it."""
+    text = EXPERIMENTS.get(result["experiment"]).table(result)
+    footer = verdicts(result)
+    return text + ("\n\n" + "\n".join(footer) if footer else "")
+
+
+def _samples(r: dict[str, Any]) -> dict[tuple[str | None, str, int], float]:
+    """A meta-test result's accuracies by (meta-training seed or None, target, fine-tuning seed)."""
+    runs = r.get("runs") or {None: r}
+    return {
+        (seed, target, s): value
+        for seed, run in runs.items()
+        for target, task in run["tasks"].items()
+        for s, value in enumerate(task["per_seed"])
+    }
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def compare(a: str, ra: dict[str, Any], b: str, rb: dict[str, Any], at: str) -> dict[str, Any]:
+    """The paired comparison of ``a`` and ``b`` at ``at``: differences of accuracy (fractions) over the
+    (meta-training seed, target, fine-tuning seed) units both were measured on. Each meta-test fine-tunes
+    every initialization on the same targets with the same seeds (the same images, subsets, batches and
+    heads), so the accuracies pair up; a baseline that is not meta-trained pairs with every run."""
+    if any(ra.get(k) != rb.get(k) for k in ("steps", "train_size")):
+        raise ValueError(f"{a} and {b} at {at} were scored with different protocols: not paired")
+    sa, sb = _samples(ra), _samples(rb)
+
+    def lookup(samples: dict, unit: tuple) -> float | None:
+        return samples[unit] if unit in samples else samples.get((None, *unit[1:]))
+
+    candidates = list(dict.fromkeys([*sa, *sb]))
+    if any(u[0] is not None for u in candidates):
+        candidates = [u for u in candidates if u[0] is not None]
+    units = [u for u in candidates if lookup(sa, u) is not None and lookup(sb, u) is not None]
+    xs, ys = [lookup(sa, u) for u in units], [lookup(sb, u) for u in units]
+    record = {"a": a, "b": b, "at": at, **paired(xs, ys), "unit": "fraction"}
+    train = len({k[0] for k in units if k[0] is not None})
+    targets, seeds = len({k[1] for k in units}), len({k[2] for k in units})
+    over = f"{_plural(targets, 'target')} × {_plural(seeds, 'fine-tuning seed')}"
+    if train > 1:
+        over += f" × {_plural(train, 'meta-training run')}"
+    elif not (a in UNTRAINED and b in UNTRAINED):
+        over += " of 1 meta-training run"
+    return {**record, "over": over}
+
+
+def comparisons(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every two algorithms compared at every point of the experiment (:attr:`Experiment.points`) where
+    both were measured: ``a``, ``b``, ``at``, ``mean_diff`` (a − b, a fraction of test images like the
+    accuracies), ``ci95`` ([low, high]: the 95 % paired t-interval; None under two pairs), ``n`` (pairs),
+    ``unit`` and ``over`` (what the pairs run over)."""
+    spec = EXPERIMENTS.get(result["experiment"])
+    out = []
+    for at, by_name in spec.points(result):
+        names = [n for n, r in by_name.items() if r is not None]
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                try:
+                    out.append(compare(a, by_name[a], b, by_name[b], at))
+                except ValueError:
+                    continue
+    return out
+
+
+def verdict(c: dict[str, Any]) -> str:
+    """One sentence the comparison supports, and no more."""
+    text = f"{c['a']} − {c['b']} at {c['at']}: "
+    if c["mean_diff"] is None:
+        return text + "no pairs"
+    text += f"{100 * c['mean_diff']:+.1f} points"
+    if c["ci95"] is None:
+        return text + f", {_plural(c['n'], 'pair')}: too few pairs for an interval"
+    low, high = (100 * v for v in c["ci95"])
+    text += f", 95 % CI [{_bound(low)}, {_bound(high)}], {_plural(c['n'], 'pair')}"
+    if low <= 0 <= high:
+        return text + ": no significant difference"
+    return text + f": {c['a'] if low > 0 else c['b']} higher"
+
+
+def _bound(points: float) -> str:
+    """An interval's end in points: one decimal, or two where one would read as 0 while it is not."""
+    return f"{points:.1f}" if round(points, 1) != 0 or points == 0 else f"{points:.2f}"
+
+
+def verdicts(result: dict[str, Any]) -> list[str]:
+    """The verdicts of the results' paired comparisons (those stored, else worked out from the results),
+    under a line that says what each interval is over."""
+    found = result.get("comparisons")
+    if found is None:
+        found = comparisons(result)
+    if not found:
+        return []
+    lines: list[str] = []
+    for over in dict.fromkeys(c.get("over", "") for c in found):
+        lines += [""] if lines else []
+        lines.append(
+            f"Paired differences a − b in accuracy points (95 % t-interval over {over}; the same targets "
+            "and fine-tuning seeds for every algorithm):"
+        )
+        lines.append("")
+        lines += [f"- {verdict(c)}" for c in found if c.get("over", "") == over]
+    return lines
 
 
 def overall(r: dict[str, Any]) -> tuple[float, float]:

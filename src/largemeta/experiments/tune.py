@@ -25,9 +25,14 @@ from largemeta.experiments.spec import (
     EvalSettings,
     Experiment,
     Part,
+    Point,
     cell,
     drive,
     grid,
+    protocol_of,
+    seed_suffix,
+    store,
+    train_seeds_of,
 )
 
 
@@ -42,11 +47,14 @@ def tune(
     device: str | None = None,
     log=lambda s: None,
     command: str = "experiment tune",
+    train_seeds: int = 1,
 ) -> dict[str, Any]:
     """Each algorithm at each β of ``betas``, scored with ``validation`` on the meta-training tasks; the
-    best β's φ scored with ``test`` on the meta-test targets (and scratch beside them). Training and
-    evaluation run on ``device`` (default: the config's); ``meta_updates[algo][β]`` records φ's
-    meta-updates, and a budget without one is warned about up front."""
+    best β's φ scored with ``test`` on the meta-test targets (and scratch beside them). With ``train_seeds``
+    > 1 every (algorithm, β) is meta-trained that many times (seeds ``cfg.seed``, …): the validation score
+    is the mean over the runs, and every run at the best β is tested. Training and evaluation run on
+    ``device`` (default: the config's); ``meta_updates[algo][β]`` records φ's meta-updates, and a budget
+    without one is warned about up front."""
     from largemeta.data.tasks import load_suite
     from largemeta.experiments.protocol import on_device, targets_of, train_to, without_meta_update
     from largemeta.metatest import load_init, scratch
@@ -63,35 +71,63 @@ def tune(
         trained = dataclasses.replace(cfg, algo=algo)
         fix = f"raise --steps to >= {{every}} or {lower_hint(trained)}"
         warnings.append(without_meta_update(trained, [cfg.steps], budget="--steps {steps}", fix=fix))
+    seeds = train_seeds_of(cfg, train_seeds)
+    several = train_seeds > 1
+
+    def run_dir(algo: str, beta: str, seed: int) -> Path:
+        return out / f"{algo}_beta{beta}{seed_suffix(seed, train_seeds)}"
 
     def parts(result: dict[str, Any]) -> Iterator[Part]:
         for algo in algos:
             scores = result["validation"].setdefault(algo, {})
             updates = result.setdefault("meta_updates", {}).setdefault(algo, {})  # β -> φ's meta-updates
+            by_seed = result.setdefault("validation_runs", {}).setdefault(algo, {}) if several else {}
             for beta in betas:
+                for seed in seeds:
+                    label = f"{algo}, β = {beta:g}" + (f", seed {seed}" if several else "")
 
-                def validate(
-                    algo=algo, beta=beta, scores=scores, updates=updates, label=f"{algo}, β = {beta:g}"
-                ) -> None:
-                    log(label)
-                    run_dir = out / f"{algo}_beta{beta:g}"
-                    run = dataclasses.replace(cfg, algo=algo, meta_lr=beta)
-                    updates[f"{beta:g}"] = train_to(run, run_dir, cfg.steps)
-                    init = load_init(str(run_dir), model=cfg.model)
-                    scores[f"{beta:g}"] = validation.score(init, val_specs, cfg, device=cfg.device)[
-                        "mean_accuracy"
-                    ]
+                    def validate(
+                        algo=algo,
+                        beta=beta,
+                        seed=seed,
+                        scores=scores,
+                        by_seed=by_seed,
+                        updates=updates,
+                        label=label,
+                    ):
+                        log(label)
+                        folder = run_dir(algo, f"{beta:g}", seed)
+                        run = dataclasses.replace(cfg, algo=algo, meta_lr=beta, seed=seed)
+                        updates[f"{beta:g}"] = train_to(run, folder, cfg.steps)
+                        init = load_init(str(folder), model=cfg.model)
+                        score = validation.score(init, val_specs, cfg, device=cfg.device)["mean_accuracy"]
+                        if not several:
+                            scores[f"{beta:g}"] = score
+                            return
+                        runs = by_seed.setdefault(f"{beta:g}", {})
+                        runs[str(seed)] = score
+                        scores[f"{beta:g}"] = sum(runs.values()) / len(runs)
 
-                yield f"{algo}, β = {beta:g}", validate
+                    yield label, validate
             best = max(scores, key=scores.get)
             result["best"][algo] = best
+            for seed in seeds:
+                label = f"{algo} at its best β, on the meta-test targets" + (
+                    f" (seed {seed})" if several else ""
+                )
 
-            def test_best(algo=algo, best=best, scores=scores) -> None:
-                log(f"{algo}: best β = {best} (validation {100 * scores[best]:.2f} %)")
-                init = load_init(str(out / f"{algo}_beta{best}"), model=cfg.model)
-                result["test"][algo] = test.score(init, test_specs, cfg, device=cfg.device)
+                def test_best(algo=algo, best=best, scores=scores, seed=seed) -> None:
+                    log(f"{algo}: best β = {best} (validation {100 * scores[best]:.2f} %)")
+                    init = load_init(str(run_dir(algo, best, seed)), model=cfg.model)
+                    store(
+                        result["test"],
+                        algo,
+                        seed,
+                        train_seeds,
+                        test.score(init, test_specs, cfg, device=cfg.device),
+                    )
 
-            yield f"{algo} at its best β, on the meta-test targets", test_best
+                yield label, test_best
 
         def test_scratch() -> None:
             init = scratch(cfg.model, test_specs[0].channels, cfg.width)
@@ -104,9 +140,30 @@ def tune(
         "betas": list(betas),
         "validation_eval": dataclasses.asdict(validation),
         "eval": dataclasses.asdict(test),
+        **({"train_seeds": train_seeds} if several else {}),
     }
     empty = {"validation": {}, "best": {}, "test": {}, "meta_updates": {}}
-    return drive("tune", cfg, out, request, empty, parts, log=log, command=command, warnings=warnings)
+    validation_protocol = {
+        "tasks": [t.name for t in val_specs],
+        "fine_tuning_steps": validation.steps,
+        "fine_tuning_seeds": validation.seeds,
+        "batch_size": validation.batch_size,
+        "train_size": validation.train_size,
+    }
+    protocol = protocol_of(test, test_specs, cfg, seeds, betas=list(betas), validation=validation_protocol)
+    return drive(
+        "tune",
+        cfg,
+        out,
+        request,
+        empty,
+        parts,
+        log=log,
+        command=command,
+        device=cfg.device,
+        warnings=warnings,
+        protocol=protocol,
+    )
 
 
 def table(result: dict[str, Any]) -> str:
@@ -117,6 +174,10 @@ def table(result: dict[str, Any]) -> str:
         rows[algo] = [f"{100 * val[b]:.1f}" if b in val else "" for b in betas]
         rows[algo] += [str(result["best"].get(algo, "—")), cell(test)]
     return grid("algorithm", [*(f"val. β = {b}" for b in betas), "best β", "meta-test"], rows)
+
+
+def points(result: dict[str, Any]) -> list[Point]:
+    return [("each one's best β", dict(result["test"]))] if result["test"] else []
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -146,6 +207,7 @@ def from_args(cfg, args: argparse.Namespace, common: Common) -> dict[str, Any]:
         test=common.settings,
         device=common.device,
         log=common.log,
+        train_seeds=common.train_seeds,
     )
 
 
@@ -159,5 +221,6 @@ EXPERIMENTS.add(
         add_arguments=add_arguments,
         from_args=from_args,
         table=table,
+        points=points,
     ),
 )
