@@ -12,6 +12,16 @@ from largemeta.checkpoint import store
 from largemeta.runs import checkpoint
 
 
+def published_step(run: Path) -> int | None:
+    """The step of the checkpoint a run folder's manifest names, read from ``checkpoint.json`` alone (None
+    while there is none): safe to poll while the run trains, unlike reading the checkpoint's folder, which
+    the next save may remove meanwhile."""
+    try:
+        return int(json.loads((Path(run) / "checkpoint.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def reseal_manifest(run: Path, edit) -> None:
     """Let ``edit(manifest_dict)`` change a run folder's checkpoint manifest, then seal it again with a valid
     sha256 — what a crafted checkpoint (right checksum, wrong content) looks like."""

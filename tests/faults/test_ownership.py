@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint_edits import read_all
+from checkpoint_edits import published_step, read_all
 from cli_runs import env, sets
 from largemeta.cli import main
 
@@ -64,7 +64,7 @@ def test_two_trainers_racing_for_one_folder_and_a_resume_while_training(tiny_sui
             assert time.time() < deadline and winner.poll() is None
             time.sleep(0.05)
         # --resume while the winner trains: refused naming it; its checkpoint never goes back
-        before = read_all(run)["step"]
+        before = published_step(run)
         second = subprocess.run(
             largemeta_cli("train", "--resume", str(run), "--steps", "100000"),
             env=env(),
@@ -73,7 +73,7 @@ def test_two_trainers_racing_for_one_folder_and_a_resume_while_training(tiny_sui
             timeout=120,
         )
         one_line_error(second.returncode, second.stderr, f"is in use by process {winner.pid}")
-        assert read_all(run)["step"] >= before
+        assert published_step(run) >= before
     finally:
         for p in procs:
             if p.poll() is None:

@@ -12,11 +12,9 @@ from typing import Any
 
 from largemeta.argtypes import comma_floats
 from largemeta.experiments.spec import (
-    EXPERIMENTS,
     PROTOCOL,
     Common,
     EvalSettings,
-    Experiment,
     Part,
     Point,
     cell,
@@ -24,6 +22,7 @@ from largemeta.experiments.spec import (
     drive,
     grid,
     protocol_of,
+    register,
     seed_suffix,
     store,
     train_seeds_of,
@@ -233,24 +232,14 @@ def from_args(cfg, args: argparse.Namespace, common: Common) -> dict[str, Any]:
         common.out,
         fractions=args.milestones,
         settings=common.settings,
-        device=common.device,
-        log=common.log,
-        train_seeds=common.train_seeds,
+        **common.options,
     )
 
 
-EXPERIMENTS.add(
+register(
+    __name__,
     "convergence",
-    Experiment(
-        name="convergence",
-        title="Convergence",
-        help="meta-test accuracy vs cumulative inner steps, per algorithm",
-        algos="cts,reptile,leap,fomaml,imaml",
-        add_arguments=add_arguments,
-        from_args=from_args,
-        table=table,
-        plots=plots,
-        points=points,
-        caption=caption,
-    ),
+    title="Convergence",
+    help="meta-test accuracy vs cumulative inner steps, per algorithm",
+    algos="cts,reptile,leap,fomaml,imaml",
 )

@@ -10,17 +10,16 @@ from typing import Any
 
 from largemeta.argtypes import comma_ints
 from largemeta.experiments.spec import (
-    EXPERIMENTS,
     PROTOCOL,
     Common,
     EvalSettings,
-    Experiment,
     Part,
     Point,
     cell,
     drive,
     grid,
     protocol_of,
+    register,
     seed_suffix,
     store,
     train_seeds_of,
@@ -153,24 +152,14 @@ def from_args(cfg, args: argparse.Namespace, common: Common) -> dict[str, Any]:
         args.ks,
         common.out,
         settings=common.settings,
-        device=common.device,
-        log=common.log,
-        train_seeds=common.train_seeds,
+        **common.options,
     )
 
 
-EXPERIMENTS.add(
+register(
+    __name__,
     "k-ablation",
-    Experiment(
-        name="k-ablation",
-        title="K ablation",
-        help="meta-test accuracy vs K",
-        algos="cts,reptile,leap",
-        add_arguments=add_arguments,
-        from_args=from_args,
-        table=table,
-        plots=plots,
-        points=points,
-        caption=caption,
-    ),
+    title="K ablation",
+    help="meta-test accuracy vs K",
+    algos="cts,reptile,leap",
 )

@@ -12,11 +12,9 @@ from typing import Any
 from largemeta.argtypes import comma_ints
 from largemeta.errors import UserError
 from largemeta.experiments.spec import (
-    EXPERIMENTS,
     PROTOCOL,
     Common,
     EvalSettings,
-    Experiment,
     Part,
     Point,
     cell,
@@ -24,6 +22,7 @@ from largemeta.experiments.spec import (
     grid,
     overall,
     protocol_of,
+    register,
     seed_suffix,
     store,
     train_seeds_of,
@@ -171,24 +170,14 @@ def from_args(cfg, args: argparse.Namespace, common: Common) -> dict[str, Any]:
         args.sizes,
         common.out,
         settings=common.settings,
-        device=common.device,
-        log=common.log,
-        train_seeds=common.train_seeds,
+        **common.options,
     )
 
 
-EXPERIMENTS.add(
+register(
+    __name__,
     "pretrained",
-    Experiment(
-        name="pretrained",
-        title="Meta-training on a pretrained start",
-        help="CTS on top of a pretrained model vs plain fine-tuning of it",
-        algos="cts",
-        add_arguments=add_arguments,
-        from_args=from_args,
-        table=table,
-        plots=plots,
-        points=points,
-        caption=caption,
-    ),
+    title="Meta-training on a pretrained start",
+    help="CTS on top of a pretrained model vs plain fine-tuning of it",
+    algos="cts",
 )

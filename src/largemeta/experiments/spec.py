@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,11 @@ class Common:
     train_seeds: int = 1
     """How many times each algorithm is meta-trained (seeds ``seed``, ``seed + 1``, …)."""
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments every kind's function takes alike: ``device``, ``log``, ``train_seeds``."""
+        return {"device": self.device, "log": self.log, "train_seeds": self.train_seeds}
+
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
@@ -73,6 +79,16 @@ class Experiment:
 
 
 EXPERIMENTS: Registry[Experiment] = Registry("experiment")
+
+_HOOKS = ("add_arguments", "from_args", "table", "plots", "points", "caption")
+
+
+def register(module: str, name: str, *, title: str, help: str, algos: str) -> None:
+    """Register experiment kind ``name`` from the module that defines its hooks, by their names:
+    ``add_arguments``, ``from_args`` and ``table``, and ``plots``, ``points`` and ``caption`` when it has them
+    (:class:`Experiment` says what each does)."""
+    hooks = {h: getattr(sys.modules[module], h) for h in _HOOKS if hasattr(sys.modules[module], h)}
+    EXPERIMENTS.add(name, Experiment(name=name, title=title, help=help, algos=algos, **hooks))
 
 
 @dataclasses.dataclass(frozen=True)

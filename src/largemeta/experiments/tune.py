@@ -18,18 +18,17 @@ from typing import Any
 from largemeta.argtypes import comma_floats, positive_int
 from largemeta.errors import UserError
 from largemeta.experiments.spec import (
-    EXPERIMENTS,
     PROTOCOL,
     VALIDATION,
     Common,
     EvalSettings,
-    Experiment,
     Part,
     Point,
     cell,
     drive,
     grid,
     protocol_of,
+    register,
     seed_suffix,
     store,
     train_seeds_of,
@@ -205,22 +204,14 @@ def from_args(cfg, args: argparse.Namespace, common: Common) -> dict[str, Any]:
         common.out,
         validation=validation,
         test=common.settings,
-        device=common.device,
-        log=common.log,
-        train_seeds=common.train_seeds,
+        **common.options,
     )
 
 
-EXPERIMENTS.add(
+register(
+    __name__,
     "tune",
-    Experiment(
-        name="tune",
-        title="Fair tuning: each algorithm at its best β",
-        help="fair tuning: each algorithm at its best β, chosen on the meta-training tasks",
-        algos="cts,reptile,leap",
-        add_arguments=add_arguments,
-        from_args=from_args,
-        table=table,
-        points=points,
-    ),
+    title="Fair tuning: each algorithm at its best β",
+    help="fair tuning: each algorithm at its best β, chosen on the meta-training tasks",
+    algos="cts,reptile,leap",
 )
