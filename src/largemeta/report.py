@@ -92,8 +92,12 @@ def meta_updates_text(result: dict[str, Any]) -> str:
         return ""
     rows = ["| where | meta-updates |", "|---|---|"]
     for where, value in found:
-        shown = ", ".join(f"{k}: {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
-        rows.append(f"| {where.removeprefix('algorithms › ')} | {shown} |")
+        where = "" if where == "results" else where.removeprefix("algorithms › ")
+        nested = isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
+        for name, counts in value.items() if nested else [("", value)]:  # {algo: {K or β: count}}: a row each
+            label = " › ".join(x for x in (where, str(name)) if x) or "results"
+            shown = ", ".join(f"{k}: {v}" for k, v in counts.items()) if isinstance(counts, dict) else counts
+            rows.append(f"| {label} | {shown} |")
     return "\n".join(rows)
 
 
@@ -128,7 +132,7 @@ def environment_text(result: dict[str, Any]) -> str:
 def _experiment_section(result: dict[str, Any], folder: Path, rel: Path) -> Section:
     spec = EXPERIMENTS.get(result["experiment"])
     demo = (result.get("request") or {}).get("command") == "demo"
-    title = f"{'Demo: ' if demo else ''}{spec.title} ({rel})"
+    title = f"{'Demo: ' if demo else ''}{spec.title}" + (f" ({rel})" if rel != Path(".") else "")
     section = Section(title, config=result.get("config"))
     section.blocks.append(("md", spec.table(result)))
     section.add("Paired comparisons", "\n".join(verdicts(result)))
@@ -143,7 +147,7 @@ def _experiment_section(result: dict[str, Any], folder: Path, rel: Path) -> Sect
 
 
 def _evaluate_section(result: dict[str, Any], rel: Path) -> Section:
-    section = Section(f"Evaluation of {result.get('init')} ({rel})")
+    section = Section(f"Evaluation of {result.get('init')}" + (f" ({rel})" if rel != Path(".") else ""))
     if "by_train_size" in result:
         for n, r in result["by_train_size"].items():
             section.add(f"{n} training images per target", _evaluate_table(r))

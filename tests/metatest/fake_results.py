@@ -67,7 +67,12 @@ def convergence(folder: Path, command: str = "experiment convergence", recorded:
             a: {
                 "accuracy": {"5": meta_test(level - 0.02), "10": meta_test(level)},
                 "loss": [{"step": 5, "mean_loss": 2.0}, {"step": 10, "mean_loss": 1.5}],
-                **({"meta_updates": 10 if a == "cts" else 1} if a != "scratch" else {}),
+                # as an experiment records them: φ's meta-updates at each milestone (CTS: every step; K = 5)
+                **(
+                    {"meta_updates": {"5": 5, "10": 10} if a == "cts" else {"5": 1, "10": 2}}
+                    if a != "scratch"
+                    else {}
+                ),
             }
             for a, level in LEVELS.items()
         },

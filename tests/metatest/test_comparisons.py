@@ -137,7 +137,9 @@ def test_the_report_of_each_kind(tmp_path, kind):
     if expected[1]:
         assert "t-interval over" in page.split("<figcaption>", 1)[1].split("</figcaption>", 1)[0]
     if kind in ("convergence", "demo"):
-        assert "### Meta-updates" in md and "| cts | 10 |" in md
+        assert (
+            "### Meta-updates" in md and "| cts | 5: 5, 10: 10 |" in md and "| reptile | 5: 1, 10: 2 |" in md
+        )
         assert ("Demo: Convergence" in md) == (kind == "demo")
 
 
