@@ -90,11 +90,12 @@ def meta_updates_text(result: dict[str, Any]) -> str:
     found = _meta_updates(result)
     if not found:
         return ""
-    rows = ["| where | meta-updates |", "|---|---|"]
+    rows = ["| algorithm | meta-updates of φ (at each milestone, K or β) |", "|---|---|"]
     for where, value in found:
         where = "" if where == "results" else where.removeprefix("algorithms › ")
-        nested = isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
-        for name, counts in value.items() if nested else [("", value)]:  # {algo: {K or β: count}}: a row each
+        # {algo: {K or β: count}} or, at the top level, {algo: count}: a row per algorithm
+        nested = isinstance(value, dict) and (not where or all(isinstance(v, dict) for v in value.values()))
+        for name, counts in value.items() if nested else [("", value)]:
             label = " › ".join(x for x in (where, str(name)) if x) or "results"
             shown = ", ".join(f"{k}: {v}" for k, v in counts.items()) if isinstance(counts, dict) else counts
             rows.append(f"| {label} | {shown} |")
