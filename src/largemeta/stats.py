@@ -18,14 +18,6 @@ def _check_df(df: int) -> None:
         raise ValueError(f"degrees of freedom must be a positive integer, got {df!r}")
 
 
-def t_two_sided_probability(t: float, df: int) -> float:
-    """A(t | ν) = P(|T| ≤ t) for Student's t with ``df`` = ν ≥ 1 (an integer) degrees of freedom."""
-    from scipy.stats import t as student_t
-
-    _check_df(df)
-    return float(2.0 * student_t.cdf(abs(t), df) - 1.0) * (1.0 if t >= 0 else -1.0)
-
-
 def t_quantile(probability: float, df: int) -> float:
     """The t with ``A(t | df) = probability`` (two-sided), e.g. 12.706 for 0.95 and one degree of freedom."""
     from scipy.stats import t as student_t

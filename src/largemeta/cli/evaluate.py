@@ -190,17 +190,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _protocol(args: argparse.Namespace, specs, sizes: list[int | None]) -> dict:
-    """The ``protocol`` record of evaluate's results file."""
-    from largemeta.metatest import FINE_TUNING
+    """The ``protocol`` record of evaluate's results file (``train_size``: the sizes, or None for all)."""
+    from largemeta.experiments.spec import EvalSettings
 
-    return {
-        "targets": [s.name for s in specs],
-        "fine_tuning_steps": args.steps,
-        "fine_tuning_seeds": args.seeds,
-        "batch_size": args.batch_size,
-        "train_size": sizes[0] if sizes == [None] else sizes,
-        "fine_tuning": FINE_TUNING,
-    }
+    settings = EvalSettings(args.steps, args.seeds, args.batch_size)
+    return {**settings.protocol(specs), "train_size": None if sizes == [None] else sizes}
 
 
 def _evaluate(args: argparse.Namespace, init, specs, sizes, device) -> dict:

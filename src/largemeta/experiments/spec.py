@@ -101,6 +101,19 @@ class EvalSettings:
     train_size: int | None = None
     targets: tuple[str, ...] = ()  # names of the suite's meta-test tasks (default: all)
 
+    def protocol(self, specs: list[TaskSpec]) -> dict[str, Any]:
+        """How φ is scored on ``specs``, as a results file records it (``protocol``)."""
+        from largemeta.metatest import FINE_TUNING
+
+        return {
+            "targets": [t.name for t in specs],
+            "fine_tuning_steps": self.steps,
+            "fine_tuning_seeds": self.seeds,
+            "batch_size": self.batch_size,
+            "train_size": self.train_size,
+            "fine_tuning": FINE_TUNING,
+        }
+
     def score(self, init: Init, specs: list[TaskSpec], cfg: TrainConfig, *, device: str) -> dict[str, Any]:
         """The meta-test protocol with these settings (:func:`largemeta.metatest.meta_test`); the images are
         found and placed as the run's config says (``data_dir``, ``data_placement``, ...)."""
@@ -230,19 +243,8 @@ def protocol_of(
     settings: EvalSettings, targets: list[TaskSpec], cfg: TrainConfig, train_seeds: list[int], **more: Any
 ) -> dict[str, Any]:
     """The ``protocol`` record of a results file: how φ is meta-trained and scored."""
-    from largemeta.metatest import FINE_TUNING
-
-    return {
-        "meta_training_steps": cfg.steps,
-        "train_seeds": train_seeds,
-        "targets": [t.name for t in targets],
-        "fine_tuning_steps": settings.steps,
-        "fine_tuning_seeds": settings.seeds,
-        "batch_size": settings.batch_size,
-        "train_size": settings.train_size,
-        "fine_tuning": FINE_TUNING,
-        **more,
-    }
+    scored = settings.protocol(targets)
+    return {"meta_training_steps": cfg.steps, "train_seeds": train_seeds, **scored, **more}
 
 
 def table(result: dict[str, Any]) -> str:

@@ -142,14 +142,8 @@ def tune(
         **({"train_seeds": train_seeds} if several else {}),
     }
     empty = {"validation": {}, "best": {}, "test": {}, "meta_updates": {}}
-    validation_protocol = {
-        "tasks": [t.name for t in val_specs],
-        "fine_tuning_steps": validation.steps,
-        "fine_tuning_seeds": validation.seeds,
-        "batch_size": validation.batch_size,
-        "train_size": validation.train_size,
-    }
-    protocol = protocol_of(test, test_specs, cfg, seeds, betas=list(betas), validation=validation_protocol)
+    validated = validation.protocol(val_specs)
+    protocol = protocol_of(test, test_specs, cfg, seeds, betas=list(betas), validation=validated)
     return drive(
         "tune",
         cfg,
