@@ -187,8 +187,8 @@ def test_an_experiment_trains_and_fine_tunes_on_its_device_and_records_it(
 def test_the_library_experiments_take_the_same_device_for_both_halves(
     tiny_suite, tiny_config, tmp_path, monkeypatch
 ):
-    """convergence(device=...) moves the training too (it used to move only the meta-test)."""
-    from largemeta.experiments import EvalSettings, convergence
+    """convergence with Common(device=...) moves the training too (it used to move only the meta-test)."""
+    from largemeta.experiments import Common, EvalSettings, convergence
     from largemeta.train.config import from_mapping
 
     seen = []
@@ -200,9 +200,9 @@ def test_the_library_experiments_take_the_same_device_for_both_halves(
     )
     cfg = from_mapping(tiny_config(tiny_suite, device="auto", steps=2, checkpoint_every=100))
     settings = EvalSettings(steps=2, seeds=1, batch_size=8)
-    convergence(cfg, ["cts"], tmp_path / "E", fractions=(1.0,), settings=settings, device="cpu")
+    convergence(cfg, Common(["cts"], tmp_path / "E", settings, device="cpu"), fractions=(1.0,))
     assert seen == ["cpu"]
     assert json.loads((tmp_path / "E" / "cts" / "config.json").read_text())["device"] == "cpu"
     with pytest.raises(UserError, match="must be one of auto"):
-        convergence(cfg, ["cts"], tmp_path / "F", fractions=(1.0,), settings=settings, device="gpu")
+        convergence(cfg, Common(["cts"], tmp_path / "F", settings, device="gpu"), fractions=(1.0,))
     assert not (tmp_path / "F").exists()

@@ -4,10 +4,10 @@
 :data:`largemeta.experiments.EXPERIMENTS` — the demo's among them — and evaluate's, with or without
 ``--train-size``) and the synthetic figures, and writes ``report.md`` and a self-contained ``report.html``
 (figures embedded as data URIs). Each results file gets its table, one verdict per paired comparison of two
-algorithms (:func:`largemeta.experiments.spec.verdicts`), per-target tables, the meta-update counts when the
-file has them, its figures with captions, and the protocol and environment *the file records* (measured by
-the run that wrote it; "not recorded" for older files). Results of an experiment stopped half-way are
-reported as far as they go. The folders written are claimed meanwhile (:func:`largemeta.runs.claim.claim`); a
+algorithms (:func:`largemeta.experiments.verdicts.verdicts`), per-target tables, the meta-update counts when
+the file has them, its figures with captions, and the protocol and environment *the file records* (measured by
+the run that wrote it; "not recorded" for older files). Results of an experiment stopped half-way are reported
+as far as they go. The folders written are claimed meanwhile (:func:`largemeta.runs.claim.claim`); a
 ``report.md`` or ``report.html`` that this command did not write is refused, never overwritten; a damaged
 ``results.json`` is a one-line error naming it.
 """
@@ -24,7 +24,8 @@ from typing import Any
 
 from largemeta.errors import UserError
 from largemeta.experiments import EXPERIMENTS
-from largemeta.experiments.spec import overall, verdicts
+from largemeta.experiments.tables import overall
+from largemeta.experiments.verdicts import verdicts
 from largemeta.files import atomic_write_text
 from largemeta.runs.claim import accept_anything, claim
 from largemeta.runs.names import RESULTS

@@ -3,6 +3,7 @@ says where and exits 75; --resume continues bit for bit, with metrics cut back t
 files never outlive a writer; experiments run again with the same command continue where they stopped.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -234,10 +235,14 @@ def test_every_experiment_skips_its_finished_parts_when_run_again(
         experiment == "demo"
     ):  # the demo, shrunk onto the tiny suite (its datasets are files: nothing to fetch)
         monkeypatch.setattr(largemeta.data.datasets, "fetch_dataset", lambda name: None)
-        monkeypatch.setattr(cli_experiment, "DEMO", {**tiny_config(tiny_suite), "steps": 8})
-        monkeypatch.setattr(cli_experiment, "DEMO_ALGOS", ("cts", "scratch"))
         evaluation = {"steps": 1, "seeds": 1, "batch_size": 8, "train_size": None, "targets": ("target",)}
-        monkeypatch.setattr(cli_experiment, "DEMO_EVAL", evaluation)
+        demo = dataclasses.replace(
+            cli_experiment.DEMO,
+            config={**tiny_config(tiny_suite), "steps": 8},
+            algos=("cts", "scratch"),
+            eval=evaluation,
+        )
+        monkeypatch.setattr(cli_experiment, "DEMO", demo)
         argv = ["demo", "--out", str(tmp_path / "X")]
     elif experiment == "pretrained":
         train(tiny_config(tiny_suite, steps=2), tmp_path / "source")

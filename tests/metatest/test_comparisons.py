@@ -6,7 +6,9 @@ import json
 import fake_results
 import pytest
 
-from largemeta.experiments.spec import compare, comparisons, merge_runs, store, table, verdict, verdicts
+from largemeta.experiments.drive import merge_runs, store
+from largemeta.experiments.tables import table
+from largemeta.experiments.verdicts import compare, comparisons, verdict, verdicts
 from largemeta.report import write_report
 from largemeta.stats import ci95, paired, t_quantile
 

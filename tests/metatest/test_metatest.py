@@ -7,7 +7,7 @@ import torch
 
 from cli_runs import sets
 from largemeta.cli import main
-from largemeta.experiments import EvalSettings, convergence, table
+from largemeta.experiments import Common, EvalSettings, convergence, table
 from largemeta.metatest import fine_tune_optimizer
 from largemeta.stats import ci95, t_quantile
 from largemeta.train.config import from_mapping
@@ -189,12 +189,9 @@ def test_bad_input(capsys, argv, needle):
 
 def test_convergence_and_report(tiny_suite, tiny_config, tmp_path, capsys):
     cfg = from_mapping(tiny_config(tiny_suite, steps=8))
+    settings = EvalSettings(steps=3, seeds=2, batch_size=8)
     result = convergence(
-        cfg,
-        ["cts", "reptile", "scratch"],
-        tmp_path / "exp",
-        fractions=(0.5, 1.0),
-        settings=EvalSettings(steps=3, seeds=2, batch_size=8),
+        cfg, Common(["cts", "reptile", "scratch"], tmp_path / "exp", settings), fractions=(0.5, 1.0)
     )
     assert result["milestones"] == [4, 8]
     assert set(result["algorithms"]) == {"cts", "reptile", "scratch"}
@@ -225,9 +222,8 @@ def test_convergence_and_report(tiny_suite, tiny_config, tmp_path, capsys):
 def test_convergence_with_two_meta_training_runs(tiny_suite, tiny_config, tmp_path):
     cfg = from_mapping(tiny_config(tiny_suite, steps=4))
     settings = EvalSettings(steps=2, seeds=2, batch_size=8)
-    result = convergence(
-        cfg, ["cts", "scratch"], tmp_path / "exp", fractions=(1.0,), settings=settings, train_seeds=2
-    )
+    common = Common(["cts", "scratch"], tmp_path / "exp", settings, train_seeds=2)
+    result = convergence(cfg, common, fractions=(1.0,))
     cts = result["algorithms"]["cts"]
     assert set(cts["run_dirs"]) == {"0", "1"} and set(cts["losses"]) == {"0", "1"}
     assert (tmp_path / "exp" / "cts_seed1" / "checkpoint.json").exists()

@@ -191,7 +191,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _protocol(args: argparse.Namespace, specs, sizes: list[int | None]) -> dict:
     """The ``protocol`` record of evaluate's results file (``train_size``: the sizes, or None for all)."""
-    from largemeta.experiments.spec import EvalSettings
+    from largemeta.experiments.scoring import EvalSettings
 
     settings = EvalSettings(args.steps, args.seeds, args.batch_size)
     return {**settings.protocol(specs), "train_size": None if sizes == [None] else sizes}

@@ -8,6 +8,7 @@ Experiments and the demo are resumable: stopped by SIGTERM or SIGINT they exit 7
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,12 +146,18 @@ def run_experiment(args: argparse.Namespace) -> int:
     cfg = _config(args)  # holds --device: the experiment trains and fine-tunes there
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     common = Common(algos, Path(args.out), _settings(args), None, _log, args.train_seeds)
-    with _resumable(args.out):
-        result = spec.from_args(cfg, args, common)
-    spec.plots(result, common.out)
-    _track(cfg, common.out, result)
+    result = _run(spec, cfg, common, spec.own(args))
     print_json(result) if args.json else print(table(result))
     return 0
+
+
+def _run(spec, cfg, common, own: dict) -> dict:
+    """Run the experiment kind ``spec`` (resumably), draw its figures and send its results to the trackers."""
+    with _resumable(str(common.out)):
+        result = spec.run(cfg, common, **own)
+    spec.plots(result, common.out)
+    _track(cfg, common.out, result)
+    return result
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -163,24 +170,42 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-# The demo: the offline suite's convergence experiment, sized for 2 CPU cores (≈ 8 minutes).
-DEMO = {"steps": 3000, "width": 16, "batch_size": 16, "k": 100, "log_every": 50, "checkpoint_every": 750}
-# Limited data (20 images per class) makes the held-out QuickDraw targets discriminate between
-# initializations.
-DEMO_EVAL = {
-    "steps": 200,
-    "seeds": 3,
-    "batch_size": 64,
-    "train_size": 700,
-    "targets": ("quickdraw_t1", "quickdraw_t2", "quickdraw_t3"),
-}
-DEMO_ALGOS = ("cts", "reptile", "leap", "scratch")
+@dataclasses.dataclass(frozen=True)
+class Demo:
+    """The main job: one registered experiment kind run on a preset sized for 2 CPU cores."""
+
+    kind: str
+    """The experiment kind (a name of :data:`largemeta.experiments.EXPERIMENTS`)."""
+    config: dict
+    """``--set`` overrides of the shipped ``offline`` config."""
+    eval: dict
+    """The meta-test protocol (:class:`largemeta.experiments.EvalSettings`)."""
+    algos: tuple[str, ...]
+    own: dict
+    """The kind's own keywords."""
+
+
+# The offline suite's convergence experiment, sized for 2 CPU cores (≈ 8 minutes). Limited data (20 images
+# per class) makes the held-out QuickDraw targets discriminate between initializations.
+DEMO = Demo(
+    kind="convergence",
+    config={"steps": 3000, "width": 16, "batch_size": 16, "k": 100, "log_every": 50, "checkpoint_every": 750},
+    eval={
+        "steps": 200,
+        "seeds": 3,
+        "batch_size": 64,
+        "train_size": 700,
+        "targets": ("quickdraw_t1", "quickdraw_t2", "quickdraw_t3"),
+    },
+    algos=("cts", "reptile", "leap", "scratch"),
+    own={"fractions": (0.25, 0.5, 1.0)},
+)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from largemeta.data.datasets import fetch_dataset
     from largemeta.data.tasks import load_suite
-    from largemeta.experiments import EXPERIMENTS, EvalSettings, convergence, overall, table
+    from largemeta.experiments import EXPERIMENTS, Common, EvalSettings, overall, table
     from largemeta.report import write_report
     from largemeta.train.config import load_config
 
@@ -188,24 +213,14 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = Path(args.out)
     given = {k: v for k, v in {"steps": args.steps, "device": args.device}.items() if v is not None}
-    cfg = load_config("offline", {**DEMO, **given})
-    settings = EvalSettings(**DEMO_EVAL)
+    cfg = load_config("offline", {**DEMO.config, **given})
+    settings = EvalSettings(**DEMO.eval)
     with _resumable(args.out):
         for name in sorted(load_suite(cfg.suite).datasets()):
             _log(f"dataset {name}")
             fetch_dataset(name)
-        result = convergence(
-            cfg,
-            DEMO_ALGOS,
-            out,
-            fractions=(0.25, 0.5, 1.0),
-            settings=settings,
-            log=_log,
-            command="demo",
-            train_seeds=args.train_seeds,
-        )
-    EXPERIMENTS.get("convergence").plots(result, out)
-    _track(cfg, out, result)
+    common = Common(list(DEMO.algos), out, settings, None, _log, args.train_seeds, command="demo")
+    result = _run(EXPERIMENTS.get(DEMO.kind), cfg, common, DEMO.own)
     md, page = write_report(out)
     seconds = time.perf_counter() - started
     if args.json:

@@ -11,43 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from largemeta.argtypes import comma_floats
-from largemeta.experiments.spec import (
-    PROTOCOL,
-    Common,
-    EvalSettings,
-    Part,
-    Point,
-    cell,
-    check_algos,
-    drive,
-    grid,
-    protocol_of,
-    register,
-    seed_suffix,
-    store,
-    train_seeds_of,
-)
+from largemeta.experiments.drive import drive, seed_suffix, store, train_seeds_of
+from largemeta.experiments.scoring import protocol_of
+from largemeta.experiments.spec import Common, Experiment, Part, Point, register
+from largemeta.experiments.tables import cell, grid
 
 
-def convergence(
-    cfg,
-    algos: Sequence[str],
-    out: Path,
-    *,
-    fractions: Sequence[float] = (0.25, 0.5, 1.0),
-    settings: EvalSettings = PROTOCOL,
-    device: str | None = None,
-    log=lambda s: None,
-    command: str = "experiment convergence",
-    train_seeds: int = 1,
-) -> dict[str, Any]:
-    """Train each algorithm at an equal budget of ``cfg.steps`` inner steps per task; evaluate at
+def convergence(cfg, common: Common, *, fractions: Sequence[float] = (0.25, 0.5, 1.0)) -> dict[str, Any]:
+    """Train each of ``common.algos`` at an equal budget of ``cfg.steps`` inner steps per task; evaluate at
     milestones (``fractions`` of the budget; ``scratch`` is the random init, evaluated once). Training and
-    evaluation run on ``device`` (default: the config's). Each algorithm is meta-trained ``train_seeds``
-    times (seeds ``cfg.seed``, ``cfg.seed + 1``, …; run folders ``ALGO_seedS`` when more than once). Each
-    trained algorithm's entry records φ's meta-updates at each milestone; a milestone before the first
-    meta-update is warned about up front."""
-    from largemeta.experiments.protocol import (
+    evaluation run on ``common.device`` (default: the config's). Each algorithm is meta-trained
+    ``common.train_seeds`` times (seeds ``cfg.seed``, ``cfg.seed + 1``, …; run folders ``ALGO_seedS`` when
+    more than once). Each trained algorithm's entry records φ's meta-updates at each milestone; a milestone
+    before the first meta-update is warned about up front."""
+    from largemeta.experiments.parts import (
+        check_algos,
         loss_curve,
         milestones_of,
         on_device,
@@ -59,7 +37,14 @@ def convergence(
     from largemeta.train.budget import lower_hint
     from largemeta.train.config import TRAIN_ALGORITHMS
 
-    cfg = on_device(cfg, device)
+    algos, out, settings, log, train_seeds = (
+        common.algos,
+        common.out,
+        common.settings,
+        common.log,
+        common.train_seeds,
+    )
+    cfg = on_device(cfg, common.device)
     check_algos(list(algos), (*TRAIN_ALGORITHMS, "scratch"))
     milestones = milestones_of(cfg.steps, fractions)
     specs = targets_of(cfg, settings.targets)
@@ -132,7 +117,7 @@ def convergence(
         {"algorithms": {}},
         parts,
         log=log,
-        command=command,
+        command=common.command_of("convergence"),
         device=cfg.device,
         warnings=warnings,
         protocol=protocol,
@@ -150,7 +135,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def plots(result: dict[str, Any], out: Path) -> list[Path]:
-    from largemeta.experiments.plots import accuracy_plot, loss_plot
+    from largemeta.experiments.figures import accuracy_plot, loss_plot
 
     milestones = result["milestones"]
     series = {
@@ -225,21 +210,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def from_args(cfg, args: argparse.Namespace, common: Common) -> dict[str, Any]:
-    return convergence(
-        cfg,
-        common.algos,
-        common.out,
-        fractions=args.milestones,
-        settings=common.settings,
-        **common.options,
-    )
-
-
 register(
-    __name__,
-    "convergence",
-    title="Convergence",
-    help="meta-test accuracy vs cumulative inner steps, per algorithm",
-    algos="cts,reptile,leap,fomaml,imaml",
+    Experiment(
+        name="convergence",
+        title="Convergence",
+        help="meta-test accuracy vs cumulative inner steps, per algorithm",
+        algos="cts,reptile,leap,fomaml,imaml",
+        run=convergence,
+        add_arguments=add_arguments,
+        own=lambda args: {"fractions": args.milestones},
+        table=table,
+        plots=plots,
+        points=points,
+        caption=caption,
+    )
 )

@@ -9,43 +9,28 @@ from pathlib import Path
 from typing import Any
 
 from largemeta.argtypes import comma_ints
-from largemeta.experiments.spec import (
-    PROTOCOL,
-    Common,
-    EvalSettings,
-    Part,
-    Point,
-    cell,
-    drive,
-    grid,
-    protocol_of,
-    register,
-    seed_suffix,
-    store,
-    train_seeds_of,
-)
+from largemeta.experiments.drive import drive, seed_suffix, store, train_seeds_of
+from largemeta.experiments.scoring import protocol_of
+from largemeta.experiments.spec import Common, Experiment, Part, Point, register
+from largemeta.experiments.tables import cell, grid
 
 
-def k_ablation(
-    cfg,
-    algos: Sequence[str],
-    ks: Sequence[int],
-    out: Path,
-    *,
-    settings: EvalSettings = PROTOCOL,
-    device: str | None = None,
-    log=lambda s: None,
-    command: str = "experiment k-ablation",
-    train_seeds: int = 1,
-) -> dict[str, Any]:
-    """Train each algorithm with each K (``meta_every`` capped at K) for ``cfg.steps``, ``train_seeds`` times
-    (seeds ``cfg.seed``, ``cfg.seed + 1``, …); score its φ. Training and evaluation run on ``device``
-    (default: the config's); ``meta_updates[algo][K]`` records φ's meta-updates, and a K whose first
-    meta-update lies beyond the budget is warned about up front."""
-    from largemeta.experiments.protocol import on_device, targets_of, train_to, without_meta_update
+def k_ablation(cfg, common: Common, *, ks: Sequence[int] = (10, 100, 1000)) -> dict[str, Any]:
+    """Train each of ``common.algos`` with each K of ``ks`` (``meta_every`` capped at K) for ``cfg.steps``,
+    ``train_seeds`` times (seeds ``cfg.seed``, ``cfg.seed + 1``, …); score its φ. Training and evaluation run
+    on ``common.device`` (default: the config's); ``meta_updates[algo][K]`` records φ's meta-updates, and a K
+    whose first meta-update lies beyond the budget is warned about up front."""
+    from largemeta.experiments.parts import on_device, targets_of, train_to, without_meta_update
     from largemeta.metatest import load_init
 
-    cfg = on_device(cfg, device)
+    algos, out, settings, log, train_seeds = (
+        common.algos,
+        common.out,
+        common.settings,
+        common.log,
+        common.train_seeds,
+    )
+    cfg = on_device(cfg, common.device)
     specs = targets_of(cfg, settings.targets)
     seeds = train_seeds_of(cfg, train_seeds)
 
@@ -99,7 +84,7 @@ def k_ablation(
         {"algorithms": {}, "meta_updates": {}},
         parts,
         log=log,
-        command=command,
+        command=common.command_of("k-ablation"),
         device=cfg.device,
         warnings=warnings,
         protocol=protocol,
@@ -113,7 +98,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def plots(result: dict[str, Any], out: Path) -> list[Path]:
-    from largemeta.experiments.plots import accuracy_plot
+    from largemeta.experiments.figures import accuracy_plot
 
     ks = result["ks"]
     series = {a: (ks, [by_k.get(str(k)) for k in ks]) for a, by_k in result["algorithms"].items()}
@@ -145,21 +130,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ks", type=comma_ints, default="10,100,1000", help="comma list of K")
 
 
-def from_args(cfg, args: argparse.Namespace, common: Common) -> dict[str, Any]:
-    return k_ablation(
-        cfg,
-        common.algos,
-        args.ks,
-        common.out,
-        settings=common.settings,
-        **common.options,
-    )
-
-
 register(
-    __name__,
-    "k-ablation",
-    title="K ablation",
-    help="meta-test accuracy vs K",
-    algos="cts,reptile,leap",
+    Experiment(
+        name="k-ablation",
+        title="K ablation",
+        help="meta-test accuracy vs K",
+        algos="cts,reptile,leap",
+        run=k_ablation,
+        add_arguments=add_arguments,
+        own=lambda args: {"ks": args.ks},
+        table=table,
+        plots=plots,
+        points=points,
+        caption=caption,
+    )
 )

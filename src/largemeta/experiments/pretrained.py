@@ -11,46 +11,29 @@ from typing import Any
 
 from largemeta.argtypes import comma_ints
 from largemeta.errors import UserError
-from largemeta.experiments.spec import (
-    PROTOCOL,
-    Common,
-    EvalSettings,
-    Part,
-    Point,
-    cell,
-    drive,
-    grid,
-    overall,
-    protocol_of,
-    register,
-    seed_suffix,
-    store,
-    train_seeds_of,
-)
+from largemeta.experiments.drive import drive, seed_suffix, store, train_seeds_of
+from largemeta.experiments.scoring import protocol_of
+from largemeta.experiments.spec import Common, Experiment, Part, Point, register
+from largemeta.experiments.tables import cell, grid, overall
 
 
 def pretrained(
-    cfg,
-    init: str,
-    sizes: Sequence[int],
-    out: Path,
-    *,
-    settings: EvalSettings = PROTOCOL,
-    device: str | None = None,
-    log=lambda s: None,
-    command: str = "experiment pretrained",
-    train_seeds: int = 1,
+    cfg, common: Common, *, init: str, sizes: Sequence[int] = (500, 1000, 2000, 5000)
 ) -> dict[str, Any]:
-    """``init`` is fine-tuned directly (the baseline) and used as the starting φ of meta-training with
-    ``cfg.algo`` (CTS by default; ``train_seeds`` runs, seeds ``cfg.seed``, ``cfg.seed + 1``, …); both are
-    evaluated on the meta-test targets sub-sampled to each size. Training and evaluation run on ``device``
-    (default: the config's); ``meta_updates[algo]`` records φ's meta-updates (a budget without one is warned
-    about up front)."""
-    from largemeta.experiments.protocol import on_device, targets_of, train_to, without_meta_update
+    """``init`` is fine-tuned directly (the baseline) and used as the starting φ of meta-training with the one
+    algorithm of ``common.algos`` (``common.train_seeds`` runs, seeds ``cfg.seed``, ``cfg.seed + 1``, …); both
+    are evaluated on the meta-test targets sub-sampled to each size. Training and evaluation run on
+    ``common.device`` (default: the config's); ``meta_updates[algo]`` records φ's meta-updates (a budget
+    without one is warned about up front)."""
+    from largemeta.experiments.parts import on_device, targets_of, train_to, without_meta_update
     from largemeta.metatest import load_init
     from largemeta.train.budget import lower_hint
 
-    cfg = on_device(cfg, device)
+    if len(common.algos) != 1:
+        algos = ",".join(common.algos)
+        raise UserError(f"experiment pretrained meta-trains one algorithm, got --algos {algos!r}")
+    out, settings, log, train_seeds = common.out, common.settings, common.log, common.train_seeds
+    cfg = on_device(dataclasses.replace(cfg, algo=common.algos[0]), common.device)
     specs = targets_of(cfg, settings.targets)
     seeds = train_seeds_of(cfg, train_seeds)
     run_dirs = {seed: out / f"{cfg.algo}{seed_suffix(seed, train_seeds)}" for seed in seeds}
@@ -104,7 +87,7 @@ def pretrained(
         {"algorithms": {}, "meta_updates": {}},
         parts,
         log=log,
-        command=command,
+        command=common.command_of("pretrained"),
         device=cfg.device,
         warnings=[warning],
         protocol=protocol,
@@ -127,7 +110,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def plots(result: dict[str, Any], out: Path) -> list[Path]:
-    from largemeta.experiments.plots import accuracy_plot
+    from largemeta.experiments.figures import accuracy_plot
 
     sizes = result["sizes"]
     series = {n: (sizes, [by.get(str(k)) for k in sizes]) for n, by in result["algorithms"].items()}
@@ -160,24 +143,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=comma_ints, default="500,1000,2000,5000", help="target training-set sizes")
 
 
-def from_args(cfg, args: argparse.Namespace, common: Common) -> dict[str, Any]:
-    if len(common.algos) != 1:
-        raise UserError(f"experiment pretrained meta-trains one algorithm, got --algos {args.algos!r}")
-    cfg = dataclasses.replace(cfg, algo=common.algos[0])
-    return pretrained(
-        cfg,
-        args.init,
-        args.sizes,
-        common.out,
-        settings=common.settings,
-        **common.options,
-    )
-
-
 register(
-    __name__,
-    "pretrained",
-    title="Meta-training on a pretrained start",
-    help="CTS on top of a pretrained model vs plain fine-tuning of it",
-    algos="cts",
+    Experiment(
+        name="pretrained",
+        title="Meta-training on a pretrained start",
+        help="CTS on top of a pretrained model vs plain fine-tuning of it",
+        algos="cts",
+        run=pretrained,
+        add_arguments=add_arguments,
+        own=lambda args: {"init": args.init, "sizes": args.sizes},
+        table=table,
+        plots=plots,
+        points=points,
+        caption=caption,
+    )
 )

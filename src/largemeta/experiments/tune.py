@@ -17,52 +17,41 @@ from typing import Any
 
 from largemeta.argtypes import comma_floats, positive_int
 from largemeta.errors import UserError
-from largemeta.experiments.spec import (
-    PROTOCOL,
-    VALIDATION,
-    Common,
-    EvalSettings,
-    Part,
-    Point,
-    cell,
-    drive,
-    grid,
-    protocol_of,
-    register,
-    seed_suffix,
-    store,
-    train_seeds_of,
-)
+from largemeta.experiments.drive import drive, seed_suffix, store, train_seeds_of
+from largemeta.experiments.scoring import VALIDATION, EvalSettings, protocol_of
+from largemeta.experiments.spec import Common, Experiment, Part, Point, register
+from largemeta.experiments.tables import cell, grid
 
 
 def tune(
     cfg,
-    algos: Sequence[str],
-    betas: Sequence[float],
-    out: Path,
+    common: Common,
     *,
+    betas: Sequence[float] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
     validation: EvalSettings = VALIDATION,
-    test: EvalSettings = PROTOCOL,
-    device: str | None = None,
-    log=lambda s: None,
-    command: str = "experiment tune",
-    train_seeds: int = 1,
 ) -> dict[str, Any]:
-    """Each algorithm at each β of ``betas``, scored with ``validation`` on the meta-training tasks; the
-    best β's φ scored with ``test`` on the meta-test targets (and scratch beside them). With ``train_seeds``
-    > 1 every (algorithm, β) is meta-trained that many times (seeds ``cfg.seed``, …): the validation score
-    is the mean over the runs, and every run at the best β is tested. Training and evaluation run on
-    ``device`` (default: the config's); ``meta_updates[algo][β]`` records φ's meta-updates, and a budget
-    without one is warned about up front."""
+    """Each of ``common.algos`` at each β of ``betas``, scored with ``validation`` on the meta-training tasks;
+    the best β's φ scored with ``common.settings`` on the meta-test targets (and scratch beside them). With
+    ``train_seeds`` > 1 every (algorithm, β) is meta-trained that many times (seeds ``cfg.seed``, …): the
+    validation score is the mean over the runs, and every run at the best β is tested. Training and evaluation
+    run on ``common.device`` (default: the config's); ``meta_updates[algo][β]`` records φ's meta-updates, and
+    a budget without one is warned about up front."""
     from largemeta.data.tasks import load_suite
-    from largemeta.experiments.protocol import on_device, targets_of, train_to, without_meta_update
+    from largemeta.experiments.parts import on_device, targets_of, train_to, without_meta_update
     from largemeta.metatest import load_init, scratch
     from largemeta.train.budget import lower_hint
     from largemeta.train.build import select_tasks
 
     if not betas or not all(math.isfinite(b) and b > 0 for b in betas):
         raise UserError(f"--betas must be finite numbers > 0, got {list(betas)}")
-    cfg = on_device(cfg, device)
+    algos, out, test, log, train_seeds = (
+        common.algos,
+        common.out,
+        common.settings,
+        common.log,
+        common.train_seeds,
+    )
+    cfg = on_device(cfg, common.device)
     val_specs = select_tasks(load_suite(cfg.suite).meta_train, cfg.tasks)
     test_specs = targets_of(cfg, test.targets)
     warnings = []
@@ -152,7 +141,7 @@ def tune(
         empty,
         parts,
         log=log,
-        command=command,
+        command=common.command_of("tune"),
         device=cfg.device,
         warnings=warnings,
         protocol=protocol,
@@ -189,23 +178,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def from_args(cfg, args: argparse.Namespace, common: Common) -> dict[str, Any]:
-    validation = EvalSettings(args.val_steps, args.val_seeds, common.settings.batch_size, args.val_train_size)
-    return tune(
-        cfg,
-        common.algos,
-        args.betas,
-        common.out,
-        validation=validation,
-        test=common.settings,
-        **common.options,
-    )
+def own(args: argparse.Namespace) -> dict[str, Any]:
+    validation = EvalSettings(args.val_steps, args.val_seeds, args.eval_batch_size, args.val_train_size)
+    return {"betas": args.betas, "validation": validation}
 
 
 register(
-    __name__,
-    "tune",
-    title="Fair tuning: each algorithm at its best β",
-    help="fair tuning: each algorithm at its best β, chosen on the meta-training tasks",
-    algos="cts,reptile,leap",
+    Experiment(
+        name="tune",
+        title="Fair tuning: each algorithm at its best β",
+        help="fair tuning: each algorithm at its best β, chosen on the meta-training tasks",
+        algos="cts,reptile,leap",
+        run=tune,
+        add_arguments=add_arguments,
+        own=own,
+        table=table,
+        points=points,
+    )
 )

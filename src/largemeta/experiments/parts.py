@@ -94,3 +94,10 @@ def request_config(cfg: TrainConfig) -> dict[str, Any]:
     """The config keys that decide an experiment's results (how often to log or save, where the data sit and
     the device may change between two runs of it)."""
     return {k: v for k, v in cfg.to_dict().items() if k == "steps" or k not in RESUMABLE_CHANGES}
+
+
+def check_algos(algos: list[str], valid: tuple[str, ...]) -> None:
+    """An unknown algorithm among ``algos`` is one line naming the valid ones."""
+    for a in algos:
+        if a not in valid:
+            raise UserError(f"unknown algorithm {a!r} (valid: {', '.join(valid)})")

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from largemeta.experiments.spec import overall  # noqa: E402
+from largemeta.experiments.tables import overall  # noqa: E402
 
 
 def accuracy_plot(
