@@ -158,7 +158,7 @@ def worker_step(args: argparse.Namespace) -> dict:
 
     cfg = _config(Path(args.suite), args.width, args.batch)
     trainer = Trainer(cfg, Path(args.folder), progress=False)
-    world = trainer.placement.world
+    world = trainer.processes.world
     counter = Counter() if world > 1 else None
     step = trainer.run_state.take_step
     for _ in range(args.warmup):
@@ -226,17 +226,17 @@ def _legacy_save(trainer) -> None:
     """Version 0.1's save, as it was: every rank sends its whole learner state (its tasks, and its copy of φ
     and the outer optimizer) to rank 0, which assembles and writes one file."""
     from largemeta.checkpoint import legacy
-    from largemeta.train import checkpoint, distributed
+    from largemeta.train import distributed, state
 
     run = trainer.run_state
     piece = {
-        "shared": checkpoint.on_cpu(checkpoint.Shared(run).state_dict()),
+        "shared": state.on_cpu(state.Shared(run).state_dict()),
         "tasks": {
-            gi: checkpoint.on_cpu(checkpoint.Trajectory(run, local, with_task=True).state_dict())
+            gi: state.on_cpu(state.Trajectory(run, local, with_task=True).state_dict())
             for local, gi in enumerate(run.mine)
         },
     }
-    pieces = distributed.gather(piece, run.placement.group)
+    pieces = distributed.gather(piece, run.processes.group)
     del piece
     if pieces is not None:
         tasks = {gi: t for piece in pieces for gi, t in piece["tasks"].items()}
@@ -250,7 +250,7 @@ def _legacy_save(trainer) -> None:
         legacy.save(trainer.run_dir / "legacy.pt", whole)
         del tasks, whole
     del pieces
-    if trainer.placement.group is not None:
+    if trainer.processes.group is not None:
         import torch.distributed as dist
 
         dist.barrier()
@@ -259,12 +259,12 @@ def _legacy_save(trainer) -> None:
 def _legacy_load(trainer) -> None:
     from largemeta.checkpoint import legacy
     from largemeta.runs.checkpoint import CheckpointOnDisk
-    from largemeta.train import checkpoint
+    from largemeta.train import state
 
     path = trainer.run_dir / "legacy.pt"
     step, info, entries = legacy.read(path)
     on_disk = CheckpointOnDisk(path, legacy.FORMAT, step, info, tuple(entries), lambda keys: entries)
-    checkpoint.restore(trainer.run_state, on_disk)
+    state.restore(trainer.run_state, on_disk)
 
 
 def worker_checkpoint(args: argparse.Namespace) -> dict:
@@ -272,13 +272,13 @@ def worker_checkpoint(args: argparse.Namespace) -> dict:
     import torch.distributed as dist
 
     from largemeta.runs import checkpoint as run_checkpoint
-    from largemeta.train import checkpoint
+    from largemeta.train import state
     from largemeta.train.trainer import Trainer
 
     cfg = _config(Path(args.suite), args.width, args.batch)
     trainer = Trainer(cfg, Path(args.folder), progress=False)
     trainer.run_state.take_step()  # momentum buffers exist from here on
-    world, rank = trainer.placement.world, trainer.placement.rank
+    world, rank = trainer.processes.world, trainer.processes.rank
 
     def slowest(seconds: float) -> float:
         t = torch.tensor([seconds])
@@ -311,7 +311,7 @@ def worker_checkpoint(args: argparse.Namespace) -> dict:
         for _ in range(args.repeats):
             writes.append(timed(trainer.save))
             manifest = saved(trainer.run_dir)
-            loads.append(timed(lambda m=manifest: checkpoint.restore(trainer.run_state, m)))
+            loads.append(timed(lambda m=manifest: state.restore(trainer.run_state, m)))
             legacy_writes.append(timed(lambda: _legacy_save(trainer)))
             legacy_loads.append(timed(lambda: _legacy_load(trainer)))
         folder = next(p for p in trainer.run_dir.iterdir() if p.is_dir() and p.name.startswith("checkpoint-"))

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from largemeta.train.build import Placement, build_run
+from largemeta.train.build import Processes, build_run
 from largemeta.train.config import load_config
 
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    place = Placement(torch.device("cpu"), 0, 1, None)
+    place = Processes(torch.device("cpu"), 0, 1, None)
     common = {"device": "cpu", "k": args.k, "eval_batches": 0, "data_placement": "device"}
     per = {"pool": args.per_trajectory, "all": 0}
     runs = {

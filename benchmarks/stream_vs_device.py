@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from largemeta.train.build import Placement, build_run
+from largemeta.train.build import Processes, build_run
 from largemeta.train.config import load_config
 
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    place = Placement(device, 0, 1, None)
+    place = Processes(device, 0, 1, None)
     variants = {"device": {"data_placement": "device"}}
     for w in (int(x) for x in args.workers.split(",")):
         variants[f"stream_{w}_workers"] = {"data_placement": "stream", "stream_workers": w}

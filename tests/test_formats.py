@@ -17,9 +17,9 @@ from safetensors.torch import save_file
 from largemeta.checkpoint import legacy, store
 from largemeta.cli import main
 from largemeta.errors import UserError
+from largemeta.phi import FORMAT, is_export, load_weights
 from largemeta.runs import checkpoint
 from largemeta.runs.claim import accept_anything, claim
-from largemeta.runs.weights import FORMAT, is_export, load_weights
 
 V0_1 = Path(__file__).parent / "golden" / "run_v0_1"
 

@@ -27,7 +27,7 @@ from largemeta.data.tasks import TaskSpec
 from largemeta.errors import UserError
 from largemeta.models import create_model, feature_size, init_head, is_code_reference, split_state
 from largemeta.models.task import ImageTask
-from largemeta.runs.weights import fit_to_body, load_weights
+from largemeta.phi import fit_to_body, load_weights
 from largemeta.stats import ci95
 
 LR_DROPS = (0.4, 0.7, 0.9)

@@ -20,7 +20,7 @@ from largemeta.models.task import ImageTask
 
 
 class RandomImageSampler:
-    """A :class:`~largemeta.models.task.BatchSampler` over ``pool`` random images (``channels`` × ``size``
+    """A :class:`~largemeta.models.task.BatchSource` over ``pool`` random images (``channels`` × ``size``
     × ``size``, N(0, 1)) with labels in [0, classes)."""
 
     def __init__(

@@ -280,7 +280,7 @@ def test_train_seeds_meta_train_each_algorithm_several_times(tiny_suite, tiny_co
         merged = result["algorithms"][algo]["2"]
         assert merged["train_seeds"] == [0, 1] and len(merged["tasks"]["target"]["per_seed"]) == 4
     # each run is the meta-training with its seed, and the two runs of an algorithm differ
-    from largemeta.runs.weights import load_weights
+    from largemeta.phi import load_weights
 
     first, second = (load_weights(tmp_path / "kab" / f"cts_k2_seed{s}") for s in (0, 1))
     assert (first.config["seed"], second.config["seed"]) == (0, 1)
@@ -405,7 +405,7 @@ def test_pretrained_experiment(tiny_suite, tiny_config, tmp_path, capsys):
         )
         assert result["algorithms"]["finetune"][str(n)]["tasks"] == direct["tasks"]
     # CTS meta-trained on top of that model: its run started from it, and moved away from it
-    from largemeta.runs.weights import load_weights
+    from largemeta.phi import load_weights
 
     start, trained = load_weights(tmp_path / "phi.safetensors"), load_weights(tmp_path / "pre" / "cts")
     assert trained.config["init"] == str(tmp_path / "phi.safetensors") and trained.step == 4

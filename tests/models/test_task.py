@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from largemeta.core import FOMAML, SGD, MetaLearner, Reptile, Schedule, ShiftErrorProbe
 from largemeta.core.params import clone
 from largemeta.errors import UserError
-from largemeta.models import BatchSampler, ImageTask, init_head
+from largemeta.models import BatchSource, ImageTask, init_head
 from largemeta.testing import RandomImageSampler, image_problem, make_learner
 
 
 def test_sampler_protocol_and_state_replays_batches():
     s = RandomImageSampler(12, 4, pool=16, seed=0)
-    assert isinstance(s, BatchSampler)
+    assert isinstance(s, BatchSource)
     state = s.state_dict()
     x1, y1 = s.sample_train(5)
     s.sample_query(3)  # the query stream does not disturb the training stream
@@ -168,3 +168,10 @@ def test_static_inputs_replace_sampling_and_are_restored(problem):
     after = task.sampler.state_dict()
     assert all(torch.equal(state[k], after[k]) for k in state)
     assert task.train_batch()[0] is not x  # sampling again outside the context
+
+
+def test_the_old_name_of_a_batch_source_still_works_with_a_warning():
+    import largemeta.models
+
+    with pytest.warns(DeprecationWarning, match="use largemeta.models.BatchSource"):
+        assert largemeta.models.BatchSampler is BatchSource

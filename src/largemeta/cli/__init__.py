@@ -27,7 +27,7 @@ COMMAND_MODULES = (
     "largemeta.cli.evaluate",
     "largemeta.cli.data",
     "largemeta.cli.synthetic",
-    "largemeta.cli.config",
+    "largemeta.cli.config_command",
 )
 
 

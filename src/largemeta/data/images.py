@@ -329,7 +329,7 @@ def task_seed(seed: int, index: int) -> int:
 
 
 class TrainQuerySampler:
-    """A task's minibatch sampler for the training loop (a ``BatchSampler``): its training stream and, for
+    """A task's minibatch sampler for the training loop (a ``BatchSource``): its training stream and, for
     meta-gradients that read held-out batches (FOMAML, iMAML), a query stream from a held-out share of its
     training images (:meth:`TaskImages.split_query`: fixed by the task's seed; the two streams have their own
     generators, so replaying the training stream — the shift-error probe — is not disturbed by query

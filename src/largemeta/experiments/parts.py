@@ -14,8 +14,7 @@ from largemeta import signals
 from largemeta.data.tasks import TaskSpec, load_suite
 from largemeta.devices import resolve_device
 from largemeta.errors import UserError
-from largemeta.runs import checkpoint as runs_checkpoint
-from largemeta.runs.checkpoint import has_checkpoint
+from largemeta.runs import checkpoint
 from largemeta.runs.names import METRICS
 from largemeta.train.budget import meta_update_every, no_meta_update
 from largemeta.train.build import select_tasks
@@ -48,8 +47,8 @@ def on_device(cfg: TrainConfig, device: str | None = None) -> TrainConfig:
 def train_to(cfg: TrainConfig, run_dir: Path, steps: int) -> int:
     """Train ``run_dir`` to ``steps``: a new run, or its checkpoint resumed (the config must be the same).
     Returns φ's meta-updates at ``steps``, as the run's controller counts them (0 for joint training)."""
-    resume = has_checkpoint(run_dir)
-    if resume and runs_checkpoint.read(run_dir).step > steps:
+    resume = checkpoint.has_checkpoint(run_dir)
+    if resume and checkpoint.read(run_dir).step > steps:
         raise UserError(
             f"{str(run_dir)!r} is already past {steps} steps: it was not trained by this experiment"
         )

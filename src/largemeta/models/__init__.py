@@ -12,14 +12,14 @@ from largemeta.models.factory import (
     register_model,
 )
 from largemeta.models.functional import HEAD, apply, features, init_head, split_state
-from largemeta.models.task import BatchSampler, ImageTask
+from largemeta.models.task import BatchSource, ImageTask
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "HEAD",
     "MODELS",
     "BasicBlock",
-    "BatchSampler",
+    "BatchSource",
     "CifarResNet",
     "ConvNet",
     "ImageTask",
@@ -35,3 +35,19 @@ __all__ = [
     "register_model",
     "split_state",
 ]
+
+_RENAMED = {"BatchSampler": "BatchSource"}  # 0.3: removed in 0.4
+
+
+def __getattr__(name: str):
+    if name in _RENAMED:
+        import warnings
+
+        new = _RENAMED[name]
+        warnings.warn(
+            f"largemeta.models.{name} is deprecated: use largemeta.models.{new} (removed in 0.4)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return globals()[new]
+    raise AttributeError(f"module 'largemeta.models' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Image classification tasks for the core loop: a shared body template, per-task BN buffers and a head.
 
-:class:`ImageTask` implements :class:`largemeta.core.metagrad.Task` over a :class:`BatchSampler`, the data
+:class:`ImageTask` implements :class:`largemeta.core.metagrad.Task` over a :class:`BatchSource`, the data
 layer's view of one dataset (``TrainQuerySampler`` over ``TaskImages`` provides it; tests use
 :class:`largemeta.testing.RandomImageSampler`). The task owns its BatchNorm buffers (updated by every training
 forward) and asks the sampler for a fresh batch on every loss, so inner steps, FOMAML's query losses and the
@@ -27,7 +27,7 @@ Batch = tuple[Tensor, Tensor]
 
 
 @runtime_checkable
-class BatchSampler(Protocol):
+class BatchSource(Protocol):
     """Minibatches of one task: images float (B, C, H, W) and labels long (B,).
 
     Training and query batches come from separate streams (FOMAML and iMAML draw query batches; the others
@@ -45,7 +45,7 @@ class ImageTask:
 
     Args:
         body: the shared body template (never mutated; only its structure is used).
-        sampler: where batches come from (see :class:`BatchSampler`); its ``state_dict()`` /
+        sampler: where batches come from (see :class:`BatchSource`); its ``state_dict()`` /
             ``load_state_dict()``, when present, are this task's (checkpoints, the shift-error probe's
             replay).
         classes: head width.
@@ -67,7 +67,7 @@ class ImageTask:
     def __init__(
         self,
         body: nn.Module,
-        sampler: BatchSampler,
+        sampler: BatchSource,
         *,
         classes: int,
         batch_size: int,

@@ -5,7 +5,6 @@
   writes uses it.
 * :mod:`~largemeta.runs.folder`: a run's identity, its config copy and its metrics log.
 * :mod:`~largemeta.runs.checkpoint`: what a run's checkpoint holds, read back in either format.
-* :mod:`~largemeta.runs.weights`: φ read from a run folder or an export, and the export format both ways.
 * :mod:`~largemeta.runs.results`: reading a ``results.json``.
 
 This package sits below both the trainer and the meta-test protocol.

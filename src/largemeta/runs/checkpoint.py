@@ -20,7 +20,7 @@ A run's checkpoint is a set of named entries (:mod:`largemeta.checkpoint`) plus 
 (``largemeta-sharded-checkpoint-v2``), else version 0.1's ``checkpoint.pt`` (``largemeta-checkpoint-v1``),
 converted on the way in to the same entries — without loading its tensors; :meth:`CheckpointOnDisk.load`
 then reads the entries a caller needs. Who writes and loads which entry is the trainer's
-(:mod:`largemeta.train.checkpoint`).
+(:mod:`largemeta.train.state`).
 """
 
 from __future__ import annotations

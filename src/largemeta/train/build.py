@@ -37,7 +37,7 @@ from largemeta.execution import EXECUTORS, GRAPH, CudaGraphMetaStep
 from largemeta.models import create_model, feature_size, init_head, split_state
 from largemeta.models.factory import check_body
 from largemeta.models.task import ImageTask
-from largemeta.runs.weights import fit_to_body, load_weights
+from largemeta.phi import fit_to_body, load_weights
 from largemeta.train import distributed, groups
 from largemeta.train.config import META_OPTIMIZERS, TrainConfig
 from largemeta.train.joint import JointLearner
@@ -45,7 +45,7 @@ from largemeta.train.layout import Layout, layout
 
 
 @dataclass(frozen=True)
-class Placement:
+class Processes:
     """Where this process runs: its device, rank, the world size and the process group (None alone)."""
 
     device: torch.device
@@ -54,12 +54,12 @@ class Placement:
     group: Any
 
 
-def place(cfg: TrainConfig) -> Placement:
+def place(cfg: TrainConfig) -> Processes:
     """Pick the device (:func:`largemeta.devices.resolve_device`) and join the process group when launched by
     torchrun (WORLD_SIZE > 1)."""
     device = resolve_device(cfg.device, int(os.environ.get("RANK", "0")), what="config key 'device'")
     rank, world, group = distributed.init(device)
-    return Placement(device, rank, world, group)
+    return Processes(device, rank, world, group)
 
 
 def select_tasks(
@@ -115,7 +115,7 @@ class Run:
     """
 
     cfg: TrainConfig
-    placement: Placement
+    processes: Processes
     specs: list[TaskSpec]
     layout: Layout
     """Which ranks run and write which slot: ``layout.mine`` are this rank's slots."""
@@ -149,7 +149,7 @@ class Run:
             self.loader.close()
 
 
-def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | None = None) -> Run:
+def build_run(cfg: TrainConfig, processes: Processes, saved_placement: str | None = None) -> Run:
     """Build this rank's part of the run ``cfg`` describes (no file is read but the data and ``cfg.init``).
 
     ``saved_placement``: where a resumed run's images were (``device`` or ``stream``), kept where it
@@ -163,11 +163,11 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
         raise UserError(f"meta-train tasks mix {sorted(channels)} input channels; one model needs one count")
     algo = ALGORITHMS.get(cfg.algo)
     if cfg.tasks_per_trajectory:  # a pool: M slots, at least one per rank (so never task groups)
-        check_pool(len(specs), cfg.tasks_per_trajectory, placement.world)
+        check_pool(len(specs), cfg.tasks_per_trajectory, processes.world)
         slots, assign = cfg.tasks_per_trajectory, _task_pool
     else:  # a fixed task list: one slot per task, a pool that never redraws
         slots, assign = len(specs), _static
-    lay = layout(slots, placement.rank, placement.world)  # more ranks than slots: task groups
+    lay = layout(slots, processes.rank, processes.world)  # more ranks than slots: task groups
     groups.check_config(cfg, lay, algo)
 
     torch.manual_seed(cfg.seed)  # the same initial φ on every rank
@@ -176,11 +176,11 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
     phi, buffers = split_state(body)
     if cfg.init:
         phi = initial_phi(cfg, phi)
-    phi = {k: v.to(placement.device) for k, v in phi.items()}
+    phi = {k: v.to(processes.device) for k, v in phi.items()}
     may_run = list(range(len(specs))) if cfg.tasks_per_trajectory else lay.mine  # a pool draws any task
-    loader = task_loader(cfg, placement, [specs[p] for p in may_run], len(lay.mine), saved_placement)
-    build_task = _task_builder(cfg, specs, body, buffers, placement.device, algo.uses_query, loader)
-    assignment = assign(cfg, specs, lay, placement, build_task)
+    loader = task_loader(cfg, processes, [specs[p] for p in may_run], len(lay.mine), saved_placement)
+    build_task = _task_builder(cfg, specs, body, buffers, processes.device, algo.uses_query, loader)
+    assignment = assign(cfg, specs, lay, processes, build_task)
     tasks, heads = assignment.start()
     if len(may_run) == len(tasks):  # every task it will ever run is built: free the host copies
         loader.forget_datasets()
@@ -193,9 +193,9 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
     where = {"loader": loader, "data_placement": loader.data_placement}
     if algo.joint:
         learner: MetaLearner | JointLearner = JointLearner(
-            phi, tasks, inner, heads, group=placement.group, reduce=task_group.mean if task_group else None
+            phi, tasks, inner, heads, group=processes.group, reduce=task_group.mean if task_group else None
         )
-        return Run(cfg, placement, specs, lay, assignment, body, tasks, learner, learner.inner_step, **where)
+        return Run(cfg, processes, specs, lay, assignment, body, tasks, learner, learner.inner_step, **where)
     meta_gradient, schedule = algo.build(
         cfg.k, cfg.meta_every, lam=cfg.imaml_lambda, cg_steps=cfg.imaml_cg_steps
     )
@@ -212,20 +212,20 @@ def build_run(cfg: TrainConfig, placement: Placement, saved_placement: str | Non
         private=heads,
         outer=outer,
         reset_inner_state=cfg.reset_inner_state,
-        group=placement.group,
+        group=processes.group,
         assignment=assignment,
         executor=executor,
     )
     take_step = CudaGraphMetaStep(learner) if cfg.executor == GRAPH else learner.inner_step
     probe = ShiftErrorProbe(learner, task=0, every=cfg.shift_error_every) if cfg.shift_error_every else None
     return Run(
-        cfg, placement, specs, lay, assignment, body, learner.runner.tasks, learner, take_step, probe, **where
+        cfg, processes, specs, lay, assignment, body, learner.runner.tasks, learner, take_step, probe, **where
     )
 
 
 def task_loader(
     cfg: TrainConfig,
-    placement: Placement,
+    processes: Processes,
     specs: list[TaskSpec],
     at_once: int | None,
     before: str | None,
@@ -233,7 +233,7 @@ def task_loader(
     """The run's :class:`TaskLoader` on this rank's device (its data placement resolved there: ``auto``
     weighs the ``at_once`` largest of ``specs``, all when None; resuming, the run's own, ``before``)."""
     loader = TaskLoader(
-        placement.device,
+        processes.device,
         cfg.data_placement,
         specs=specs,
         at_once=at_once,
@@ -242,7 +242,7 @@ def task_loader(
         data_dir=cfg.data_dir or None,
         workers=cfg.stream_workers,
     )
-    if loader.data_placement == "stream" and loader.why and placement.rank == 0:
+    if loader.data_placement == "stream" and loader.why and processes.rank == 0:
         notice(f"{loader.why} by {loader.workers} worker process(es)")
     return loader
 
@@ -284,7 +284,7 @@ def _static(
     cfg: TrainConfig,
     specs: list[TaskSpec],
     lay: Layout,
-    placement: Placement,
+    processes: Processes,
     build_task: Callable[[int], tuple[ImageTask, Params]],
 ) -> Static:
     """A fixed task list: task s in slot s; this rank builds its slots' tasks once."""
@@ -295,13 +295,13 @@ def _task_pool(
     cfg: TrainConfig,
     specs: list[TaskSpec],
     lay: Layout,
-    placement: Placement,
+    processes: Processes,
     build_task: Callable[[int], tuple[ImageTask, Params]],
 ) -> TaskPool:
     """The pool of every meta-train task, ``cfg.tasks_per_trajectory`` at a time (any may be drawn on any
     rank): a drawn task is built (its images loaded) when it enters a slot, its state kept on the host and
     its images released when it leaves."""
-    device = placement.device
+    device = processes.device
 
     def activate(p: int, state: dict[str, Any] | None) -> tuple[ImageTask, Params]:
         task, head = build_task(p)
@@ -319,7 +319,7 @@ def _task_pool(
 
     def exchange(leaving: dict[int, Any]) -> dict[int, Any]:
         merged: dict[int, Any] = {}
-        for part in distributed.all_gather(leaving, placement.group):
+        for part in distributed.all_gather(leaving, processes.group):
             merged.update(part)
         return merged
 

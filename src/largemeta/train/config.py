@@ -136,7 +136,7 @@ RESUMABLE_CHANGES = (
     "tensorboard",
     "trackers",
     "data_dir",
-    # where images live does not change which batches are drawn (on CUDA the run keeps its placement)
+    # where images live does not change which batches are drawn (on CUDA the run keeps its data placement)
     "data_placement",
     "memory_budget_gb",
     "stream_workers",

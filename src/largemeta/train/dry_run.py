@@ -21,7 +21,7 @@ from largemeta.runs.claim import accept_new_run
 from largemeta.train.budget import meta_updates
 from largemeta.train.build import build_run, place
 from largemeta.train.config import TrainConfig, tracker_names
-from largemeta.train.run_folder import check_resume
+from largemeta.train.resume import check_resume
 
 
 def plan(cfg: TrainConfig, folder: Path, *, resume: bool, allow_model_change: bool = False) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def plan(cfg: TrainConfig, folder: Path, *, resume: bool, allow_model_change: bo
             "resume_from_step": start,
             "steps": cfg.steps,
             "algo": cfg.algo,
-            "device": str(run.placement.device),
+            "device": str(run.processes.device),
             "tasks": [s.name for s in run.specs],
             "tasks_per_trajectory": cfg.tasks_per_trajectory or len(run.specs),
             "parameters_in_phi": sum(v.numel() for v in run.learner.phi.values()),

@@ -2,7 +2,7 @@
 
 BatchNorm running statistics are per task and not meta-learned; the export carries the body's fresh ones
 (mean 0, variance 1), as a new task starts with. A φ holding NaN or inf is refused, and so is an ``--out``
-that exists and is not an export of largemeta. The file format is :mod:`largemeta.runs.weights`'s.
+that exists and is not an export of largemeta. The file format is :mod:`largemeta.phi`'s.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from pathlib import Path
 
 import torch
 
-from largemeta import phi
 from largemeta.errors import UserError
 from largemeta.models import create_model, split_state
-from largemeta.runs.weights import is_export, load_weights
+from largemeta.phi import is_export, load_weights, save
 from largemeta.train.config import from_mapping
 
 
@@ -30,7 +29,7 @@ def export(run_dir: Path, out: Path) -> Path:
     torch.manual_seed(cfg.seed)
     channels = weights.in_channels or 3
     _, buffers = split_state(create_model(cfg.model, in_channels=channels, width=cfg.width))
-    return phi.save(
+    return save(
         out,
         {**weights.phi, **buffers},
         model=cfg.model,

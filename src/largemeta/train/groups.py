@@ -122,7 +122,7 @@ class GroupAverage:
 
 
 class SliceSampler:
-    """A :class:`~largemeta.models.task.BatchSampler` that draws the task's whole batch from ``inner`` (so
+    """A :class:`~largemeta.models.task.BatchSource` that draws the task's whole batch from ``inner`` (so
     the generator advances as on one rank) and returns slice ``part`` of ``parts`` equal slices. Everything
     else (state, the eval split) is ``inner``'s."""
 

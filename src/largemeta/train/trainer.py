@@ -7,17 +7,17 @@
         trainer.close()
 
 :mod:`largemeta.train.build` builds the run (device, process group, tasks, learner, executor),
-:mod:`largemeta.train.checkpoint` saves and restores its checkpoint; this module owns the run folder
+:mod:`largemeta.train.state` saves and restores its checkpoint; this module owns the run folder
 (:mod:`largemeta.runs`) and the loop: steps, non-finite guards, metrics lines, TensorBoard events,
 checkpoints, preemption.
 
 The run folder is claimed (checked, then locked for the life of the trainer) before anything is written, and
-nothing is written until the run is built; :mod:`largemeta.train.run_folder` holds the policy (``resume=True``
+nothing is written until the run is built; :mod:`largemeta.train.resume` holds the policy (``resume=True``
 continues the checkpoint only when ``cfg`` differs from its config in resumable keys alone).
 SIGTERM or SIGINT during :meth:`Trainer.run` finishes the current step, writes a checkpoint and raises
 :class:`largemeta.errors.Preempted`. Under torchrun each rank serves its tasks (or a slice of one task's
 batch: :mod:`largemeta.train.groups`); rank 0 checks, locks and writes the folder's files, every rank writes
-its own part of each checkpoint (:mod:`largemeta.train.checkpoint`), and every decision that ends the loop
+its own part of each checkpoint (:mod:`largemeta.train.state`), and every decision that ends the loop
 (a signal, a non-finite value) is agreed by all ranks after the same step.
 """
 
@@ -37,14 +37,14 @@ from largemeta import console, signals, trackers
 from largemeta.core.algorithms import ALGORITHMS
 from largemeta.errors import Preempted, UserError
 from largemeta.metatest import check_image_size
-from largemeta.runs import checkpoint as runs_checkpoint
+from largemeta.runs import checkpoint
 from largemeta.runs.checkpoint import CheckpointOnDisk
 from largemeta.runs.names import CHECKPOINT, METRICS
-from largemeta.train import checkpoint, distributed
+from largemeta.train import distributed, state
 from largemeta.train.budget import no_meta_update
 from largemeta.train.build import build_run, place
 from largemeta.train.config import TrainConfig, tracker_names
-from largemeta.train.run_folder import open_run_folder, write_records
+from largemeta.train.resume import open_run_folder, write_records
 
 
 class NonFiniteLoss(UserError):
@@ -69,8 +69,8 @@ class Trainer:
         self.allow_model_change = allow_model_change
         self.check_budget = check_budget
         """Warn when ``cfg.steps`` holds no meta-update (an experiment checks its milestones itself)."""
-        self.placement = place(cfg)
-        self.rank = self.placement.rank
+        self.processes = place(cfg)
+        self.rank = self.processes.rank
         self.progress = progress and self.rank == 0
         self.identity: dict[str, Any] = {}
         self.checkpoint_step: int | None = None
@@ -85,11 +85,11 @@ class Trainer:
             held.callback(distributed.shutdown)  # no one calls close() on a failed start
             saved = self._open_folder(resume, held)
             trackers.require(tracker_names(cfg))  # refuse a missing package before writing anything
-            self.run_state = build_run(cfg, self.placement, saved.data_placement if saved else None)
+            self.run_state = build_run(cfg, self.processes, saved.data_placement if saved else None)
             for spec in {(s.channels, s.image_size): s for s in self.run_state.specs}.values():
                 check_image_size(self.run_state.body, spec.channels, spec.image_size, f"task {spec.name!r}")
             if saved is not None:
-                checkpoint.restore(self.run_state, saved)
+                state.restore(self.run_state, saved)
                 self.checkpoint_step = saved.step
             self.controller = getattr(self.learner, "controller", None)
             """φ's schedule (None for joint training: no meta-update, no restart)."""
@@ -118,7 +118,7 @@ class Trainer:
         return self.controller.meta_updates if self.controller is not None else 0
 
     def _open_folder(self, resume: bool, held: contextlib.ExitStack) -> CheckpointOnDisk | None:
-        """Rank 0 takes the folder (:func:`~largemeta.train.run_folder.open_run_folder`, its claim entered
+        """Rank 0 takes the folder (:func:`~largemeta.train.resume.open_run_folder`, its claim entered
         into ``held``); every rank learns the outcome (one line for all, at once, instead of a collective
         timing out) and, resuming, reads the checkpoint."""
         saved, failure = None, None
@@ -129,11 +129,11 @@ class Trainer:
                 held.enter_context(opened.claim)
                 saved, self.identity = opened.saved, opened.identity
             except BaseException as err:
-                if self.placement.group is None:
+                if self.processes.group is None:
                     raise
                 failure = err
                 outcome = (str(err), err.exit_code) if isinstance(err, UserError) else ("rank 0 failed", 1)
-        outcome = distributed.broadcast(outcome, self.placement.group)
+        outcome = distributed.broadcast(outcome, self.processes.group)
         if failure is not None:
             raise failure
         if outcome is not None:
@@ -141,7 +141,7 @@ class Trainer:
             err.exit_code = outcome[1]
             raise err
         if resume and saved is None:
-            saved = runs_checkpoint.read(self.run_dir)
+            saved = checkpoint.read(self.run_dir)
         return saved
 
     def close(self) -> None:
@@ -179,16 +179,16 @@ class Trainer:
         # A non-finite gradient shows in the parameters before it shows in a loss (one step later); an
         # unstable inner step can leave the parameters finite and the BatchNorm statistics infinite.
         bad = self._first_non_finite()
-        if distributed.any_rank([bad is not None], self.placement.group, self.placement.device)[0]:
+        if distributed.any_rank([bad is not None], self.processes.group, self.processes.device)[0]:
             where = bad or "state on another rank"
             raise NonFiniteLoss(
                 f"non-finite {where} at step {self.learner.step}; stopped — {self._last_good()}"
             )
-        if self.placement.group is None:
-            checkpoint.save(self.run_state, self.run_dir, self.identity)
+        if self.processes.group is None:
+            state.save(self.run_state, self.run_dir, self.identity)
         else:
             distributed.guarded(
-                lambda: checkpoint.save(self.run_state, self.run_dir, self.identity),
+                lambda: state.save(self.run_state, self.run_dir, self.identity),
                 "writing a checkpoint",
             )
         self.checkpoint_step = self.learner.step
@@ -216,7 +216,7 @@ class Trainer:
                 while self.learner.step < cfg.steps:
                     names = [t.name for t in self.tasks]  # a task pool's restart at this step swaps tasks
                     take_step = self.run_state.take_step
-                    group = self.placement.group
+                    group = self.processes.group
                     losses = (
                         distributed.guarded(take_step, "the meta-update all-reduce") if group else take_step()
                     )
@@ -225,7 +225,7 @@ class Trainer:
                     losses = losses.detach().double().cpu()
                     bad = (~torch.isfinite(losses)).nonzero()
                     stop, bad_anywhere = distributed.any_rank(
-                        [signals.pending() is not None, len(bad) > 0], group, self.placement.device
+                        [signals.pending() is not None, len(bad) > 0], group, self.processes.device
                     )
                     if bad_anywhere:
                         where = (
@@ -272,9 +272,9 @@ class Trainer:
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         at = f" from step {self.learner.step}" if self.learner.step else ""
         return f"train {cfg.algo}{at} -> {self.run_dir}", {
-            "device": self.placement.device
-            if self.placement.world == 1
-            else f"{self.placement.device} x {self.placement.world} ranks",
+            "device": self.processes.device
+            if self.processes.world == 1
+            else f"{self.processes.device} x {self.processes.world} ranks",
             "tasks": f"{len(names)} ({shown})"
             + (f", {cfg.tasks_per_trajectory} per trajectory" if cfg.tasks_per_trajectory else ""),
             "model": f"{cfg.model} width {cfg.width}",
@@ -333,7 +333,7 @@ class Trainer:
         if self.controller is not None and step % self.controller.schedule.k == 0:  # θ = φ now
             for name, held_out in self._held_out().items():
                 mine.setdefault(name, {})["phi_accuracy"] = held_out["accuracy"]
-        gathered = distributed.gather(mine, self.placement.group)
+        gathered = distributed.gather(mine, self.processes.group)
         if self.rank != 0:
             return {}
         tasks: dict[str, Any] = {}

@@ -58,7 +58,7 @@ class Shared:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         learner = self.run.learner
         check_shapes(learner.shared_state_dict(), state, SHARED)
-        learner.load_shared_state_dict(to_device(state, self.run.placement.device))
+        learner.load_shared_state_dict(to_device(state, self.run.processes.device))
 
 
 class Trajectory:
@@ -75,7 +75,7 @@ class Trajectory:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        learner, device = self.run.learner, self.run.placement.device
+        learner, device = self.run.learner, self.run.processes.device
         check_shapes(learner.task_state_dict(self.local), state, f"trajectory {self.local}")
         learner.load_task_state_dict(self.local, to_device(state, device))
         if self.with_task:
@@ -130,7 +130,7 @@ class _Pooled:
         pool = run.assignment
         assert isinstance(pool, TaskPool)
         out: dict[str, Stateful] = {}
-        if run.placement.rank == 0:
+        if run.processes.rank == 0:
             out[POOL] = pool
             out.update(
                 {pool_task_entry(p): PoolTask(run, pool, p) for p in pool.stored if p not in pool.assignment}
@@ -159,7 +159,7 @@ _SCHEMES = {Static: _FixedTasks, TaskPool: _Pooled}
 
 def entries_to_write(run: Run) -> dict[str, Stateful]:
     """The entries this rank writes: "shared" on rank 0, and those of the slots it leads (see the schemes)."""
-    shared: dict[str, Stateful] = {SHARED: Shared(run)} if run.placement.rank == 0 else {}
+    shared: dict[str, Stateful] = {SHARED: Shared(run)} if run.processes.rank == 0 else {}
     return {**shared, **_SCHEMES[type(run.assignment)].to_write(run)}
 
 
@@ -173,7 +173,7 @@ def manifest_record(run: Run, identity: dict[str, Any]) -> dict[str, Any]:
     return {
         "config": run.cfg.to_dict(),
         "identity": identity,
-        "world": run.placement.world,
+        "world": run.processes.world,
         "task_names": [s.name for s in run.specs],
         "data_placement": run.data_placement,
     }
@@ -183,10 +183,10 @@ def save(run: Run, run_dir: Path, identity: dict[str, Any]) -> None:
     """Write the run's checkpoint (a collective under torchrun: every rank writes its own entries)."""
     entries = {name: on_cpu(obj.state_dict()) for name, obj in entries_to_write(run).items()}
     store.save(
-        run_dir, run.learner.step, entries, info=manifest_record(run, identity), group=run.placement.group
+        run_dir, run.learner.step, entries, info=manifest_record(run, identity), group=run.processes.group
     )
     legacy = Path(run_dir) / LEGACY_CHECKPOINT
-    if run.placement.rank == 0 and legacy.exists():
+    if run.processes.rank == 0 and legacy.exists():
         legacy.unlink()  # superseded by the manifest just published (a version-0.1 run, resumed)
 
 
@@ -205,9 +205,9 @@ def restore(run: Run, on_disk: CheckpointOnDisk) -> None:
             raise UserError(f"checkpoint does not fit this run ({type(err).__name__}: {err})") from None
     except UserError as err:
         error = str(err)
-    group = run.placement.group
+    group = run.processes.group
     if group is not None:
-        errors: list[Any] = [None] * run.placement.world
+        errors: list[Any] = [None] * run.processes.world
         distributed.guarded(
             lambda: dist.all_gather_object(errors, error, group=group), "loading the checkpoint"
         )
