@@ -15,29 +15,30 @@ import pytest
 import largemeta.data
 
 LAYERS = (
-    "formats",
-    "cache",
-    "sources",
-    "arrays",
-    "store",
-    "augment",
-    "sampler",
-    "tasks",
-    "index",
-    "byo",
-    "packaged",
-    "vision",
-    "datasets",
-    "images",
-    "stream",
-    "loader",
+    "sources.formats",
+    "store.cache",
+    "sources.sources",
+    "store.arrays",
+    "store.store",
+    "tasks.augment",
+    "tasks.sampler",
+    "tasks.tasks",
+    "store.index",
+    "sources.byo",
+    "sources.packaged",
+    "sources.vision",
+    "sources.datasets",
+    "tasks.images",
+    "tasks.stream",
+    "tasks.loader",
 )
 DATA_DIR = Path(largemeta.data.__file__).parent
 
 
 def data_imports(module: str) -> set[str]:
-    """The ``largemeta.data.*`` modules that ``module`` imports anywhere (function bodies included)."""
-    tree = ast.parse((DATA_DIR / f"{module}.py").read_text())
+    """The ``largemeta.data.<room>.<module>`` modules that ``module`` (``<room>.<module>``) imports anywhere
+    (function bodies included)."""
+    tree = ast.parse((DATA_DIR / f"{module.replace('.', '/')}.py").read_text())
     found = set()
     for node in ast.walk(tree):
         names = []
@@ -45,12 +46,17 @@ def data_imports(module: str) -> set[str]:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        found |= {n.split(".")[2] for n in names if n.startswith("largemeta.data.") and n.count(".") >= 2}
+        found |= {
+            ".".join(n.split(".")[2:4])
+            for n in names
+            if n.startswith("largemeta.data.") and n.count(".") >= 3
+        }
     return found & set(LAYERS)
 
 
 def test_every_data_module_has_a_layer():
-    modules = {p.stem for p in DATA_DIR.glob("*.py")} - {"__init__"}
+    modules = {f"{p.parent.name}.{p.stem}" for p in DATA_DIR.glob("*/*.py") if p.stem != "__init__"}
+    assert {p.name for p in DATA_DIR.glob("*.py")} == {"__init__.py"}  # every module is in a room
     assert modules == set(LAYERS)
 
 

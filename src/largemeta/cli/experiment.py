@@ -178,8 +178,8 @@ DEMO_ALGOS = ("cts", "reptile", "leap", "scratch")
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from largemeta.data.datasets import fetch_dataset
-    from largemeta.data.tasks import load_suite
+    from largemeta.data.sources.datasets import fetch_dataset
+    from largemeta.data.tasks.tasks import load_suite
     from largemeta.experiments import EXPERIMENTS, EvalSettings, convergence, overall, table
     from largemeta.report import write_report
     from largemeta.train.config import load_config

@@ -21,7 +21,7 @@ from largemeta.registry import Registry
 from largemeta.stats import ci95, paired
 
 if TYPE_CHECKING:  # this module is read by the command line's start-up, which must not import torch
-    from largemeta.data.tasks import TaskSpec
+    from largemeta.data.tasks.tasks import TaskSpec
     from largemeta.metatest import Init
     from largemeta.train.config import TrainConfig
 

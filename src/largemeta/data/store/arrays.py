@@ -1,8 +1,9 @@
 """What a dataset is in memory (:class:`ArrayDataset`) and what a registered one is (:class:`DatasetSpec`).
 
-The lowest module of the dataset side of the data layer: bring-your-own readers (:mod:`largemeta.data.byo`),
-the built-in dataset definitions (:mod:`largemeta.data.packaged`, :mod:`largemeta.data.vision`) and the
-registry and cache (:mod:`largemeta.data.datasets`) all build on it, and it imports none of them.
+The lowest module of the dataset side of the data layer: bring-your-own readers
+(:mod:`largemeta.data.sources.byo`), the built-in dataset definitions (:mod:`largemeta.data.sources.packaged`,
+:mod:`largemeta.data.sources.vision`) and the registry and cache (:mod:`largemeta.data.sources.datasets`) all
+build on it, and it imports none of them.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from largemeta.data.formats import stratified_split
-from largemeta.data.sources import Source
+from largemeta.data.sources.formats import stratified_split
+from largemeta.data.sources.sources import Source
 from largemeta.errors import UserError
 
 
