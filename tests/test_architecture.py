@@ -26,7 +26,10 @@ LAYERS = [
     ["execution"],
     ["runs"],
     ["models", "synthetic"],
-    ["data"],
+    ["data"],  # the data layer's face: re-exports its three rooms
+    ["data.tasks"],  # suites, TaskImages, sampling, streaming, the loader
+    ["data.sources"],  # fetching, parsing, the built-in and bring-your-own datasets, the registry
+    ["data.store"],  # the cache folder, ArrayDataset, the cache format, folder listings
     ["core"],
     ["checkpoint", "registry", "trackers"],
     ["files", "signals", "stats", "argtypes", "console", "devices", "provenance"],
@@ -67,8 +70,12 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
 
 
 def layer_of(module: str) -> int:
-    parts = module.split(".")
-    return LAYER[parts[1] if len(parts) > 1 else "__init__"]
+    """The layer of ``module``: its room's (``data.store``) where that has a layer of its own, else its
+    top-level name's; the package face is ``__init__``."""
+    parts = module.split(".")[1:]
+    if len(parts) > 1 and ".".join(parts[:2]) in LAYER:
+        return LAYER[".".join(parts[:2])]
+    return LAYER[parts[0] if parts else "__init__"]
 
 
 def upward_imports(known: dict[str, Path]) -> list[str]:

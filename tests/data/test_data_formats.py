@@ -16,9 +16,9 @@ from largemeta.data.sources.formats import (
     read_deb_data,
     read_tar_members,
     read_zip_members,
-    stratified_split,
 )
 from largemeta.data.sources.packaged import FASHION_GZ_SHA256, MNIST_SHA256
+from largemeta.data.store.arrays import stratified_split
 from largemeta.data.store.cache import data_dir
 from largemeta.errors import UserError
 from largemeta.files import sha256_bytes

@@ -1,8 +1,10 @@
 """The data layer's modules import each other in one direction only (no cycles, no hidden ones).
 
-Each module may import only modules listed before it. ``datasets`` sits above the dataset definitions
-(``packaged``, ``vision``) and the bring-your-own readers, so registering happens there, explicitly, and
-never as a side effect of importing a lower module.
+Each module may import only modules listed before it. The rooms are contiguous in that order — storage
+(``store``), then acquisition (``sources``), then the task side (``tasks``) — which is what
+``tests/test_architecture.py`` enforces between rooms; this test adds the order within each. ``datasets``
+sits above the dataset definitions (``packaged``, ``vision``) and the bring-your-own readers, so registering
+happens there, explicitly, and never as a side effect of importing a lower module.
 """
 
 from __future__ import annotations
@@ -15,19 +17,19 @@ import pytest
 import largemeta.data
 
 LAYERS = (
-    "sources.formats",
     "store.cache",
-    "sources.sources",
     "store.arrays",
-    "store.store",
-    "tasks.augment",
-    "tasks.sampler",
-    "tasks.tasks",
     "store.index",
+    "store.store",
+    "sources.formats",
+    "sources.sources",
     "sources.byo",
     "sources.packaged",
     "sources.vision",
     "sources.datasets",
+    "tasks.augment",
+    "tasks.sampler",
+    "tasks.tasks",
     "tasks.images",
     "tasks.stream",
     "tasks.loader",

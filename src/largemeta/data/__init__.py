@@ -18,10 +18,11 @@ disk and decoded by worker processes as they are drawn (:class:`StreamRows`,
 converted into an :class:`ArrayDataset`.
 """
 
-from largemeta.data.sources.datasets import DATASETS, fetch_dataset, load_dataset
-from largemeta.data.store.arrays import ArrayDataset, DatasetSpec
+from largemeta.data.sources.datasets import DATASETS, Datasets, fetch_dataset, load_dataset
+from largemeta.data.sources.sources import DatasetSpec
+from largemeta.data.store.arrays import ArrayDataset
 from largemeta.data.store.index import FolderIndex, index_folder
-from largemeta.data.tasks.images import Datasets, DeviceRows, TaskImages, TrainQuerySampler, task_seed
+from largemeta.data.tasks.images import DeviceRows, TaskImages, TrainQuerySampler, task_seed
 from largemeta.data.tasks.loader import PLACEMENTS, TaskLoader, choose_placement
 from largemeta.data.tasks.sampler import TaskSampler
 from largemeta.data.tasks.stream import StreamError, StreamHub, StreamRows

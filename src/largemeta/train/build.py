@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from largemeta.console import notice
 from largemeta.core.algorithms import ALGORITHMS
 from largemeta.core.assignment import Static, TaskAssignment, TaskPool, check_pool
 from largemeta.core.diagnostics import ShiftErrorProbe
 from largemeta.core.engine import MetaLearner
 from largemeta.core.inner import INNER_OPTIMIZERS
 from largemeta.core.params import Params, map_tensors
-from largemeta.data.store.cache import notice
 from largemeta.data.tasks.images import TrainQuerySampler, task_seed
 from largemeta.data.tasks.loader import TaskLoader
 from largemeta.data.tasks.tasks import TaskSpec, load_suite

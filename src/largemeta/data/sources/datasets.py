@@ -2,6 +2,7 @@
 
 ``load_dataset(name_or_path)``: a registered name is read from the cache, or fetched from its sources and
 converted once; a path is read as a bring-your-own folder or ``.npz`` (:mod:`largemeta.data.sources.byo`).
+:class:`Datasets` memoises ``load_dataset`` for the tasks of a suite.
 ``memory_mapped(name_or_path)``: the same dataset with its arrays memory-mapped from a cache entry (what
 streaming reads rows from); a path's arrays are written once into an entry of their own under
 ``<cache>/byo-v2/``.
@@ -23,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from largemeta.console import notice
 from largemeta.data.sources.byo import load_path
 from largemeta.data.sources.packaged import PACKAGED_DATASETS
+from largemeta.data.sources.sources import DatasetSpec
 from largemeta.data.sources.vision import PAPER_DATASETS
-from largemeta.data.store.arrays import ArrayDataset, DatasetSpec
+from largemeta.data.store.arrays import ArrayDataset
 from largemeta.data.store.cache import data_dir as resolve_data_dir
-from largemeta.data.store.cache import ensure_writable, notice, unwritable
+from largemeta.data.store.cache import ensure_writable, unwritable
 from largemeta.data.store.store import (
     Damaged,
     entry_dir,
@@ -152,6 +155,35 @@ def load_dataset(
     if name not in DATASETS and looks_like_path(name):
         return load_path(Path(name).expanduser(), skip_bad_images=skip_bad_images)
     return fetch_dataset(name, data_dir, root)
+
+
+class Datasets:
+    """Each distinct dataset loaded once, for building the tasks of many specs (what
+    :class:`~largemeta.data.tasks.loader.TaskLoader` builds its tasks with).
+
+    Tasks often share a dataset (QuickDraw cut into class groups; one target fine-tuned under several seeds),
+    and reading it from the cache once per task would repeat the same work. ``Datasets`` memoises
+    :func:`load_dataset` by the name or path a spec gives; the caller builds each task from it::
+
+        datasets = Datasets(data_dir=cfg.data_dir)
+        for i, spec in enumerate(specs):
+            images = TaskImages.from_arrays(spec, datasets.get(spec.dataset), seed=task_seed(cfg.seed, i))
+
+    The host arrays stay referenced while this object lives; drop it once the tasks are built.
+    """
+
+    def __init__(
+        self, data_dir: str | os.PathLike[str] | None = None, root: str | os.PathLike[str] | None = None
+    ) -> None:
+        self.data_dir = data_dir
+        self.root = root
+        self._loaded: dict[str, ArrayDataset] = {}
+
+    def get(self, name: str) -> ArrayDataset:
+        """The dataset ``name`` (a registered name or a path), loaded on the first request only."""
+        if name not in self._loaded:
+            self._loaded[name] = load_dataset(name, data_dir=self.data_dir, root=self.root)
+        return self._loaded[name]
 
 
 def memory_mapped(

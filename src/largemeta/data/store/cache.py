@@ -29,14 +29,10 @@ from __future__ import annotations
 import errno
 import json
 import os
-import sys
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import platformdirs
-from tqdm import tqdm
 
 from largemeta.errors import UserError
 from largemeta.files import atomic_open
@@ -73,22 +69,6 @@ def atomic_write_json(path: Path, obj: object) -> None:
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
         f.write("\n")
-
-
-def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
-    """A tqdm bar on stderr that stays quiet when stderr is not a terminal (logs, CI, tests)."""
-    kwargs.setdefault("disable", not sys.stderr.isatty())
-    kwargs.setdefault("leave", False)
-    kwargs.setdefault("file", sys.stderr)
-    return tqdm(iterable, **kwargs)
-
-
-def notice(message: str) -> None:
-    """One informational line on stderr (``largemeta: ...``), like the CLI's error lines: a decision the
-    user should know about (a placement chosen, a damaged cache entry being repaired), not a problem."""
-    from largemeta import console
-
-    console.notice(message)
 
 
 def unwritable(cache: Path, err: OSError, what: str = "") -> UserError:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from largemeta.data.sources.formats import stratified_split
+from largemeta.data.store.arrays import stratified_split
 from largemeta.data.store.cache import atomic_open, atomic_write_json
 from largemeta.errors import UserError
 

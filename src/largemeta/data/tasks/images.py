@@ -30,14 +30,12 @@ To build many tasks, loading each dataset once (e.g. QuickDraw for several class
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from largemeta.data.sources.datasets import load_dataset
 from largemeta.data.store.arrays import ArrayDataset
 from largemeta.data.tasks.augment import apply_augmentation, normalize, resize_uint8, to_grey
 from largemeta.data.tasks.sampler import Draw, TaskSampler
@@ -363,37 +361,3 @@ class TrainQuerySampler:
         self.train.close()
         if self.query is not None:
             self.query.close()
-
-
-class Datasets:
-    """Each distinct dataset loaded once, for building the :class:`TaskImages` of many specs (what
-    :class:`~largemeta.data.tasks.loader.TaskLoader` builds its tasks with).
-
-    Tasks often share a dataset (QuickDraw cut into class groups; one target fine-tuned under several seeds),
-    and reading it from the cache once per task would repeat the same work. ``Datasets`` memoises
-    :func:`~largemeta.data.sources.datasets.load_dataset` by the name or path a spec gives; the caller chooses
-    each task's seed::
-
-        datasets = Datasets(data_dir=cfg.data_dir)
-        for i, spec in enumerate(specs):
-            images = datasets.task_images(spec, device="cuda", seed=task_seed(cfg.seed, i))
-
-    The host arrays stay referenced while this object lives; drop it once the tasks are built.
-    """
-
-    def __init__(
-        self, data_dir: str | os.PathLike[str] | None = None, root: str | os.PathLike[str] | None = None
-    ) -> None:
-        self.data_dir = data_dir
-        self.root = root
-        self._loaded: dict[str, ArrayDataset] = {}
-
-    def get(self, name: str) -> ArrayDataset:
-        """The dataset ``name`` (a registered name or a path), loaded on the first request only."""
-        if name not in self._loaded:
-            self._loaded[name] = load_dataset(name, data_dir=self.data_dir, root=self.root)
-        return self._loaded[name]
-
-    def task_images(self, spec: TaskSpec, *, device: str | torch.device = "cpu", seed: int = 0) -> TaskImages:
-        """:meth:`TaskImages.from_arrays` on ``spec``'s dataset, loaded once for all specs that share it."""
-        return TaskImages.from_arrays(spec, self.get(spec.dataset), device=device, seed=seed)

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from largemeta.data.sources.datasets import DATASETS, looks_like_path, memory_mapped
+from largemeta.data.sources.datasets import DATASETS, Datasets, looks_like_path, memory_mapped
 from largemeta.data.store.arrays import ArrayDataset
 from largemeta.data.store.cache import data_dir as resolve_data_dir
 from largemeta.data.store.index import FolderIndex, index_folder
-from largemeta.data.tasks.images import Datasets, TaskImages
+from largemeta.data.tasks.images import TaskImages
 from largemeta.data.tasks.stream import StreamHub, stream_arrays, stream_folder
 from largemeta.data.tasks.tasks import TaskSpec
 from largemeta.errors import UserError, choice_error
@@ -201,7 +201,9 @@ class TaskLoader:
     def task_images(self, spec: TaskSpec, seed: int = 0) -> TaskImages:
         """``spec``'s images placed as :attr:`data_placement` says, sampling from ``seed``."""
         if self.data_placement == "device":
-            return self.datasets.task_images(spec, device=self.device, seed=seed)
+            return TaskImages.from_arrays(
+                spec, self.datasets.get(spec.dataset), device=self.device, seed=seed
+            )
         if self._is_folder(spec.dataset):
             return stream_folder(spec, self._index(spec.dataset), hub=self.hub, device=self.device, seed=seed)
         if spec.dataset not in self._mapped:
