@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from largemeta.data.augment import apply_augmentation, crop_at, flip_where, normalize
-from largemeta.data.datasets import fetch_dataset, load_dataset
-from largemeta.data.images import TaskImages
-from largemeta.data.sampler import Draw, TaskSampler
-from largemeta.data.tasks import TaskSpec, load_suite
+from largemeta.data.sources.datasets import fetch_dataset, load_dataset
+from largemeta.data.tasks.augment import apply_augmentation, crop_at, flip_where, normalize
+from largemeta.data.tasks.images import TaskImages
+from largemeta.data.tasks.sampler import Draw, TaskSampler
+from largemeta.data.tasks.tasks import TaskSpec, load_suite
 
 
 def convnet(in_ch: int, classes: int) -> nn.Module:

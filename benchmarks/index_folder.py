@@ -5,8 +5,8 @@
 Writes ``--files`` small PNG files (the same bytes each: listing never opens them) into ``--classes`` class
 folders under ``--dir`` (default: a temporary folder, removed afterwards), then times:
 
-* ``index_s``: :func:`largemeta.data.index.index_folder` walking the folder (``os.scandir``; no file opened),
-  splitting it and storing the listing in a fresh cache;
+* ``index_s``: :func:`largemeta.data.store.index.index_folder` walking the folder (``os.scandir``; no file
+  opened), splitting it and storing the listing in a fresh cache;
 * ``index_cached_s``: the same call again, served from the stored listing (every directory's mtime checked);
 * ``rglob_s``: for comparison, the listing version 0.1 did before decoding (``Path.rglob`` + ``is_file``
   per file, sorted), which the device path's ``load_folder`` no longer uses.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from largemeta.data.index import IMAGE_SUFFIXES, index_folder
+from largemeta.data.store.index import IMAGE_SUFFIXES, index_folder
 
 
 def write_folder(root: Path, files: int, classes: int) -> float:

@@ -6,7 +6,7 @@ The algorithm core lives in :mod:`largemeta.core`; the paper's 2-D benchmark in
 :func:`largemeta.load_phi` and put into a model with :func:`largemeta.load_phi_into` (:mod:`largemeta.phi`).
 """
 
-__version__ = "0.2.0"
+from largemeta._version import __version__ as __version__
 
 
 def __getattr__(name: str):

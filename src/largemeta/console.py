@@ -3,7 +3,8 @@
 Everything goes to the ``largemeta`` logger. The command line (:func:`session`) gives it one handler on
 stderr for the life of a command:
 
-* on a terminal, messages as they are, and a progress bar (:class:`Progress`) with the loss and an ETA;
+* on a terminal, messages as they are, and a progress bar (:class:`Progress`) with the loss and an ETA
+  (:func:`bar`: a plain one for downloads, conversions and folder reads);
 * off a terminal (a pipe, ``nohup``, SLURM, CI), no bar: every message with a timestamp, and a plain
   progress line at least every ``every`` steps and at least once a minute (:data:`HEARTBEAT_S`).
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -143,6 +144,15 @@ def duration(seconds: float) -> str:
     if s >= 60:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s}s"
+
+
+def bar(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
+    """A plain tqdm bar for work that is not a loop of steps (a download, a conversion, a folder read): on
+    stderr, gone when done, and quiet when stderr is not a terminal (logs, CI, tests)."""
+    kwargs.setdefault("disable", not sys.stderr.isatty())
+    kwargs.setdefault("leave", False)
+    kwargs.setdefault("file", sys.stderr)
+    return tqdm(iterable, **kwargs)
 
 
 class Progress:

@@ -6,7 +6,8 @@ of the N steps; test accuracy is measured at N/5, 2N/5, …, N. Reported: per-se
 the half-width of a 95 % Student-t interval over seeds (:mod:`largemeta.stats`).
 
 A target's images are on the device or streamed from disk (``data_placement``, as in training:
-:mod:`largemeta.data.loader`); one target is resident at a time, and on a CPU both give the same batches.
+:mod:`largemeta.data.tasks.loader`); one target is resident at a time, and on a CPU both give the same
+batches.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from torch import Tensor
 
 from largemeta import console
 from largemeta.core.params import Params
-from largemeta.data.images import TaskImages, task_seed
-from largemeta.data.loader import TaskLoader, check_options
-from largemeta.data.tasks import TaskSpec
+from largemeta.data.tasks.images import TaskImages, task_seed
+from largemeta.data.tasks.loader import TaskLoader, check_options
+from largemeta.data.tasks.tasks import TaskSpec
 from largemeta.errors import UserError
 from largemeta.models import create_model, feature_size, init_head, is_code_reference, split_state
 from largemeta.models.task import ImageTask

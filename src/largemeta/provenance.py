@@ -71,10 +71,10 @@ def environment(device: Any) -> dict[str, Any]:
     device as used, Python, and the command line."""
     import torch
 
-    import largemeta
+    from largemeta._version import __version__
 
     return {
-        "largemeta": largemeta.__version__,
+        "largemeta": __version__,
         "git_commit": git_commit(),
         "torch": torch.__version__,
         "device": device_name(device),

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from largemeta.data.arrays import ArrayDataset
-from largemeta.data.datasets import fetch_dataset
+from largemeta.data.sources.datasets import fetch_dataset
+from largemeta.data.store.arrays import ArrayDataset
 
 
 @pytest.fixture(scope="session")

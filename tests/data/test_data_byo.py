@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from largemeta.data.datasets import load_dataset
+from largemeta.data.sources.datasets import load_dataset
 from largemeta.errors import UserError
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from largemeta.data.cache import DATA_DIR_ENV, data_dir
+from largemeta.data.store.cache import DATA_DIR_ENV, data_dir
 
 
 def test_argument_then_environment_then_platform_folder(tmp_path, monkeypatch):

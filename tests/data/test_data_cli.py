@@ -135,7 +135,7 @@ def test_data_dir_env(capsys, tmp_path, monkeypatch):
 
 
 def test_cache_dir_precedence(tmp_path, monkeypatch):
-    from largemeta.data.cache import data_dir
+    from largemeta.data.store.cache import data_dir
 
     monkeypatch.delenv("LARGEMETA_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

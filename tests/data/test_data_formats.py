@@ -8,18 +8,18 @@ import struct
 import numpy as np
 import pytest
 
-from largemeta.data.cache import data_dir
-from largemeta.data.datasets import fetch_dataset
-from largemeta.data.formats import (
+from largemeta.data.sources.datasets import fetch_dataset
+from largemeta.data.sources.formats import (
     parse_digits_csv,
     parse_idx,
     parse_quickdraw_ndjson,
     read_deb_data,
     read_tar_members,
     read_zip_members,
-    stratified_split,
 )
-from largemeta.data.packaged import FASHION_GZ_SHA256, MNIST_SHA256
+from largemeta.data.sources.packaged import FASHION_GZ_SHA256, MNIST_SHA256
+from largemeta.data.store.arrays import stratified_split
+from largemeta.data.store.cache import data_dir
 from largemeta.errors import UserError
 from largemeta.files import sha256_bytes
 

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from largemeta.data.arrays import ArrayDataset
-from largemeta.data.augment import crop_at, flip_where, normalize, resize_uint8
-from largemeta.data.images import DeviceRows, TaskImages
-from largemeta.data.sampler import TaskSampler
-from largemeta.data.tasks import TaskSpec
+from largemeta.data.store.arrays import ArrayDataset
+from largemeta.data.tasks.augment import crop_at, flip_where, normalize, resize_uint8
+from largemeta.data.tasks.images import DeviceRows, TaskImages
+from largemeta.data.tasks.sampler import TaskSampler
+from largemeta.data.tasks.tasks import TaskSpec
 from largemeta.errors import UserError
 
 
@@ -166,7 +166,7 @@ def test_resize_uint8_keeps_constant_images():
 
 @pytest.mark.network
 def test_offline_suite_tasks_on_real_data(builtin):
-    from largemeta.data.tasks import load_suite
+    from largemeta.data.tasks.tasks import load_suite
 
     suite = load_suite("offline")
     digits = next(t for t in suite.meta_test if t.dataset == "digits")
@@ -179,7 +179,7 @@ def test_offline_suite_tasks_on_real_data(builtin):
 
 @pytest.mark.network
 def test_a_loader_loads_each_dataset_once_and_seeds_differ(builtin, monkeypatch):
-    import largemeta.data.images as images
+    import largemeta.data.sources.datasets as datasets
     from largemeta.data import TaskLoader, load_suite, task_seed
 
     def build_tasks(specs, seed):
@@ -187,7 +187,7 @@ def test_a_loader_loads_each_dataset_once_and_seeds_differ(builtin, monkeypatch)
         return [loader.task_images(spec, seed=task_seed(seed, i)) for i, spec in enumerate(specs)]
 
     calls = []
-    monkeypatch.setattr(images, "load_dataset", lambda name, **kw: calls.append(name) or builtin(name))
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, **kw: calls.append(name) or builtin(name))
     tasks = build_tasks(load_suite("offline").meta_train, seed=5)
     assert calls == ["mnist", "fashion_mnist", "quickdraw"]
     assert [t.num_classes for t in tasks] == [10, 10, 80, 80, 80]
@@ -333,7 +333,7 @@ def test_split_query_refuses_what_leaves_nothing():
 
 
 def test_datasets_loads_each_dataset_once(monkeypatch, tmp_path):
-    import largemeta.data.images as images
+    import largemeta.data.sources.datasets as datasets_module
     from largemeta.data import Datasets
 
     calls = []
@@ -342,12 +342,12 @@ def test_datasets_loads_each_dataset_once(monkeypatch, tmp_path):
         calls.append((name, kw))
         return toy_dataset(classes=5 if name == "five" else 4)
 
-    monkeypatch.setattr(images, "load_dataset", fake_load)
+    monkeypatch.setattr(datasets_module, "load_dataset", fake_load)
     datasets = Datasets(data_dir=tmp_path, root="/copy")
     specs = [
         TaskSpec(f"t{i}", name, image_size=10, channels=1) for i, name in enumerate(["toy", "five", "toy"])
     ]
-    tasks = [datasets.task_images(s, seed=i) for i, s in enumerate(specs)]
+    tasks = [TaskImages.from_arrays(s, datasets.get(s.dataset), seed=i) for i, s in enumerate(specs)]
     assert calls == [
         ("toy", {"data_dir": tmp_path, "root": "/copy"}),
         ("five", {"data_dir": tmp_path, "root": "/copy"}),

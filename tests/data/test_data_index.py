@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from largemeta.data import index as index_module
-from largemeta.data.byo import load_folder
-from largemeta.data.index import index_folder
+from largemeta.data.sources.byo import load_folder
+from largemeta.data.store import index as index_module
+from largemeta.data.store.index import index_folder
 from largemeta.errors import UserError
 
 

@@ -20,10 +20,10 @@ import pytest
 
 import largemeta
 from largemeta.cli import main
-from largemeta.data import store
-from largemeta.data.arrays import ArrayDataset
-from largemeta.data.cache import data_dir
-from largemeta.data.datasets import fetch_dataset, is_cached
+from largemeta.data.sources.datasets import fetch_dataset, is_cached
+from largemeta.data.store import store
+from largemeta.data.store.arrays import ArrayDataset
+from largemeta.data.store.cache import data_dir
 from largemeta.errors import UserError
 
 SRC = str(Path(largemeta.__file__).resolve().parents[1])
@@ -191,7 +191,7 @@ def test_a_damaged_entry_without_a_registry_is_refused_in_one_line(dogs, target,
 
 def test_a_v0_1_entry_is_migrated_and_left_in_place(tmp_path, monkeypatch):
     monkeypatch.setenv("LARGEMETA_OFFLINE", "1")
-    from largemeta.data import datasets
+    from largemeta.data.sources import datasets
 
     ds = small_dataset("digits")
     old = write_v1_entry(tmp_path, ds)
@@ -352,8 +352,8 @@ def test_processes_writing_one_entry_at_once_leave_it_whole(tmp_path):
     ds = small_dataset("toy")
     np.savez(tmp_path / "toy.npz", x=np.asarray(ds.x_train)[..., 0], y=ds.y_train)
     code = (
-        "import sys; from pathlib import Path; from largemeta.data import store;"
-        "from largemeta.data.byo import load_npz; ds = load_npz(Path(sys.argv[1]));"
+        "import sys; from pathlib import Path; from largemeta.data.store import store;"
+        "from largemeta.data.sources.byo import load_npz; ds = load_npz(Path(sys.argv[1]));"
         "[store.write_entry(Path(sys.argv[2]), ds) for _ in range(5)]"
     )
     target = tmp_path / "entry"
@@ -370,8 +370,8 @@ def test_processes_writing_one_entry_at_once_leave_it_whole(tmp_path):
 
 
 def test_cache_files_are_created_with_the_users_umask(tmp_path):
-    from largemeta.data.arrays import ArrayDataset
-    from largemeta.data.store import read_entry, write_entry
+    from largemeta.data.store.arrays import ArrayDataset
+    from largemeta.data.store.store import read_entry, write_entry
 
     x = np.zeros((4, 8, 8, 1), np.uint8)
     ds = ArrayDataset("toy", x, np.arange(4) % 2, x[:2], np.arange(2), ("a", "b"))

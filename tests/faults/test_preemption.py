@@ -225,7 +225,7 @@ def test_every_experiment_skips_its_finished_parts_when_run_again(
     tiny_suite, tiny_config, tmp_path, capsys, monkeypatch, experiment
 ):
     import largemeta.cli.experiment as cli_experiment
-    import largemeta.data.datasets
+    import largemeta.data.sources.datasets
     import largemeta.metatest as experiments
 
     (tmp_path / "c.toml").write_text("")
@@ -234,7 +234,7 @@ def test_every_experiment_skips_its_finished_parts_when_run_again(
     if (
         experiment == "demo"
     ):  # the demo, shrunk onto the tiny suite (its datasets are files: nothing to fetch)
-        monkeypatch.setattr(largemeta.data.datasets, "fetch_dataset", lambda name: None)
+        monkeypatch.setattr(largemeta.data.sources.datasets, "fetch_dataset", lambda name: None)
         evaluation = {"steps": 1, "seeds": 1, "batch_size": 8, "train_size": None, "targets": ("target",)}
         demo = dataclasses.replace(
             cli_experiment.DEMO,

@@ -299,7 +299,7 @@ def test_a_worker_killed_mid_run_stops_in_one_line_with_the_checkpoint_intact(fo
 
 
 def test_the_shipped_pool_config_and_suite():
-    from largemeta.data.tasks import load_suite
+    from largemeta.data.tasks.tasks import load_suite
     from largemeta.train.config import load_config
 
     cfg = load_config("pool")
@@ -332,7 +332,7 @@ def test_the_pool_config_trains(builtin_datasets, tmp_path):
 
 @pytest.fixture
 def builtin_datasets():
-    from largemeta.data.datasets import fetch_dataset
+    from largemeta.data.sources.datasets import fetch_dataset
 
     for name in ("mnist", "fashion_mnist", "quickdraw", "digits"):
         fetch_dataset(name)

@@ -17,7 +17,8 @@ import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
-from largemeta import __version__, console, provenance
+from largemeta import console, provenance
+from largemeta._version import __version__
 from largemeta.errors import Preempted, UserError
 
 # Command-group modules, in the order their help lists them.

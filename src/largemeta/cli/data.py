@@ -74,9 +74,9 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from largemeta.data.cache import data_dir
-    from largemeta.data.datasets import DATASETS, is_cached
-    from largemeta.data.tasks import list_suites
+    from largemeta.data.sources.datasets import DATASETS, is_cached
+    from largemeta.data.store.cache import data_dir
+    from largemeta.data.tasks.tasks import list_suites
 
     cache = data_dir(args.data_dir)
     rows = []
@@ -113,9 +113,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from largemeta.data.cache import data_dir
-    from largemeta.data.datasets import DATASETS, fetch_dataset, looks_like_path
-    from largemeta.data.tasks import load_suite
+    from largemeta.data.sources.datasets import DATASETS, fetch_dataset, looks_like_path
+    from largemeta.data.store.cache import data_dir
+    from largemeta.data.tasks.tasks import load_suite
 
     names = list(args.names)
     if args.suite:
@@ -153,7 +153,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from largemeta.data.datasets import load_dataset
+    from largemeta.data.sources.datasets import load_dataset
 
     ds = load_dataset(args.name, data_dir=args.data_dir, root=args.root, skip_bad_images=args.skip_bad_images)
     info = ds.info()
@@ -173,7 +173,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from largemeta.data.tasks import load_suite
+    from largemeta.data.tasks.tasks import load_suite
 
     suite = load_suite(args.name)
     if args.json:

@@ -13,18 +13,20 @@ Entry points::
 Vocabulary: a :class:`TaskSpec` is a recipe (a suite entry: dataset, classes, size, augmentation); a
 :class:`TaskImages` is that recipe realised: its labels, its :class:`TaskSampler` (the seeded, checkpointable
 choice of rows, crops and flips of each batch) and its images, kept on the device (:class:`DeviceRows`) or on
-disk and decoded by worker processes as they are drawn (:class:`StreamRows`, :mod:`largemeta.data.stream`);
-a :class:`DatasetSpec` says how a registered dataset is fetched and converted into an :class:`ArrayDataset`.
+disk and decoded by worker processes as they are drawn (:class:`StreamRows`,
+:mod:`largemeta.data.tasks.stream`); a :class:`DatasetSpec` says how a registered dataset is fetched and
+converted into an :class:`ArrayDataset`.
 """
 
-from largemeta.data.arrays import ArrayDataset, DatasetSpec
-from largemeta.data.datasets import DATASETS, fetch_dataset, load_dataset
-from largemeta.data.images import Datasets, DeviceRows, TaskImages, TrainQuerySampler, task_seed
-from largemeta.data.index import FolderIndex, index_folder
-from largemeta.data.loader import PLACEMENTS, TaskLoader, choose_placement
-from largemeta.data.sampler import TaskSampler
-from largemeta.data.stream import StreamError, StreamHub, StreamRows
-from largemeta.data.tasks import Suite, TaskSpec, list_suites, load_suite, resolve_classes
+from largemeta.data.sources.datasets import DATASETS, Datasets, fetch_dataset, load_dataset
+from largemeta.data.sources.sources import DatasetSpec
+from largemeta.data.store.arrays import ArrayDataset
+from largemeta.data.store.index import FolderIndex, index_folder
+from largemeta.data.tasks.images import DeviceRows, TaskImages, TrainQuerySampler, task_seed
+from largemeta.data.tasks.loader import PLACEMENTS, TaskLoader, choose_placement
+from largemeta.data.tasks.sampler import TaskSampler
+from largemeta.data.tasks.stream import StreamError, StreamHub, StreamRows
+from largemeta.data.tasks.tasks import Suite, TaskSpec, list_suites, load_suite, resolve_classes
 
 __all__ = [
     "DATASETS",

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from largemeta import __version__
+from largemeta._version import __version__
 from largemeta.errors import UserError
 from largemeta.files import atomic_write_text
 from largemeta.runs.names import CHECKPOINT, CONFIG, RUN

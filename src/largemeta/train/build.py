@@ -1,7 +1,7 @@
 """Building a training run from its config: where it runs, its tasks, its learner and how a step executes.
 
 :func:`place` joins the process group (under torchrun) and picks the device; :func:`build_run` decides where
-the task images live (``data_placement``: on the device or streamed, :mod:`largemeta.data.loader`), loads
+the task images live (``data_placement``: device or streamed, :mod:`largemeta.data.tasks.loader`), loads
 this rank's share of the suite's meta-train tasks — a fixed task list, or, with ``tasks_per_trajectory``, a
 task pool that draws them (:mod:`largemeta.core.assignment`; a drawn task's images are loaded when it is drawn
 and released when it leaves), its slots laid out over the ranks by :mod:`largemeta.train.layout` — creates
@@ -21,16 +21,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from largemeta.console import notice
 from largemeta.core.algorithms import ALGORITHMS
 from largemeta.core.assignment import Static, TaskAssignment, TaskPool, check_pool
 from largemeta.core.diagnostics import ShiftErrorProbe
 from largemeta.core.engine import MetaLearner
 from largemeta.core.inner import INNER_OPTIMIZERS
 from largemeta.core.params import Params, map_tensors
-from largemeta.data.cache import notice
-from largemeta.data.images import TrainQuerySampler, task_seed
-from largemeta.data.loader import TaskLoader
-from largemeta.data.tasks import TaskSpec, load_suite
+from largemeta.data.tasks.images import TrainQuerySampler, task_seed
+from largemeta.data.tasks.loader import TaskLoader
+from largemeta.data.tasks.tasks import TaskSpec, load_suite
 from largemeta.devices import resolve_device
 from largemeta.errors import UserError
 from largemeta.execution import EXECUTORS, GRAPH, CudaGraphMetaStep

@@ -18,7 +18,7 @@ from typing import Any
 
 from largemeta.core.algorithms import ALGORITHMS
 from largemeta.core.inner import INNER_OPTIMIZERS
-from largemeta.data.loader import check_options
+from largemeta.data.tasks.loader import check_options
 from largemeta.devices import check_name as check_device
 from largemeta.errors import UserError, choice_error
 from largemeta.execution import GRAPH, STEP_CHOICES

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from largemeta.checkpoint import store
-from largemeta.data.cache import notice
+from largemeta.console import notice
 from largemeta.errors import UserError
 from largemeta.models.factory import describe_source, same_source, source_identity
 from largemeta.runs import checkpoint, folder

@@ -123,22 +123,3 @@ def read_zip_members(path: Path, names: Iterable[str]) -> dict[str, bytes]:
         raise UserError(f"{path.name} is not a valid zip file") from None
     except KeyError as err:
         raise UserError(f"{path.name} lacks {err.args[0]}") from None
-
-
-def stratified_split(
-    y: np.ndarray, test_per_class: int | None = None, test_fraction: float | None = None, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test indices holding out ``test_per_class`` (or ``test_fraction``) of every class.
-
-    Deterministic for a given ``seed``; every class keeps at least one training example.
-    """
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        idx = idx[rng.permutation(len(idx))]
-        k = test_per_class if test_per_class is not None else int(round(len(idx) * (test_fraction or 0)))
-        k = min(k, len(idx) - 1)
-        test.append(idx[:k])
-        train.append(idx[k:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))

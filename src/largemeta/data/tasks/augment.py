@@ -1,7 +1,7 @@
 """Batched, device-side augmentation of uint8 image batches (B, C, H, W).
 
 Everything works on the whole batch at once on the tensor's device. The random choices (crop offsets, flip
-mask) are given: a task's :class:`~largemeta.data.sampler.TaskSampler` draws them, so that its stream of
+mask) are given: a task's :class:`~largemeta.data.tasks.sampler.TaskSampler` draws them, so that its stream of
 batches is reproducible and can be checkpointed. Cropping and flipping stay in uint8 (a quarter of the memory
 traffic of float); only the final :func:`normalize` produces float.
 """
@@ -59,7 +59,7 @@ def apply_augmentation(
 ) -> torch.Tensor:
     """Crop each image at its ``offsets`` (2, B) (None: no crop), mirror it where ``mask`` (B,) is true (None:
     no flip), then :func:`normalize`; the offsets and mask come from a
-    :class:`~largemeta.data.sampler.TaskSampler` draw."""
+    :class:`~largemeta.data.tasks.sampler.TaskSampler` draw."""
     if offsets is not None:
         x = crop_at(x, padding, offsets[0], offsets[1])
     if mask is not None:

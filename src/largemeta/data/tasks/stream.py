@@ -1,11 +1,12 @@
 """Images that stay on disk: read, decoded and resized by ``DataLoader`` worker processes as a task samples
 them.
 
-A :class:`StreamRows` is the storage of a :class:`~largemeta.data.images.TaskImages` that holds no image
+A :class:`StreamRows` is the storage of a :class:`~largemeta.data.tasks.images.TaskImages` that holds no image
 anywhere: a registered dataset's rows are read from its cache entry's ``.npy`` files at their offsets
-(:mod:`largemeta.data.store`), a bring-your-own folder's files from its listing (:mod:`largemeta.data.index`).
-Memory holds the labels, the listing and the batches in flight, whatever the size of the dataset. The task's
-:class:`~largemeta.data.sampler.TaskSampler` decides every batch, as it does for images on the device.
+(:mod:`largemeta.data.store.store`), a bring-your-own folder's files from its listing
+(:mod:`largemeta.data.store.index`). Memory holds the labels, the listing and the batches in flight, whatever
+the size of the dataset. The task's :class:`~largemeta.data.tasks.sampler.TaskSampler` decides every batch, as
+it does for images on the device.
 
 How a training batch is made, and why a streamed run resumes exactly::
 
@@ -58,13 +59,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 
-from largemeta.data.arrays import ArrayDataset
-from largemeta.data.augment import to_grey
-from largemeta.data.byo import square_resize
-from largemeta.data.images import TaskImages, prepare_images
-from largemeta.data.index import FolderIndex, Listing
-from largemeta.data.sampler import Draw, TaskSampler
-from largemeta.data.tasks import TaskSpec
+from largemeta.data.sources.byo import square_resize
+from largemeta.data.store.arrays import ArrayDataset
+from largemeta.data.store.index import FolderIndex, Listing
+from largemeta.data.tasks.augment import to_grey
+from largemeta.data.tasks.images import TaskImages, prepare_images
+from largemeta.data.tasks.sampler import Draw, TaskSampler
+from largemeta.data.tasks.tasks import TaskSpec
 from largemeta.errors import UserError
 
 TIMEOUT_ENV = "LARGEMETA_STREAM_TIMEOUT"
@@ -147,7 +148,7 @@ _GREY_MODES = ("1", "L", "I", "I;16", "F")
 
 def decode_file(path: str, size: int, channels: int) -> torch.Tensor:
     """One image file as uint8 (C, size, size): the shorter side resized to ``size`` and the centre crop
-    (:func:`~largemeta.data.byo.square_resize`), grey (ITU-R 601 luma, as the device path) when
+    (:func:`~largemeta.data.sources.byo.square_resize`), grey (ITU-R 601 luma, as the device path) when
     ``channels`` is 1, RGB (grey repeated) when 3."""
     with Image.open(path) as im:
         grey = im.mode in _GREY_MODES
@@ -398,7 +399,7 @@ class StreamHub:
 
 class StreamRows:
     """A task's images on disk, streamed through a :class:`StreamHub` (see the module docstring): the storage
-    of streamed placement behind :class:`~largemeta.data.images.TaskImages`.
+    of streamed placement behind :class:`~largemeta.data.tasks.images.TaskImages`.
 
     ``source_*`` say where a split's images are (:class:`ArrayRows`, :class:`FileRows`), ``rows_*`` which of
     them belong to the task. Batches are delivered on ``device``; the task's sampler lives on the CPU.
@@ -514,7 +515,8 @@ def stream_arrays(
 def stream_folder(
     spec: TaskSpec, index: FolderIndex, *, hub: StreamHub, device: str | torch.device = "cpu", seed: int = 0
 ) -> TaskImages:
-    """The task ``spec`` streamed from a listed image folder (:func:`~largemeta.data.index.index_folder`)."""
+    """The task ``spec`` streamed from a listed image folder
+    (:func:`~largemeta.data.store.index.index_folder`)."""
     parts: list[Any] = []
     labels = []
     for split in (spec.train_split, spec.eval_split):

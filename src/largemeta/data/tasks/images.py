@@ -1,15 +1,15 @@
 """A task's images and its seeded minibatch stream: :class:`TaskImages`, with its device-resident storage.
 
-A :class:`TaskImages` is a :class:`~largemeta.data.tasks.TaskSpec` realised: labels renumbered 0..k-1, a
-:class:`~largemeta.data.sampler.TaskSampler` (which rows, crops and flips each batch takes, and its state) and
-a storage that fetches the rows it names:
+A :class:`TaskImages` is a :class:`~largemeta.data.tasks.tasks.TaskSpec` realised: labels renumbered 0..k-1, a
+:class:`~largemeta.data.tasks.sampler.TaskSampler` (which rows, crops and flips each batch takes, and its
+state) and a storage that fetches the rows it names:
 
 * :class:`DeviceRows` (here): the task's images as uint8 tensors (N, C, H, W) on the training device,
   resized once to the task's size and restricted to its classes. Batches are drawn and augmented on that
   device, so no host work and no host-device copy happens per step. Grey images stay 1 channel in memory and
   become 3 only in the batch when the task asks for 3.
-* :class:`~largemeta.data.stream.StreamRows`: the images stay on disk and worker processes decode the rows
-  each batch draws.
+* :class:`~largemeta.data.tasks.stream.StreamRows`: the images stay on disk and worker processes decode the
+  rows each batch draws.
 
 Trainer API::
 
@@ -25,23 +25,21 @@ Trainer API::
     train, query = task.split_query(0.25)   # held-out query pool for FOMAML / iMAML
 
 To build many tasks, loading each dataset once (e.g. QuickDraw for several class groups), use
-:class:`~largemeta.data.loader.TaskLoader` (``data_placement="device"`` keeps the images on the device).
+:class:`~largemeta.data.tasks.loader.TaskLoader` (``data_placement="device"`` keeps the images on the device).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from largemeta.data.arrays import ArrayDataset
-from largemeta.data.augment import apply_augmentation, normalize, resize_uint8, to_grey
-from largemeta.data.datasets import load_dataset
-from largemeta.data.sampler import Draw, TaskSampler
-from largemeta.data.tasks import TaskSpec
+from largemeta.data.store.arrays import ArrayDataset
+from largemeta.data.tasks.augment import apply_augmentation, normalize, resize_uint8, to_grey
+from largemeta.data.tasks.sampler import Draw, TaskSampler
+from largemeta.data.tasks.tasks import TaskSpec
 from largemeta.errors import UserError
 
 
@@ -132,7 +130,7 @@ class TaskImages:
     """A task's labels, class names, seeded minibatch stream (its :class:`TaskSampler`) and images (its
     :class:`Rows`, on the device or streamed): what the training loop and the meta-test draw batches from.
 
-    Not to be confused with :class:`~largemeta.data.tasks.TaskSpec` (the recipe, a suite entry) or a
+    Not to be confused with :class:`~largemeta.data.tasks.tasks.TaskSpec` (the recipe, a suite entry) or a
     model-side task (:class:`largemeta.models.task.ImageTask`, which draws its batches from one of these).
 
     Args:
@@ -363,37 +361,3 @@ class TrainQuerySampler:
         self.train.close()
         if self.query is not None:
             self.query.close()
-
-
-class Datasets:
-    """Each distinct dataset loaded once, for building the :class:`TaskImages` of many specs (what
-    :class:`~largemeta.data.loader.TaskLoader` builds its tasks with).
-
-    Tasks often share a dataset (QuickDraw cut into class groups; one target fine-tuned under several seeds),
-    and reading it from the cache once per task would repeat the same work. ``Datasets`` memoises
-    :func:`~largemeta.data.datasets.load_dataset` by the name or path a spec gives; the caller chooses each
-    task's seed::
-
-        datasets = Datasets(data_dir=cfg.data_dir)
-        for i, spec in enumerate(specs):
-            images = datasets.task_images(spec, device="cuda", seed=task_seed(cfg.seed, i))
-
-    The host arrays stay referenced while this object lives; drop it once the tasks are built.
-    """
-
-    def __init__(
-        self, data_dir: str | os.PathLike[str] | None = None, root: str | os.PathLike[str] | None = None
-    ) -> None:
-        self.data_dir = data_dir
-        self.root = root
-        self._loaded: dict[str, ArrayDataset] = {}
-
-    def get(self, name: str) -> ArrayDataset:
-        """The dataset ``name`` (a registered name or a path), loaded on the first request only."""
-        if name not in self._loaded:
-            self._loaded[name] = load_dataset(name, data_dir=self.data_dir, root=self.root)
-        return self._loaded[name]
-
-    def task_images(self, spec: TaskSpec, *, device: str | torch.device = "cpu", seed: int = 0) -> TaskImages:
-        """:meth:`TaskImages.from_arrays` on ``spec``'s dataset, loaded once for all specs that share it."""
-        return TaskImages.from_arrays(spec, self.get(spec.dataset), device=device, seed=seed)

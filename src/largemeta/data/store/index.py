@@ -1,13 +1,13 @@
 """Listing a bring-your-own image folder without opening a file: its classes, and each split's files and
 labels.
 
-A streamed task (:mod:`largemeta.data.stream`) decodes images as it samples them, so all it needs up front is
-the list of files. :func:`index_folder` walks ``ROOT/<class>/**/<image>`` (or ``ROOT/train/<class>/...`` and
-``ROOT/test/<class>/...``) with ``os.scandir``, whose directory entries carry the file type, so nothing is
-opened, probed or decoded: a million files are listed in seconds. The files, their order and the held-out
-split are those of :func:`largemeta.data.byo.load_folder` (the device path, which decodes everything):
-images found recursively by suffix, sorted by path; without ``train``/``test`` folders 20 % of each class is
-held out (stratified, seed 0).
+A streamed task (:mod:`largemeta.data.tasks.stream`) decodes images as it samples them, so all it needs up
+front is the list of files. :func:`index_folder` walks ``ROOT/<class>/**/<image>`` (or
+``ROOT/train/<class>/...`` and ``ROOT/test/<class>/...``) with ``os.scandir``, whose directory entries carry
+the file type, so nothing is opened, probed or decoded: a million files are listed in seconds. The files,
+their order and the held-out split are those of :func:`largemeta.data.sources.byo.load_folder` (the device
+path, which decodes everything): images found recursively by suffix, sorted by path; without
+``train``/``test`` folders 20 % of each class is held out (stratified, seed 0).
 
 The listing is kept in the dataset cache, ``<cache>/indexes/<sha256 of the folder's absolute path>/``
 (``index.json``: classes, counts and the mtime of every directory walked; ``train.paths``/``test.paths``:
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from largemeta.data.cache import atomic_open, atomic_write_json
-from largemeta.data.formats import stratified_split
+from largemeta.data.store.arrays import stratified_split
+from largemeta.data.store.cache import atomic_open, atomic_write_json
 from largemeta.errors import UserError
 
 IMAGE_SUFFIXES = frozenset(
@@ -68,8 +68,8 @@ def _walk(folder: Path, parts: tuple[str, ...], out: list[tuple[str, ...]], dirs
 
 def list_images(dirs: list[Path], base: Path, mtimes: dict[str, int] | None = None) -> list[tuple[str, int]]:
     """``(path relative to base, label)`` of every image under each class folder (label = its position in
-    ``dirs``), sorted by path within each class, as :func:`largemeta.data.byo.load_folder` orders them;
-    ``UserError`` for a class folder without images."""
+    ``dirs``), sorted by path within each class, as :func:`largemeta.data.sources.byo.load_folder` orders
+    them; ``UserError`` for a class folder without images."""
     out: list[tuple[str, int]] = []
     mtimes = {} if mtimes is None else mtimes
     prefix = tuple(base.parts)

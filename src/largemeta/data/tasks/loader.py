@@ -4,9 +4,9 @@ that decides it and builds them: :class:`TaskLoader` (used by training and by th
 ``data_placement`` (a training config key and an ``evaluate`` flag; "placement" alone, in ``largemeta.train``,
 means where the processes run):
 
-* ``device`` — :class:`~largemeta.data.images.DeviceRows`: every image decoded once, uint8 on the training
-  device, batches drawn and augmented there. The fast path; the suite must fit.
-* ``stream`` — :class:`~largemeta.data.stream.StreamRows`: images stay on disk (a registered dataset's
+* ``device`` — :class:`~largemeta.data.tasks.images.DeviceRows`: every image decoded once, uint8 on the
+  training device, batches drawn and augmented there. The fast path; the suite must fit.
+* ``stream`` — :class:`~largemeta.data.tasks.stream.StreamRows`: images stay on disk (a registered dataset's
   cache entry, a folder's files) and worker processes decode the rows each batch draws. Any size.
 * ``auto`` — ``device`` when the task images that must be resident at once fit the memory budget, else
   ``stream`` (:func:`choose_placement` says why).
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from largemeta.data.arrays import ArrayDataset
-from largemeta.data.cache import data_dir as resolve_data_dir
-from largemeta.data.datasets import DATASETS, looks_like_path, memory_mapped
-from largemeta.data.images import Datasets, TaskImages
-from largemeta.data.index import FolderIndex, index_folder
-from largemeta.data.stream import StreamHub, stream_arrays, stream_folder
-from largemeta.data.tasks import TaskSpec
+from largemeta.data.sources.datasets import DATASETS, Datasets, looks_like_path, memory_mapped
+from largemeta.data.store.arrays import ArrayDataset
+from largemeta.data.store.cache import data_dir as resolve_data_dir
+from largemeta.data.store.index import FolderIndex, index_folder
+from largemeta.data.tasks.images import TaskImages
+from largemeta.data.tasks.stream import StreamHub, stream_arrays, stream_folder
+from largemeta.data.tasks.tasks import TaskSpec
 from largemeta.errors import UserError, choice_error
 
 PLACEMENTS = ("auto", "device", "stream")
@@ -201,7 +201,9 @@ class TaskLoader:
     def task_images(self, spec: TaskSpec, seed: int = 0) -> TaskImages:
         """``spec``'s images placed as :attr:`data_placement` says, sampling from ``seed``."""
         if self.data_placement == "device":
-            return self.datasets.task_images(spec, device=self.device, seed=seed)
+            return TaskImages.from_arrays(
+                spec, self.datasets.get(spec.dataset), device=self.device, seed=seed
+            )
         if self._is_folder(spec.dataset):
             return stream_folder(spec, self._index(spec.dataset), hub=self.hub, device=self.device, seed=seed)
         if spec.dataset not in self._mapped:

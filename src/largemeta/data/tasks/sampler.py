@@ -8,8 +8,8 @@ per task, in one fixed order per batch::
     flip     = rand(B) < 0.5                         mirror mask, only when the task flips
 
 The generator state is the whole sampling state: restoring it (:meth:`TaskSampler.load_state_dict`) resumes
-the identical stream. The storage (:class:`~largemeta.data.images.DeviceRows`, images on the device;
-:class:`~largemeta.data.stream.StreamRows`, images on disk) only fetches the rows a :class:`Draw` names.
+the identical stream. The storage (:class:`~largemeta.data.tasks.images.DeviceRows`, images on the device;
+:class:`~largemeta.data.tasks.stream.StreamRows`, images on disk) only fetches the rows a :class:`Draw` names.
 
 The generator lives on the device the draws are used on: the training device for device-resident images
 (so a step needs no host work and no host-to-device copy), the CPU for streamed ones (drawn ahead, in the main

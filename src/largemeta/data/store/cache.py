@@ -10,12 +10,13 @@ Layout::
 
     <cache>/downloads/<archive>           verified package archives, kept so a re-conversion needs no network
     <cache>/datasets-v2/<name>/*.npy      converted datasets, one verified array per file
-                                          (:mod:`largemeta.data.store`, which also reads version 0.1's
+                                          (:mod:`largemeta.data.store.store`, which also reads version 0.1's
                                           ``<cache>/datasets/<name>/data.npz``)
-    <cache>/indexes/<key>/                listings of bring-your-own folders (:mod:`largemeta.data.index`)
+    <cache>/indexes/<key>/                listings of bring-your-own folders
+                                          (:mod:`largemeta.data.store.index`)
     <cache>/byo-v2/<key>/*.npy            a bring-your-own .npz's arrays, written once to stream from
-                                          (:func:`largemeta.data.datasets.memory_mapped`; key: a hash of the
-                                          file's path, size and mtime)
+                                          (:func:`largemeta.data.sources.datasets.memory_mapped`; key: a
+                                          hash of the file's path, size and mtime)
 
 Every file is written to a temporary name in the same directory, fsync'd and renamed into place
 (:func:`largemeta.files.atomic_open`, with the user's umask), so an interrupted fetch never leaves a
@@ -28,14 +29,10 @@ from __future__ import annotations
 import errno
 import json
 import os
-import sys
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import platformdirs
-from tqdm import tqdm
 
 from largemeta.errors import UserError
 from largemeta.files import atomic_open
@@ -72,22 +69,6 @@ def atomic_write_json(path: Path, obj: object) -> None:
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
         f.write("\n")
-
-
-def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
-    """A tqdm bar on stderr that stays quiet when stderr is not a terminal (logs, CI, tests)."""
-    kwargs.setdefault("disable", not sys.stderr.isatty())
-    kwargs.setdefault("leave", False)
-    kwargs.setdefault("file", sys.stderr)
-    return tqdm(iterable, **kwargs)
-
-
-def notice(message: str) -> None:
-    """One informational line on stderr (``largemeta: ...``), like the CLI's error lines: a decision the
-    user should know about (a placement chosen, a damaged cache entry being repaired), not a problem."""
-    from largemeta import console
-
-    console.notice(message)
 
 
 def unwritable(cache: Path, err: OSError, what: str = "") -> UserError:

@@ -9,8 +9,8 @@ resized, centre crop) so the variable-size sets fit one uint8 array; tasks resiz
   * folder datasets (Tiny ImageNet, Stanford Dogs, CUB-200, which torchvision lacks): ``DIR`` is, or contains
     ``layout``, a folder of class subfolders (read like a bring-your-own folder; 20 % of each class held out).
 
-This module only describes them (:data:`PAPER_DATASETS`); :mod:`largemeta.data.datasets` registers them.
-torchvision is imported only when a dataset is built, so listing the registry never needs it.
+This module only describes them (:data:`PAPER_DATASETS`); :mod:`largemeta.data.sources.datasets` registers
+them. torchvision is imported only when a dataset is built, so listing the registry never needs it.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from largemeta.data.arrays import ArrayDataset, DatasetSpec
-from largemeta.data.byo import load_folder, square_resize
-from largemeta.data.cache import progress
-from largemeta.data.sources import Source, SourceUnavailable, offline
+from largemeta import console
+from largemeta.data.sources.byo import load_folder, square_resize
+from largemeta.data.sources.sources import DatasetSpec, Source, SourceUnavailable, offline
+from largemeta.data.store.arrays import ArrayDataset
 from largemeta.errors import UserError
 
 
@@ -58,7 +58,7 @@ class TorchvisionSource(Source):
                 raise SourceUnavailable(f"{self.cls}({root}): {str(err).splitlines()[0]}") from None
             classes = classes or [str(c) for c in getattr(ds, "classes", [])]
             xs, ys = [], []
-            for img, label in progress(ds, desc=f"convert {name}", unit="img"):
+            for img, label in console.bar(ds, desc=f"convert {name}", unit="img"):
                 xs.append(_square(img, self.store))
                 ys.append(int(label))
             arrays += [np.stack(xs), np.asarray(ys, np.int64)]

