@@ -35,7 +35,7 @@ from largemeta.data.sources.datasets import fetch_dataset, load_dataset
 from largemeta.data.tasks.augment import apply_augmentation, crop_at, flip_where, normalize
 from largemeta.data.tasks.images import TaskImages
 from largemeta.data.tasks.sampler import Draw, TaskSampler
-from largemeta.data.tasks.tasks import TaskSpec, load_suite
+from largemeta.data.tasks.suite import TaskSpec, load_suite
 
 
 def convnet(in_ch: int, classes: int) -> nn.Module:

@@ -135,3 +135,14 @@ def test_an_import_of_the_package_face_from_below_is_caught(tmp_path):
     ]
     (pkg / "__init__.py").write_text("def f():\n    from largemeta.runs import folder\n")
     assert import_cycles(modules(pkg)) == [["largemeta", "largemeta.runs.folder", "largemeta"]]
+
+
+def test_no_two_modules_share_a_base_name():
+    """A module's file name names one file of the package (package faces and ``__main__`` aside), so a name
+    in a traceback or an import never needs its folder to tell two rooms apart (docs/architecture.md)."""
+    by_name: dict[str, list[str]] = {}
+    for path in SRC.rglob("*.py"):
+        if path.name not in ("__init__.py", "__main__.py"):
+            by_name.setdefault(path.stem, []).append(str(path.relative_to(SRC)))
+    shared = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+    assert not shared, f"modules that share a base name across rooms: {shared}"

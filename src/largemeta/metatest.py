@@ -24,7 +24,7 @@ from largemeta import console
 from largemeta.core.params import Params
 from largemeta.data.tasks.images import TaskImages, task_seed
 from largemeta.data.tasks.loader import TaskLoader, check_options
-from largemeta.data.tasks.tasks import TaskSpec
+from largemeta.data.tasks.suite import TaskSpec
 from largemeta.errors import UserError
 from largemeta.models import create_model, feature_size, init_head, is_code_reference, split_state
 from largemeta.models.task import ImageTask

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from largemeta.data.sources.datasets import BUILTIN_DATASETS, DATASETS, fetch_dataset, is_cached, load_dataset
+from largemeta.data.sources.fetch import NpmPackage, fetch_first
 from largemeta.data.sources.packaged import PACKAGED_DATASETS
-from largemeta.data.sources.sources import NpmPackage, fetch_first
 from largemeta.data.sources.vision import PAPER_DATASETS
 from largemeta.data.store.cache import atomic_write_bytes, data_dir
 from largemeta.errors import UserError

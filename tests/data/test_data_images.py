@@ -15,7 +15,7 @@ from largemeta.data.store.arrays import ArrayDataset
 from largemeta.data.tasks.augment import crop_at, flip_where, normalize, resize_uint8
 from largemeta.data.tasks.images import DeviceRows, TaskImages
 from largemeta.data.tasks.sampler import TaskSampler
-from largemeta.data.tasks.tasks import TaskSpec
+from largemeta.data.tasks.suite import TaskSpec
 from largemeta.errors import UserError
 
 
@@ -166,7 +166,7 @@ def test_resize_uint8_keeps_constant_images():
 
 @pytest.mark.network
 def test_offline_suite_tasks_on_real_data(builtin):
-    from largemeta.data.tasks.tasks import load_suite
+    from largemeta.data.tasks.suite import load_suite
 
     suite = load_suite("offline")
     digits = next(t for t in suite.meta_test if t.dataset == "digits")

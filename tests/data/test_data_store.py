@@ -21,7 +21,7 @@ import pytest
 import largemeta
 from largemeta.cli import main
 from largemeta.data.sources.datasets import fetch_dataset, is_cached
-from largemeta.data.store import store
+from largemeta.data.store import cached as store
 from largemeta.data.store.arrays import ArrayDataset
 from largemeta.data.store.cache import data_dir
 from largemeta.errors import UserError
@@ -352,7 +352,7 @@ def test_processes_writing_one_entry_at_once_leave_it_whole(tmp_path):
     ds = small_dataset("toy")
     np.savez(tmp_path / "toy.npz", x=np.asarray(ds.x_train)[..., 0], y=ds.y_train)
     code = (
-        "import sys; from pathlib import Path; from largemeta.data.store import store;"
+        "import sys; from pathlib import Path; from largemeta.data.store import cached as store;"
         "from largemeta.data.sources.byo import load_npz; ds = load_npz(Path(sys.argv[1]));"
         "[store.write_entry(Path(sys.argv[2]), ds) for _ in range(5)]"
     )
@@ -371,7 +371,7 @@ def test_processes_writing_one_entry_at_once_leave_it_whole(tmp_path):
 
 def test_cache_files_are_created_with_the_users_umask(tmp_path):
     from largemeta.data.store.arrays import ArrayDataset
-    from largemeta.data.store.store import read_entry, write_entry
+    from largemeta.data.store.cached import read_entry, write_entry
 
     x = np.zeros((4, 8, 8, 1), np.uint8)
     ds = ArrayDataset("toy", x, np.arange(4) % 2, x[:2], np.arange(2), ("a", "b"))

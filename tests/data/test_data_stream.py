@@ -14,7 +14,7 @@ import torch
 from largemeta.data.sources.datasets import BYO_ENTRIES, load_dataset, memory_mapped
 from largemeta.data.tasks.loader import TaskLoader, choose_placement, resident_bytes
 from largemeta.data.tasks.stream import StreamError, StreamHub, StreamRows
-from largemeta.data.tasks.tasks import TaskSpec
+from largemeta.data.tasks.suite import TaskSpec
 from largemeta.errors import UserError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from largemeta.data.tasks.tasks import TaskSpec, list_suites, load_suite, resolve_classes
+from largemeta.data.tasks.suite import TaskSpec, list_suites, load_suite, resolve_classes
 from largemeta.errors import UserError
 
 NAMES = ["cat", "dog", "T-shirt/top", "3", "owl"]

@@ -395,7 +395,7 @@ def test_pretrained_experiment(tiny_suite, tiny_config, tmp_path, capsys):
     assert "cts − finetune at 16 images" in (tmp_path / "pre" / "report.md").read_text()
     # the baseline is plain fine-tuning of the given model: the protocol run on it directly gives the same
     # numbers
-    from largemeta.data.tasks.tasks import load_suite
+    from largemeta.data.tasks.suite import load_suite
     from largemeta.metatest import load_init, meta_test
 
     specs = list(load_suite(tiny_suite).meta_test)

@@ -299,7 +299,7 @@ def test_a_worker_killed_mid_run_stops_in_one_line_with_the_checkpoint_intact(fo
 
 
 def test_the_shipped_pool_config_and_suite():
-    from largemeta.data.tasks.tasks import load_suite
+    from largemeta.data.tasks.suite import load_suite
     from largemeta.train.config import load_config
 
     cfg = load_config("pool")

@@ -76,7 +76,7 @@ def register(subparsers: Any) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     from largemeta.data.sources.datasets import DATASETS, is_cached
     from largemeta.data.store.cache import data_dir
-    from largemeta.data.tasks.tasks import list_suites
+    from largemeta.data.tasks.suite import list_suites
 
     cache = data_dir(args.data_dir)
     rows = []
@@ -115,7 +115,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from largemeta.data.sources.datasets import DATASETS, fetch_dataset, looks_like_path
     from largemeta.data.store.cache import data_dir
-    from largemeta.data.tasks.tasks import load_suite
+    from largemeta.data.tasks.suite import load_suite
 
     names = list(args.names)
     if args.suite:
@@ -173,7 +173,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from largemeta.data.tasks.tasks import load_suite
+    from largemeta.data.tasks.suite import load_suite
 
     suite = load_suite(args.name)
     if args.json:

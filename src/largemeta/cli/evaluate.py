@@ -105,7 +105,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from largemeta import console, trackers
-    from largemeta.data.tasks.tasks import TaskSpec, load_suite
+    from largemeta.data.tasks.suite import TaskSpec, load_suite
     from largemeta.devices import resolve_device
     from largemeta.files import atomic_write_text
     from largemeta.metatest import check_init, load_init

@@ -204,7 +204,7 @@ DEMO = Demo(
 
 def run_demo(args: argparse.Namespace) -> int:
     from largemeta.data.sources.datasets import fetch_dataset
-    from largemeta.data.tasks.tasks import load_suite
+    from largemeta.data.tasks.suite import load_suite
     from largemeta.experiments import EXPERIMENTS, Common, EvalSettings, overall, table
     from largemeta.report import write_report
     from largemeta.train.config import load_config

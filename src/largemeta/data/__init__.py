@@ -19,14 +19,14 @@ converted into an :class:`ArrayDataset`.
 """
 
 from largemeta.data.sources.datasets import DATASETS, Datasets, fetch_dataset, load_dataset
-from largemeta.data.sources.sources import DatasetSpec
+from largemeta.data.sources.fetch import DatasetSpec
 from largemeta.data.store.arrays import ArrayDataset
 from largemeta.data.store.index import FolderIndex, index_folder
 from largemeta.data.tasks.images import DeviceRows, TaskImages, TrainQuerySampler, task_seed
 from largemeta.data.tasks.loader import PLACEMENTS, TaskLoader, choose_placement
 from largemeta.data.tasks.sampler import TaskSampler
 from largemeta.data.tasks.stream import StreamError, StreamHub, StreamRows
-from largemeta.data.tasks.tasks import Suite, TaskSpec, list_suites, load_suite, resolve_classes
+from largemeta.data.tasks.suite import Suite, TaskSpec, list_suites, load_suite, resolve_classes
 
 __all__ = [
     "DATASETS",

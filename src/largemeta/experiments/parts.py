@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from largemeta import signals
-from largemeta.data.tasks.tasks import TaskSpec, load_suite
+from largemeta.data.tasks.suite import TaskSpec, load_suite
 from largemeta.devices import resolve_device
 from largemeta.errors import UserError
 from largemeta.runs import checkpoint

@@ -8,7 +8,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # this module is read by the command line's start-up, which must not import torch
-    from largemeta.data.tasks.tasks import TaskSpec
+    from largemeta.data.tasks.suite import TaskSpec
     from largemeta.metatest import Init
     from largemeta.train.config import TrainConfig
 

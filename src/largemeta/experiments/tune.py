@@ -36,7 +36,7 @@ def tune(
     validation score is the mean over the runs, and every run at the best β is tested. Training and evaluation
     run on ``common.device`` (default: the config's); ``meta_updates[algo][β]`` records φ's meta-updates, and
     a budget without one is warned about up front."""
-    from largemeta.data.tasks.tasks import load_suite
+    from largemeta.data.tasks.suite import load_suite
     from largemeta.experiments.parts import on_device, targets_of, train_to, without_meta_update
     from largemeta.metatest import load_init, scratch
     from largemeta.train.budget import lower_hint

@@ -30,7 +30,7 @@ from largemeta.core.inner import INNER_OPTIMIZERS
 from largemeta.core.params import Params, map_tensors
 from largemeta.data.tasks.images import TrainQuerySampler, task_seed
 from largemeta.data.tasks.loader import TaskLoader
-from largemeta.data.tasks.tasks import TaskSpec, load_suite
+from largemeta.data.tasks.suite import TaskSpec, load_suite
 from largemeta.devices import resolve_device
 from largemeta.errors import UserError
 from largemeta.execution import EXECUTORS, GRAPH, CudaGraphMetaStep

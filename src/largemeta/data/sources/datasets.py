@@ -11,7 +11,7 @@ Every built-in dataset is registered below, in one place: those packaged in regi
 host (:mod:`largemeta.data.sources.packaged`: MNIST, Fashion-MNIST, QuickDraw, digits) and the paper's
 (:mod:`largemeta.data.sources.vision`: CIFAR-100, SVHN, ... through torchvision or a local ``--root``).
 
-Converted datasets are kept in the format of :mod:`largemeta.data.store.store` (one verified ``.npy`` per
+Converted datasets are kept in the format of :mod:`largemeta.data.store.cached` (one verified ``.npy`` per
 array), checked before every use: a damaged entry of a registry dataset is converted again, any other is
 refused in one line that says how to repair it.
 """
@@ -26,13 +26,13 @@ import numpy as np
 
 from largemeta.console import notice
 from largemeta.data.sources.byo import load_path
+from largemeta.data.sources.fetch import DatasetSpec
 from largemeta.data.sources.packaged import PACKAGED_DATASETS
-from largemeta.data.sources.sources import DatasetSpec
 from largemeta.data.sources.vision import PAPER_DATASETS
 from largemeta.data.store.arrays import ArrayDataset
 from largemeta.data.store.cache import data_dir as resolve_data_dir
 from largemeta.data.store.cache import ensure_writable, unwritable
-from largemeta.data.store.store import (
+from largemeta.data.store.cached import (
     Damaged,
     entry_dir,
     has_entry,
@@ -105,7 +105,7 @@ def fetch_dataset(
 ) -> ArrayDataset:
     """The registered dataset ``name``, verified from the cache, else fetched and converted into it once.
 
-    A damaged entry (:mod:`largemeta.data.store.store`) of a dataset that comes from a registry package is
+    A damaged entry (:mod:`largemeta.data.store.cached`) of a dataset that comes from a registry package is
     converted again (one notice on stderr); any other is refused in one line naming the file and the command
     that repairs it. A cache that cannot be written is refused in one line when something must be written.
     """
@@ -193,7 +193,7 @@ def memory_mapped(
 ) -> ArrayDataset:
     """The dataset of :func:`load_dataset` (``loaded``, when the caller has it already) with its arrays
     memory-mapped from a cache entry: a registered dataset's own entry, else one written for the path, once,
-    under ``<cache>/byo-v2/<key>/`` (the format of :mod:`largemeta.data.store.store`; ``key``: the first 32
+    under ``<cache>/byo-v2/<key>/`` (the format of :mod:`largemeta.data.store.cached`; ``key``: the first 32
     hex digits of the sha256 of the resolved path, its size and its modification time, so an edited file gets
     a new entry). A cache that cannot be written is refused in one line."""
     ds = loaded if loaded is not None else load_dataset(name_or_path, data_dir)

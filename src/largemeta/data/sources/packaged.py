@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from largemeta import console
-from largemeta.data.sources.formats import parse_digits_csv, parse_idx, parse_quickdraw_ndjson
-from largemeta.data.sources.sources import (
+from largemeta.data.sources.fetch import (
     DatasetSpec,
     DebianPackage,
     NpmPackage,
@@ -32,6 +31,7 @@ from largemeta.data.sources.sources import (
     UrlFiles,
     fetch_first,
 )
+from largemeta.data.sources.formats import parse_digits_csv, parse_idx, parse_quickdraw_ndjson
 from largemeta.data.store.arrays import ArrayDataset, split_off_test
 from largemeta.errors import UserError
 

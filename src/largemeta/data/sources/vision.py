@@ -25,7 +25,7 @@ from PIL import Image
 
 from largemeta import console
 from largemeta.data.sources.byo import load_folder, square_resize
-from largemeta.data.sources.sources import DatasetSpec, Source, SourceUnavailable, offline
+from largemeta.data.sources.fetch import DatasetSpec, Source, SourceUnavailable, offline
 from largemeta.data.store.arrays import ArrayDataset
 from largemeta.errors import UserError
 

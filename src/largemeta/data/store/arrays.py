@@ -1,7 +1,7 @@
 """What a dataset is in memory (:class:`ArrayDataset`), and a stratified held-out split for sets without one.
 
-Storage's base: the cache format (:mod:`largemeta.data.store.store`), every dataset's recipe
-(:class:`~largemeta.data.sources.sources.DatasetSpec`), the bring-your-own readers
+Storage's base: the cache format (:mod:`largemeta.data.store.cached`), every dataset's recipe
+(:class:`~largemeta.data.sources.fetch.DatasetSpec`), the bring-your-own readers
 (:mod:`largemeta.data.sources.byo`), the built-in definitions (:mod:`largemeta.data.sources.packaged`,
 :mod:`largemeta.data.sources.vision`) and the registry (:mod:`largemeta.data.sources.datasets`) all build on
 it, and it imports none of them.

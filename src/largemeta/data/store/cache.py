@@ -10,7 +10,7 @@ Layout::
 
     <cache>/downloads/<archive>           verified package archives, kept so a re-conversion needs no network
     <cache>/datasets-v2/<name>/*.npy      converted datasets, one verified array per file
-                                          (:mod:`largemeta.data.store.store`, which also reads version 0.1's
+                                          (:mod:`largemeta.data.store.cached`, which also reads version 0.1's
                                           ``<cache>/datasets/<name>/data.npz``)
     <cache>/indexes/<key>/                listings of bring-your-own folders
                                           (:mod:`largemeta.data.store.index`)

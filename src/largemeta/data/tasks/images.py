@@ -1,6 +1,6 @@
 """A task's images and its seeded minibatch stream: :class:`TaskImages`, with its device-resident storage.
 
-A :class:`TaskImages` is a :class:`~largemeta.data.tasks.tasks.TaskSpec` realised: labels renumbered 0..k-1, a
+A :class:`TaskImages` is a :class:`~largemeta.data.tasks.suite.TaskSpec` realised: labels renumbered 0..k-1, a
 :class:`~largemeta.data.tasks.sampler.TaskSampler` (which rows, crops and flips each batch takes, and its
 state) and a storage that fetches the rows it names:
 
@@ -39,7 +39,7 @@ import torch
 from largemeta.data.store.arrays import ArrayDataset
 from largemeta.data.tasks.augment import apply_augmentation, normalize, resize_uint8, to_grey
 from largemeta.data.tasks.sampler import Draw, TaskSampler
-from largemeta.data.tasks.tasks import TaskSpec
+from largemeta.data.tasks.suite import TaskSpec
 from largemeta.errors import UserError
 
 
@@ -130,7 +130,7 @@ class TaskImages:
     """A task's labels, class names, seeded minibatch stream (its :class:`TaskSampler`) and images (its
     :class:`Rows`, on the device or streamed): what the training loop and the meta-test draw batches from.
 
-    Not to be confused with :class:`~largemeta.data.tasks.tasks.TaskSpec` (the recipe, a suite entry) or a
+    Not to be confused with :class:`~largemeta.data.tasks.suite.TaskSpec` (the recipe, a suite entry) or a
     model-side task (:class:`largemeta.models.task.ImageTask`, which draws its batches from one of these).
 
     Args:

@@ -31,7 +31,7 @@ from largemeta.data.store.cache import data_dir as resolve_data_dir
 from largemeta.data.store.index import FolderIndex, index_folder
 from largemeta.data.tasks.images import TaskImages
 from largemeta.data.tasks.stream import StreamHub, stream_arrays, stream_folder
-from largemeta.data.tasks.tasks import TaskSpec
+from largemeta.data.tasks.suite import TaskSpec
 from largemeta.errors import UserError, choice_error
 
 PLACEMENTS = ("auto", "device", "stream")

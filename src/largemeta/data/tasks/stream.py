@@ -3,7 +3,7 @@ them.
 
 A :class:`StreamRows` is the storage of a :class:`~largemeta.data.tasks.images.TaskImages` that holds no image
 anywhere: a registered dataset's rows are read from its cache entry's ``.npy`` files at their offsets
-(:mod:`largemeta.data.store.store`), a bring-your-own folder's files from its listing
+(:mod:`largemeta.data.store.cached`), a bring-your-own folder's files from its listing
 (:mod:`largemeta.data.store.index`). Memory holds the labels, the listing and the batches in flight, whatever
 the size of the dataset. The task's :class:`~largemeta.data.tasks.sampler.TaskSampler` decides every batch, as
 it does for images on the device.
@@ -65,7 +65,7 @@ from largemeta.data.store.index import FolderIndex, Listing
 from largemeta.data.tasks.augment import to_grey
 from largemeta.data.tasks.images import TaskImages, prepare_images
 from largemeta.data.tasks.sampler import Draw, TaskSampler
-from largemeta.data.tasks.tasks import TaskSpec
+from largemeta.data.tasks.suite import TaskSpec
 from largemeta.errors import UserError
 
 TIMEOUT_ENV = "LARGEMETA_STREAM_TIMEOUT"
