@@ -8,7 +8,7 @@
 
 :mod:`largemeta.train.build` builds the run (device, process group, tasks, learner, executor),
 :mod:`largemeta.train.state` saves and restores its checkpoint; this module owns the run folder
-(:mod:`largemeta.runs`) and the loop: steps, non-finite guards, metrics lines (to metrics.jsonl and the trackers),
+(:mod:`largemeta.runs`) and the loop: steps, non-finite guards, metrics lines (metrics.jsonl, the trackers),
 checkpoints, preemption.
 
 The run folder is claimed (checked, then locked for the life of the trainer) before anything is written, and
