@@ -25,6 +25,7 @@ LAYERS = (
     "tasks",
     "index",
     "byo",
+    "hub",
     "packaged",
     "vision",
     "datasets",

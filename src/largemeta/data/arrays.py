@@ -135,7 +135,9 @@ class DatasetSpec:
     suites: tuple[str, ...] = ()
 
     def source_names(self) -> list[str]:
-        return [s.describe() for s in self.sources]
+        """Where it comes from, in the order tried: ``hf:OWNER/REPO@REVISION``, ``npm:NAME@VERSION``,
+        ``torchvision:CLASS``, ``root`` (a local copy, ``--root``), ..."""
+        return [s.key() for s in self.sources]
 
     @property
     def heals(self) -> bool:

