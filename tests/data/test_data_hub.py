@@ -294,3 +294,42 @@ def test_pins_must_be_commits_and_sha256s():
         HubParquet(REPO, "main", ())
     with pytest.raises(ValueError, match="bad pin"):
         HubParquet(REPO, REV, (HubFile("x.parquet", "train", 10, "abc"),))
+
+
+def test_fetch_the_paper_suite_offline_names_every_failure(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("LARGEMETA_OFFLINE", "1")
+    code, _, err = run(capsys, "data", "fetch", "--suite", "paper", "--data-dir", str(tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "12 of 12 dataset(s) not fetched (tiny_imagenet, cifar100, stanford_dogs," in err
+    assert "--root" in err
+    assert not (tmp_path / "datasets-v2").exists()
+
+
+def _pinned_hub_sources() -> list[HubParquet]:
+    return [
+        s
+        for name in datasets.DATASETS.names()
+        for s in datasets.DATASETS.get(name).sources
+        if isinstance(s, HubParquet)
+    ]
+
+
+@pytest.mark.network
+def test_a_real_hub_repository(tmp_path, monkeypatch):
+    """For users who are online: the smallest pinned hub source, fetched from the real hub and decoded."""
+    import socket
+    import urllib.parse
+
+    from largemeta.data.hub import endpoint
+
+    pinned = _pinned_hub_sources()
+    if not pinned:
+        pytest.skip("no registered dataset has a pinned hub source yet (docs/data.md says why)")
+    host = urllib.parse.urlsplit(endpoint())
+    try:
+        socket.create_connection((host.hostname, host.port or 443), timeout=5).close()
+    except OSError as err:
+        pytest.skip(f"the hub at {endpoint()} is unreachable from here ({err})")
+    source = min(pinned, key=lambda s: s.download_bytes)
+    paths = source.download(tmp_path)
+    assert all(p.stat().st_size == f.size for f, p in paths.items())
