@@ -85,7 +85,7 @@ def _needs(cfg: TrainConfig, measure: bool) -> dict[str, Any]:
         raise UserError(f"suite {cfg.suite!r} has no meta-train tasks")
     rows = needs.datasets(cfg, suite)
     sizes = needs.task_images(cfg, specs)
-    device = place(cfg).device
+    device = _device(cfg)
     where = _where(cfg, sizes, device)
     out: dict[str, Any] = {
         "data_ready": all(r["cached"] for r in rows),
@@ -99,6 +99,15 @@ def _needs(cfg: TrainConfig, measure: bool) -> dict[str, Any]:
     if measure:
         out["measured"] = needs.measure(cfg, specs, device)
     return out
+
+
+def _device(cfg: TrainConfig) -> Any:
+    """The device the run would use (without joining a process group)."""
+    import os
+
+    from largemeta.devices import resolve_device
+
+    return resolve_device(cfg.device, int(os.environ.get("RANK", "0")), what="config key 'device'")
 
 
 def _fetch_command(cfg: TrainConfig, rows: list[dict[str, Any]]) -> str | None:
@@ -134,7 +143,7 @@ def _without_data(cfg: TrainConfig, folder: Path, start: int, need: dict[str, An
         "resume_from_step": start,
         "steps": cfg.steps,
         "algo": cfg.algo,
-        "device": str(place(cfg).device),
+        "device": str(_device(cfg)),
         "tasks": [s.name for s in specs],
         "tasks_per_trajectory": cfg.tasks_per_trajectory or len(specs),
         "parameters_in_phi": need["memory"]["body_parameters"],
@@ -177,9 +186,8 @@ def _needs_lines(p: dict[str, Any]) -> list[str]:
     rows = p["datasets"]
     missing = [r for r in rows if not r["cached"]]
     mb = [r["download_mb"] for r in missing]
-    size = (
-        f"{sum(m for m in mb if m) / 1e3:.2f} GB" + (" + sizes unknown" if None in mb else "") if missing else "0"
-    )
+    unknown = " + sizes unknown" if None in mb else ""
+    size = f"{sum(m for m in mb if m) / 1e3:.2f} GB{unknown}" if missing else "0"
     lines = [
         f"datasets: {len(rows)}, {len(rows) - len(missing)} cached, {len(missing)} to fetch "
         f"(download {size}) into {p['data_dir']}"
