@@ -57,7 +57,7 @@ def test_measure_times_a_warm_up_and_scales_it(capsys, tmp_path, tiny_suite, tin
     assert list(m["hours"]) == ["1", "2"]  # 4 ranks cannot serve 3 tasks
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "# measured on cpu (2 warm-up + 3 timed inner steps per image shape, median): 1x16px:" in out
+    assert "# measured on cpu, fp32 (2 warm-up + 3 timed inner steps per image shape, median): 1x16px:" in out
     assert "# hours for 1000 steps (devices: time; inner steps only): 1: " in out and not run.exists()
 
 

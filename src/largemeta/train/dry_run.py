@@ -212,8 +212,8 @@ def _needs_lines(p: dict[str, Any]) -> list[str]:
         steps = ", ".join(f"{k}: {v * 1e3:.1f} ms" for k, v in m["seconds_per_step"].items())
         hours = ", ".join(f"{w}: {needs.hours_text(h)}" for w, h in m["hours"].items())
         lines.append(
-            f"measured on {m['device']} ({m['warmup_steps']} warm-up + {m['timed_steps']} timed inner steps "
-            f"per image shape, median): {steps}"
+            f"measured on {m['device']}, {m['precision']} ({m['warmup_steps']} warm-up + {m['timed_steps']} "
+            f"timed inner steps per image shape, median): {steps}"
         )
         lines.append(f"hours for {p['steps_to_run']} steps (devices: time; inner steps only): {hours}")
     if missing:

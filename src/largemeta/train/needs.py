@@ -24,7 +24,8 @@ dataset.
 * **Hours per GPU count** (``--measure``): a short warm-up on the current device — for every distinct
   (channels, image size) of the meta-train tasks, the body and a head take ``warmup`` untimed then ``timed``
   timed inner steps (forward, backward, SGD with momentum) on random images of the task's shape at
-  ``batch_size`` (the time of a step does not depend on the pixels), fp32, synchronised on CUDA. One run
+  ``batch_size`` (the time of a step does not depend on the pixels); the median is kept. On CUDA the steps
+  use the config's executor's channels-last and bf16 autocast and are synchronised; elsewhere fp32. One run
   step is one inner step of every task, so with W devices a step takes the largest sum of its tasks' step
   times over the ranks (divided by G when G ranks share a task), and ``hours(W) = steps x that / 3600``.
   Not included: meta-updates, evaluation, checkpoints, data loading, and the communication between ranks.
@@ -211,6 +212,7 @@ def measure(
         hours[str(world)] = cfg.steps * slowest / 3600
     return {
         "device": str(device),
+        "precision": precision(cfg, device),
         "warmup_steps": warmup,
         "timed_steps": timed,
         "seconds_per_step": {f"{c}x{size}px": t for (c, size), t in per_shape.items()},
@@ -229,6 +231,9 @@ def _time_steps(cfg: TrainConfig, s: TaskSpec, device: torch.device, warmup: int
     x = torch.randn(cfg.batch_size, s.channels, s.image_size, s.image_size, device=device)
     y = torch.randint(0, classes, (cfg.batch_size,), device=device)
     cuda = device.type == "cuda"
+    fast = _cuda_executor(cfg) if cuda else (False, False)
+    if fast[0]:
+        model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     times = []
@@ -237,7 +242,9 @@ def _time_steps(cfg: TrainConfig, s: TaskSpec, device: torch.device, warmup: int
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast[1], cache_enabled=False):
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
         opt.step()
         if cuda:
             torch.cuda.synchronize(device)
@@ -245,6 +252,20 @@ def _time_steps(cfg: TrainConfig, s: TaskSpec, device: torch.device, warmup: int
             times.append(time.perf_counter() - start)
     used = torch.cuda.max_memory_allocated(device) if cuda else 0
     return sorted(times)[len(times) // 2], used
+
+
+def _cuda_executor(cfg: TrainConfig) -> tuple[bool, bool]:
+    """(channels-last, bf16 autocast) as the run's executor uses them on CUDA."""
+    parts = set(cfg.executor.split("+"))
+    return "channels_last" in parts, "autocast" in parts
+
+
+def precision(cfg: TrainConfig, device: torch.device) -> str:
+    """How the warm-up ran: the executor's channels-last and bf16 autocast on CUDA, plain fp32 elsewhere."""
+    if device.type != "cuda":
+        return "fp32"
+    cl, ac = _cuda_executor(cfg)
+    return "+".join([*(["channels_last"] if cl else []), "bf16 autocast" if ac else "fp32"])
 
 
 def gb(n: float | None) -> str:
