@@ -394,3 +394,18 @@ def test_labels_beyond_the_class_count(capsys, tmp_path, hub, toy):
     code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and "labels in [7, 7], expected [0, 2] (3 classes)" in err
     assert not (tmp_path / "datasets-v2" / NAME).exists()
+
+
+def test_pins_without_an_exact_size_use_the_servers_length(capsys, tmp_path, hub, toy):
+    """A hub file page shows a rounded size; the pin then holds the sha256 only, and a short transfer is told
+    from a whole one by the server's Content-Length (resumed with a Range, the sha256 checked at the end)."""
+    train, test = toy.bytes
+    unsized = [HubFile(p, s, None, hashlib.sha256(b).hexdigest(), approx_bytes=len(b)) for p, s, b in
+               ((toy.paths[0], "train", train), (toy.paths[1], "test", test))]  # fmt: skip
+    source = toy(pins=tuple(unsized))
+    assert source.download_bytes == len(train) + len(test)
+    hub.cut[toy.paths[0]] = 500
+    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    assert code == 2 and f"500 of {len(train)} bytes arrived; run the command again to resume" in err
+    assert run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))[0] == 0
+    assert (f"/datasets/{REPO}/resolve/{REV}/{toy.paths[0]}", "bytes=500-") in hub.log

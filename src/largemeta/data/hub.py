@@ -79,12 +79,17 @@ def token() -> str | None:
 
 @dataclass(frozen=True)
 class HubFile:
-    """One file of a hub repository: its path at the revision, the split it holds, its size and sha256."""
+    """One file of a hub repository: its path at the revision, the split it holds, its size and sha256.
+
+    ``size``: the exact byte count when it is known (an LFS pointer gives it), else None: the server's
+    ``Content-Length`` then tells a short transfer from a whole one, and the sha256 decides.
+    ``approx_bytes``: the size the hub's file page shows (rounded), for plans."""
 
     path: str
     split: str
-    size: int
+    size: int | None
     sha256: str
+    approx_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,8 @@ class HubParquet(Source):
         if not _HEX40.fullmatch(self.revision):
             raise ValueError(f"{self.repo}: revision {self.revision!r} is not a 40-hex commit")
         for f in self.files:
-            if not _HEX64.fullmatch(f.sha256) or f.size <= 0 or f.split not in ("train", "test"):
+            bad_size = f.size is not None and f.size <= 0
+            if not _HEX64.fullmatch(f.sha256) or bad_size or f.split not in ("train", "test"):
                 raise ValueError(f"{self.repo}: bad pin for {f.path!r}")
 
     def key(self) -> str:
@@ -116,7 +122,7 @@ class HubParquet(Source):
 
     @property
     def download_bytes(self) -> int:
-        return sum(f.size for f in self.files)
+        return sum(f.size or f.approx_bytes or 0 for f in self.files)
 
     def url(self, f: HubFile) -> str:
         return f"{endpoint()}/datasets/{self.repo}/resolve/{self.revision}/{urllib.parse.quote(f.path)}"
@@ -138,7 +144,7 @@ class HubParquet(Source):
     def _file(self, downloads: Path, f: HubFile) -> Path:
         final = self.local(downloads, f)
         if final.is_file():
-            if final.stat().st_size == f.size and sha256_file(final) == f.sha256:
+            if final.stat().st_size == (f.size or final.stat().st_size) and sha256_file(final) == f.sha256:
                 return final
             notice(f"{final} does not match its pinned sha256; downloading it again")
             final.unlink()
@@ -148,13 +154,14 @@ class HubParquet(Source):
             )
         final.parent.mkdir(parents=True, exist_ok=True)
         part = final.with_name(final.name + ".part")
-        self._transfer(f, part)
+        stated = self._transfer(f, part)
+        expected = f.size if f.size is not None else stated  # the pin wins over what a server says
         got = part.stat().st_size
-        if got != f.size:  # a server that closed the connection early: keep the part, resume next time
-            if got > f.size:
+        if expected is not None and got != expected:  # the connection closed early: keep the part, resume
+            if got > expected:
                 part.unlink()
             raise SourceUnavailable(
-                f"{self.url(f)}: {got} of {f.size} bytes arrived; run the command again to resume"
+                f"{self.url(f)}: {got} of {expected} bytes arrived; run the command again to resume"
             )
         try:
             check_sha256(f"{self.repo}@{self.revision}:{f.path}", sha256_file(part), f.sha256)
@@ -164,11 +171,12 @@ class HubParquet(Source):
         _move_durably(part, final)
         return final
 
-    def _transfer(self, f: HubFile, part: Path) -> None:
-        """Append the missing bytes of ``f`` to ``part`` (a ``Range`` request when part of it is there)."""
+    def _transfer(self, f: HubFile, part: Path) -> int | None:
+        """Append the missing bytes of ``f`` to ``part`` (a ``Range`` request when part of it is there); the
+        file's whole size as the pin or the server states it (None when neither does)."""
         have = part.stat().st_size if part.is_file() else 0
-        if have >= f.size:  # complete (or too long): check it as it is; the caller decides
-            return
+        if f.size is not None and have >= f.size:  # complete (or too long): the caller checks it
+            return f.size
         url = self.url(f)
         headers = {"User-Agent": "largemeta"}
         tok = token()
@@ -179,17 +187,20 @@ class HubParquet(Source):
         try:
             resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=_TIMEOUT_S)
         except urllib.error.HTTPError as err:
+            if err.code == 416 and have:  # nothing left to send: the part is whole (its sha256 decides)
+                return have
             raise SourceUnavailable(f"{url}: HTTP {err.code} {err.reason}{_why(err.code, tok)}") from None
         except (urllib.error.URLError, OSError) as err:
             raise SourceUnavailable(f"{url}: {getattr(err, 'reason', err)}") from None
         with resp:
             if have and resp.status != 206:  # the server ignored the range: start again
                 have = 0
+            total = f.size or _total(resp, have)
             done = have
             try:
                 with (
                     open(part, "ab" if have else "wb") as out,
-                    progress(total=f.size, initial=have, unit="B", unit_scale=True, desc=f.path) as bar,
+                    progress(total=total, initial=have, unit="B", unit_scale=True, desc=f.path) as bar,
                 ):
                     for chunk in iter(lambda: resp.read(_CHUNK), b""):
                         out.write(chunk)
@@ -197,9 +208,10 @@ class HubParquet(Source):
                         bar.update(len(chunk))
             except (http.client.HTTPException, OSError) as err:
                 raise SourceUnavailable(
-                    f"{url}: transfer broke after {done} of {f.size} bytes ({type(err).__name__}); "
+                    f"{url}: transfer broke after {done} of {total or '?'} bytes ({type(err).__name__}); "
                     "run the command again to resume"
                 ) from None
+        return total
 
     def load(
         self, name: str, downloads: Path, side: int, channels: int, num_classes: int, notes: str = ""
@@ -236,6 +248,15 @@ class HubParquet(Source):
             tuple(class_names),
             notes=f"{where}{'; ' + notes if notes else ''}",
         )
+
+
+def _total(resp: Any, have: int) -> int | None:
+    """The whole file's size from a response: ``Content-Range``'s total (206) or ``have + Content-Length``."""
+    rng = resp.headers.get("Content-Range") or ""
+    if "/" in rng and rng.rsplit("/", 1)[1].isdigit():
+        return int(rng.rsplit("/", 1)[1])
+    length = resp.headers.get("Content-Length")
+    return have + int(length) if length and length.isdigit() else None
 
 
 def _why(code: int, tok: str | None) -> str:
