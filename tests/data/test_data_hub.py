@@ -378,6 +378,10 @@ def test_every_paper_dataset_lists_its_sources_as_strings(capsys, tmp_path):
         "torchvision:SVHN",
     ]
     assert rows["svhn"]["download_mb"] == pytest.approx((135_589_380 + 47_003_111) / 1e6)
+    assert rows["stl10"]["sources"] == [
+        "hf:tanganke/stl10@5e47e3613d05e2527c82cf36288a5d1f79cba870",
+        "torchvision:STL10",
+    ]
 
 
 def test_a_pinned_file_that_is_not_parquet(capsys, tmp_path, hub, toy):
