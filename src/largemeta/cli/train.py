@@ -61,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="check everything a run would (config, run folder, data, model, device, trackers), print the "
         "resolved config and the plan, and exit without training or writing the run folder",
     )
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="with --dry-run: time a short warm-up of every task's inner step on this device and estimate "
+        "the hours the run takes on 1, 2, 4, 8 ... devices",
+    )
     p.set_defaults(func=run_train, resumable=True)
 
     a = sub.add_parser("algorithms", help="the algorithm table: every --algo name and what it needs")
@@ -117,8 +123,10 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, overrides(args))
     if args.allow_model_change and not args.resume:
         raise UserError("--allow-model-change goes with --resume (a new run records its model's code)")
+    if args.measure and not args.dry_run:
+        raise UserError("--measure goes with --dry-run (it estimates the run's hours without training)")
     if args.dry_run:
-        return _dry_run(cfg, folder, bool(args.resume), args.json, args.allow_model_change)
+        return _dry_run(cfg, folder, bool(args.resume), args.json, args.allow_model_change, args.measure)
     try:
         trainer = Trainer(cfg, folder, resume=bool(args.resume), allow_model_change=args.allow_model_change)
         try:
@@ -147,13 +155,15 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dry_run(cfg, folder: Path, resume: bool, as_json: bool, allow_model_change: bool) -> int:
+def _dry_run(
+    cfg, folder: Path, resume: bool, as_json: bool, allow_model_change: bool, measure: bool = False
+) -> int:
     from largemeta.console import log
     from largemeta.train.budget import no_meta_update
     from largemeta.train.config_docs import to_toml
     from largemeta.train.dry_run import describe, plan
 
-    p = plan(cfg, folder, resume=resume, allow_model_change=allow_model_change)
+    p = plan(cfg, folder, resume=resume, allow_model_change=allow_model_change, measure=measure)
     warning = no_meta_update(cfg, cfg.steps, budget=f"--steps {cfg.steps}")
     if warning:
         log.warning(warning)

