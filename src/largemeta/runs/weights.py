@@ -25,7 +25,8 @@ from largemeta.files import atomic_write
 from largemeta.runs import checkpoint
 
 FORMAT = "largemeta-phi"
-"""The ``format`` entry in the metadata of an exported φ (``largemeta export``, :func:`largemeta.phi.save`)."""
+"""The ``format`` entry in the metadata of an exported φ (``largemeta export``,
+:func:`largemeta.phi.save`)."""
 
 
 def _metadata(path: Path) -> dict[str, str]:
