@@ -8,6 +8,9 @@ The algorithm core lives in :mod:`largemeta.core`; the paper's 2-D benchmark in
 
 from largemeta._version import __version__ as __version__
 
+__all__ = ["ContinualTrajectoryShifting", "load_phi", "load_phi_into"]
+"""The public names, exported lazily (below)."""
+
 
 def __getattr__(name: str):
     # Lazy, so that ``import largemeta`` (and the CLI's start-up) does not import torch.

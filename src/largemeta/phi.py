@@ -31,6 +31,7 @@ from largemeta.runs import checkpoint
 __all__ = ["FORMAT", "load_phi", "load_phi_into", "save"]
 
 FORMAT = "largemeta-phi"
+"""The ``format`` entry in the metadata of an exported φ (``largemeta export``, :func:`save`)."""
 
 
 def _metadata(path: Path) -> dict[str, str]:

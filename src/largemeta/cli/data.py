@@ -65,9 +65,11 @@ def register(subparsers: Any) -> None:
     )
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("suite", help="the tasks of a suite (built-in name or TOML path)")
+    p = sub.add_parser("suite", help="the tasks of a suite (built-in name, TOML path or folder of datasets)")
     p.add_argument(
-        "name", metavar="NAME|PATH", help="a built-in suite (offline, paper, pool) or a suite TOML"
+        "name",
+        metavar="NAME|PATH",
+        help="a built-in suite (offline, paper, pool), a suite TOML, or a folder of datasets (one task each)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_suite)

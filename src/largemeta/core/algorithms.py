@@ -85,6 +85,8 @@ class Algorithm:
 
 
 ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
+"""The algorithm table, by name (``largemeta algorithms`` prints it): each :class:`Algorithm` names its
+meta-gradient and whether it shifts (CTS); ``ALGORITHMS.get("cts")``."""
 for _algo in (
     Algorithm("cts", "reptile", cts=True, summary="CTS on Reptile, the paper's headline algorithm"),
     Algorithm("cts-reptile", "reptile", cts=True, summary="the same as cts"),

@@ -60,7 +60,17 @@ class Schedule:
 
 def mean_over_all_tasks(total: Tensor, count: int, group: Any = None) -> Tensor:
     """Σ_t over this process's ``count`` tasks (flattened ``total``) → the mean over every task of every rank,
-    with one all-reduce of the sum and the task count together (ranks may hold different numbers of tasks)."""
+    with one all-reduce of the sum and the task count together (ranks may hold different numbers of tasks).
+
+    Args:
+        total: the sum over this process's tasks of their flattened meta-gradients, shape (P,) for P scalars
+            in φ.
+        count: how many tasks that sum holds.
+        group: the process group (``None``: this process alone, no communication).
+
+    Returns:
+        The mean over all tasks of all ranks, shape (P,).
+    """
     # new_full is a device-side fill, not a host-to-device copy, so a CUDA graph can capture it.
     flat = torch.cat([total, total.new_full((1,), float(count))])
     if group is not None:

@@ -224,7 +224,17 @@ class Leap(MetaGradient):
 
 
 def conjugate_gradient(matvec, b: Tensor, iters: int = 10, tol: float = 1e-10) -> Tensor:
-    """Solve A x = b for symmetric positive-definite A given only ``matvec(v) = A v`` (x_0 = 0)."""
+    """Solve A x = b for symmetric positive-definite A given only ``matvec(v) = A v`` (x_0 = 0).
+
+    Args:
+        matvec (Callable[[Tensor], Tensor]): ``v -> A v`` for a vector ``v`` of shape (P,).
+        b: the right-hand side, shape (P,).
+        iters: at most this many iterations.
+        tol: stop when the squared residual norm falls below this.
+
+    Returns:
+        x, shape (P,).
+    """
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()

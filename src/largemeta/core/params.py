@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 
 Params = dict[str, Tensor]
+"""Parameters as a dict of name -> tensor (φ, each task's θ, gradients): the names of a module's
+``named_parameters()``, each tensor of that parameter's shape."""
 
 
 def clone(params: Mapping[str, Tensor]) -> Params:

@@ -46,7 +46,11 @@ def loss_and_gradients(
     task: Task, params: Params, regularizer: Regularizer | None = None, shared: Iterable[str] = ()
 ) -> tuple[Tensor, list[Tensor]]:
     """The training loss on ``task``'s next minibatch and the gradient of loss (+ ``regularizer`` at the
-    ``shared`` keys) w.r.t. every tensor of ``params`` (dict order); no graph is kept."""
+    ``shared`` keys) w.r.t. every tensor of ``params`` (dict order); no graph is kept.
+
+    Returns:
+        The loss (a 0-d tensor) and one gradient per tensor of ``params``, each of that tensor's shape.
+    """
     loss = task.train_loss(params)
     reg = regularizer({k: params[k] for k in shared}) if regularizer is not None else None
     grads = torch.autograd.grad(loss if reg is None else loss + reg, list(params.values()))
@@ -61,7 +65,19 @@ def inner_step(
     regularizer: Regularizer | None = None,
     shared: Iterable[str] = (),
 ) -> Tensor:
-    """One inner optimizer step of one task, in place; returns its (detached) training loss."""
+    """One inner optimizer step of one task, in place; returns its (detached) training loss.
+
+    Args:
+        task: anything with ``train_loss(params)``.
+        params: the task's θ, updated in place.
+        inner: the inner optimizer (:class:`SGD`, :class:`Adam`).
+        state: its per-task state (from ``inner.init``), updated in place.
+        regularizer: an extra loss on the ``shared`` parameters (iMAML's proximal term), or ``None``.
+        shared: the keys of ``params`` the regularizer sees.
+
+    Returns:
+        The training loss before the step, a 0-d tensor.
+    """
     loss, grads = loss_and_gradients(task, params, regularizer, shared)
     inner.step(list(params.values()), grads, state)
     return loss

@@ -110,6 +110,7 @@ class Experiment:
 
 
 EXPERIMENTS: Registry[Experiment] = Registry("experiment")
+"""The experiment kinds by name (``largemeta experiment KIND``), each registered with :func:`register`."""
 
 
 def register(experiment: Experiment) -> Experiment:

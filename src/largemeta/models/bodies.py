@@ -149,4 +149,5 @@ def resnet18(in_channels: int = 3, weights: str | None = None) -> nn.Module:
 
 
 def count_parameters(module: nn.Module) -> int:
+    """The number of scalars in ``module``'s parameters (buffers not counted)."""
     return sum(p.numel() for p in module.parameters())

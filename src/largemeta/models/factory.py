@@ -53,6 +53,9 @@ MODELS: Registry[Factory] = Registry("model")
 """The built-in bodies (and any registered in this process with :func:`register_model`)."""
 
 register_model = MODELS.register
+"""Decorator registering a body factory by name (default: the function's), e.g.
+``@register_model("mine")``; ``--set model=mine`` then builds it (in this process: a plugin registers
+through :data:`ENTRY_POINT_GROUP`)."""
 
 ENTRY_POINT_GROUP = "largemeta.models"
 """Entry-point group in which installed packages register bodies by name (``name = "pkg.mod:factory"``)."""

@@ -65,6 +65,16 @@ def features(
 
     In train mode BatchNorm normalizes with batch statistics and updates ``buffers`` in place (the running
     mean/var and ``num_batches_tracked`` tensors of the dict are the ones written); in eval mode it uses them.
+
+    Args:
+        model: the body's template module (its own tensors are not used).
+        params: the task's parameters by name (the body's; a head's are ignored).
+        buffers: the task's BatchNorm buffers by name.
+        x: images, shape (B, C, H, W), float.
+        train: batch statistics (and buffer updates) or the running ones.
+
+    Returns:
+        Features, shape (B, F).
     """
     was = model.training
     model.train(train)
@@ -81,6 +91,13 @@ def apply(
     x: Tensor,
     train: bool = True,
 ) -> Tensor:
-    """Logits of ``x``: the body (see :func:`features`) followed by the task's head ``params['head.*']``."""
+    """Logits of ``x``: the body (see :func:`features`) followed by the task's head ``params['head.*']``.
+
+    Args:
+        x: images, shape (B, C, H, W), float.
+
+    Returns:
+        Logits, shape (B, classes) for a head of ``classes`` outputs.
+    """
     feats = features(model, params, buffers, x, train)
     return F.linear(feats, params[HEAD + "weight"], params[HEAD + "bias"])

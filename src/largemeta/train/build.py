@@ -28,9 +28,10 @@ from largemeta.core.diagnostics import ShiftErrorProbe
 from largemeta.core.engine import MetaLearner
 from largemeta.core.inner import INNER_OPTIMIZERS
 from largemeta.core.params import Params, map_tensors
+from largemeta.data.sources.datasets import looks_like_path
 from largemeta.data.tasks.images import TrainQuerySampler, task_seed
 from largemeta.data.tasks.loader import TaskLoader
-from largemeta.data.tasks.suite import TaskSpec, load_suite
+from largemeta.data.tasks.suite import TaskSpec, load_suite, task_from_path
 from largemeta.devices import resolve_device
 from largemeta.errors import UserError
 from largemeta.execution import EXECUTORS, GRAPH, CudaGraphMetaStep
@@ -70,10 +71,18 @@ def select_tasks(
     if not names:
         return list(specs)
     by_name = {s.name: s for s in specs}
+    # a dataset path where a task name is expected is a task of its own (a folder, an .npz)
+    by_name.update({n: task_from_path(n) for n in names if n not in by_name and looks_like_path(n)})
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise UserError(f"unknown {what} {unknown[0]!r} (valid: {', '.join(by_name)})")
-    return [by_name[n] for n in names]
+        raise UserError(
+            f"unknown {what} {unknown[0]!r} (valid: {', '.join(by_name)}, or a dataset folder or .npz path)"
+        )
+    chosen = [by_name[n] for n in names]
+    repeated = sorted({s.name for s in chosen if [c.name for c in chosen].count(s.name) > 1})
+    if repeated:
+        raise UserError(f"tasks {names} give two tasks the name {repeated[0]!r}: rename a folder")
+    return chosen
 
 
 def initial_phi(cfg: TrainConfig, body_params: Params) -> Params:

@@ -41,11 +41,14 @@ FLOAT32_MAX = 3.4028234663852886e38
 @dataclass(frozen=True)
 class TrainConfig:
     suite: str = "offline"
-    """Suite name (``largemeta data suite``) or path to a suite TOML; its meta-train tasks are trained on."""
+    """Suite name (``largemeta data suite``), path to a suite TOML, or a folder of datasets (one task per
+    subfolder of class subfolders, or per ``.npz``); its meta-train tasks are trained on."""
     tasks: tuple[str, ...] = ()
-    """Names of the suite's meta-train tasks to use (default: all); ``single`` needs exactly one."""
+    """Names of the suite's meta-train tasks to use (default: all), or dataset paths (a folder of class
+    subfolders, an ``.npz``), each a task of its own; ``single`` needs exactly one."""
     model: str = "convnet"
-    """Body: ``convnet``, ``resnet20`` or ``resnet18`` (torchvision extra)."""
+    """Body: ``convnet``, ``resnet20``, ``resnet18`` (torchvision extra), ``file.py:factory``,
+    ``module:factory``, ``timm:NAME`` (timm extra) or a name registered by a plugin (``largemeta.models``)."""
     width: int = 32
     """Body width (convnet channels; resnet20 first-stage width, 16 in the paper)."""
     init: str = ""

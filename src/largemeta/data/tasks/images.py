@@ -136,7 +136,8 @@ class TaskImages:
     Args:
         spec: the recipe.
         rows: the storage.
-        y_train, y_eval: labels (0..k-1) of the training and eval rows; moved to ``rows.sampler_device``.
+        y_train: labels (0..k-1) of the training rows, shape (N_train,); moved to ``rows.sampler_device``.
+        y_eval: labels (0..k-1) of the eval rows, shape (N_eval,); moved there too.
         class_names: the task's classes, in label order.
         seed: the sampling seed.
     """

@@ -35,6 +35,8 @@ from largemeta.data.tasks.suite import TaskSpec
 from largemeta.errors import UserError, choice_error
 
 PLACEMENTS = ("auto", "device", "stream")
+"""Where a task's decoded images live (``data_placement``): on the device, streamed from disk by worker
+processes, or ``auto`` (the device when they fit the memory budget)."""
 BUDGET_SHARE = 0.5
 """Share of the free memory that ``auto`` lets decoded task images take when no budget is given."""
 MAX_WORKERS = 64

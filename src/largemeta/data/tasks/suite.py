@@ -25,7 +25,8 @@ tasks and meta-test targets, written in TOML::
     dataset = "digits"
 
 Built-in suites live in ``largemeta/configs/suites/*.toml`` (see :func:`list_suites`); a path to a TOML
-file works wherever a suite name does.
+file works wherever a suite name does, and so does a folder of datasets (:func:`suite_from_folder`): each of
+its subfolders (a folder of class subfolders) and ``.npz`` files is one meta-train task.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from largemeta.data.store.index import IMAGE_SUFFIXES
 from largemeta.errors import UserError, choice_error
 
 if sys.version_info >= (3, 11):
@@ -254,17 +256,20 @@ def list_suites() -> list[str]:
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
-    """A built-in suite by name, or a suite TOML file by path."""
+    """A built-in suite by name, a suite TOML file by path, or a folder of datasets
+    (:func:`suite_from_folder`)."""
     text_name = str(name_or_path)
     path = Path(text_name).expanduser()
     if text_name in list_suites():
         text, source = (_builtin_dir() / f"{text_name}.toml").read_text(), text_name
+    elif path.is_dir():
+        return suite_from_folder(path)
     elif path.suffix == ".toml" or path.exists():
         if not path.is_file():
             raise UserError(f"suite file {path} does not exist")
         text, source = path.read_text(), str(path)
     else:
-        raise choice_error("suite", text_name, [*list_suites(), "<path to a .toml file>"])
+        raise choice_error("suite", text_name, [*list_suites(), "<path to a .toml file or a folder>"])
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -272,3 +277,48 @@ def load_suite(name_or_path: str | Path) -> Suite:
     except RecursionError:
         raise UserError(f"{source}: nested too deeply to be a suite") from None
     return suite_from_dict(raw, source)
+
+
+def task_from_path(path: str) -> TaskSpec:
+    """A task on a bring-your-own dataset (a folder of class subfolders or an ``.npz``), named after it,
+    prepared as :class:`TaskSpec`'s defaults say (32 x 32 RGB, random crop and flip); a suite TOML sets
+    anything else."""
+    name = Path(path).expanduser().resolve().name.removesuffix(".npz") or path
+    return TaskSpec(name=name, dataset=str(path))
+
+
+def suite_from_folder(root: Path) -> Suite:
+    """A folder of datasets as a suite: ``ROOT/<task>/<class>/<images>`` (and ``ROOT/<task>.npz``); every
+    dataset is one meta-train task (:func:`task_from_path`), in name order; no meta-test targets.
+
+    A folder that is itself one dataset (its subfolders hold images, or are ``train``/``test`` splits) is
+    refused, saying how to train on it."""
+
+    def holds_images(folder: Path) -> bool:
+        return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir())
+
+    try:
+        entries = sorted(
+            p
+            for p in root.iterdir()
+            if not p.name.startswith(".") and (p.is_dir() or (p.is_file() and p.suffix == ".npz"))
+        )
+        one_dataset = {p.name for p in entries} == {"train", "test"} or any(
+            p.is_dir() and holds_images(p) for p in entries
+        )
+    except OSError as err:
+        raise UserError(f"cannot list suite folder {root}: {err.strerror}") from None
+    if one_dataset:
+        raise UserError(
+            f"suite folder {root} is one dataset (its subfolders hold images): a suite folder holds one "
+            f"dataset per task (ROOT/<task>/<class>/<images>); to train on this one, set tasks={root}"
+        )
+    if not entries:
+        raise UserError(f"suite folder {root} holds no datasets (expected ROOT/<task>/<class>/<images>)")
+    return Suite(
+        root.resolve().name,
+        f"every dataset in {root}",
+        tuple(task_from_path(str(p)) for p in entries),
+        (),
+        source=str(root),
+    )
