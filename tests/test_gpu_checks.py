@@ -55,6 +55,34 @@ def test_the_dry_run_plans_every_section_and_at_least_25_gpu_tests(tmp_path):
     assert science["parts"]["cts"]["meta_updates"] == 4 and science["parts"]["reptile"]["meta_updates"] == 2
 
 
+def test_the_script_runs_the_gpu_suite_it_is_given_and_that_suite_holds_25_tests():
+    """The default tier's share of the dry run (which is slow): the script's suite section selects the gpu
+    marker over tests/, and tests/gpu alone holds at least 25 gpu tests."""
+    text = SCRIPT.read_text()
+    assert text.count("-m pytest tests -m gpu ") == 2  # the dry run collects what the GPU run runs
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/gpu",
+            "-m",
+            "gpu",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert len([line for line in done.stdout.splitlines() if "::" in line]) >= 25
+
+
 def test_the_script_refuses_bad_arguments_in_one_line(tmp_path):
     for argv, message in (
         ([], "usage: bash benchmarks/gpu_checks.sh OUTDIR [--dry-run]"),
