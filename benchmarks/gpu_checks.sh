@@ -34,7 +34,7 @@ mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
 PY=${PYTHON:-python}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-SCIENCE_SECONDS=${SCIENCE_SECONDS:-60}
+SCIENCE_SECONDS=${SCIENCE_SECONDS:-50}
 if [ "$DRY" = 1 ]; then
     DEVICE=cpu
     export OMP_NUM_THREADS=1  # a CPU shared with others: more threads than cores only spin
@@ -43,8 +43,8 @@ if [ "$DRY" = 1 ]; then
     CAP_SCIENCE=${CAP_SCIENCE:-600}
 else
     DEVICE=cuda
-    CAP_SUITE=${CAP_SUITE:-120} CAP_META_STEP=${CAP_META_STEP:-90} CAP_STREAM=${CAP_STREAM:-50}
-    CAP_SCIENCE=${CAP_SCIENCE:-220}  # the caps sum to 8 minutes
+    CAP_SUITE=${CAP_SUITE:-150} CAP_META_STEP=${CAP_META_STEP:-90} CAP_STREAM=${CAP_STREAM:-50}
+    CAP_SCIENCE=${CAP_SCIENCE:-190}  # the caps sum to 8 minutes
 fi
 printf 'section\tstatus\tseconds\tlog\n' > "$OUT/summary.tsv"
 FAILED=0
@@ -86,7 +86,7 @@ EOF
         return
     fi
     LARGEMETA_TEST_DEVICE=cuda LARGEMETA_TEST_RECORD_DIR="$dir/records" \
-        "$PY" -m pytest tests -m gpu -p no:cacheprovider -rA --junitxml "$dir/junit.xml"
+        "$PY" -m pytest tests -m gpu -p no:cacheprovider -v -rA --junitxml "$dir/junit.xml"
     local code=$?
     "$PY" - "$dir/junit.xml" "$dir/counts.json" <<'EOF'
 import json, sys, xml.etree.ElementTree as ET
