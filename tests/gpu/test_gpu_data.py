@@ -20,7 +20,8 @@ def npz_spec(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "toy.npz"
     np.savez(path, x=rng.integers(0, 256, (300, 12, 12), dtype=np.uint8), y=np.arange(300) % 5)
-    spec = TaskSpec("toy", str(path), classes="0-3", image_size=10, channels=1, crop_padding=2, flip=True)
+    # at the stored size: no resize, so images decoded by the workers equal those resized on the device
+    spec = TaskSpec("toy", str(path), classes="0-3", image_size=12, channels=1, crop_padding=2, flip=True)
     return spec, tmp_path / "cache"
 
 
@@ -32,7 +33,7 @@ def test_streamed_batches_arrive_on_the_device_and_repeat_with_the_seed(npz_spec
         a, b = (loader.task_images(spec, seed=7) for loader in loaders)
         for _ in range(5):
             (xa, ya), (xb, yb) = a.sample_train(16), b.sample_train(16)
-            assert xa.device.type == DEVICE and xa.shape == (16, 1, 10, 10) and xa.dtype == torch.float32
+            assert xa.device.type == DEVICE and xa.shape == (16, 1, 12, 12) and xa.dtype == torch.float32
             assert torch.equal(xa, xb) and torch.equal(ya, yb) and int(ya.max()) < 4
         state = a.state_dict()
         want = a.sample_train(16)
