@@ -43,7 +43,7 @@ if [ "$DRY" = 1 ]; then
     CAP_SCIENCE=${CAP_SCIENCE:-600}
 else
     DEVICE=cuda
-    CAP_SUITE=${CAP_SUITE:-150} CAP_META_STEP=${CAP_META_STEP:-90} CAP_STREAM=${CAP_STREAM:-50}
+    CAP_SUITE=${CAP_SUITE:-150} CAP_META_STEP=${CAP_META_STEP:-80} CAP_STREAM=${CAP_STREAM:-60}
     CAP_SCIENCE=${CAP_SCIENCE:-190}  # the caps sum to 8 minutes
 fi
 printf 'section\tstatus\tseconds\tlog\n' > "$OUT/summary.tsv"
