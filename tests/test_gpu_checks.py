@@ -83,6 +83,25 @@ def test_the_script_runs_the_gpu_suite_it_is_given_and_that_suite_holds_25_tests
     assert len([line for line in done.stdout.splitlines() if "::" in line]) >= 25
 
 
+def test_a_section_cut_off_does_not_stop_the_next_and_the_exit_code_says_so(tmp_path):
+    """Every section capped at 1 s: each is cut off, each still gets its line in the summary, in order, and
+    the script exits 1."""
+    caps = {f"CAP_{name.upper()}": "1" for name in SECTIONS}
+    done = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "out"), "--dry-run"],
+        env=env(PYTHON=sys.executable, **caps),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [(s["section"], s["status"]) for s in summary["sections"]] == [
+        (n, "timeout(1s)") for n in SECTIONS
+    ]
+    assert all((tmp_path / "out" / name / "log.txt").exists() for name in SECTIONS)
+
+
 def test_the_script_refuses_bad_arguments_in_one_line(tmp_path):
     for argv, message in (
         ([], "usage: bash benchmarks/gpu_checks.sh OUTDIR [--dry-run]"),
