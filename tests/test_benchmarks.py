@@ -22,6 +22,7 @@ SMALL = {
     "meta_step": ["--repeats", "1", "--block", "1", "--warmup", "2", "--threads", "1", "--memory-ks", "2,4"],
     "stream_vs_device": ["--steps", "2", "--block", "1", "--workers", "1"],
     "pool_step": ["--k", "2", "--trajectories", "2"],
+    "paper_science": ["--out", "science", "--tiny", "--device", "cpu", "--algos", "cts", "--eval-steps", "0"],
     "stream_memory": ["--sizes-gb", "0.002", "--image-size", "32", "--classes", "4", "--steps", "2"],
     "distributed": [
         "--skip", "checkpoint_memory,allreduce", "--width", "8", "--checkpoint-width", "8", "--batch", "8",
