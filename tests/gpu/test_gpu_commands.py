@@ -65,8 +65,8 @@ def test_an_experiment_trains_and_fine_tunes_on_the_device(run_config, tmp_path,
 
 
 def _offline_cached() -> bool:
-    from largemeta.data.cache import data_dir
-    from largemeta.data.datasets import is_cached
+    from largemeta.data.sources.datasets import is_cached
+    from largemeta.data.store.cache import data_dir
 
     return all(is_cached(name, data_dir()) for name in ("mnist", "fashion_mnist", "quickdraw"))
 

@@ -9,8 +9,8 @@ import torch
 from gpu_device import DEVICE, ON_CUDA, RESOLVED, assert_resume_matches, max_abs_diff, needs_cuda
 from gpu_runs import assert_trained, metrics, phi, train
 
-from largemeta.data.loader import TaskLoader
-from largemeta.data.tasks import TaskSpec
+from largemeta.data.tasks.loader import TaskLoader
+from largemeta.data.tasks.suite import TaskSpec
 
 pytestmark = pytest.mark.gpu
 

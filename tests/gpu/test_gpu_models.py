@@ -42,9 +42,9 @@ def test_a_torchvision_loader_feeds_task_images_on_the_device(tmp_path):
     """torchvision.datasets.MNIST reading IDX files written here (download=False: no network), converted by
     largemeta's torchvision source and sampled on the device."""
     _torchvision()
-    from largemeta.data.images import TaskImages
-    from largemeta.data.tasks import TaskSpec
-    from largemeta.data.vision import TorchvisionSource
+    from largemeta.data.sources.vision import TorchvisionSource
+    from largemeta.data.tasks.images import TaskImages
+    from largemeta.data.tasks.suite import TaskSpec
 
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
