@@ -24,6 +24,7 @@ from largemeta.errors import UserError, choice_error
 from largemeta.execution import GRAPH, STEP_CHOICES
 from largemeta.files import atomic_write_text
 from largemeta.trackers import check_names as check_trackers
+from largemeta.train.paths import absolute
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -235,7 +236,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             else:
                 values[key] = value
     values.update(overrides or {})
-    return from_mapping(values)
+    return from_mapping(absolute(values))  # every path absolute, once (largemeta.train.paths)
 
 
 def shipped_configs() -> list[str]:

@@ -21,14 +21,22 @@ from largemeta.runs.claim import accept_new_run
 from largemeta.train.budget import meta_updates
 from largemeta.train.build import build_run, place
 from largemeta.train.config import TrainConfig, tracker_names
+from largemeta.train.pins import data_identity, pin_data
 from largemeta.train.run_folder import check_resume
 
 
-def plan(cfg: TrainConfig, folder: Path, *, resume: bool, allow_model_change: bool = False) -> dict[str, Any]:
+def plan(
+    cfg: TrainConfig,
+    folder: Path,
+    *,
+    resume: bool,
+    allow_model_change: bool = False,
+    allow_data_change: bool = False,
+) -> dict[str, Any]:
     """Check everything ``train`` would check before its first step; the plan of the run."""
-    saved = None
+    saved, identity = None, {}
     if resume:
-        saved, _ = check_resume(folder, cfg, allow_model_change)
+        saved, identity = check_resume(folder, cfg, allow_model_change)
     elif folder.exists():
         if not folder.is_dir():
             raise UserError(f"{str(folder)!r} exists and is not a folder")
@@ -36,6 +44,8 @@ def plan(cfg: TrainConfig, folder: Path, *, resume: bool, allow_model_change: bo
     trackers.require(tracker_names(cfg))
     run = build_run(cfg, place(cfg), saved.data_placement if saved else None)
     try:
+        now = data_identity(cfg.suite, run.specs, cfg.data_dir, identity.get("data"))
+        pin_data(identity, now, saved.step if saved else None, allow_data_change, folder)
         for spec in {(s.channels, s.image_size): s for s in run.specs}.values():
             check_image_size(run.body, spec.channels, spec.image_size, f"task {spec.name!r}")
         start = saved.step if saved else 0
