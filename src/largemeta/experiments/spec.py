@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from largemeta.errors import UserError
 from largemeta.registry import Registry
-from largemeta.stats import ci95, paired
+from largemeta.stats import ci95, paired, plus_minus
 
 if TYPE_CHECKING:  # this module is read by the command line's start-up, which must not import torch
     from largemeta.data.tasks import TaskSpec
@@ -320,14 +321,22 @@ def verdict(c: dict[str, Any]) -> str:
     text = f"{c['a']} − {c['b']} at {c['at']}: "
     if c["mean_diff"] is None:
         return text + "no pairs"
+    if not _finite(c["mean_diff"]):  # a results file holding NaN (an accuracy never measured): no verdict
+        return text + "the difference is not a number (an accuracy was not finite): no verdict"
     text += f"{100 * c['mean_diff']:+.1f} points"
     if c["ci95"] is None:
         return text + f", {_plural(c['n'], 'pair')}: too few pairs for an interval"
+    if not all(_finite(v) for v in c["ci95"]):
+        return text + f", {_plural(c['n'], 'pair')}: the interval is not a number: no verdict"
     low, high = (100 * v for v in c["ci95"])
     text += f", 95 % CI [{_bound(low)}, {_bound(high)}], {_plural(c['n'], 'pair')}"
     if low <= 0 <= high:
         return text + ": no significant difference"
     return text + f": {c['a'] if low > 0 else c['b']} higher"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _bound(points: float) -> str:
@@ -355,9 +364,9 @@ def verdicts(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def overall(r: dict[str, Any]) -> tuple[float, float]:
+def overall(r: dict[str, Any]) -> tuple[float, float | None]:
     """Target-averaged accuracy and its 95 % interval over seeds (each seed's accuracy averaged over
-    targets)."""
+    targets; None for one seed)."""
     per_seed = [
         sum(vals) / len(vals) for vals in zip(*(t["per_seed"] for t in r["tasks"].values()), strict=True)
     ]
@@ -368,8 +377,7 @@ def cell(r: dict[str, Any] | None) -> str:
     """``mean ± half-width`` in percent (``—``: not measured yet)."""
     if r is None:
         return "—"
-    mean, width = overall(r)
-    return f"{100 * mean:.1f} ± {100 * width:.1f}"
+    return plus_minus(*overall(r))
 
 
 def grid(first: str, columns: list[str], rows: dict[str, list[str]]) -> str:
