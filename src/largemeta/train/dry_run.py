@@ -41,7 +41,7 @@ def plan(
         if not folder.is_dir():
             raise UserError(f"{str(folder)!r} exists and is not a folder")
         accept_new_run(folder, files.contents(folder))
-    trackers.require(tracker_names(cfg))
+    trackers.check(tracker_names(cfg))
     run = build_run(cfg, place(cfg), saved.data_placement if saved else None)
     try:
         now = data_identity(cfg.suite, run.specs, cfg.data_dir, identity.get("data"))

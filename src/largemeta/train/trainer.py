@@ -39,7 +39,8 @@ from largemeta.errors import Preempted, UserError
 from largemeta.metatest import check_image_size
 from largemeta.runs import checkpoint as runs_checkpoint
 from largemeta.runs.checkpoint import CheckpointOnDisk
-from largemeta.runs.names import CHECKPOINT, METRICS
+from largemeta.runs.folder import write_identity
+from largemeta.runs.names import CHECKPOINT, METRICS, RUN
 from largemeta.train import checkpoint, distributed
 from largemeta.train.budget import no_meta_update
 from largemeta.train.build import build_run, place
@@ -89,7 +90,7 @@ class Trainer:
         with contextlib.ExitStack() as held:  # on a failed start: the folder given back, the group left
             held.callback(distributed.shutdown)  # no one calls close() on a failed start
             saved = self._open_folder(resume, held)
-            trackers.require(tracker_names(cfg))  # refuse a missing package before writing anything
+            trackers.check(tracker_names(cfg))  # a missing package, a bad or dead URI: before any write
             self.run_state = build_run(cfg, self.placement, saved.data_placement if saved else None)
             self._pin_data(saved)  # the data as it is now (loaded, so cached), against the run's record
             for spec in {(s.channels, s.image_size): s for s in self.run_state.specs}.values():
@@ -331,13 +332,26 @@ class Trainer:
         }
 
     def _trackers(self) -> trackers.Trackers:
-        return trackers.Trackers(
+        """The run's tracker runs (continued when resuming); their ids recorded in the run's identity
+        (run.json now, the checkpoints from the next), which binds them to this run."""
+        tracked = trackers.Trackers(
             tracker_names(self.cfg),
             self.run_dir,
             run_id=str(self.identity.get("run_id")),
             params=trackers.hyperparameters(self.cfg.to_dict()),
             resume=self.resumed_at > 0,
+            known=self.identity.get("trackers"),
         )
+        if tracked.ids and tracked.ids != self.identity.get("trackers"):
+            self.identity = {
+                **self.identity,
+                "trackers": {**self.identity.get("trackers", {}), **tracked.ids},
+            }
+            try:
+                write_identity(self.run_dir, self.identity)
+            except OSError as err:  # the next checkpoint records them too
+                console.log.warning(f"cannot rewrite {str(self.run_dir / RUN)!r}: {err.strerror or err}")
+        return tracked
 
     def _preempted(self, step: int) -> Preempted:
         signum = signals.pending()
