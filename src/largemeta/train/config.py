@@ -297,7 +297,11 @@ def validate(cfg: TrainConfig) -> None:
     check_options(cfg.data_placement, cfg.memory_budget_gb, cfg.stream_workers)
     check_trackers(cfg.trackers)
     m = cfg.tasks_per_trajectory
-    _range("tasks_per_trajectory", 0 <= m <= MAX_STEPS, f">= 0 (0: every task), got {m}")
+    _range(
+        "tasks_per_trajectory",
+        0 <= m <= MAX_STEPS,
+        f"0 <= tasks_per_trajectory <= {MAX_STEPS} (and at most the suite's tasks; 0: every task), got {m}",
+    )
     if m and algo.joint:
         raise UserError(
             f"tasks_per_trajectory needs a meta-learning algorithm: {cfg.algo!r} trains every task at every "

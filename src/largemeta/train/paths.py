@@ -24,7 +24,7 @@ def _absolute(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def _model_file(model: str) -> str | None:
+def model_file(model: str) -> str | None:
     """The file part of a ``FILE.py:factory`` model reference (None: not a file)."""
     where = model.rpartition(":")[0]
     if where and (where.endswith(".py") or "/" in where or "\\" in where):
@@ -42,7 +42,7 @@ def absolute(values: dict[str, Any]) -> dict[str, Any]:
         out["data_dir"] = _absolute(out["data_dir"])
     model = out.get("model")
     if isinstance(model, str):
-        file = _model_file(model)
+        file = model_file(model)
         if file is not None:
             out["model"] = f"{_absolute(file)}:{model.rpartition(':')[2]}"
     init = out.get("init")
@@ -55,7 +55,7 @@ def check_recorded(config: Any, run_dir: Path) -> None:
     """A one-line error when a path the run recorded (``config``: its TrainConfig) is gone: the suite file,
     the model's file or the init (only an absolute path: an older run's relative one is read as before)."""
     recorded = [("suite", config.suite if config.suite not in list_suites() else "")]
-    recorded.append(("model file", _model_file(config.model) or ""))
+    recorded.append(("model file", model_file(config.model) or ""))
     if not config.init.startswith("torchvision:"):
         recorded.append(("init", config.init))
     for what, path in recorded:
