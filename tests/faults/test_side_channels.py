@@ -46,3 +46,13 @@ def test_an_unwritable_log_txt_is_one_warning_and_the_run_goes_on(run4, capsys, 
     assert len([line for line in err.splitlines() if "log.txt" in line]) == 1, err
     assert "going on without a log file" in err
     assert json.loads((run4 / "checkpoint.json").read_text())["step"] == 8
+
+
+def test_a_metrics_jsonl_that_cannot_be_written_is_one_refusal(run4, capsys):
+    (run4 / "metrics.jsonl").unlink()
+    (run4 / "metrics.jsonl").mkdir()
+    code = main(["train", "--resume", str(run4), "--steps", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "cannot write" in err and "metrics.jsonl" in err and "nothing was trained" in err
+    assert json.loads((run4 / "checkpoint.json").read_text())["step"] == 4

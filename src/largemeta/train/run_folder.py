@@ -111,7 +111,10 @@ def write_records(
     folder.write_identity(run_dir, identity)
     save_config(cfg, run_dir / CONFIG)
     if saved is None:
-        (run_dir / METRICS).write_text("")
+        try:
+            (run_dir / METRICS).write_text("")
+        except OSError as err:
+            raise UserError(f"cannot write {str(run_dir / METRICS)!r}: {err.strerror or err}") from None
         return {}
     return folder.cut_metrics(run_dir / METRICS, saved.step)
 

@@ -246,7 +246,7 @@ class Trainer:
                 console.log.warning(warning)
         if self.progress and self.learner.step < cfg.steps:
             console.header(*self._header())
-        metrics = open(self.run_dir / METRICS, "a") if self.rank == 0 else None
+        metrics = self._open_metrics() if self.rank == 0 else None
         tracked = self._trackers() if self.rank == 0 else None
         bar = None
         if self.progress and self.learner.step < cfg.steps:
@@ -308,6 +308,17 @@ class Trainer:
         if tracked is not None:
             tracked.close()
         return last
+
+    def _open_metrics(self):
+        """``metrics.jsonl`` for appending: the run's own record, so one that cannot be written (a folder, a
+        read-only file) stops the run before its first step, in one line."""
+        try:
+            return open(self.run_dir / METRICS, "a")
+        except OSError as err:
+            raise UserError(
+                f"cannot write {str(self.run_dir / METRICS)!r}: {err.strerror or err}; nothing was trained — "
+                f"{self._last_good()}"
+            ) from None
 
     def _header(self) -> tuple[str, dict[str, Any]]:
         cfg = self.cfg
