@@ -40,7 +40,7 @@ from largemeta.metatest import check_image_size
 from largemeta.runs import checkpoint as runs_checkpoint
 from largemeta.runs.checkpoint import CheckpointOnDisk
 from largemeta.runs.folder import write_identity
-from largemeta.runs.names import CHECKPOINT, METRICS, RUN
+from largemeta.runs.names import CHECKPOINT, METRICS
 from largemeta.train import checkpoint, distributed
 from largemeta.train.budget import no_meta_update
 from largemeta.train.build import build_run, place
@@ -360,8 +360,8 @@ class Trainer:
             }
             try:
                 write_identity(self.run_dir, self.identity)
-            except OSError as err:  # the next checkpoint records them too
-                console.log.warning(f"cannot rewrite {str(self.run_dir / RUN)!r}: {err.strerror or err}")
+            except UserError as err:  # the next checkpoint records them too
+                console.log.warning(f"{err}; the next checkpoint records the tracker runs")
         return tracked
 
     def _preempted(self, step: int) -> Preempted:
