@@ -99,7 +99,12 @@ def log_file(folder: Path) -> Iterator[Path]:
     """Append every message and progress line (the console's, or debug ones too under ``-v``) to
     ``folder/log.txt`` while the block runs."""
     path = Path(folder) / LOG_FILE
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    try:
+        handler: logging.Handler = _LogFile(path)
+    except OSError as err:  # a folder, a dangling link, a read-only folder: the command goes on without it
+        log.warning(f"cannot write {str(path)!r} ({err.strerror or err}); going on without a log file")
+        yield path
+        return
     verbose = _console is not None and _console.level <= logging.DEBUG
     handler.setLevel(logging.DEBUG if verbose else logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", TIME_FORMAT))
@@ -109,6 +114,43 @@ def log_file(folder: Path) -> Iterator[Path]:
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+class _LogFile(logging.FileHandler):
+    """``log.txt``: a side channel. A write that fails (a full disk, ``/dev/full``) is one warning line on
+    the console, and nothing more is written there; the command goes on."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, mode="a", encoding="utf-8")
+        self.broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                super().flush()
+            except OSError:
+                self._fail()
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        self._fail()
+
+    def _fail(self) -> None:
+        if self.broken:
+            return
+        self.broken = True
+        err = sys.exc_info()[1]
+        why = getattr(err, "strerror", None) or type(err).__name__ if err is not None else "write failed"
+        log.warning(f"cannot write {self.baseFilename!r} ({why}); going on without a log file")
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:
+            self.broken = True
 
 
 def notice(message: str) -> None:

@@ -90,13 +90,18 @@ def fsync_folder(folder: Path) -> None:
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Call ``write(binary_file)`` on a temporary file, then atomically replace ``path`` with it
     (:func:`atomic_open`); a failure is one line saying the previous file is intact."""
+    existed = os.path.lexists(path)
     try:
         with atomic_open(path) as fh:
             write(fh)
     except OSError as err:
-        raise UserError(
-            f"cannot write {str(path)!r}: {err.strerror or err}; the previous file is intact"
-        ) from None
+        if not Path(path).parent.is_dir():
+            kept = (
+                f"its folder {str(Path(path).parent)!r} does not exist (create it first); nothing was written"
+            )
+        else:
+            kept = "the previous file is intact" if existed else "nothing was written"
+        raise UserError(f"cannot write {str(path)!r}: {err.strerror or err}; {kept}") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -134,7 +134,19 @@ def _load_safetensors(path: Path, source: str) -> TrainedWeights:
         raise UserError(
             f"{source!r}: its 'config' metadata is not a JSON object (write it with 'largemeta export')"
         )
-    step = int(meta["step"]) if meta.get("step", "").isdigit() else None
+    raw_step = meta.get("step", "None")
+    if not (raw_step.isdigit() or raw_step in ("None", "")):
+        raise UserError(
+            f"{source!r}: its 'step' metadata {raw_step!r} is not a whole number of steps (write it with "
+            "'largemeta export')"
+        )
+    step = int(raw_step) if raw_step.isdigit() else None
+    for k, v in tensors.items():  # φ is parameters (and BatchNorm buffers, whose step counter is an integer)
+        if not v.is_floating_point() and not k.endswith("num_batches_tracked"):
+            raise UserError(
+                f"{source!r}: tensor {k!r} is {str(v.dtype).removeprefix('torch.')}, φ's tensors are "
+                "floating point (write it with 'largemeta export')"
+            )
     channels = int(meta["in_channels"]) if meta.get("in_channels", "") in ("1", "3") else None
     return TrainedWeights(source, tensors, config, step, channels)
 
@@ -145,6 +157,11 @@ def fit_to_body(phi: Params, body_params: Params, *, what: str, model: str) -> P
     for k, v in body_params.items():
         if k not in phi:
             raise UserError(f"{what} lacks tensor {k!r} of model {model} (shape {tuple(v.shape)})")
+        if v.is_floating_point() and not phi[k].is_floating_point():
+            raise UserError(
+                f"{what}: tensor {k!r} is {str(phi[k].dtype).removeprefix('torch.')}, model {model} needs "
+                f"floating point ({str(v.dtype).removeprefix('torch.')})"
+            )
         if phi[k].shape != v.shape:
             raise UserError(
                 f"{what} does not fit model {model}: tensor {k!r} has shape "

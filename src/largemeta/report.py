@@ -30,6 +30,7 @@ from largemeta.files import atomic_write_text
 from largemeta.runs.claim import accept_anything, claim
 from largemeta.runs.names import RESULTS
 from largemeta.runs.results import read_results
+from largemeta.stats import plus_minus
 
 MARK_MD = "# largemeta report"
 MARK_HTML = "<title>largemeta report</title>"
@@ -54,7 +55,8 @@ class Section:
 
 
 def _pct(r: dict[str, Any]) -> str:
-    return f"{100 * r['mean_accuracy']:.1f} ± {100 * r['ci95']:.1f}"
+    width = r.get("ci95") if len(r.get("per_seed", (0, 0))) > 1 else None  # one seed: no interval
+    return plus_minus(r["mean_accuracy"], width)
 
 
 def per_target(point: dict[str, dict[str, Any] | None]) -> str:
@@ -163,7 +165,10 @@ def _evaluate_section(result: dict[str, Any], rel: Path) -> Section:
 def _evaluate_table(r: dict[str, Any]) -> str:
     rows = ["| target | accuracy (%) | 95 % interval over seeds |", "|---|---|---|"]
     rows += [
-        f"| {n} | {100 * t['mean_accuracy']:.2f} | ± {100 * t['ci95']:.2f} |" for n, t in r["tasks"].items()
+        f"| {n} | {100 * t['mean_accuracy']:.2f} | "
+        + (f"± {100 * t['ci95']:.2f}" if t.get("ci95") is not None else "none (one seed)")
+        + " |"
+        for n, t in r["tasks"].items()
     ]
     rows.append(f"| mean | {100 * r['mean_accuracy']:.2f} | |")
     return "\n".join(rows)

@@ -34,13 +34,22 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
 
 
-def ci95(values: Sequence[float]) -> float:
-    """Half-width of the 95 % t-interval of the mean of ``values`` (0 for fewer than two)."""
+def ci95(values: Sequence[float]) -> float | None:
+    """Half-width of the 95 % t-interval of the mean of ``values`` (None for fewer than two: one value has no
+    interval)."""
     n = len(values)
     if n < 2:
-        return 0.0
+        return None
     _, sd = _mean_sd(values)
     return t_quantile(0.95, n - 1) * sd / math.sqrt(n)
+
+
+def plus_minus(mean: float, width: float | None, digits: int = 1, scale: float = 100.0) -> str:
+    """``mean ± width`` (times ``scale``, ``digits`` decimals), or the mean and "one value: no interval"
+    where there is none (:func:`ci95` of fewer than two values)."""
+    if width is None or not math.isfinite(width):
+        return f"{scale * mean:.{digits}f} (one seed: no interval)"
+    return f"{scale * mean:.{digits}f} ± {scale * width:.{digits}f}"
 
 
 def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:

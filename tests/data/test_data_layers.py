@@ -28,6 +28,7 @@ LAYERS = (
     "sources.packaged",
     "sources.vision",
     "sources.datasets",
+    "sources.identity",
     "tasks.augment",
     "tasks.sampler",
     "tasks.suite",

@@ -431,6 +431,8 @@ def read_manifest(root: Path) -> Manifest:
 
 
 def _parse_manifest(path: Path, root: Path) -> Manifest:
+    if path.is_dir():
+        raise UserError(f"checkpoint {str(path)!r} is a folder, not a checkpoint's manifest file")
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist")
     try:

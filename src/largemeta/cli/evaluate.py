@@ -184,7 +184,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         label = f" (train size {n})" if n else ""
         print(f"init {init.name}{label}: {args.steps} fine-tuning steps, {args.seeds} seeds")
         for name, t in r["tasks"].items():
-            print(f"  {name:<20} {100 * t['mean_accuracy']:6.2f} % ± {100 * t['ci95']:.2f}")
+            shown = f"± {100 * t['ci95']:.2f}" if t["ci95"] is not None else "(one seed: no interval)"
+            print(f"  {name:<20} {100 * t['mean_accuracy']:6.2f} % {shown}")
         print(f"  {'mean':<20} {100 * r['mean_accuracy']:6.2f} %")
     return 0
 

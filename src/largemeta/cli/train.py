@@ -56,6 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoint; the change is recorded in the run (run.json, the checkpoint's identity)",
     )
     p.add_argument(
+        "--allow-data-change",
+        action="store_true",
+        help="with --resume: continue although the suite's tasks or the data they read changed since the "
+        "checkpoint; the change is recorded in the run (run.json, the checkpoint's identity: data_changes)",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="check everything a run would (config, run folder, data, model, device, trackers), print the "
@@ -106,6 +112,7 @@ def run_train(args: argparse.Namespace) -> int:
     from largemeta.runs import checkpoint
     from largemeta.runs.checkpoint import has_checkpoint
     from largemeta.train.config import from_mapping, load_config
+    from largemeta.train.paths import absolute, check_recorded
     from largemeta.train.trainer import Trainer
 
     check_device_flag(args)
@@ -118,17 +125,21 @@ def run_train(args: argparse.Namespace) -> int:
         # the checkpoint holds the run's config: flags may change only the resumable keys (the trainer checks)
         saved = checkpoint.read(folder).config
         base = load_config(args.config) if args.config else from_mapping(saved)
-        cfg = from_mapping(overrides(args), base)
+        cfg = from_mapping(absolute(overrides(args)), base)  # a path given now: absolute too
+        check_recorded(cfg, folder)
     else:
         cfg = load_config(args.config, overrides(args))
     if args.allow_model_change and not args.resume:
         raise UserError("--allow-model-change goes with --resume (a new run records its model's code)")
     if args.measure and not args.dry_run:
         raise UserError("--measure goes with --dry-run (it estimates the run's hours without training)")
+    if args.allow_data_change and not args.resume:
+        raise UserError("--allow-data-change goes with --resume (a new run records the data it reads)")
+    allow = {"allow_model_change": args.allow_model_change, "allow_data_change": args.allow_data_change}
     if args.dry_run:
-        return _dry_run(cfg, folder, bool(args.resume), args.json, args.allow_model_change, args.measure)
+        return _dry_run(cfg, folder, bool(args.resume), args.json, measure=args.measure, **allow)
     try:
-        trainer = Trainer(cfg, folder, resume=bool(args.resume), allow_model_change=args.allow_model_change)
+        trainer = Trainer(cfg, folder, resume=bool(args.resume), **allow)
         try:
             last = trainer.run()
         finally:
@@ -155,15 +166,13 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dry_run(
-    cfg, folder: Path, resume: bool, as_json: bool, allow_model_change: bool, measure: bool = False
-) -> int:
+def _dry_run(cfg, folder: Path, resume: bool, as_json: bool, *, measure: bool = False, **allow: bool) -> int:
     from largemeta.console import log
     from largemeta.train.budget import no_meta_update
     from largemeta.train.config_docs import to_toml
     from largemeta.train.dry_run import describe, plan
 
-    p = plan(cfg, folder, resume=resume, allow_model_change=allow_model_change, measure=measure)
+    p = plan(cfg, folder, resume=resume, measure=measure, **allow)
     warning = no_meta_update(cfg, cfg.steps, budget=f"--steps {cfg.steps}")
     if warning:
         log.warning(warning)

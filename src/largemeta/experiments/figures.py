@@ -27,7 +27,7 @@ def accuracy_plot(
         ax.errorbar(
             xs,
             [100 * s[0] for s in stats],
-            yerr=[100 * s[1] for s in stats],
+            yerr=[100 * s[1] if s[1] is not None else 0.0 for s in stats],  # one seed: no bar
             marker="o",
             capsize=3,
             label=name,

@@ -33,6 +33,12 @@ def _differing(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".") or "request"]
 
 
+def _value(tree: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
 class Record:
     """An experiment's ``results.json``: the request, the finished parts and the results so far.
 
@@ -70,10 +76,19 @@ class Record:
             if old != request:
                 what = f"'largemeta {old.get('command')}'"
                 keys = _differing(old, request)
+                hint = "run the same command to continue it, or pass another --out"
+                budget = [k for k in keys if k.rsplit(".", 1)[-1] == "steps"]
+                if budget and all(k in budget or k == "milestones" for k in keys):  # the budget alone
+                    was, now = _value(old, budget[0]), _value(request, budget[0])
+                    hint = (
+                        f"its runs were trained to {was} steps, and its milestones are fractions of that: "
+                        f"continue it with --steps {was}, or pass another --out to run the experiment at "
+                        f"{now} steps (to train one of its runs further on its own: largemeta train --resume "
+                        f"{folder}/ALGO --steps {now})"
+                    )
                 raise UserError(
                     f"{str(folder)!r} holds the results of {what} with other settings "
-                    f"({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''} differ); run the same command "
-                    "to continue it, or pass another --out"
+                    f"({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''} differ); {hint}"
                 )
 
         with contextlib.ExitStack() as held:  # given back as found if this fails

@@ -7,7 +7,7 @@ from typing import Any
 
 from largemeta.experiments.spec import EXPERIMENTS
 from largemeta.experiments.verdicts import verdicts
-from largemeta.stats import ci95
+from largemeta.stats import ci95, plus_minus
 
 
 def table(result: dict[str, Any]) -> str:
@@ -17,9 +17,9 @@ def table(result: dict[str, Any]) -> str:
     return text + ("\n\n" + "\n".join(footer) if footer else "")
 
 
-def overall(r: dict[str, Any]) -> tuple[float, float]:
+def overall(r: dict[str, Any]) -> tuple[float, float | None]:
     """Target-averaged accuracy and its 95 % interval over seeds (each seed's accuracy averaged over
-    targets)."""
+    targets; None for one seed)."""
     per_seed = [
         sum(vals) / len(vals) for vals in zip(*(t["per_seed"] for t in r["tasks"].values()), strict=True)
     ]
@@ -30,8 +30,7 @@ def cell(r: dict[str, Any] | None) -> str:
     """``mean ± half-width`` in percent (``—``: not measured yet)."""
     if r is None:
         return "—"
-    mean, width = overall(r)
-    return f"{100 * mean:.1f} ± {100 * width:.1f}"
+    return plus_minus(*overall(r))
 
 
 def grid(first: str, columns: list[str], rows: dict[str, list[str]]) -> str:

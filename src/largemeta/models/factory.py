@@ -252,7 +252,8 @@ def source_identity(name: str) -> dict[str, Any] | None:
         return {"entry_point": found[0].value if found else name, "version": getattr(dist, "version", None)}
     if where.endswith(".py") or "/" in where or "\\" in where:
         path = Path(where).expanduser().resolve()
-        return {"file": str(path), "sha256": sha256_file(path)}
+        # not a file (a folder, gone): building the body says so in one line
+        return {"file": str(path), "sha256": sha256_file(path) if path.is_file() else None}
     file = _module_file(where)
     top = where.split(".")[0]
     dists = importlib.metadata.packages_distributions().get(top, [])
@@ -365,6 +366,8 @@ def _import_file(name: str, path: Path) -> ModuleType:
     """The module of a ``.py`` file, executed once per version of the file (its mtime and size)."""
     if path.suffix != ".py":
         raise UserError(f"model {name!r}: {str(path)!r} is not a .py file")
+    if path.is_dir():
+        raise UserError(f"model {name!r}: {str(path)!r} is a folder, not a .py file")
     if not path.is_file():
         raise UserError(f"model {name!r}: no such file {str(path)!r}")
     path = path.resolve()

@@ -10,6 +10,7 @@ enters the claim into a :class:`contextlib.ExitStack` and keeps it with ``pop_al
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from largemeta import console
 from largemeta.errors import UserError
 from largemeta.files import FolderLock, contents, lock_folder, sweep_temporaries
 from largemeta.runs.checkpoint import checkpoint_folders, no_checkpoint
-from largemeta.runs.names import CHECKPOINT, LEGACY_CHECKPOINT, RESULTS, RUN, is_run_file, listing
+from largemeta.runs.names import CHECKPOINT, CONFIG, LEGACY_CHECKPOINT, RESULTS, RUN, is_run_file, listing
 
 Accept = Callable[[Path, list[str]], None]
 """``accept(folder, names)``: raises :class:`UserError` for a folder holding something the command must not
@@ -106,11 +107,21 @@ def accept_new_run(folder: Path, names: list[str]) -> None:
     """A new run goes into an empty folder, or one holding a run that never wrote a checkpoint."""
     if CHECKPOINT in names or LEGACY_CHECKPOINT in names or checkpoint_folders(folder):
         raise UserError(f"{str(folder)!r} already holds a run; use --resume {folder} or another --out")
-    if names and not (RUN in names and all(is_run_file(n) for n in names)):
+    started = RUN in names or (CONFIG in names and _is_run_config(folder / CONFIG))
+    if names and not (started and all(is_run_file(n) for n in names)):
         raise UserError(
             f"{str(folder)!r} is not empty and is not a largemeta run folder (it holds {listing(names)}); "
             "nothing was written: pass a new or empty folder"
         )
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path`` is a run's config.json (a run stopped before its run.json, by version 0.2)."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(config, dict) and {"suite", "algo", "steps", "seed"} <= config.keys()
 
 
 def accept_run(folder: Path, names: list[str]) -> None:

@@ -3,8 +3,11 @@
 A tracker run receives the resolved config as hyper-parameters and every numeric field of every
 ``metrics.jsonl`` line as a metric at that line's step (:func:`flat_metrics`: nested fields joined by ``/``,
 ``tasks/omniglot/loss``; ``null`` — a non-finite value — is left out). Only rank 0 logs. A run folder
-remembers its tracker runs and the last step each was sent (``trackers.json``): ``--resume`` continues the
-same tracker runs and sends only the steps after it, so nothing is logged twice. ``evaluate`` and the
+remembers its tracker runs and the last step each was sent (``trackers.json``, bound to the run's id):
+``--resume`` continues the same tracker runs and sends only the steps after it, so nothing is logged twice.
+The run's identity (``run.json``, the checkpoint) records its tracker runs' ids too: a ``trackers.json``
+that is gone, unreadable or another run's (copied) is one warning line, and the run's own tracker runs are
+continued (their last step asked of the tracker). ``evaluate`` and the
 experiments log their results the same way (:func:`log_results`).
 
 Where the trackers keep their data is theirs to say: ``MLFLOW_TRACKING_URI`` (default: MLflow's own,
@@ -51,6 +54,17 @@ def require(names: Sequence[str]) -> None:
             ) from None
 
 
+def check(names: Sequence[str]) -> None:
+    """What can be checked of each tracker before a run writes anything (``train`` and its ``--dry-run``):
+    its package, and for MLflow the tracking URI — a scheme MLflow has no store for, or an ``http(s)``
+    server that does not answer within :data:`CONNECT_TIMEOUT_S` — each refused in one line."""
+    require(names)
+    if "mlflow" in names:
+        from largemeta.trackers.backends import check_mlflow
+
+        check_mlflow()
+
+
 def flat_metrics(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Every numeric field of a metrics line but its ``step``, nested names joined by ``/``."""
     out: dict[str, float] = {}
@@ -94,15 +108,19 @@ class Trackers:
         run_id: str,
         params: dict[str, Any],
         resume: bool = False,
+        known: dict[str, str] | None = None,
     ) -> None:
+        """``known``: the tracker run ids the run's identity recorded (they win over a ``trackers.json``
+        that is not the run's)."""
         from largemeta.trackers.backends import open_backend
 
-        self.folder, self.names = folder, list(dict.fromkeys(names))
+        self.folder, self.names, self.run_id = folder, list(dict.fromkeys(names)), run_id
         check_names(self.names)
         require(self.names)
-        state = self._read_state() if resume else {}
+        state = self._read_state(known or {}) if resume else {}
         self.state: dict[str, dict[str, Any]] = {}
         self.backends = []
+        self._unwritable = False
         try:
             for name in self.names:
                 saved = state.get(name, {})
@@ -126,19 +144,59 @@ class Trackers:
         if self.names:
             self._write_state()
 
-    def _read_state(self) -> dict[str, Any]:
+    def _read_state(self, known: dict[str, str]) -> dict[str, Any]:
+        """The tracker runs to continue: ``trackers.json``'s when it is this run's, else those the run's
+        identity recorded (``known``; their last step is asked of the tracker), with a warning line."""
         if self.folder is None:
             return {}
+        path = self.folder / STATE
+        problem = None
         try:
-            state = json.loads((self.folder / STATE).read_text())
+            state = json.loads(path.read_text())
+        except FileNotFoundError:
+            state, problem = {}, "is gone"
         except (OSError, ValueError, RecursionError):
-            return {}
-        return state if isinstance(state, dict) else {}
+            state, problem = {}, "is unreadable"
+        if not isinstance(state, dict):
+            state, problem = {}, "is unreadable"
+        owner = state.pop("run_id", None)
+        entries = {k: v for k, v in state.items() if isinstance(v, dict) and isinstance(v.get("id"), str)}
+        if owner is not None and owner != self.run_id:
+            entries, problem = {}, f"is another run's (run {str(owner)[:8]}; copied?)"
+        for name, tracker_id in known.items():
+            if name in entries and entries[name]["id"] != tracker_id:
+                entries, problem = {}, "names tracker runs this run did not record (copied?)"
+                break
+        recovered = {name: {"id": i, "step": -1} for name, i in known.items() if name not in entries}
+        wanted = [n for n in self.names if n in known]
+        if problem is not None and (known or path.exists()):
+            what = (
+                f"continuing this run's own tracker runs ({', '.join(wanted)}) as its identity records them"
+                if wanted
+                else "new tracker runs are started"
+            )
+            console.log.warning(f"{str(path)!r} {problem}: it is ignored; {what}")
+        return {**recovered, **entries}
 
     def _write_state(self) -> None:
         if self.folder is None:
             return
-        atomic_write_text(self.folder / STATE, json.dumps(self.state, indent=1) + "\n")
+        try:
+            text = json.dumps({"run_id": self.run_id, **self.state}, indent=1) + "\n"
+            atomic_write_text(self.folder / STATE, text)
+        except UserError as err:  # a side channel: the run goes on, its identity keeps the tracker runs
+            if not self._unwritable:
+                self._unwritable = True
+                why = str(err).split(": ", 1)[-1].split(";")[0]
+                console.log.warning(
+                    f"cannot write {str(self.folder / STATE)!r} ({why}); the run goes on (a resume asks "
+                    "each tracker for its last step)"
+                )
+
+    @property
+    def ids(self) -> dict[str, str]:
+        """Each tracker's run id (what the run's identity records)."""
+        return {name: entry["id"] for name, entry in self.state.items()}
 
     def log(self, record: dict[str, Any]) -> None:
         """Send a metrics line to every tracker that has not had its step yet."""

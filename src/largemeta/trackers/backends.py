@@ -41,6 +41,49 @@ class TensorBoard:
         self.writer.close()
 
 
+CONNECT_TIMEOUT_S = 10.0
+"""How long ``train`` waits for an ``http(s)`` MLflow server to accept a connection before refusing."""
+MLFLOW_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+"""MLflow's own retries, bounded unless the environment sets them (its defaults wait minutes, silently)."""
+
+
+def check_mlflow() -> None:
+    """A one-line error for a tracking URI MLflow has no store for, or an ``http(s)`` server that refuses or
+    does not answer within :data:`CONNECT_TIMEOUT_S` (nothing is created: a file or database store is made
+    by the run itself)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    import mlflow
+
+    from largemeta import console
+    from largemeta.errors import UserError
+
+    uri = mlflow.get_tracking_uri()
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        _tracking_store_registry.get_store_builder(uri)
+    except (ImportError, AttributeError):  # another MLflow: the run's own client says what is wrong
+        pass
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise UserError(f"tracker 'mlflow': tracking URI {uri!r} is not usable: {first}") from None
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    console.log.info(f"tracker mlflow: connecting to {uri} (at most {CONNECT_TIMEOUT_S:g} s)")
+    try:
+        socket.create_connection((parts.hostname or "localhost", port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        why = "no answer" if isinstance(err, TimeoutError) else (err.strerror or type(err).__name__)
+        raise UserError(
+            f"tracker 'mlflow' cannot reach its server {uri!r} ({why}); start it, or set MLFLOW_TRACKING_URI "
+            "to one that answers (nothing was written)"
+        ) from None
+
+
 class MLflow:
     """A run of the experiment ``$MLFLOW_EXPERIMENT_NAME`` (``largemeta``) in the store at
     ``$MLFLOW_TRACKING_URI``, named after the folder; resumed by its run id."""
@@ -49,6 +92,8 @@ class MLflow:
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        for key, value in MLFLOW_LIMITS.items():
+            os.environ.setdefault(key, value)
         self.client = MlflowClient(mlflow.get_tracking_uri())
         if resumed:
             self.id = run_id

@@ -24,6 +24,7 @@ from largemeta.errors import UserError, choice_error
 from largemeta.execution import GRAPH, STEP_CHOICES
 from largemeta.files import atomic_write_text
 from largemeta.trackers import check_names as check_trackers
+from largemeta.train.paths import absolute
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -238,7 +239,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             else:
                 values[key] = value
     values.update(overrides or {})
-    return from_mapping(values)
+    return from_mapping(absolute(values))  # every path absolute, once (largemeta.train.paths)
 
 
 def shipped_configs() -> list[str]:
@@ -299,7 +300,11 @@ def validate(cfg: TrainConfig) -> None:
     check_options(cfg.data_placement, cfg.memory_budget_gb, cfg.stream_workers)
     check_trackers(cfg.trackers)
     m = cfg.tasks_per_trajectory
-    _range("tasks_per_trajectory", 0 <= m <= MAX_STEPS, f">= 0 (0: every task), got {m}")
+    _range(
+        "tasks_per_trajectory",
+        0 <= m <= MAX_STEPS,
+        f"0 <= tasks_per_trajectory <= {MAX_STEPS} (and at most the suite's tasks; 0: every task), got {m}",
+    )
     if m and algo.joint:
         raise UserError(
             f"tasks_per_trajectory needs a meta-learning algorithm: {cfg.algo!r} trains every task at every "

@@ -30,26 +30,35 @@ from largemeta.train import needs
 from largemeta.train.budget import meta_updates
 from largemeta.train.build import build_run, place, select_tasks
 from largemeta.train.config import TrainConfig, tracker_names
+from largemeta.train.pins import data_identity, pin_data
 from largemeta.train.resume import check_resume
 
 
 def plan(
-    cfg: TrainConfig, folder: Path, *, resume: bool, allow_model_change: bool = False, measure: bool = False
+    cfg: TrainConfig,
+    folder: Path,
+    *,
+    resume: bool,
+    allow_model_change: bool = False,
+    allow_data_change: bool = False,
+    measure: bool = False,
 ) -> dict[str, Any]:
     """Check everything ``train`` would check before its first step; the plan of the run."""
-    saved = None
+    saved, identity = None, {}
     if resume:
-        saved, _ = check_resume(folder, cfg, allow_model_change)
+        saved, identity = check_resume(folder, cfg, allow_model_change)
     elif folder.exists():
         if not folder.is_dir():
             raise UserError(f"{str(folder)!r} exists and is not a folder")
         accept_new_run(folder, files.contents(folder))
-    trackers.require(tracker_names(cfg))
+    trackers.check(tracker_names(cfg))
     need = _needs(cfg, measure)
     if not need["data_ready"]:
         return {**_without_data(cfg, folder, saved.step if saved else 0, need), **need}
     run = build_run(cfg, place(cfg), saved.data_placement if saved else None)
     try:
+        now = data_identity(cfg.suite, run.specs, cfg.data_dir, identity.get("data"))
+        pin_data(identity, now, saved.step if saved else None, allow_data_change, folder)
         for spec in {(s.channels, s.image_size): s for s in run.specs}.values():
             check_image_size(run.body, spec.channels, spec.image_size, f"task {spec.name!r}")
         start = saved.step if saved else 0

@@ -107,10 +107,14 @@ def write_records(
     """config.json and run.json (copies), and metrics.jsonl (new, or cut back to the checkpoint's step);
     returns the last metrics line kept (empty: none)."""
     run_dir = Path(run_dir)
-    save_config(cfg, run_dir / CONFIG)
+    # run.json first: a stop between the two leaves a folder that a new run (the same command) takes again
     folder.write_identity(run_dir, identity)
+    save_config(cfg, run_dir / CONFIG)
     if saved is None:
-        (run_dir / METRICS).write_text("")
+        try:
+            (run_dir / METRICS).write_text("")
+        except OSError as err:
+            raise UserError(f"cannot write {str(run_dir / METRICS)!r}: {err.strerror or err}") from None
         return {}
     return folder.cut_metrics(run_dir / METRICS, saved.step)
 

@@ -168,26 +168,46 @@ def entries_to_load(run: Run, on_disk: CheckpointOnDisk) -> dict[str, Stateful]:
     return _SCHEMES[type(run.assignment)].to_load(run, on_disk)
 
 
-def manifest_record(run: Run, identity: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's ``info``: what run wrote it."""
+def manifest_record(
+    run: Run, identity: dict[str, Any], metrics_window: dict[str, list[float]] | None = None
+) -> dict[str, Any]:
+    """The checkpoint's ``info``: what run wrote it, and the metrics window open at its step (each task's
+    sum of training losses and steps since the last metrics line, so that a resume's first line averages
+    over the whole window)."""
     return {
         "config": run.cfg.to_dict(),
         "identity": identity,
         "world": run.processes.world,
         "task_names": [s.name for s in run.specs],
         "data_placement": run.data_placement,
+        "metrics_window": metrics_window or {},
     }
 
 
-def save(run: Run, run_dir: Path, identity: dict[str, Any]) -> None:
+def save(
+    run: Run, run_dir: Path, identity: dict[str, Any], metrics_window: dict[str, list[float]] | None = None
+) -> None:
     """Write the run's checkpoint (a collective under torchrun: every rank writes its own entries)."""
     entries = {name: on_cpu(obj.state_dict()) for name, obj in entries_to_write(run).items()}
-    store.save(
-        run_dir, run.learner.step, entries, info=manifest_record(run, identity), group=run.processes.group
-    )
+    info = manifest_record(run, identity, metrics_window)
+    store.save(run_dir, run.learner.step, entries, info=info, group=run.processes.group)
     legacy = Path(run_dir) / LEGACY_CHECKPOINT
     if run.processes.rank == 0 and legacy.exists():
         legacy.unlink()  # superseded by the manifest just published (a version-0.1 run, resumed)
+
+
+def metrics_window(on_disk: CheckpointOnDisk) -> dict[str, list[float]]:
+    """The metrics window a checkpoint recorded (:func:`manifest_record`; empty when none or malformed:
+    a checkpoint from before windows were recorded starts a new one)."""
+    window = on_disk.info.get("metrics_window")
+    if not isinstance(window, dict):
+        return {}
+    ok = {
+        str(k): [float(v[0]), int(v[1])]
+        for k, v in window.items()
+        if isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
+    }
+    return ok if len(ok) == len(window) else {}
 
 
 def restore(run: Run, on_disk: CheckpointOnDisk) -> None:

@@ -39,11 +39,13 @@ from largemeta.errors import Preempted, UserError
 from largemeta.metatest import check_image_size
 from largemeta.runs import checkpoint
 from largemeta.runs.checkpoint import CheckpointOnDisk
+from largemeta.runs.folder import write_identity
 from largemeta.runs.names import CHECKPOINT, METRICS
 from largemeta.train import distributed, state
 from largemeta.train.budget import no_meta_update
 from largemeta.train.build import build_run, place
 from largemeta.train.config import TrainConfig, tracker_names
+from largemeta.train.pins import data_identity, pin_data
 from largemeta.train.resume import open_run_folder, write_records
 
 
@@ -63,10 +65,12 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         allow_model_change: bool = False,
+        allow_data_change: bool = False,
         check_budget: bool = True,
     ) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.allow_model_change = allow_model_change
+        self.allow_data_change = allow_data_change
         self.check_budget = check_budget
         """Warn when ``cfg.steps`` holds no meta-update (an experiment checks its milestones itself)."""
         self.processes = place(cfg)
@@ -81,16 +85,20 @@ class Trainer:
         """Each local task's held-out accuracy and loss of θ at a log step, before that step's restart."""
         self.resumed_at = 0
         """The step this process started at (0: a new run)."""
+        self._window: dict[str, list[float]] = {}
+        """Each local task's [sum of training losses, steps] since the last metrics line (checkpointed)."""
         with contextlib.ExitStack() as held:  # on a failed start: the folder given back, the group left
             held.callback(distributed.shutdown)  # no one calls close() on a failed start
             saved = self._open_folder(resume, held)
-            trackers.require(tracker_names(cfg))  # refuse a missing package before writing anything
+            trackers.check(tracker_names(cfg))  # a missing package, a bad or dead URI: before any write
             self.run_state = build_run(cfg, self.processes, saved.data_placement if saved else None)
+            self._pin_data(saved)  # the data as it is now (loaded, so cached), against the run's record
             for spec in {(s.channels, s.image_size): s for s in self.run_state.specs}.values():
                 check_image_size(self.run_state.body, spec.channels, spec.image_size, f"task {spec.name!r}")
             if saved is not None:
                 state.restore(self.run_state, saved)
                 self.checkpoint_step = saved.step
+                self._window = self._restored_window(saved)
             self.controller = getattr(self.learner, "controller", None)
             """φ's schedule (None for joint training: no meta-update, no restart)."""
             if self.controller is not None:
@@ -144,6 +152,37 @@ class Trainer:
             saved = checkpoint.read(self.run_dir)
         return saved
 
+    def _pin_data(self, saved: CheckpointOnDisk | None) -> None:
+        """Rank 0 records the data this run reads in its identity, or, resuming, refuses data that differ
+        from the record (:func:`~largemeta.train.pins.pin_data`); every rank learns the outcome."""
+        outcome: tuple[str, int] | None = None
+        if self.rank == 0:
+            try:
+                now = data_identity(
+                    self.cfg.suite, self.run_state.specs, self.cfg.data_dir, self.identity.get("data")
+                )
+                step = saved.step if saved is not None else None
+                self.identity = pin_data(self.identity, now, step, self.allow_data_change, self.run_dir)
+            except UserError as err:
+                if self.processes.group is None:
+                    self.run_state.close()
+                    raise
+                outcome = (str(err), err.exit_code)
+        outcome = distributed.broadcast(outcome, self.processes.group)
+        if outcome is not None:
+            self.run_state.close()
+            err = UserError(outcome[0])
+            err.exit_code = outcome[1]
+            raise err
+
+    def _restored_window(self, saved: CheckpointOnDisk) -> dict[str, list[float]]:
+        """This rank's share of the metrics window the checkpoint recorded: its own tasks' sums (rank 0 also
+        keeps those of tasks that no rank serves now: a task pool's, drawn out since the line)."""
+        window = state.metrics_window(saved)
+        local = {t.name for t in self.tasks}
+        served = {n for names in distributed.all_gather(sorted(local), self.processes.group) for n in names}
+        return {k: v for k, v in window.items() if k in local or (self.rank == 0 and k not in served)}
+
     def close(self) -> None:
         """Stop the data workers, release the run folder and leave the process group."""
         self.run_state.close()
@@ -184,11 +223,15 @@ class Trainer:
             raise NonFiniteLoss(
                 f"non-finite {where} at step {self.learner.step}; stopped — {self._last_good()}"
             )
+        window: dict[str, list[float]] = {}
+        for part in distributed.gather(self._window, self.processes.group) or []:
+            for name, (total, n) in part.items():
+                window[name] = [window.get(name, [0.0, 0])[0] + total, window.get(name, [0.0, 0])[1] + n]
         if self.processes.group is None:
-            state.save(self.run_state, self.run_dir, self.identity)
+            state.save(self.run_state, self.run_dir, self.identity, window)
         else:
             distributed.guarded(
-                lambda: state.save(self.run_state, self.run_dir, self.identity),
+                lambda: state.save(self.run_state, self.run_dir, self.identity, window),
                 "writing a checkpoint",
             )
         self.checkpoint_step = self.learner.step
@@ -203,12 +246,12 @@ class Trainer:
                 console.log.warning(warning)
         if self.progress and self.learner.step < cfg.steps:
             console.header(*self._header())
-        metrics = open(self.run_dir / METRICS, "a") if self.rank == 0 else None
+        metrics = self._open_metrics() if self.rank == 0 else None
         tracked = self._trackers() if self.rank == 0 else None
         bar = None
         if self.progress and self.learner.step < cfg.steps:
             bar = console.Progress("step", cfg.steps, every=cfg.log_every, start=self.learner.step)
-        window_losses: dict[str, list[float]] = {}  # task -> [sum of its losses, steps] in this window
+        window_losses = self._window  # task -> [sum of its losses, steps] in this window (a resume's too)
         window, t0 = 0, time.perf_counter()
         last = self.last_record
         try:
@@ -266,6 +309,17 @@ class Trainer:
             tracked.close()
         return last
 
+    def _open_metrics(self):
+        """``metrics.jsonl`` for appending: the run's own record, so one that cannot be written (a folder, a
+        read-only file) stops the run before its first step, in one line."""
+        try:
+            return open(self.run_dir / METRICS, "a")
+        except OSError as err:
+            raise UserError(
+                f"cannot write {str(self.run_dir / METRICS)!r}: {err.strerror or err}; nothing was trained — "
+                f"{self._last_good()}"
+            ) from None
+
     def _header(self) -> tuple[str, dict[str, Any]]:
         cfg = self.cfg
         names = [s.name for s in self.run_state.specs]
@@ -277,6 +331,7 @@ class Trainer:
             else f"{self.processes.device} x {self.processes.world} ranks",
             "tasks": f"{len(names)} ({shown})"
             + (f", {cfg.tasks_per_trajectory} per trajectory" if cfg.tasks_per_trajectory else ""),
+            "suite": cfg.suite,
             "model": f"{cfg.model} width {cfg.width}",
             "K": cfg.k,
             "meta": f"{cfg.meta_optimizer} β {cfg.meta_lr:g}"
@@ -288,13 +343,26 @@ class Trainer:
         }
 
     def _trackers(self) -> trackers.Trackers:
-        return trackers.Trackers(
+        """The run's tracker runs (continued when resuming); their ids recorded in the run's identity
+        (run.json now, the checkpoints from the next), which binds them to this run."""
+        tracked = trackers.Trackers(
             tracker_names(self.cfg),
             self.run_dir,
             run_id=str(self.identity.get("run_id")),
             params=trackers.hyperparameters(self.cfg.to_dict()),
             resume=self.resumed_at > 0,
+            known=self.identity.get("trackers"),
         )
+        if tracked.ids and tracked.ids != self.identity.get("trackers"):
+            self.identity = {
+                **self.identity,
+                "trackers": {**self.identity.get("trackers", {}), **tracked.ids},
+            }
+            try:
+                write_identity(self.run_dir, self.identity)
+            except UserError as err:  # the next checkpoint records them too
+                console.log.warning(f"{err}; the next checkpoint records the tracker runs")
+        return tracked
 
     def _preempted(self, step: int) -> Preempted:
         signum = signals.pending()

@@ -81,7 +81,12 @@ def memory_budget(device: torch.device, budget_gb: float = 0.0) -> tuple[int, st
 
 
 def _gb(n: int) -> str:
-    return f"{n / 2**30:.2f} GB"
+    """``n`` bytes in GB, or in MB or bytes where GB would round to 0.00 (a tiny budget)."""
+    if n >= 2**30 / 200:
+        return f"{n / 2**30:.2f} GB"
+    if n >= 2**20 / 200:
+        return f"{n / 2**20:.2f} MB"
+    return f"{n} byte{'s' if n != 1 else ''}"
 
 
 def choose_placement(

@@ -250,6 +250,11 @@ def _builtin_dir() -> resources.abc.Traversable:
     return resources.files("largemeta") / "configs" / "suites"
 
 
+def builtin_suite_file(name: str) -> resources.abc.Traversable:
+    """The TOML file of built-in suite ``name``."""
+    return _builtin_dir() / f"{name}.toml"
+
+
 def list_suites() -> list[str]:
     """Names of the built-in suites."""
     return sorted(p.name.removesuffix(".toml") for p in _builtin_dir().iterdir() if p.name.endswith(".toml"))
