@@ -86,18 +86,27 @@ class HubFile:
 
     ``size``: the exact byte count when it is known (an LFS pointer gives it), else None: the server's
     ``Content-Length`` then tells a short transfer from a whole one, and the sha256 decides.
-    ``approx_bytes``: the size the hub's file page shows (rounded), for plans."""
+    ``approx_bytes``: the size the hub's file page shows (rounded), for plans.
+    ``repo`` and ``revision``: where a dataset's splits live in different repositories (one for train, one for
+    test), the file's own repository and commit; None means the source's."""
 
     path: str
     split: str
     size: int | None
     sha256: str
     approx_bytes: int | None = None
+    repo: str | None = None
+    revision: str | None = None
 
 
 @dataclass(frozen=True)
 class HubParquet(Source):
-    """Parquet files (image + label) of a public hub dataset repository at a pinned commit."""
+    """Parquet files (image + label) of a public hub dataset repository at a pinned commit (or of several, each
+    file naming its own repository and commit).
+
+    ``image_column`` and ``label_column`` are part of the pin: which columns hold the image and the class is
+    read off the repository's card when it is pinned (e.g. CIFAR-100's ``img`` and ``fine_label``, beside a
+    ``coarse_label`` that is not used), never guessed from a file at run time."""
 
     from_registry = True
     """A commit of a hub repository is as fixed as a registry package, and its files are kept verified under
@@ -113,25 +122,43 @@ class HubParquet(Source):
         if not _HEX40.fullmatch(self.revision):
             raise ValueError(f"{self.repo}: revision {self.revision!r} is not a 40-hex commit")
         for f in self.files:
+            if (f.repo is None) != (f.revision is None):
+                raise ValueError(f"{self.repo}: {f.path!r} names a repository without its commit or back")
+            if f.revision is not None and not _HEX40.fullmatch(f.revision):
+                raise ValueError(f"{f.repo}: revision {f.revision!r} is not a 40-hex commit")
             bad_size = f.size is not None and f.size <= 0
             if not _HEX64.fullmatch(f.sha256) or bad_size or f.split not in ("train", "test"):
                 raise ValueError(f"{self.repo}: bad pin for {f.path!r}")
 
+    def where(self, f: HubFile) -> tuple[str, str]:
+        """The repository and commit that hold ``f``."""
+        return f.repo or self.repo, f.revision or self.revision
+
+    def _places(self) -> list[tuple[str, str]]:
+        """Each (repository, commit) the files come from, in the files' order."""
+        places: list[tuple[str, str]] = []
+        for f in self.files:
+            if self.where(f) not in places:
+                places.append(self.where(f))
+        return places or [(self.repo, self.revision)]
+
     def key(self) -> str:
-        return f"hf:{self.repo}@{self.revision}"
+        return " + ".join(f"hf:{repo}@{rev}" for repo, rev in self._places())
 
     def describe(self) -> str:
-        return f"Hugging Face dataset {self.repo} at {self.revision}"
+        return "Hugging Face dataset " + " + ".join(f"{repo} at {rev}" for repo, rev in self._places())
 
     @property
     def download_bytes(self) -> int:
         return sum(f.size or f.approx_bytes or 0 for f in self.files)
 
     def url(self, f: HubFile) -> str:
-        return f"{endpoint()}/datasets/{self.repo}/resolve/{self.revision}/{urllib.parse.quote(f.path)}"
+        repo, rev = self.where(f)
+        return f"{endpoint()}/datasets/{repo}/resolve/{rev}/{urllib.parse.quote(f.path)}"
 
     def local(self, downloads: Path, f: HubFile) -> Path:
-        return downloads / "hf" / self.repo.replace("/", "--") / self.revision / f.path
+        repo, rev = self.where(f)
+        return downloads / "hf" / repo.replace("/", "--") / rev / f.path
 
     def is_cached(self, downloads: Path) -> bool:
         return all(self.local(downloads, f).is_file() for f in self.files)
@@ -167,7 +194,8 @@ class HubParquet(Source):
                 f"{self.url(f)}: {got} of {expected} bytes arrived; run the command again to resume"
             )
         try:
-            check_sha256(f"{self.repo}@{self.revision}:{f.path}", sha256_file(part), f.sha256)
+            repo, rev = self.where(f)
+            check_sha256(f"{repo}@{rev}:{f.path}", sha256_file(part), f.sha256)
         except UserError:
             part.unlink()
             raise
@@ -225,7 +253,8 @@ class HubParquet(Source):
         splits: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "test": []}
         names: list[str] | None = None
         for f, path in paths.items():
-            what = f"{self.repo}@{self.revision[:12]}:{f.path}"
+            repo, rev = self.where(f)
+            what = f"{repo}@{rev[:12]}:{f.path}"
             x, y, found = read_parquet(path, self.image_column, self.label_column, side, channels, what)
             names = names or found
             if len(y) and (y.min() < 0 or y.max() >= num_classes):
