@@ -66,7 +66,7 @@ def pin(path: str, split: str, data: bytes, **where: str) -> HubFile:
     return HubFile(path, split, len(data), hashlib.sha256(data).hexdigest(), **where)
 
 
-def test_splits_from_two_repositories(capsys, tmp_path, hub, monkeypatch):
+def test_splits_from_two_repositories(capsys, tmp_path, hub, monkeypatch):  # noqa: F811 (hub: the fixture)
     train, test = hub_parquet(4), hub_parquet(2, offset=300)
     path = "data/part-00000.parquet"  # the same path in both repositories: kept apart by repository
     hub.files[(TRAIN_REPO, REV, path)] = train
@@ -93,7 +93,7 @@ def test_splits_from_two_repositories(capsys, tmp_path, hub, monkeypatch):
     assert row["download_mb"] == pytest.approx((len(train) + len(test)) / 1e6)
 
 
-def test_a_wrong_sha256_in_the_second_repository_names_it(capsys, tmp_path, hub, monkeypatch):
+def test_a_wrong_sha256_in_the_second_repository_names_it(capsys, tmp_path, hub, monkeypatch):  # noqa: F811 (hub: the fixture)
     train, test = hub_parquet(2), hub_parquet(1, offset=300)
     path = "data/part-00000.parquet"
     hub.files[(TRAIN_REPO, REV, path)] = train
@@ -114,7 +114,7 @@ def test_a_file_pin_needs_both_repository_and_commit():
         HubParquet(TRAIN_REPO, REV, (pin("a.parquet", "train", data, repo=TEST_REPO, revision="main"),))
 
 
-def test_columns_named_in_the_pin(capsys, tmp_path, hub, monkeypatch):
+def test_columns_named_in_the_pin(capsys, tmp_path, hub, monkeypatch):  # noqa: F811 (hub: the fixture)
     fine = [0, 0, 1, 1, 2, 2, 3, 3]
     coarse = [0, 0, 1, 1, 2, 2, 0, 0]  # a different labelling of the same rows
     train, test = cifar_parquet(fine, coarse), cifar_parquet([0, 1, 2, 3], [0, 1, 2, 0])

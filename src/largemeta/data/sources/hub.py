@@ -101,8 +101,8 @@ class HubFile:
 
 @dataclass(frozen=True)
 class HubParquet(Source):
-    """Parquet files (image + label) of a public hub dataset repository at a pinned commit (or of several, each
-    file naming its own repository and commit).
+    """Parquet files (image + label) of a public hub dataset repository at a pinned commit (or of several,
+    each file naming its own repository and commit).
 
     ``image_column`` and ``label_column`` are part of the pin: which columns hold the image and the class is
     read off the repository's card when it is pinned (e.g. CIFAR-100's ``img`` and ``fine_label``, beside a
