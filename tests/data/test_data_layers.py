@@ -25,6 +25,7 @@ LAYERS = (
     "sources.fetch",
     "sources.byo",
     "sources.verified",
+    "sources.archives",
     "sources.hub",
     "sources.packaged",
     "sources.vision",
