@@ -3,7 +3,7 @@
 For the paper's datasets that torchvision lacks and the hub has no pinned copy of (Stanford Dogs, CUB-200):
 the authors' own archive (``images.tar``, ``CUB_200_2011.tgz``), whose exact size and sha256 other projects
 record, is downloaded through the verified, resumable path of :mod:`largemeta.data.sources.verified` into
-``<cache>/downloads/url/<host>/<path>`` (kept, so a damaged cache entry is converted again without asking).
+``<cache>/downloads/url/<host>/<path>`` (kept: a second conversion, ``--force``, reads it again).
 Its class folders (``layout`` inside the archive) are extracted into a temporary folder under ``downloads/``,
 read exactly as ``--root`` reads a local copy (:func:`~largemeta.data.sources.byo.load_folder`: images at the
 dataset's stored size, 20 % of each class held out, stratified, seed 0) and removed again; so a download and a
@@ -31,8 +31,10 @@ class UrlArchive(Source):
     """A tar archive (plain or compressed) at ``url`` with ``size`` bytes and ``sha256``; ``layout`` is the
     folder inside it that holds one subfolder per class."""
 
-    from_registry = True
-    """The archive is kept verified under ``downloads/``: a damaged cache entry is converted again from it."""
+    from_registry = False
+    """An authors' host, not a registry: it may be gone, and the archive may never have been downloaded (the
+    entry came from ``--root``), so a damaged cache entry is refused with the way to repair it, not rebuilt
+    from a gigabyte download nobody asked for."""
 
     url: str
     size: int

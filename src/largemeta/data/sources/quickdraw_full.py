@@ -54,8 +54,9 @@ class BitmapFile:
 class NumpyBitmaps(Source):
     """Google's per-category numpy bitmaps under ``base`` (a URL ending in ``/``), each file pinned."""
 
-    from_registry = True
-    """Pinned files kept verified under ``downloads/``: a damaged cache entry is converted again from them."""
+    from_registry = False
+    """Google's bucket, not a registry: a damaged cache entry is refused with the way to repair it, never
+    rebuilt from a 39.5 GB download nobody asked for."""
 
     base: str
     files: tuple[BitmapFile, ...]
