@@ -11,6 +11,7 @@ import pytest
 from largemeta.data.sources.datasets import BUILTIN_DATASETS, DATASETS, fetch_dataset, is_cached, load_dataset
 from largemeta.data.sources.fetch import NpmPackage, fetch_first
 from largemeta.data.sources.packaged import PACKAGED_DATASETS
+from largemeta.data.sources.quickdraw_full import QUICKDRAW_FULL
 from largemeta.data.sources.vision import PAPER_DATASETS
 from largemeta.data.store.cache import atomic_write_bytes, data_dir
 from largemeta.errors import UserError
@@ -156,7 +157,7 @@ def test_registry_generic():
 
 def test_every_builtin_is_registered_in_the_shared_registry():
     assert isinstance(DATASETS, Registry) and DATASETS.kind == "dataset"
-    assert BUILTIN_DATASETS == (*PACKAGED_DATASETS, *PAPER_DATASETS)
+    assert BUILTIN_DATASETS == (*PACKAGED_DATASETS, *PAPER_DATASETS, QUICKDRAW_FULL)
     assert DATASETS.names() == sorted(s.name for s in BUILTIN_DATASETS)
     assert all(DATASETS.get(s.name) is s for s in BUILTIN_DATASETS)
     assert [s.name for s in PACKAGED_DATASETS] == ["mnist", "fashion_mnist", "quickdraw", "digits"]

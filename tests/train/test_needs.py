@@ -19,7 +19,7 @@ def test_paper_plan_without_its_data(capsys, tmp_path, monkeypatch):
     argv = ["train", "--config", "paper", "--dry-run", "--out", str(run), "--set", f"data_dir={cache}"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert f"# datasets: 12, 0 cached, 12 to fetch (download 0.46 GB + sizes unknown) into {cache}" in out
+    assert f"# datasets: 12, 0 cached, 12 to fetch (download 2.40 GB + sizes unknown) into {cache}" in out
     cars = "#   cars (meta-test): not cached, size unknown; sources torchvision:StanfordCars (--root only)"
     assert cars in out
     assert f"# to fetch first: largemeta data fetch --suite paper --data-dir {cache}" in out

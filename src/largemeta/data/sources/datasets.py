@@ -28,6 +28,7 @@ from largemeta.console import notice
 from largemeta.data.sources.byo import load_path
 from largemeta.data.sources.fetch import DatasetSpec
 from largemeta.data.sources.packaged import PACKAGED_DATASETS
+from largemeta.data.sources.quickdraw_full import QUICKDRAW_FULL
 from largemeta.data.sources.vision import PAPER_DATASETS
 from largemeta.data.store.arrays import ArrayDataset
 from largemeta.data.store.cache import data_dir as resolve_data_dir
@@ -49,7 +50,7 @@ from largemeta.registry import Registry
 BYO_ENTRIES = "byo-v2"
 """The cache folder of the entries :func:`memory_mapped` writes for bring-your-own paths."""
 
-BUILTIN_DATASETS: tuple[DatasetSpec, ...] = (*PACKAGED_DATASETS, *PAPER_DATASETS)
+BUILTIN_DATASETS: tuple[DatasetSpec, ...] = (*PACKAGED_DATASETS, *PAPER_DATASETS, QUICKDRAW_FULL)
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 """Every dataset a name can refer to (``largemeta data list``): the built-ins, each registered here."""

