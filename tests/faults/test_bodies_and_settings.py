@@ -12,7 +12,7 @@ import sys
 import pytest
 from PIL import Image
 
-from cli_runs import env, sets
+from cli_runs import env, one_line, sets
 from largemeta.cli import main
 
 BODIES = """import sys
@@ -86,13 +86,6 @@ def bodies(tmp_path):
     path = tmp_path / "bodies.py"
     path.write_text(BODIES)
     return path
-
-
-def one_line(code, err, *needles):
-    assert code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint_edits import read_all
+from checkpoint_edits import phi, read_all
 from cli_runs import env, sets
 from largemeta.checkpoint import legacy
 from largemeta.cli import main
@@ -24,10 +24,6 @@ from largemeta.cli import main
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def phi(run):
-    return read_all(Path(run))["shared"]["phi"]
 
 
 def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_phi(tiny_suite, tiny_config, tmp_path):

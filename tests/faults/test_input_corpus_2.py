@@ -2,27 +2,17 @@
 command line in this process: each is one line on stderr with exit code 2 (or what the README promises), no
 traceback, and nothing saved before is changed."""
 
-import hashlib
 import json
 import os
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from checkpoint_edits import read_all, reseal_manifest
-from cli_runs import sets
+from cli_runs import sets, tree
 from largemeta.cli import main
-
-
-def tree(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def refused(capsys, argv, needle):
