@@ -21,7 +21,7 @@ from largemeta.runs import checkpoint
 from largemeta.runs.claim import accept_anything, claim
 from largemeta.runs.weights import FORMAT, is_export, load_weights
 
-V0_1 = Path(__file__).parent / "golden" / "run_v0_1"
+V0_1 = Path(__file__).parents[1] / "golden" / "run_v0_1"
 
 
 def test_a_version_0_1_checkpoint_reads_as_entries():

@@ -1,6 +1,8 @@
-"""Round two of the hostile and clumsy inputs (the reliability issue's items 7 and 8), through the real
-command line in this process: each is one line on stderr with exit code 2 (or what the README promises), no
-traceback, and nothing saved before is changed."""
+"""Degenerate, extreme and damaged inputs — a decompression bomb, degenerate arrays, rates beyond float32, a
+full disk, damaged results, safetensors and checkpoints, image sizes a body cannot take, deep TOML — through
+the real command line in this process: each is one line on stderr with exit code 2 (or what the README
+promises), no traceback, and nothing saved before is changed. (The table of corrupt files through
+subprocesses: test_corrupt_inputs.py.)"""
 
 import json
 import os
