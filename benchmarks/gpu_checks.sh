@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
-python -m pytest tests/models -m gpu -q -p no:cacheprovider
+python -m pytest tests -m gpu -q -p no:cacheprovider
 python benchmarks/meta_step.py --size paper --device cuda --skip memory --repeats 10 --block 5
