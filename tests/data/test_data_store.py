@@ -328,6 +328,7 @@ def test_a_really_read_only_cache_folder(tmp_path):
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Permission denied" in out.stderr
 
 
+@pytest.mark.slow
 def test_processes_writing_one_entry_at_once_leave_it_whole(tmp_path):
     """Every file is renamed into place whole and meta.json is written last, so however the writes of
     concurrent conversions interleave, the entry they leave reads back verified."""

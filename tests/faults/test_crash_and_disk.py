@@ -26,6 +26,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_phi(tiny_suite, tiny_config, tmp_path):
     cfg = tiny_config(tiny_suite, checkpoint_every=1, log_every=1)  # a checkpoint write on every step
     steps = "200"

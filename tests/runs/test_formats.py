@@ -38,6 +38,7 @@ def test_a_version_0_1_checkpoint_reads_as_entries():
         on_disk.load(["task/2"])
 
 
+@pytest.mark.network
 def test_a_version_0_1_run_resumes_says_its_format_and_continues_in_the_sharded_one(tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(V0_1, run)

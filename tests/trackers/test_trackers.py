@@ -64,6 +64,7 @@ def wandb_records(root: Path, run_id: str):
     assert files, f"no offline W&B files of run {run_id} under {root}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "how, trackers",
     [(signal.SIGTERM, "mlflow,wandb"), (signal.SIGKILL, "mlflow")],
