@@ -38,6 +38,7 @@ def test_off_a_terminal_train_prints_a_header_and_timestamped_progress_and_keeps
     assert (run / "log.txt").read_text().splitlines() == lines
 
 
+@pytest.mark.slow
 def test_resume_appends_to_log_txt_and_json_stdout_stays_clean(tiny_suite, tiny_config, tmp_path):
     run = tmp_path / "run"
     cfg = tiny_config(tiny_suite, log_every=4, checkpoint_every=4)
@@ -51,6 +52,7 @@ def test_resume_appends_to_log_txt_and_json_stdout_stays_clean(tiny_suite, tiny_
     assert log == first.stderr.splitlines() + second.stderr.splitlines()
 
 
+@pytest.mark.slow
 def test_quiet_prints_nothing_but_the_result_and_verbose_is_accepted(tiny_suite, tiny_config, tmp_path):
     cfg = tiny_config(tiny_suite)
     quiet = command(["train", "-q", "--out", str(tmp_path / "q"), "--steps", "4", *sets(cfg)], check=False)

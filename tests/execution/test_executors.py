@@ -124,6 +124,7 @@ def _options(mg):
     return {"proximal": mg.proximal} if isinstance(mg, IMAML) else {}
 
 
+@pytest.mark.slow
 def test_batched_with_adam_inner_optimizer():
     ref, fast, ref_losses, fast_losses = run_pair(Batched(), inner=Adam(1e-3))
     torch.testing.assert_close(fast_losses, ref_losses, rtol=1e-4, atol=1e-5)

@@ -12,6 +12,7 @@ from largemeta.experiments import EvalSettings, convergence, table
 from largemeta.train.config import from_mapping
 
 
+@pytest.mark.slow
 def test_convergence_and_report(tiny_suite, tiny_config, tmp_path, capsys):
     cfg = from_mapping(tiny_config(tiny_suite, steps=8))
     result = convergence(
@@ -71,6 +72,7 @@ def test_report_of_an_empty_folder_is_an_error(tmp_path, capsys):
     assert "holds no results.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_k_ablation_and_its_plot(tiny_suite, tiny_config, tmp_path, capsys):
     def k_ablation(config):
         args = ["experiment", "k-ablation", "--config", str(config), "--out", str(tmp_path / "kab")]
@@ -92,6 +94,7 @@ def test_k_ablation_and_its_plot(tiny_suite, tiny_config, tmp_path, capsys):
     assert "cts − reptile at K = 4" in (tmp_path / "kab" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_train_seeds_meta_train_each_algorithm_several_times(tiny_suite, tiny_config, tmp_path, capsys):
     (tmp_path / "c.toml").write_text("")
     args = ["experiment", "k-ablation", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "kab")]
@@ -123,6 +126,7 @@ def test_train_seeds_meta_train_each_algorithm_several_times(tiny_suite, tiny_co
     assert json.loads((tmp_path / "kab" / "results.json").read_text())["comparisons"] == result["comparisons"]
 
 
+@pytest.mark.slow
 def test_tune_picks_beta_on_meta_training_tasks_only(tiny_suite, tiny_config, tmp_path, capsys):
     flags = sets(tiny_config(tiny_suite))
     (tmp_path / "c.toml").write_text("")
@@ -176,6 +180,7 @@ def test_tune_picks_beta_on_meta_training_tasks_only(tiny_suite, tiny_config, tm
     assert "cts − reptile at each one's best β" in (tmp_path / "tune" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_pretrained_experiment(tiny_suite, tiny_config, tmp_path, capsys):
     run = tmp_path / "source"
     train_here(tiny_config(tiny_suite, steps=4), run)

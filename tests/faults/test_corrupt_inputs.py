@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import largemeta
 from cli_runs import tree
@@ -70,6 +71,7 @@ def corpus(tmp: Path) -> dict[str, list[str]]:
     }
 
 
+@pytest.mark.slow
 def test_corrupt_and_hostile_inputs(tmp_path, tiny_suite, tiny_config):
     # what is "saved before": a finished run and a data cache with a converted dataset
     cache = tmp_path / "cache"

@@ -76,6 +76,7 @@ def pool_config(suite, **overrides):
     return cfg
 
 
+@pytest.mark.slow
 def test_a_pool_of_20_tasks_4_at_a_time_shows_every_task_and_resumes_exactly_after_kill_9(
     pool_suite, tmp_path
 ):
@@ -105,6 +106,7 @@ def test_a_pool_of_20_tasks_4_at_a_time_shows_every_task_and_resumes_exactly_aft
         )
 
 
+@pytest.mark.slow
 def test_a_pooled_run_resumes_with_a_longer_budget(pool_suite, tmp_path):
     cfg = pool_config(pool_suite, checkpoint_every=4)
     command(["train", "--out", str(tmp_path / "straight"), "--steps", "12", *sets(cfg)], timeout=None)
@@ -197,6 +199,7 @@ def stream_config(suite, cache, **overrides):
     return cfg
 
 
+@pytest.mark.slow
 def test_a_folder_over_the_budget_is_streamed_and_resumes_exactly_after_kill_9(folder_suite, tmp_path):
     suite, _, cache = folder_suite
     # 192 images x 16 x 16 = 48 KiB decoded: a budget of 20 KiB is exceeded, so auto streams
