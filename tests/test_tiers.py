@@ -64,18 +64,19 @@ def tiers() -> dict[str, tuple[str, list[str]]]:
 
 def invocations(script: str) -> list[tuple[str, str, list[str]]]:
     """Every ``-m`` a script gives pytest: (where, expression, paths) — a tier of scripts/test.sh, or a
-    literal ``pytest`` command line (one built from shell variables is scripts/test.sh's tier loop)."""
+    literal ``pytest`` command line (one whose ``-m`` is a shell variable is scripts/test.sh's tier loop)."""
     found = (
         [(f"{script} tier {n}", e, p) for n, (e, p) in tiers().items()] if script.endswith("test.sh") else []
     )
     for number, line in enumerate((ROOT / script).read_text().splitlines(), 1):
-        line = line.split("#")[0]
-        if "pytest" not in line or "$" in line:
+        called = re.search(r"(?:-m\s+pytest|^\s*pytest)(\s.*)?$", line.split(" #")[0])
+        if called is None or line.lstrip().startswith("#"):
             continue
-        args = shlex.split(line.split("pytest", 1)[1])
+        command = re.split(r"\s(?:>|\|\||\||&&|;)", called.group(1) or "")[0]  # up to a redirect or a list
+        args = shlex.split(command, comments=True)
         expr = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "-m"), None)
         paths = [a for a in args if not a.startswith("-") and a != expr and (ROOT / a).exists()]
-        if expr is not None:
+        if expr is not None and not expr.startswith("$"):
             found.append((f"{script}:{number}", expr, paths or ["tests"]))
     return found
 
@@ -105,7 +106,7 @@ def marks(tmp_path_factory) -> dict[str, set[str]]:
 
 def test_the_scripts_name_the_tiers_they_run():
     assert set(tiers()) == {"fast", "slow", "distributed", "network"}
-    assert [e for _, e, _ in invocations("benchmarks/gpu_checks.sh")] == ["gpu"]
+    assert {e for _, e, _ in invocations("benchmarks/gpu_checks.sh")} == {"gpu"}
     assert invocations(".ci/run") == [] and "bash scripts/test.sh" in (ROOT / ".ci/run").read_text()
 
 
