@@ -1,6 +1,6 @@
-"""Checkpoints for the tests: a run folder's checkpoint read whole (:func:`read_all`), and crafted ones — edit
-a run folder's checkpoint and seal it again, so what is tested is the reader's check of the content, not its
-checksum."""
+"""Checkpoints for the tests: a run folder's checkpoint read whole (:func:`read_all`) and its φ (:func:`phi`),
+and crafted ones — edit a run folder's checkpoint and seal it again, so what is tested is the reader's check
+of the content, not its checksum."""
 
 from __future__ import annotations
 
@@ -63,3 +63,8 @@ def read_all(run: Path) -> dict:
     else:
         whole["tasks"] = [got.get(checkpoint.task_entry(i)) for i in range(len(names))]
     return whole
+
+
+def phi(run: Path) -> dict:
+    """φ of a run folder's checkpoint (its ``shared`` entry's ``phi``)."""
+    return read_all(Path(run))["shared"]["phi"]

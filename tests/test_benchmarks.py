@@ -31,7 +31,19 @@ SMALL = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+# data_sampling times fetching every offline-suite dataset into an empty folder (the registries, every run);
+# pool_step and stream_vs_device train on the shipped configs' registry datasets; distributed starts its ranks
+# with torchrun; meta_step is the longest of the others
+TIER = {
+    "data_sampling": pytest.mark.network,
+    "pool_step": pytest.mark.network,
+    "stream_vs_device": pytest.mark.network,
+    "distributed": pytest.mark.distributed,
+    "meta_step": pytest.mark.slow,
+}
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=TIER.get(name, ())) for name in sorted(SMALL)])
 def test_the_benchmark_runs_and_prints_json(name, tmp_path):
     script = ROOT / "benchmarks" / f"{name}.py"
     out = subprocess.run(

@@ -281,14 +281,14 @@ def test_export_state_dict_is_model_shaped_with_phi():
     assert not torch.equal(exported["0.weight"], cts.phi["0.weight"])
 
 
-def one_line(err):
+def is_one_line(err):
     return "\n" not in str(err.value)
 
 
 def test_no_shared_parameters_is_a_user_error():
     with pytest.raises(UserError, match="the shared rule selected no parameter of Net") as err:
         ContinualTrajectoryShifting(Net(), shared=lambda n, p: False)
-    assert one_line(err)
+    assert is_one_line(err)
     with pytest.raises(UserError, match="no nn.Linear"):
         ContinualTrajectoryShifting(nn.Conv2d(1, 2, 3))
 
@@ -325,7 +325,7 @@ def test_shared_shapes_that_differ_name_the_parameter_and_both_shapes():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(UserError, match=message) as err:
         ContinualTrajectoryShifting(make_models(1), **kwargs)
-    assert one_line(err)
+    assert is_one_line(err)
     with pytest.raises(UserError, match="at least one model"):
         ContinualTrajectoryShifting([])
 

@@ -7,20 +7,10 @@ import sys
 
 import pytest
 
-from cli_runs import env, sets
+from cli_runs import command, env, sets
 from largemeta import console
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
-
-
-def train(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "largemeta", "train", *args],
-        env=env(),
-        capture_output=True,  # pipes: what nohup, SLURM and CI give a command
-        text=True,
-        timeout=300,
-    )
 
 
 def test_off_a_terminal_train_prints_a_header_and_timestamped_progress_and_keeps_log_txt(
@@ -28,7 +18,7 @@ def test_off_a_terminal_train_prints_a_header_and_timestamped_progress_and_keeps
 ):
     run = tmp_path / "run"
     cfg = tiny_config(tiny_suite, log_every=10, checkpoint_every=30)
-    out = train("--out", str(run), "--steps", "60", *sets(cfg))
+    out = command(["train", "--out", str(run), "--steps", "60", *sets(cfg)], check=False)
     assert out.returncode == 0, out.stderr
     lines = out.stderr.splitlines()
     assert all(re.match(STAMP, line) for line in lines), lines  # every line timestamped, no bar
@@ -48,12 +38,13 @@ def test_off_a_terminal_train_prints_a_header_and_timestamped_progress_and_keeps
     assert (run / "log.txt").read_text().splitlines() == lines
 
 
+@pytest.mark.slow
 def test_resume_appends_to_log_txt_and_json_stdout_stays_clean(tiny_suite, tiny_config, tmp_path):
     run = tmp_path / "run"
     cfg = tiny_config(tiny_suite, log_every=4, checkpoint_every=4)
-    first = train("--out", str(run), "--steps", "8", *sets(cfg))
+    first = command(["train", "--out", str(run), "--steps", "8", *sets(cfg)], check=False)
     assert first.returncode == 0, first.stderr
-    second = train("--resume", str(run), "--steps", "12", "--json")
+    second = command(["train", "--resume", str(run), "--steps", "12", "--json"], check=False)
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["step"] == 12  # nothing but the JSON line on stdout
     assert "from step 8" in second.stderr.splitlines()[0]
@@ -61,9 +52,10 @@ def test_resume_appends_to_log_txt_and_json_stdout_stays_clean(tiny_suite, tiny_
     assert log == first.stderr.splitlines() + second.stderr.splitlines()
 
 
+@pytest.mark.slow
 def test_quiet_prints_nothing_but_the_result_and_verbose_is_accepted(tiny_suite, tiny_config, tmp_path):
     cfg = tiny_config(tiny_suite)
-    quiet = train("-q", "--out", str(tmp_path / "q"), "--steps", "4", *sets(cfg))
+    quiet = command(["train", "-q", "--out", str(tmp_path / "q"), "--steps", "4", *sets(cfg)], check=False)
     assert quiet.returncode == 0 and quiet.stderr == ""
     assert "step 4/4" in (tmp_path / "q" / "log.txt").read_text()  # the file keeps it all
     loud = subprocess.run(
@@ -80,7 +72,7 @@ def test_quiet_prints_nothing_but_the_result_and_verbose_is_accepted(tiny_suite,
 
 
 def test_a_bad_value_is_still_one_line_and_exit_2(tmp_path):
-    out = train("--out", str(tmp_path / "run"), "--set", "k=0")
+    out = command(["train", "--out", str(tmp_path / "run"), "--set", "k=0"], check=False)
     assert out.returncode == 2
     assert out.stderr == "largemeta: error: config key 'k' out of range: 1 <= k <= 1000000000, got 0\n"
 

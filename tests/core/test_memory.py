@@ -49,6 +49,7 @@ print(json.dumps({"short": growth(name, 10), "long": growth(name, 1000)}))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc to read resident memory")
 @pytest.mark.parametrize("name", ["cts", "reptile", "fomaml", "cts-leap", "imaml"])
 def test_memory_flat_in_k(name):

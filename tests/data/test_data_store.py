@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import largemeta
-from largemeta.cli import main
+from cli_runs import cli, one_line, tree
 from largemeta.data.sources.datasets import fetch_dataset, is_cached
 from largemeta.data.store import cached as store
 from largemeta.data.store.arrays import ArrayDataset
@@ -27,14 +27,6 @@ from largemeta.data.store.cache import data_dir
 from largemeta.errors import UserError
 
 SRC = str(Path(largemeta.__file__).resolve().parents[1])
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture
@@ -176,14 +168,14 @@ def test_a_damaged_registry_entry_is_converted_again(digits_cache, capsys, targe
 )
 def test_a_damaged_entry_without_a_registry_is_refused_in_one_line(dogs, target, how):
     damage(dogs / "datasets-v2" / "stanford_dogs" / target, how)
-    before = tree_digest(dogs)
+    before = tree(dogs)
     with pytest.raises(UserError) as err:
         fetch_dataset("stanford_dogs", dogs)
     msg = str(err.value)
     assert (
         "\n" not in msg and target in msg and "largemeta data fetch stanford_dogs --force --root DIR" in msg
     )
-    assert tree_digest(dogs) == before  # nothing touched
+    assert tree(dogs) == before  # nothing touched
 
 
 # ------------------------------------------------------------------------------------------------ version 0.1
@@ -195,13 +187,13 @@ def test_a_v0_1_entry_is_migrated_and_left_in_place(tmp_path, monkeypatch):
 
     ds = small_dataset("digits")
     old = write_v1_entry(tmp_path, ds)
-    before = tree_digest(old)
+    before = tree(old)
     assert is_cached("digits", tmp_path)
     got = datasets.fetch_dataset("digits", tmp_path)
     assert np.array_equal(got.x_train, ds.x_train) and got.class_names == ds.class_names
     assert isinstance(got.x_train, np.memmap)  # now read from the format-2 entry
     assert store.has_entry(tmp_path / "datasets-v2" / "digits")
-    assert tree_digest(old) == before  # version 0.1 installs sharing the cache still find theirs
+    assert tree(old) == before  # version 0.1 installs sharing the cache still find theirs
 
 
 def test_a_v0_1_entry_in_a_read_only_cache_is_read_as_it_is(tmp_path, monkeypatch):
@@ -240,16 +232,6 @@ def test_a_damaged_v0_1_registry_entry_heals_into_format_2(digits_cache, capsys)
 # ------------------------------------------------------------------------------------------------ the CLI
 
 
-def cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(code, err, *needles):
-    return code == 2 and err.count("\n") == 1 and "Traceback" not in err and all(n in err for n in needles)
-
-
 def dogs_suite(tmp_path: Path) -> Path:
     suite = tmp_path / "dogs.toml"
     suite.write_text(
@@ -263,7 +245,7 @@ def dogs_suite(tmp_path: Path) -> Path:
 def test_every_command_refuses_a_damaged_entry_in_one_line(dogs, tmp_path, capsys):
     damage(dogs / "datasets-v2" / "stanford_dogs" / "x_train.npy", "bitflip")
     suite = dogs_suite(tmp_path)
-    before = tree_digest(dogs)
+    before = tree(dogs)
     commands = {
         "data info": ["data", "info", "stanford_dogs", "--data-dir", str(dogs)],
         "data fetch": ["data", "fetch", "stanford_dogs", "--data-dir", str(dogs)],
@@ -279,7 +261,7 @@ def test_every_command_refuses_a_damaged_entry_in_one_line(dogs, tmp_path, capsy
     for name, argv in commands.items():
         code, _, err = cli(capsys, *argv)
         assert one_line(code, err, "x_train.npy", "--force"), (name, code, err)
-    assert tree_digest(dogs) == before
+    assert tree(dogs) == before
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
@@ -346,6 +328,7 @@ def test_a_really_read_only_cache_folder(tmp_path):
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Permission denied" in out.stderr
 
 
+@pytest.mark.slow
 def test_processes_writing_one_entry_at_once_leave_it_whole(tmp_path):
     """Every file is renamed into place whole and meta.json is written last, so however the writes of
     concurrent conversions interleave, the entry they leave reads back verified."""

@@ -37,7 +37,7 @@ def loaders(npz_task):
     stream.close()
 
 
-def same(a, b):
+def same_tensors(a, b):
     return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
@@ -49,15 +49,17 @@ def test_streamed_batches_equal_device_batches_on_a_cpu(npz_task, loaders):
         device.num_eval,
     )
     for _ in range(6):
-        assert same(device.sample_train(16), stream.sample_train(16))
+        assert same_tensors(device.sample_train(16), stream.sample_train(16))
     assert torch.equal(device.state_dict()["generator"], stream.state_dict()["generator"])
     for a, b in zip(device.iter_eval(50), stream.iter_eval(50), strict=True):
-        assert same(a, b)
+        assert same_tensors(a, b)
     (dt, dq), (st, sq) = device.split_query(0.25), stream.split_query(0.25)
     for _ in range(3):
-        assert same(dt.sample_train(8), st.sample_train(8)) and same(dq.sample_train(8), sq.sample_train(8))
+        assert same_tensors(dt.sample_train(8), st.sample_train(8)) and same_tensors(
+            dq.sample_train(8), sq.sample_train(8)
+        )
     sub_d, sub_s = device.subsample(n_per_class=10, seed=3), stream.subsample(n_per_class=10, seed=3)
-    assert same(sub_d.sample_train(8), sub_s.sample_train(8)) and sub_s.num_train == 40
+    assert same_tensors(sub_d.sample_train(8), sub_s.sample_train(8)) and sub_s.num_train == 40
 
 
 def test_a_stream_resumes_exactly_whatever_was_drawn_ahead(npz_task, loaders):
@@ -68,17 +70,17 @@ def test_a_stream_resumes_exactly_whatever_was_drawn_ahead(npz_task, loaders):
     state = images.state_dict()  # batches are drawn ahead by now: the state is from before them
     later = [images.sample_train(8) for _ in range(4)]
     images.load_state_dict(state)
-    assert all(same(b, images.sample_train(8)) for b in later)
+    assert all(same_tensors(b, images.sample_train(8)) for b in later)
     fresh = loader.task_images(spec, seed=99)  # another task object, as a resumed run builds
     fresh.load_state_dict(state)
-    assert all(same(b, fresh.sample_train(8)) for b in later)
+    assert all(same_tensors(b, fresh.sample_train(8)) for b in later)
 
 
 def test_a_new_batch_size_rewinds_what_was_drawn_ahead(npz_task, loaders):
     spec, _ = npz_task
     device, stream = (loader.task_images(spec, seed=2) for loader in loaders)
-    assert same(device.sample_train(8), stream.sample_train(8))
-    assert same(device.sample_train(5), stream.sample_train(5))  # stream had drawn batches of 8 ahead
+    assert same_tensors(device.sample_train(8), stream.sample_train(8))
+    assert same_tensors(device.sample_train(5), stream.sample_train(5))  # stream had drawn batches of 8 ahead
 
 
 def test_without_workers_it_decodes_in_process(npz_task):
@@ -87,7 +89,7 @@ def test_without_workers_it_decodes_in_process(npz_task):
     inline = TaskLoader("cpu", "stream", data_dir=cache)
     inline.workers = 0
     stream = inline.task_images(spec, seed=3)
-    assert same(device.sample_train(8), stream.sample_train(8))
+    assert same_tensors(device.sample_train(8), stream.sample_train(8))
 
 
 def square_folder(root, make_image, classes=3, per_class=12, size=10, mode="L"):
@@ -110,8 +112,8 @@ def test_a_folder_streams_the_batches_of_device_placement_when_no_resize_differs
     try:
         stream = loader.task_images(spec, seed=4)
         for _ in range(4):
-            assert same(device.sample_train(8), stream.sample_train(8))
-        assert all(same(a, b) for a, b in zip(device.iter_eval(4), stream.iter_eval(4), strict=True))
+            assert same_tensors(device.sample_train(8), stream.sample_train(8))
+        assert all(same_tensors(a, b) for a, b in zip(device.iter_eval(4), stream.iter_eval(4), strict=True))
     finally:
         loader.close()
 
@@ -188,7 +190,7 @@ def test_tasks_come_and_go_without_restarting_the_workers(npz_task, loaders):
     pids = [w.pid for w in stream.hub._iter._workers]
     a.close()
     b = stream.task_images(spec, seed=6)
-    assert same(device.task_images(spec, seed=6).sample_train(4), b.sample_train(4))
+    assert same_tensors(device.task_images(spec, seed=6).sample_train(4), b.sample_train(4))
     assert [w.pid for w in stream.hub._iter._workers] == pids
     assert len(stream.hub._streams) == 1  # a's stream is gone
 

@@ -38,6 +38,7 @@ def assert_learners_close(ref, fast, rtol, atol):
             torch.testing.assert_close(fast_buffer, ref_buffer, rtol=rtol, atol=atol)
 
 
+@pytest.mark.slow
 def test_channels_last_matches_loop_in_fp32():
     ref, fast, ref_losses, fast_losses = run_pair(ChannelsLast())
     # Same arithmetic, different kernels: fp32 rounding only.
@@ -52,6 +53,7 @@ def test_channels_last_matches_loop_in_fp32():
     assert fast.tasks[0].train_batch()[0].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.slow
 def test_autocast_bf16_close_to_fp32_loop():
     ref, fast, ref_losses, fast_losses = run_pair(Autocast("bf16"), **PAPER_HPARAMS)
     # bf16 keeps 8 bits of mantissa (relative rounding 2^-9 ≈ 2e-3 per op); with the paper's step sizes the
@@ -68,6 +70,7 @@ def test_autocast_bf16_close_to_fp32_loop():
     assert abs(moved_fast.norm() / moved_ref.norm() - 1) < 0.1
 
 
+@pytest.mark.slow
 def test_channels_last_plus_autocast_close_to_loop():
     ref, fast, ref_losses, fast_losses = run_pair(Autocast(inner=ChannelsLast()), **PAPER_HPARAMS)
     torch.testing.assert_close(fast_losses, ref_losses, rtol=5e-2, atol=0)
@@ -96,6 +99,7 @@ def test_batched_groups_only_same_shapes():
     assert keys[0] == keys[1] and keys[0] != keys[2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "meta_gradient, schedule",
     [
@@ -120,6 +124,7 @@ def _options(mg):
     return {"proximal": mg.proximal} if isinstance(mg, IMAML) else {}
 
 
+@pytest.mark.slow
 def test_batched_with_adam_inner_optimizer():
     ref, fast, ref_losses, fast_losses = run_pair(Batched(), inner=Adam(1e-3))
     torch.testing.assert_close(fast_losses, ref_losses, rtol=1e-4, atol=1e-5)
@@ -196,6 +201,7 @@ def test_cuda_graph_fomaml_matches_eager_loop():
     assert_learners_close(ref, fast, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", [ChannelsLast(), Batched()], ids=["channels_last", "batched"])
 def test_resnet20_fast_paths_match_loop(executor):
     """ResNet-20's zero-pad shortcuts (strided slicing, channel padding) under NHWC and under vmap."""
@@ -267,6 +273,7 @@ def emulated_cuda(monkeypatch):
     return current
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["cts", "plain", "fomaml", "reset_inner_state", "fomaml-official"])
 def test_cuda_graph_bookkeeping_matches_eager_loop_emulated(emulated_cuda, case):
     """On CPU with an emulated graph: the wrapper's schedule logic (which graph, static inputs, step counters,

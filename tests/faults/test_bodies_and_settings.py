@@ -12,7 +12,7 @@ import sys
 import pytest
 from PIL import Image
 
-from cli_runs import env, sets
+from cli_runs import env, one_line, sets
 from largemeta.cli import main
 
 BODIES = """import sys
@@ -88,13 +88,6 @@ def bodies(tmp_path):
     return path
 
 
-def one_line(code, err, *needles):
-    assert code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-
-
 @pytest.mark.parametrize(
     "factory, needle",
     [
@@ -131,7 +124,10 @@ def test_a_factory_that_prints_keeps_train_json_parseable(bodies, tiny_suite, ti
     assert "building my body" in out.stderr
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-5", "1.5"])
+# one value in the fast tier; each is a process of its own
+@pytest.mark.parametrize(
+    "value", ["abc", *(pytest.param(v, marks=pytest.mark.slow) for v in ("0", "-5", "1.5"))]
+)
 def test_a_bad_collective_timeout_is_one_line(value, tiny_suite, tiny_config, tmp_path):
     cfg = tiny_config(tiny_suite)
     out = subprocess.run(

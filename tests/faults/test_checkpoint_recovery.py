@@ -7,29 +7,15 @@ checkpoint is left alone.
 Real runs through the command line, real files; each refusal is one line, exit 2.
 """
 
-import hashlib
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
-from checkpoint_edits import read_all
-from cli_runs import sets
+from checkpoint_edits import phi, read_all
+from cli_runs import one_line, sets, tree
 from largemeta.cli import main
-
-
-def tree(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.endswith(".lock")
-    }
-
-
-def phi(run):
-    return read_all(Path(run))["shared"]["phi"]
 
 
 def same_phi(a, b):
@@ -48,13 +34,6 @@ def train(capsys, out, steps, cfg=None, resume=False, warns=None):
     return code, capsys.readouterr().err + "".join(f"{w.message}\n" for w in caught)
 
 
-def one_line(code, err, *needles):
-    assert code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-
-
 def test_a_stale_manifest_never_costs_the_newer_checkpoint(tiny_suite, tiny_config, tmp_path, capsys):
     cfg = tiny_config(tiny_suite, checkpoint_every=6)
     assert train(capsys, tmp_path / "straight", 18, cfg)[0] == 0
@@ -64,7 +43,7 @@ def test_a_stale_manifest_never_costs_the_newer_checkpoint(tiny_suite, tiny_conf
     assert train(capsys, run, 12, resume=True)[0] == 0
     # an older checkpoint.json put back (from a backup, a sync tool, by hand); its folder is long gone
     (run / "checkpoint.json").write_bytes(stale)
-    newer = tree(run / "checkpoint-00000012")
+    newer = tree(run / "checkpoint-00000012", locks=False)
     code, err = train(capsys, run, 18, resume=True, warns="newer complete checkpoint")
     assert code == 0, err
     assert "names step 6, but" in err and "continuing from step 12" in err, err
@@ -98,11 +77,11 @@ def test_a_foreign_manifest_is_refused_before_anything_is_deleted(tiny_suite, ti
     assert train(capsys, ours, 12, cfg)[0] == 0
     assert train(capsys, theirs, 6, {**cfg, "seed": 1})[0] == 0
     shutil.copy(theirs / "checkpoint.json", ours / "checkpoint.json")
-    before = tree(ours)
+    before = tree(ours, locks=False)
     code, err = train(capsys, ours, 18, resume=True)
     one_line(code, err, "is the checkpoint of run", "nothing was deleted", "checkpoint-00000012' (step 12)")
     assert "mv " in err and "--out" not in err
-    assert tree(ours) == before
+    assert tree(ours, locks=False) == before
     # the way forward it offers: move the foreign manifest aside, resume again
     (ours / "checkpoint.json").rename(tmp_path / "theirs-manifest.json")
     code, err = train(capsys, ours, 18, resume=True, warns="is missing: recovered")
@@ -118,10 +97,10 @@ def test_a_damaged_manifest_is_refused_and_names_what_can_be_recovered(
     assert train(capsys, run, 12, cfg)[0] == 0
     manifest = run / "checkpoint.json"
     manifest.write_bytes(manifest.read_bytes()[:100])
-    before = tree(run)
+    before = tree(run, locks=False)
     code, err = train(capsys, run, 18, resume=True)
     one_line(code, err, "is corrupt", "nothing was deleted", "checkpoint-00000012' (step 12)", "mv ")
-    assert tree(run) == before
+    assert tree(run, locks=False) == before
 
 
 def test_a_missing_manifest_is_recovered_and_never_advised_away(tiny_suite, tiny_config, tmp_path, capsys):
@@ -130,11 +109,11 @@ def test_a_missing_manifest_is_recovered_and_never_advised_away(tiny_suite, tiny
     run = tmp_path / "run"
     assert train(capsys, run, 12, cfg)[0] == 0
     (run / "checkpoint.json").unlink()
-    before = tree(run)
+    before = tree(run, locks=False)
     # starting again over it would destroy the checkpoint: refused, nothing written
     code, err = train(capsys, run, 18, cfg)
     one_line(code, err, "already holds a run", f"--resume {run}")
-    assert tree(run) == before
+    assert tree(run, locks=False) == before
     code, err = train(capsys, run, 18, resume=True, warns="is missing")
     assert code == 0, err
     assert f"'{run}/checkpoint.json' is missing: recovered from '{run}/checkpoint-00000012' (step 12)" in err
@@ -150,11 +129,11 @@ def test_a_checkpoint_folder_without_any_manifest_is_kept_and_the_advice_destroy
     assert train(capsys, run, 6, cfg)[0] == 0
     (run / "checkpoint.json").unlink()
     (run / "checkpoint-00000006" / "manifest.json").unlink()  # as a folder written before it had a copy
-    before = tree(run)
+    before = tree(run, locks=False)
     code, err = train(capsys, run, 12, resume=True)
     one_line(code, err, "checkpoint-00000006", "nothing was deleted", "put the run's checkpoint.json back")
     assert "--out" not in err
-    assert tree(run) == before
+    assert tree(run, locks=False) == before
 
 
 def test_a_users_folder_named_like_a_checkpoint_is_never_swept(tiny_suite, tiny_config, tmp_path, capsys):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint_edits import read_all
+from checkpoint_edits import phi, read_all
 from cli_runs import env, sets
 from largemeta.checkpoint import legacy
 from largemeta.cli import main
@@ -26,10 +26,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def phi(run):
-    return read_all(Path(run))["shared"]["phi"]
-
-
+@pytest.mark.slow
 def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_phi(tiny_suite, tiny_config, tmp_path):
     cfg = tiny_config(tiny_suite, checkpoint_every=1, log_every=1)  # a checkpoint write on every step
     steps = "200"

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from checkpoint_edits import read_all
+from checkpoint_edits import phi, read_all
 from cli_runs import env, sets
 from largemeta.cli import main
 
@@ -34,10 +34,6 @@ def dropout_cfg(tiny_suite, tiny_config, tmp_path):
     path = tmp_path / "dropout_body.py"
     path.write_text(BODY)
     return tiny_config(tiny_suite, model=f"{path}:body", checkpoint_every=6)
-
-
-def phi(run):
-    return read_all(run)["shared"]["phi"]
 
 
 def test_a_dropout_body_resumes_bit_for_bit(dropout_cfg, tmp_path, capsys):

@@ -8,17 +8,9 @@ import pytest
 import torch
 
 from checkpoint_edits import read_all, rewrite_checkpoint
+from cli_runs import train_here
 from largemeta.cli import main
-from largemeta.train.config import from_mapping
-from largemeta.train.trainer import NonFiniteLoss, Trainer
-
-
-def train(cfg, out):
-    trainer = Trainer(from_mapping(cfg), out, progress=False)
-    try:
-        return trainer.run()
-    finally:
-        trainer.close()
+from largemeta.train.trainer import NonFiniteLoss
 
 
 def finite(state):
@@ -34,7 +26,7 @@ def test_imaml_at_a_large_inner_lr_stops_on_infinite_batchnorm_statistics(tiny_s
     with pytest.raises(
         NonFiniteLoss, match=r"non-finite BatchNorm buffer '.*running_var' in task 't\d' at step"
     ):
-        train(cfg, tmp_path / "run")
+        train_here(cfg, tmp_path / "run")
     state = read_all(tmp_path / "run")
     assert finite(state) and state["step"] < 40
 
@@ -52,14 +44,14 @@ def test_a_nan_before_the_first_checkpoint_says_none_exists(tiny_suite, tiny_con
 
     monkeypatch.setattr(ImageTask, "train_loss", poisoned)
     with pytest.raises(NonFiniteLoss, match="at step 2; stopped — no checkpoint was written yet") as info:
-        train(tiny_config(tiny_suite, steps=12, checkpoint_every=6), tmp_path / "run")
+        train_here(tiny_config(tiny_suite, steps=12, checkpoint_every=6), tmp_path / "run")
     assert "checkpoint.json" not in str(info.value) and not (tmp_path / "run" / "checkpoint.json").exists()
 
 
 @pytest.fixture
 def nan_run(tiny_suite, tiny_config, tmp_path):
     """A run folder whose checkpoint (a valid checksum) holds a NaN φ, and an export-like file of it."""
-    train(tiny_config(tiny_suite, steps=2), tmp_path / "run")
+    train_here(tiny_config(tiny_suite, steps=2), tmp_path / "run")
 
     def poison(entries, info):
         phi = entries["shared"]["phi"]
@@ -100,7 +92,7 @@ def test_export_and_train_init_refuse_a_non_finite_phi(nan_run, tiny_suite, tiny
 
 
 def test_an_export_over_a_file_it_did_not_write_is_refused(tiny_suite, tiny_config, tmp_path, capsys):
-    train(tiny_config(tiny_suite, steps=2), tmp_path / "run")
+    train_here(tiny_config(tiny_suite, steps=2), tmp_path / "run")
     mine = tmp_path / "mine.safetensors"
     mine.write_bytes(b"my own weights")
     code = main(["export", str(tmp_path / "run"), "--out", str(mine)])

@@ -4,29 +4,19 @@ refused before anything is written, and --resume trusts the checkpoint, never co
 Each refusal: exit code 2, one line on stderr, no traceback, every file there before byte for byte the same.
 """
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from checkpoint_edits import published_step, read_all
-from cli_runs import env, sets
+from cli_runs import env, sets, train_here, tree
 from largemeta.cli import main
-
-
-def tree(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def one_line_error(code, err, needle=""):
@@ -146,21 +136,10 @@ def test_evaluate_and_report_never_overwrite_what_they_did_not_write(tiny_suite,
     assert not any(p.name.endswith(".lock") for p in (tmp_path / "ev").iterdir())
 
 
-def train(cfg, out, resume=False):
-    from largemeta.train.config import from_mapping
-    from largemeta.train.trainer import Trainer
-
-    trainer = Trainer(from_mapping(cfg), out, resume=resume, progress=False)
-    try:
-        trainer.run()
-    finally:
-        trainer.close()
-
-
 def test_resume_follows_the_checkpoint_not_an_edited_config_json(tiny_suite, tiny_config, tmp_path, capsys):
     cfg = tiny_config(tiny_suite, steps=4, checkpoint_every=2, log_every=2)
-    train(cfg, tmp_path / "straight")
-    train({**cfg, "steps": 2}, tmp_path / "run")
+    train_here(cfg, tmp_path / "straight")
+    train_here({**cfg, "steps": 2}, tmp_path / "run")
     edited = json.loads((tmp_path / "run" / "config.json").read_text())
     edited.update(algo="reptile", meta_lr=0.5)
     (tmp_path / "run" / "config.json").write_text(json.dumps(edited))
@@ -180,8 +159,8 @@ def test_resume_follows_the_checkpoint_not_an_edited_config_json(tiny_suite, tin
 
 
 def test_a_checkpoint_of_another_seed_copied_in_is_refused(tiny_suite, tiny_config, tmp_path, capsys):
-    train(tiny_config(tiny_suite, steps=2), tmp_path / "a")
-    train(tiny_config(tiny_suite, steps=2, seed=1), tmp_path / "b")
+    train_here(tiny_config(tiny_suite, steps=2), tmp_path / "a")
+    train_here(tiny_config(tiny_suite, steps=2, seed=1), tmp_path / "b")
     shutil.rmtree(tmp_path / "a" / "checkpoint-00000002")
     shutil.copytree(tmp_path / "b" / "checkpoint-00000002", tmp_path / "a" / "checkpoint-00000002")
     shutil.copy(tmp_path / "b" / "checkpoint.json", tmp_path / "a" / "checkpoint.json")
@@ -195,7 +174,7 @@ def test_resume_refuses_a_flag_that_changes_the_run_and_a_flag_conflicting_with_
     tiny_suite, tiny_config, tmp_path, capsys
 ):
     cfg = tiny_config(tiny_suite, steps=2)
-    train(cfg, tmp_path / "run")
+    train_here(cfg, tmp_path / "run")
     before = tree(tmp_path / "run")
     code = main(["train", "--resume", str(tmp_path / "run"), "--seed", "3", "--set", "algo=leap"])
     one_line_error(code, capsys.readouterr().err, "algo: 'cts' -> 'leap', seed: 0 -> 3")

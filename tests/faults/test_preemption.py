@@ -16,26 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint_edits import read_all
-from cli_runs import env, sets
+from checkpoint_edits import phi, read_all
+from cli_runs import env, sets, train_here
 from largemeta import signals
 from largemeta.cli import main
 from largemeta.errors import PREEMPTED_EXIT, Stopped
 from largemeta.files import atomic_write, is_temporary
-from largemeta.train.config import from_mapping
-from largemeta.train.trainer import Trainer
-
-
-def train(cfg, out, resume=False):
-    trainer = Trainer(from_mapping(cfg), out, resume=resume, progress=False)
-    try:
-        return trainer.run()
-    finally:
-        trainer.close()
-
-
-def phi(run):
-    return read_all(Path(run))["shared"]["phi"]
 
 
 def metric_steps(run):
@@ -54,7 +40,7 @@ def wait_for(predicate, proc, timeout=120):
 def test_sigterm_mid_run_checkpoints_exits_75_and_resume_is_bit_exact(tiny_suite, tiny_config, tmp_path):
     # no checkpoint is due before the end: all that survives the signal is what the signal itself saves
     cfg = tiny_config(tiny_suite, steps=150, checkpoint_every=1000, log_every=2)
-    train(cfg, tmp_path / "straight")
+    train_here(cfg, tmp_path / "straight")
     run = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "largemeta", "train", "-q", "--out", str(run), "--steps", "150", *sets(cfg)],
@@ -76,7 +62,7 @@ def test_sigterm_mid_run_checkpoints_exits_75_and_resume_is_bit_exact(tiny_suite
     )
     assert f"continue with: largemeta train --resume {run}" in err
     assert not [p for p in run.iterdir() if is_temporary(p.name) or p.name.endswith(".lock")]
-    train(cfg, run, resume=True)
+    train_here(cfg, run, resume=True)
     a, b = phi(tmp_path / "straight"), phi(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert metric_steps(run) == metric_steps(tmp_path / "straight")  # no duplicate, none missing
@@ -84,12 +70,12 @@ def test_sigterm_mid_run_checkpoints_exits_75_and_resume_is_bit_exact(tiny_suite
 
 def test_resume_cuts_metrics_back_to_the_checkpoint_and_drops_a_torn_line(tiny_suite, tiny_config, tmp_path):
     cfg = tiny_config(tiny_suite, steps=12, checkpoint_every=6, log_every=2)
-    train(cfg, tmp_path / "straight")
+    train_here(cfg, tmp_path / "straight")
     run = tmp_path / "run"
-    train({**cfg, "steps": 6}, run)
+    train_here({**cfg, "steps": 6}, run)
     at_6 = (run / "checkpoint.json").read_bytes()
     shutil.copytree(run / "checkpoint-00000006", tmp_path / "at_6")
-    train({**cfg, "steps": 10}, run, resume=True)
+    train_here({**cfg, "steps": 10}, run, resume=True)
     # a crash after logging steps 8 and 10 (and tearing a line) but before their checkpoint landed
     shutil.rmtree(run / "checkpoint-00000010")
     shutil.copytree(tmp_path / "at_6", run / "checkpoint-00000006")
@@ -100,7 +86,7 @@ def test_resume_cuts_metrics_back_to_the_checkpoint_and_drops_a_torn_line(tiny_s
     (run / ".checkpoint.json.a1b2c3d4.tmp").write_bytes(b"half a manifest")
     (run / ".checkpoint-00000012.tmp").mkdir()
     (run / ".checkpoint-00000012.tmp" / "__0_0.distcp").write_bytes(b"half a shard")
-    train(cfg, run, resume=True)
+    train_here(cfg, run, resume=True)
     assert metric_steps(run) == [2, 4, 6, 8, 10, 12]
     assert not (run / ".checkpoint.json.a1b2c3d4.tmp").exists()  # swept when the folder was taken
     assert not (run / ".checkpoint-00000012.tmp").exists()
@@ -245,7 +231,7 @@ def test_every_experiment_skips_its_finished_parts_when_run_again(
         monkeypatch.setattr(cli_experiment, "DEMO", demo)
         argv = ["demo", "--out", str(tmp_path / "X")]
     elif experiment == "pretrained":
-        train(tiny_config(tiny_suite, steps=2), tmp_path / "source")
+        train_here(tiny_config(tiny_suite, steps=2), tmp_path / "source")
         argv = ["experiment", "pretrained", "--init", str(tmp_path / "source"), "--sizes", "8,16", *common]
     elif experiment == "tune":
         argv = ["experiment", "tune", "--algos", "cts,reptile", "--betas", "0.1,1", "--val-steps", "1"]

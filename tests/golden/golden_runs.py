@@ -90,7 +90,7 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def cli(*argv: str) -> None:
+def run_cli(*argv: str) -> None:
     with contextlib.redirect_stdout(io.StringIO()):
         code = main(list(argv))
     if code != 0:
@@ -99,14 +99,14 @@ def cli(*argv: str) -> None:
 
 def exported_sha256(run: Path) -> str:
     out = run.parent / f"{run.name}.safetensors"
-    cli("export", str(run), "--out", str(out))
+    run_cli("export", str(run), "--out", str(out))
     return tensors_sha256(load_file(str(out)))
 
 
 def trained(args: list[str], steps: int = 6) -> str:
     with tempfile.TemporaryDirectory() as d:
         run = Path(d) / "run"
-        cli("train", *BASE, "--steps", str(steps), *args, "--out", str(run))
+        run_cli("train", *BASE, "--steps", str(steps), *args, "--out", str(run))
         return exported_sha256(run)
 
 
@@ -128,8 +128,8 @@ def drop_in() -> str:
 
 def resumed_fixture(run: Path) -> str:
     """The committed v0.1 run folder resumed from step 6 to 12 (φ hash), then evaluated once."""
-    cli("train", "--resume", str(run), "--steps", "12")
-    cli(
+    run_cli("train", "--resume", str(run), "--steps", "12")
+    run_cli(
         "evaluate",
         "--init",
         str(run),

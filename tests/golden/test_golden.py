@@ -93,6 +93,8 @@ def _has_avx2() -> bool:
         return False
 
 
+@pytest.mark.network
+@pytest.mark.slow
 @pytest.mark.skipif(not _has_avx2(), reason="the hashes were recorded with AVX2 kernels on x86-64")
 def test_phi_is_bit_identical_to_version_0_1_and_a_v0_1_run_folder_resumes(tmp_path):
     run = tmp_path / "run_v0_1"

@@ -65,6 +65,7 @@ def run_json(capsys, *argv):
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_flow_k5_has_two_minima_where_the_paper_puts_them(capsys, tmp_path):
     out = run_json(capsys, "synthetic", "flow", "--k", "5", "--grid", "41", "--json", "--out", str(tmp_path))
     assert out["k"] == 5 and out["grid"] == 41 and out["minima"] == 2
@@ -87,6 +88,7 @@ def test_cts_beats_reptile_at_equal_budget(capsys, k, inner):
     assert out["cts_wins"] >= 7
 
 
+@pytest.mark.slow
 def test_compare_writes_figures_and_shift_error(capsys, tmp_path):
     out = run_json(
         capsys,

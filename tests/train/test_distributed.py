@@ -2,60 +2,14 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from checkpoint_edits import read_all
-from cli_runs import env, sets
+from checkpoint_edits import phi, read_all
+from cli_runs import command, env, sets, spawn_ranks
 
 pytestmark = pytest.mark.distributed
-
-
-def cli(args, nproc=1, timeout=240):
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "largemeta", *args]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            "-m",
-            "largemeta",
-            *args,
-        ]
-    out = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
-
-
-def spawn_ranks(args, stdout=subprocess.PIPE):
-    """Both ranks of a 2-rank gloo run started by hand (not torchrun, which would stop the survivor
-    itself)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in (0, 1):
-        ranks_env = env(
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE="2",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            LARGEMETA_COLLECTIVE_TIMEOUT="20",
-        )
-        procs.append(subprocess.Popen(args, env=ranks_env, stdout=stdout, stderr=subprocess.PIPE, text=True))
-    return procs
-
-
-def phi(run):
-    return read_all(Path(run))["shared"]["phi"]
 
 
 def assert_close(a, b, tol=1e-5):
@@ -67,8 +21,8 @@ def assert_close(a, b, tol=1e-5):
 @pytest.mark.parametrize("algo", ["cts", "multitask"])
 def test_two_ranks_equal_one_process(tiny_suite, tiny_config, tmp_path, algo):
     cfg = tiny_config(tiny_suite, algo=algo)  # 3 tasks: uneven shards (2 + 1)
-    cli(["train", "--out", str(tmp_path / "one"), "--steps", "12", *sets(cfg)])
-    cli(["train", "--out", str(tmp_path / "two"), "--steps", "12", *sets(cfg)], nproc=2)
+    command(["train", "--out", str(tmp_path / "one"), "--steps", "12", *sets(cfg)], timeout=240)
+    command(["train", "--out", str(tmp_path / "two"), "--steps", "12", *sets(cfg)], nproc=2, timeout=240)
     assert_close(phi(tmp_path / "one"), phi(tmp_path / "two"))
     one = read_all(tmp_path / "one")["tasks"]
     two = read_all(tmp_path / "two")["tasks"]
@@ -78,9 +32,9 @@ def test_two_ranks_equal_one_process(tiny_suite, tiny_config, tmp_path, algo):
 
 def test_two_rank_run_resumes_on_one_rank(tiny_suite, tiny_config, tmp_path):
     cfg = tiny_config(tiny_suite)
-    cli(["train", "--out", str(tmp_path / "straight"), "--steps", "12", *sets(cfg)])
-    cli(["train", "--out", str(tmp_path / "split"), "--steps", "6", *sets(cfg)], nproc=2)
-    cli(["train", "--resume", str(tmp_path / "split"), "--steps", "12"])
+    command(["train", "--out", str(tmp_path / "straight"), "--steps", "12", *sets(cfg)], timeout=240)
+    command(["train", "--out", str(tmp_path / "split"), "--steps", "6", *sets(cfg)], nproc=2, timeout=240)
+    command(["train", "--resume", str(tmp_path / "split"), "--steps", "12"], timeout=240)
     assert_close(phi(tmp_path / "straight"), phi(tmp_path / "split"))
     assert torch.equal(
         read_all(tmp_path / "straight")["tasks"][1]["task"]["sampler"]["train"]["generator"],
@@ -135,7 +89,7 @@ def test_run_with_a_killed_rank_resumes_on_two_ranks_and_on_one(tiny_suite, tiny
     import time
 
     cfg = tiny_config(tiny_suite, log_every=2, checkpoint_every=4)
-    cli(["train", "--out", str(tmp_path / "straight"), "--steps", "40", *sets(cfg)])
+    command(["train", "--out", str(tmp_path / "straight"), "--steps", "40", *sets(cfg)], timeout=240)
     procs = spawn_ranks(
         [
             sys.executable,
@@ -168,8 +122,8 @@ def test_run_with_a_killed_rank_resumes_on_two_ranks_and_on_one(tiny_suite, tiny
     step = read_all(tmp_path / "run")["step"]
     assert step % 4 == 0 and step >= 4
     shutil.copytree(tmp_path / "run", tmp_path / "run1")
-    cli(["train", "--resume", str(tmp_path / "run"), "--steps", "40"], nproc=2)
-    cli(["train", "--resume", str(tmp_path / "run1"), "--steps", "40"])
+    command(["train", "--resume", str(tmp_path / "run"), "--steps", "40"], nproc=2, timeout=240)
+    command(["train", "--resume", str(tmp_path / "run1"), "--steps", "40"], timeout=240)
     assert_close(phi(tmp_path / "straight"), phi(tmp_path / "run"))
     assert_close(phi(tmp_path / "straight"), phi(tmp_path / "run1"))
 

@@ -137,6 +137,7 @@ def test_convergence_records_meta_updates_at_each_milestone_and_warns_before_the
     assert warned[0] in (tmp_path / "E" / "log.txt").read_text()  # the results folder keeps it too
 
 
+@pytest.mark.slow
 def test_k_ablation_tune_and_pretrained_record_meta_updates(tiny_suite, tiny_config, tmp_path, capsys):
     cfg = tiny_config(tiny_suite, log_every=5, checkpoint_every=100)
     argv = experiment("k-ablation", tmp_path / "kab", cfg, "--algos", "reptile,cts", "--ks", "2,8")

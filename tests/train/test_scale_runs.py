@@ -17,22 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from checkpoint_edits import read_all
-from cli_runs import env, sets
+from checkpoint_edits import phi, read_all
+from cli_runs import command, env, sets
 from largemeta.cli import main
-
-
-def train(args, check=True):
-    out = subprocess.run(
-        [sys.executable, "-m", "largemeta", "train", *args], env=env(), capture_output=True, text=True
-    )
-    if check:
-        assert out.returncode == 0, out.stderr[-3000:]
-    return out
-
-
-def phi(run):
-    return read_all(Path(run))["shared"]["phi"]
 
 
 def assert_same_phi(a, b):
@@ -58,7 +45,7 @@ def kill_9_and_resume(run: Path, steps: int, first_args: list[str], seed: int = 
         proc.communicate()
         state = read_all(run)  # never torn
         landed += state["step"] < steps
-    train(["--resume", str(run), "--steps", str(steps)])
+    command(["train", "--resume", str(run), "--steps", str(steps)], timeout=None)
     return landed
 
 
@@ -89,11 +76,12 @@ def pool_config(suite, **overrides):
     return cfg
 
 
+@pytest.mark.slow
 def test_a_pool_of_20_tasks_4_at_a_time_shows_every_task_and_resumes_exactly_after_kill_9(
     pool_suite, tmp_path
 ):
     cfg = pool_config(pool_suite)
-    train(["--out", str(tmp_path / "straight"), "--steps", "200", *sets(cfg)])
+    command(["train", "--out", str(tmp_path / "straight"), "--steps", "200", *sets(cfg)], timeout=None)
     lines = [json.loads(s) for s in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     draws = [d for line in lines for d in line.get("draws", [])]
     assert [d["step"] for d in draws] == list(range(0, 201, 2))  # at the start and at every restart
@@ -118,11 +106,12 @@ def test_a_pool_of_20_tasks_4_at_a_time_shows_every_task_and_resumes_exactly_aft
         )
 
 
+@pytest.mark.slow
 def test_a_pooled_run_resumes_with_a_longer_budget(pool_suite, tmp_path):
     cfg = pool_config(pool_suite, checkpoint_every=4)
-    train(["--out", str(tmp_path / "straight"), "--steps", "12", *sets(cfg)])
-    train(["--out", str(tmp_path / "split"), "--steps", "6", *sets(cfg)])
-    train(["--resume", str(tmp_path / "split"), "--steps", "12"])
+    command(["train", "--out", str(tmp_path / "straight"), "--steps", "12", *sets(cfg)], timeout=None)
+    command(["train", "--out", str(tmp_path / "split"), "--steps", "6", *sets(cfg)], timeout=None)
+    command(["train", "--resume", str(tmp_path / "split"), "--steps", "12"], timeout=None)
     assert_same_phi(tmp_path / "straight", tmp_path / "split")
 
 
@@ -153,10 +142,10 @@ def test_a_pool_over_two_ranks_gives_the_phi_of_one_and_resumes_on_one(pool_suit
         )
         assert out.returncode == 0, out.stderr[-3000:]
 
-    train(["--out", str(tmp_path / "one"), "--steps", "12", *sets(cfg)])
+    command(["train", "--out", str(tmp_path / "one"), "--steps", "12", *sets(cfg)], timeout=None)
     torchrun(["--out", str(tmp_path / "two"), "--steps", "12", *sets(cfg)])
     torchrun(["--out", str(tmp_path / "split"), "--steps", "6", *sets(cfg)])
-    train(["--resume", str(tmp_path / "split"), "--steps", "12"])
+    command(["train", "--resume", str(tmp_path / "split"), "--steps", "12"], timeout=None)
     for other in ("two", "split"):
         a, b = phi(tmp_path / "one"), phi(tmp_path / other)
         for k in a:
@@ -210,11 +199,12 @@ def stream_config(suite, cache, **overrides):
     return cfg
 
 
+@pytest.mark.slow
 def test_a_folder_over_the_budget_is_streamed_and_resumes_exactly_after_kill_9(folder_suite, tmp_path):
     suite, _, cache = folder_suite
     # 192 images x 16 x 16 = 48 KiB decoded: a budget of 20 KiB is exceeded, so auto streams
     cfg = stream_config(suite, cache, memory_budget_gb=20 / 2**20)
-    out = train(["--out", str(tmp_path / "straight"), "--steps", "30", *sets(cfg)])
+    out = command(["train", "--out", str(tmp_path / "straight"), "--steps", "30", *sets(cfg)], timeout=None)
     assert "data_placement auto" in out.stderr and out.stderr.count("streamed from disk") == 1
     line = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["data_placement"] == "stream" and set(line["tasks"]) == {"low", "high"}
@@ -224,7 +214,7 @@ def test_a_folder_over_the_budget_is_streamed_and_resumes_exactly_after_kill_9(f
     assert_same_phi(tmp_path / "straight", run)
     # on a CPU the device-resident run draws the very same batches
     device = stream_config(suite, cache, data_placement="device")
-    train(["--out", str(tmp_path / "device"), "--steps", "30", *sets(device)])
+    command(["train", "--out", str(tmp_path / "device"), "--steps", "30", *sets(device)], timeout=None)
     assert_same_phi(tmp_path / "straight", tmp_path / "device")
 
 
@@ -321,10 +311,11 @@ def test_the_shipped_pool_config_and_suite():
 
 @pytest.mark.network
 def test_the_pool_config_trains(builtin_datasets, tmp_path):
-    out = train(
-        ["-q", "--config", "pool", "--out", str(tmp_path / "run"), "--steps", "4", "--k", "2"]
+    out = command(
+        ["train", "-q", "--config", "pool", "--out", str(tmp_path / "run"), "--steps", "4", "--k", "2"]
         + ["--device", "cpu", "--set", "width=4", "--set", "batch_size=4", "--set", "log_every=2"]
-        + ["--set", "eval_batches=0"]
+        + ["--set", "eval_batches=0"],
+        timeout=None,
     )
     lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [len(d["tasks"]) for line in lines for d in line["draws"]] == [4, 4, 4] and out.stderr == ""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,30 +17,14 @@ import pytest
 import torch
 
 from checkpoint_edits import published_step, read_all
-from cli_runs import env, sets
+from cli_runs import command, env, free_port, sets, spawn_ranks
 from largemeta.core.algorithms import ALGORITHMS
 from largemeta.errors import UserError
 from largemeta.train import groups
 from largemeta.train.layout import layout
 
 HERE = Path(__file__).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def train(args: list[str], nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "largemeta", "train", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        cmd += ["-m", "largemeta", "train", *args]
-    out = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
+LARGEMETA_TRAIN = [sys.executable, "-m", "largemeta", "train"]
 
 
 def assert_runs_agree(a: Path, b: Path, tol: float = 1e-5) -> None:
@@ -128,8 +111,8 @@ def test_group_batchnorm_gives_the_whole_batch_statistics_and_gradients(tmp_path
 @pytest.mark.distributed
 def test_four_ranks_over_two_tasks_give_the_phi_of_one_process(two_task_suite, tiny_config, tmp_path):
     cfg = tiny_config(two_task_suite)  # ConvNet: BatchNorm after every convolution
-    train(["--out", str(tmp_path / "one"), "--steps", "12", *sets(cfg)])
-    train(["--out", str(tmp_path / "four"), "--steps", "12", *sets(cfg)], nproc=4)
+    command(["train", "--out", str(tmp_path / "one"), "--steps", "12", *sets(cfg)])
+    command(["train", "--out", str(tmp_path / "four"), "--steps", "12", *sets(cfg)], nproc=4)
     assert_runs_agree(tmp_path / "one", tmp_path / "four")
     manifest = json.loads((tmp_path / "four" / "checkpoint.json").read_text())
     # rank 0 wrote φ and task 0, rank 2 (task 1's group leader) task 1; ranks 1 and 3 nothing
@@ -140,11 +123,12 @@ def test_four_ranks_over_two_tasks_give_the_phi_of_one_process(two_task_suite, t
 @pytest.mark.distributed
 def test_a_four_rank_checkpoint_resumes_on_two_ranks_and_on_one(two_task_suite, tiny_config, tmp_path):
     cfg = tiny_config(two_task_suite)
-    train(["--out", str(tmp_path / "straight"), "--steps", "12", *sets(cfg)])
-    train(["--out", str(tmp_path / "run"), "--steps", "6", *sets(cfg)], nproc=4)
+    command(["train", "--out", str(tmp_path / "straight"), "--steps", "12", *sets(cfg)])
+    command(["train", "--out", str(tmp_path / "run"), "--steps", "6", *sets(cfg)], nproc=4)
     shutil.copytree(tmp_path / "run", tmp_path / "run1")
-    train(["--resume", str(tmp_path / "run"), "--steps", "12"], nproc=2)  # tasks re-assigned: one per rank
-    train(["--resume", str(tmp_path / "run1"), "--steps", "12"])
+    # tasks re-assigned: one per rank
+    command(["train", "--resume", str(tmp_path / "run"), "--steps", "12"], nproc=2)
+    command(["train", "--resume", str(tmp_path / "run1"), "--steps", "12"])
     assert_runs_agree(tmp_path / "straight", tmp_path / "run")
     assert_runs_agree(tmp_path / "straight", tmp_path / "run1")
 
@@ -156,36 +140,25 @@ def test_other_algorithms_in_task_groups_give_the_phi_of_one_process(
     two_task_suite, tiny_config, tmp_path, algo
 ):
     cfg = tiny_config(two_task_suite, algo=algo)
-    train(["--out", str(tmp_path / "one"), "--steps", "12", *sets(cfg)])
-    train(["--out", str(tmp_path / "four"), "--steps", "12", *sets(cfg)], nproc=4)
+    command(["train", "--out", str(tmp_path / "one"), "--steps", "12", *sets(cfg)])
+    command(["train", "--out", str(tmp_path / "four"), "--steps", "12", *sets(cfg)], nproc=4)
     assert_runs_agree(tmp_path / "one", tmp_path / "four")
-
-
-def spawn_ranks(args: list[str], world: int, timeout_s: int = 20) -> list[subprocess.Popen]:
-    """Every rank of a gloo run started by hand (torchrun would stop the survivors itself)."""
-    port = free_port()
-    procs = []
-    for rank in range(world):
-        rank_env = env(
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE=str(world),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            LARGEMETA_COLLECTIVE_TIMEOUT=str(timeout_s),
-        )
-        cmd = [sys.executable, "-m", "largemeta", "train", *args]
-        procs.append(
-            subprocess.Popen(cmd, env=rank_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        )
-    return procs
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_three_ranks_for_two_tasks_stop_every_rank_in_one_line(two_task_suite, tiny_config, tmp_path):
     procs = spawn_ranks(
-        ["--out", str(tmp_path / "run"), "--steps", "4", *sets(tiny_config(two_task_suite))], 3
+        [
+            *LARGEMETA_TRAIN,
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "4",
+            *sets(tiny_config(two_task_suite)),
+        ],
+        3,
+        stdout=subprocess.DEVNULL,
     )
     for p in procs:
         _, err = p.communicate(timeout=120)
@@ -199,7 +172,9 @@ def test_a_rank_killed_inside_a_group_stops_every_rank_and_the_run_resumes_on_4_
 ):
     cfg = tiny_config(two_task_suite, log_every=1, checkpoint_every=4)
     run = tmp_path / "run"
-    procs = spawn_ranks(["--out", str(run), "--steps", "100000", *sets(cfg)], 4)
+    procs = spawn_ranks(
+        [*LARGEMETA_TRAIN, "--out", str(run), "--steps", "100000", *sets(cfg)], 4, stdout=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 180
         while (published_step(run) or 0) < 8:
@@ -222,18 +197,18 @@ def test_a_rank_killed_inside_a_group_stops_every_rank_and_the_run_resumes_on_4_
     step = read_all(run)["step"]
     assert step % 4 == 0 and step >= 8
     until = str(step + 8)
-    train(["--out", str(tmp_path / "straight"), "--steps", until, *sets(cfg)])
+    command(["train", "--out", str(tmp_path / "straight"), "--steps", until, *sets(cfg)])
     for world in (4, 2, 1):
         again = tmp_path / f"resumed-on-{world}"
         shutil.copytree(run, again)
-        train(["--resume", str(again), "--steps", until], nproc=world)
+        command(["train", "--resume", str(again), "--steps", until], nproc=world)
         assert_runs_agree(tmp_path / "straight", again)
 
 
 @pytest.mark.distributed
 def test_two_localhost_nodes_train_together(two_task_suite, tiny_config, tmp_path):
     cfg = tiny_config(two_task_suite)
-    train(["--out", str(tmp_path / "one"), "--steps", "12", *sets(cfg)])
+    command(["train", "--out", str(tmp_path / "one"), "--steps", "12", *sets(cfg)])
     port = free_port()
     nodes = [
         subprocess.Popen(

@@ -6,23 +6,11 @@ import json
 import pytest
 import torch
 
-from checkpoint_edits import read_all
-from cli_runs import sets
+from checkpoint_edits import phi, read_all
+from cli_runs import sets, train_here
 from largemeta.cli import main
 from largemeta.train.config import TRAIN_ALGORITHMS, from_mapping
 from largemeta.train.trainer import Trainer
-
-
-def train(cfg: dict, out, resume=False):
-    trainer = Trainer(from_mapping(cfg), out, resume=resume, progress=False)
-    try:
-        return trainer, trainer.run()
-    finally:
-        trainer.close()
-
-
-def phi_of(run_dir):
-    return read_all(run_dir)["shared"]["phi"]
 
 
 @pytest.mark.parametrize("algo", TRAIN_ALGORITHMS)
@@ -33,7 +21,7 @@ def test_every_algorithm_trains_and_logs(tiny_suite, tiny_config, tmp_path, algo
     spec = ALGORITHMS.get(algo)
     extra = {"tasks": ("t0",)} if spec.single_task else {}
     cfg = tiny_config(tiny_suite, algo=algo, **extra)
-    trainer, last = train(cfg, tmp_path / "run")
+    trainer, last = train_here(cfg, tmp_path / "run")
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [4, 8, 12]
     assert last["step"] == 12 and set(last["tasks"]) == ({"t0"} if spec.single_task else {"t0", "t1", "t2"})
@@ -57,7 +45,7 @@ def test_every_algorithm_trains_and_logs(tiny_suite, tiny_config, tmp_path, algo
 
 
 def test_cts_lowers_the_training_loss(tiny_suite, tiny_config, tmp_path):
-    _, last = train(tiny_config(tiny_suite, steps=40, log_every=10), tmp_path / "run")
+    _, last = train_here(tiny_config(tiny_suite, steps=40, log_every=10), tmp_path / "run")
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["mean_loss"] < lines[0]["mean_loss"]
     assert lines[-1]["shift_norm"] > 0 and lines[-1]["meta_grad_norm"] > 0
@@ -70,10 +58,10 @@ def test_cts_lowers_the_training_loss(tiny_suite, tiny_config, tmp_path):
 def test_resume_is_bit_exact(tiny_suite, tiny_config, tmp_path, algo, split):
     # split 4 and 8 fall on restarts (K = 4): Leap's per-task state is empty there
     cfg = tiny_config(tiny_suite, algo=algo, steps=12)
-    train(cfg, tmp_path / "straight")
-    train({**cfg, "steps": split}, tmp_path / "split")  # stops at split (a checkpoint there)
-    train(cfg, tmp_path / "split", resume=True)  # a longer budget is allowed
-    a, b = phi_of(tmp_path / "straight"), phi_of(tmp_path / "split")
+    train_here(cfg, tmp_path / "straight")
+    train_here({**cfg, "steps": split}, tmp_path / "split")  # stops at split (a checkpoint there)
+    train_here(cfg, tmp_path / "split", resume=True)  # a longer budget is allowed
+    a, b = phi(tmp_path / "straight"), phi(tmp_path / "split")
     for k in a:
         assert torch.equal(a[k], b[k]), k
     sa = read_all(tmp_path / "straight")["tasks"]
@@ -88,7 +76,7 @@ def test_resume_is_bit_exact(tiny_suite, tiny_config, tmp_path, algo, split):
 
 def test_resume_refuses_a_different_config(tiny_suite, tiny_config, tmp_path, capsys):
     cfg = tiny_config(tiny_suite, steps=6)
-    train(cfg, tmp_path / "run")
+    train_here(cfg, tmp_path / "run")
     code = main(["train", "--resume", str(tmp_path / "run"), "--set", "meta_lr=0.5", "--k", "3"])
     err = capsys.readouterr().err
     assert code == 2 and "k: 4 -> 3" in err and "meta_lr: 0.1 -> 0.5" in err and err.count("\n") == 1
@@ -96,10 +84,10 @@ def test_resume_refuses_a_different_config(tiny_suite, tiny_config, tmp_path, ca
 
 def test_new_run_refuses_an_existing_run_folder(tiny_suite, tiny_config, tmp_path):
     cfg = tiny_config(tiny_suite, steps=4)
-    train(cfg, tmp_path / "run")
+    train_here(cfg, tmp_path / "run")
     before = (tmp_path / "run" / "checkpoint.json").read_bytes()
     with pytest.raises(Exception, match="already holds a run"):
-        train(cfg, tmp_path / "run")
+        train_here(cfg, tmp_path / "run")
     assert (tmp_path / "run" / "checkpoint.json").read_bytes() == before
 
 
@@ -117,8 +105,8 @@ def test_cli_train_and_export(tiny_suite, tiny_config, tmp_path, capsys):
     state = load_file(out)
     model = create_model("convnet", in_channels=1, width=8)
     model.load_state_dict(state)  # a plain state_dict of the body (strict)
-    phi = phi_of(tmp_path / "run")
-    for k, v in phi.items():
+    weights = phi(tmp_path / "run")
+    for k, v in weights.items():
         assert torch.equal(state[k], v)
 
 
@@ -146,11 +134,11 @@ def test_nan_loss_stops_with_task_and_step_and_keeps_the_checkpoint(
 
 
 def test_train_from_an_exported_init(tiny_suite, tiny_config, tmp_path, capsys):
-    train(tiny_config(tiny_suite, steps=4), tmp_path / "first")
+    train_here(tiny_config(tiny_suite, steps=4), tmp_path / "first")
     assert main(["export", str(tmp_path / "first"), "--out", str(tmp_path / "phi.safetensors")]) == 0
     cfg = tiny_config(tiny_suite, steps=1, init=str(tmp_path / "phi.safetensors"), algo="reptile", k=4)
     trainer = Trainer(from_mapping(cfg), tmp_path / "second", progress=False)
-    start = phi_of(tmp_path / "first")
+    start = phi(tmp_path / "first")
     for k, v in trainer.learner.phi.items():
         assert torch.equal(v, start[k])  # φ starts where the first run ended
     trainer.close()
@@ -163,7 +151,7 @@ def test_train_from_an_exported_init(tiny_suite, tiny_config, tmp_path, capsys):
 
 def test_tensorboard_events(tiny_suite, tiny_config, tmp_path):
     pytest.importorskip("tensorboard")
-    train(tiny_config(tiny_suite, steps=4, tensorboard=True), tmp_path / "run")
+    train_here(tiny_config(tiny_suite, steps=4, tensorboard=True), tmp_path / "run")
     events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 100
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -175,7 +163,7 @@ def test_tensorboard_events(tiny_suite, tiny_config, tmp_path):
 
 
 def test_shift_error_probe_in_training(tiny_suite, tiny_config, tmp_path):
-    _, last = train(tiny_config(tiny_suite, steps=8, shift_error_every=1), tmp_path / "run")
+    _, last = train_here(tiny_config(tiny_suite, steps=8, shift_error_every=1), tmp_path / "run")
     assert last["shift_error"]["k"] == 4 and last["shift_error"]["shift_error"] >= 0
 
 

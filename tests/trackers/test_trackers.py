@@ -30,7 +30,7 @@ def expected(lines: list[str]) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def same(got: list[tuple[int, float]], want: list[tuple[int, float]]) -> bool:
+def same_series(got: list[tuple[int, float]], want: list[tuple[int, float]]) -> bool:
     """The same steps, in order, each once, with the same values (float32 where a tracker stores them)."""
     return [s for s, _ in got] == [s for s, _ in want] and [v for _, v in got] == pytest.approx(
         [v for _, v in want], rel=1e-6
@@ -64,6 +64,7 @@ def wandb_records(root: Path, run_id: str):
     assert files, f"no offline W&B files of run {run_id} under {root}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "how, trackers",
     [(signal.SIGTERM, "mlflow,wandb"), (signal.SIGKILL, "mlflow")],
@@ -127,7 +128,7 @@ def test_mlflow_and_wandb_hold_the_config_and_every_metrics_line_once_across_a_s
     assert set(found.data.metrics) == set(want)
     for key, history in want.items():
         got = sorted((m.step, m.value) for m in client.get_metric_history(found.info.run_id, key))
-        assert same(got, history), key  # each step once
+        assert same_series(got, history), key  # each step once
 
     if "wandb" not in trackers:
         return
@@ -149,7 +150,7 @@ def test_mlflow_and_wandb_hold_the_config_and_every_metrics_line_once_across_a_s
     assert merged == hyperparameters(config)
     assert set(history) == set(want)
     for key, values in want.items():
-        assert same(history[key], values), key
+        assert same_series(history[key], values), key
 
 
 def test_tensorboard_true_is_the_tensorboard_tracker(tiny_suite, tiny_config, tmp_path):
@@ -175,7 +176,7 @@ def test_tensorboard_true_is_the_tensorboard_tracker(tiny_suite, tiny_config, tm
     want = expected((tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
     assert set(acc.Tags()["scalars"]) == set(want)
     for key, values in want.items():
-        assert same([(e.step, e.value) for e in acc.Scalars(key)], values), key
+        assert same_series([(e.step, e.value) for e in acc.Scalars(key)], values), key
 
 
 def test_a_missing_tracker_package_is_one_line_naming_the_extra(tiny_suite, tiny_config, tmp_path):

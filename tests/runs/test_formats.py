@@ -21,7 +21,7 @@ from largemeta.phi import FORMAT, is_export, load_weights
 from largemeta.runs import checkpoint
 from largemeta.runs.claim import accept_anything, claim
 
-V0_1 = Path(__file__).parent / "golden" / "run_v0_1"
+V0_1 = Path(__file__).parents[1] / "golden" / "run_v0_1"
 
 
 def test_a_version_0_1_checkpoint_reads_as_entries():
@@ -38,6 +38,7 @@ def test_a_version_0_1_checkpoint_reads_as_entries():
         on_disk.load(["task/2"])
 
 
+@pytest.mark.network
 def test_a_version_0_1_run_resumes_says_its_format_and_continues_in_the_sharded_one(tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(V0_1, run)

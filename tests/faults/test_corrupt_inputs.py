@@ -4,25 +4,18 @@ Every case: exit code 2, exactly one line on stderr (no traceback), and every fi
 run folder and the dataset cache — byte for byte unchanged (sha256 before and after).
 """
 
-import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import largemeta
+from cli_runs import tree
 
 SRC = str(Path(largemeta.__file__).resolve().parents[1])
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def corpus(tmp: Path) -> dict[str, list[str]]:
@@ -78,6 +71,7 @@ def corpus(tmp: Path) -> dict[str, list[str]]:
     }
 
 
+@pytest.mark.slow
 def test_corrupt_and_hostile_inputs(tmp_path, tiny_suite, tiny_config):
     # what is "saved before": a finished run and a data cache with a converted dataset
     cache = tmp_path / "cache"
@@ -106,7 +100,7 @@ def test_corrupt_and_hostile_inputs(tmp_path, tiny_suite, tiny_config):
         ).returncode
         == 0
     )
-    before = {"run": tree_digest(run), "cache": tree_digest(cache) if cache.exists() else {}}
+    before = {"run": tree(run), "cache": tree(cache) if cache.exists() else {}}
     failures = []
     for name, argv in corpus(tmp_path / "inputs").items():
         out = subprocess.run(
@@ -115,6 +109,6 @@ def test_corrupt_and_hostile_inputs(tmp_path, tiny_suite, tiny_config):
         lines = out.stderr.strip().splitlines()
         if out.returncode != 2 or len(lines) != 1 or "Traceback" in out.stderr:
             failures.append(f"{name}: exit {out.returncode}, stderr {out.stderr[-400:]!r}")
-    after = {"run": tree_digest(run), "cache": tree_digest(cache) if cache.exists() else {}}
+    after = {"run": tree(run), "cache": tree(cache) if cache.exists() else {}}
     assert not failures, "\n".join(failures)
     assert after == before
