@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from dropin_loop import user_loop
 from largemeta import ContinualTrajectoryShifting
 from largemeta.api import head_names
 from largemeta.core import SGD, MetaLearner, Reptile, Schedule
@@ -40,19 +41,6 @@ def make_batches(n_tasks, steps, seed=1):
         return torch.randn(8, 3, generator=g), torch.randint(0, t + 2, (8,), generator=g)
 
     return [[batch(t) for _ in range(steps)] for t in range(n_tasks)]
-
-
-def user_loop(cts, models, opts, batches, steps, start=0, between=None):
-    """The user's own loop: backward, torch.optim step, cts.step()."""
-    for i in range(start, start + steps):
-        for model, opt, task_batches in zip(models, opts, batches, strict=True):
-            x, y = task_batches[i]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-        cts.step()
-        if between:
-            between(i + 1)
 
 
 class FunctionalTask:

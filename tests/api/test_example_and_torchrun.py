@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "drop_in_cts.py"
 
 
-def run(args, timeout=120):
+def run_ok(args, timeout=120):
     # One thread per process: the test machines have few cores, and oversubscribed threads are slow.
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
@@ -23,7 +23,7 @@ def run(args, timeout=120):
 
 def test_example_runs_and_prints_phi(tmp_path):
     phi_file = tmp_path / "phi.pt"
-    out = run([sys.executable, str(EXAMPLE), "--steps", "20", "--k", "5", "--save-phi", str(phi_file)])
+    out = run_ok([sys.executable, str(EXAMPLE), "--steps", "20", "--k", "5", "--save-phi", str(phi_file)])
     # 4 tasks with different heads; φ = the body: two Linear(·, 32) layers = 8·32 + 32 + 32·32 + 32 parameters
     assert re.search(r"^phi: 4 tensors, 1344 parameters, norm \d+\.\d+$", out, re.M), out
     exported = torch.load(phi_file)
@@ -31,15 +31,15 @@ def test_example_runs_and_prints_phi(tmp_path):
 
 
 def test_import_largemeta_does_not_import_torch():
-    out = run([sys.executable, "-c", "import sys, largemeta; print('torch' in sys.modules)"])
+    out = run_ok([sys.executable, "-c", "import sys, largemeta; print('torch' in sys.modules)"])
     assert out.strip() == "False"
 
 
 @pytest.mark.distributed
 def test_torchrun_one_task_per_process_matches_one_process(tmp_path):
     args = ["--tasks", "2", "--steps", "30", "--k", "10", "--meta-lr", "0.1"]
-    run([sys.executable, str(EXAMPLE), *args, "--save-phi", str(tmp_path / "one.pt")])
-    run(
+    run_ok([sys.executable, str(EXAMPLE), *args, "--save-phi", str(tmp_path / "one.pt")])
+    run_ok(
         [
             sys.executable,
             "-m",
@@ -61,7 +61,7 @@ def test_torchrun_one_task_per_process_matches_one_process(tmp_path):
 
 @pytest.mark.distributed
 def test_torchrun_ranks_with_different_shared_shapes_fail_on_every_rank():
-    out = run(
+    out = run_ok(
         [
             sys.executable,
             "-m",

@@ -12,8 +12,9 @@ import tarfile
 
 import numpy as np
 import pytest
-from test_data_hub import REV, hub, run  # noqa: F401  (hub: the loopback server fixture)
+from test_data_hub import REV, hub  # noqa: F401  (hub: the loopback server fixture)
 
+from cli_runs import cli
 from largemeta.data.sources import datasets
 from largemeta.data.sources.archives import UrlArchive
 from largemeta.data.sources.vision import (
@@ -55,7 +56,7 @@ def dogs(hub, monkeypatch, image_folder):  # noqa: F811 (hub: the fixture)
 
 def test_download_extract_and_read_as_root_does(capsys, tmp_path, hub, dogs, image_folder):  # noqa: F811
     archive = dogs(tar_of(image_folder, "Images", extra={"README.txt": b"not an image, outside Images/"}))
-    code, out, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path / "a"))
+    code, out, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path / "a"))
     assert code == 0, err
     assert f"{NAME}: 12 train + 3 test, 3 classes, 16x16x3" in out
     assert [p for p, _ in hub.log] == [PATH]
@@ -64,7 +65,7 @@ def test_download_extract_and_read_as_root_does(capsys, tmp_path, hub, dogs, ima
     copy = tmp_path / "copy"
     (copy / "Images").parent.mkdir(parents=True)
     (copy / "Images").symlink_to(image_folder, target_is_directory=True)
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path / "b"), "--root", str(copy))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path / "b"), "--root", str(copy))
     assert code == 0, err
     assert len(hub.log) == 1
     ref = datasets.fetch_dataset(NAME, tmp_path / "b")
@@ -74,7 +75,7 @@ def test_download_extract_and_read_as_root_does(capsys, tmp_path, hub, dogs, ima
     kept = archive.local(tmp_path / "a" / "downloads")
     assert kept.is_file() and kept.stat().st_size == archive.size
     assert not list((tmp_path / "a" / "downloads").glob(".extract-*"))
-    code, out, _ = run(capsys, "data", "list", "--json", "--data-dir", str(tmp_path / "a"))
+    code, out, _ = cli(capsys, "data", "list", "--json", "--data-dir", str(tmp_path / "a"))
     row = {r["name"]: r for r in json.loads(out)["datasets"]}[NAME]
     assert row["sources"] == [f"url:{hub.url}{PATH}", "root"]
     assert row["download_mb"] == pytest.approx(archive.size / 1e6)
@@ -82,14 +83,14 @@ def test_download_extract_and_read_as_root_does(capsys, tmp_path, hub, dogs, ima
 
 def test_a_compressed_archive(capsys, tmp_path, hub, dogs, image_folder):  # noqa: F811
     dogs(tar_of(image_folder, "CUB_200_2011/images", mode="w:gz"), layout="CUB_200_2011/images")
-    code, out, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, out, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 0, err
     assert f"{NAME}: 12 train + 3 test" in out
 
 
 def test_wrong_sha256_is_refused(capsys, tmp_path, hub, dogs, image_folder):  # noqa: F811
     dogs(tar_of(image_folder, "Images"), sha256="0" * 64)
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert (
         code == 2 and "sha256 mismatch" in err and "images.tar" in err and len(err.strip().splitlines()) == 1
     )
@@ -99,14 +100,14 @@ def test_wrong_sha256_is_refused(capsys, tmp_path, hub, dogs, image_folder):  # 
 
 def test_an_archive_without_the_folder(capsys, tmp_path, hub, dogs, image_folder):  # noqa: F811
     dogs(tar_of(image_folder, "Photos"))
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and "has no files under Images/" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "datasets-v2" / NAME).exists()
 
 
 def test_a_member_escaping_the_folder_is_refused(capsys, tmp_path, hub, dogs, image_folder):  # noqa: F811
     dogs(tar_of(image_folder, "Images", extra={"Images/../../escaped.txt": b"x"}))
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and "is not a readable tar archive" in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.rglob("escaped.txt"))
 
@@ -114,12 +115,12 @@ def test_a_member_escaping_the_folder_is_refused(capsys, tmp_path, hub, dogs, im
 def test_offline_makes_no_request(capsys, tmp_path, hub, dogs, image_folder, monkeypatch):  # noqa: F811
     dogs(tar_of(image_folder, "Images"))
     monkeypatch.setenv("LARGEMETA_OFFLINE", "1")
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and hub.log == [] and "no --root given" in err and len(err.strip().splitlines()) == 1
 
 
 def test_the_registered_archives(capsys, tmp_path):
-    code, out, _ = run(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
+    code, out, _ = cli(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
     rows = {r["name"]: r for r in json.loads(out)["datasets"]}
     assert rows["stanford_dogs"]["sources"] == [f"url:{STANFORD_DOGS_ARCHIVE.url}", "root"]
     assert rows["cub200"]["sources"] == [f"url:{CUB200_ARCHIVE.url}", "root"]

@@ -73,17 +73,17 @@ def test_digits_csv_from_wheel(downloads):
     assert np.bincount(y).sum() == 1797 and y[:3].tolist() == [0, 1, 2]
 
 
-def _idx(shape, data: bytes) -> bytes:
+def _idx_bytes(shape, data: bytes) -> bytes:
     return b"\x00\x00\x08" + bytes([len(shape)]) + struct.pack(f">{len(shape)}I", *shape) + data
 
 
 def test_idx_small_and_gzipped():
-    raw = _idx((2, 3), bytes(range(6)))
+    raw = _idx_bytes((2, 3), bytes(range(6)))
     assert parse_idx(raw).tolist() == [[0, 1, 2], [3, 4, 5]]
     assert parse_idx(gzip.compress(raw)).tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
-@pytest.mark.parametrize("raw", [b"", b"PK\x03\x04rest", _idx((2, 3), bytes(5))])
+@pytest.mark.parametrize("raw", [b"", b"PK\x03\x04rest", _idx_bytes((2, 3), bytes(5))])
 def test_idx_rejects_foreign_or_truncated(raw):
     with pytest.raises(UserError, match="IDX"):
         parse_idx(raw, "bad.idx")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from largemeta.cli import main
+from cli_runs import cli
 from largemeta.data.sources import datasets
 from largemeta.data.sources.hub import HubFile, HubParquet
 from largemeta.data.sources.vision import FolderSource, _spec, _Vision
@@ -119,8 +119,9 @@ def hub(monkeypatch):
     server.close()
 
 
-def pin(path: str, split: str, data: bytes) -> HubFile:
-    return HubFile(path, split, len(data), hashlib.sha256(data).hexdigest())
+def pin(path: str, split: str, data: bytes, **where: str) -> HubFile:
+    """The pin of one hub file: its path, split, size and sha256 (``where``: e.g. its config and revision)."""
+    return HubFile(path, split, len(data), hashlib.sha256(data).hexdigest(), **where)
 
 
 @pytest.fixture
@@ -143,12 +144,6 @@ def toy(hub, monkeypatch):
     return register
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def nothing_cached(cache) -> bool:
     """No dataset entry and no finished download: only resumable ``.part`` files may remain."""
     entry = cache / "datasets-v2" / NAME
@@ -158,7 +153,7 @@ def nothing_cached(cache) -> bool:
 
 def test_fetch_decode_cache_and_list(capsys, tmp_path, hub, toy):
     toy()
-    code, out, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, out, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 0, err
     assert f"{NAME}: 18 train + 6 test, 3 classes, 16x16x3" in out
     ds = datasets.fetch_dataset(NAME, tmp_path)
@@ -170,10 +165,10 @@ def test_fetch_decode_cache_and_list(capsys, tmp_path, hub, toy):
     requests = len(hub.log)
     assert requests == 2 and all(p.startswith(f"/datasets/{REPO}/resolve/{REV}/") for p, _ in hub.log)
     # listed with its pinned source first; a second fetch reads the cache (no request)
-    code, out, _ = run(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
+    code, out, _ = cli(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
     row = {r["name"]: r for r in json.loads(out)["datasets"]}[NAME]
     assert row["sources"] == [f"hf:{REPO}@{REV}", "root"] and row["cached"] is True
-    assert run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))[0] == 0
+    assert cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))[0] == 0
     assert len(hub.log) == requests
 
 
@@ -191,7 +186,7 @@ def test_trains_on_hub_data(capsys, tmp_path, hub, toy):
         f'suite = "{suite}"\nmodel = "convnet"\nwidth = 4\nalgo = "cts"\nsteps = 4\nk = 2\nbatch_size = 4\n'
         f'device = "cpu"\ncheckpoint_every = 4\nlog_every = 2\nseed = 0\n'
     )
-    code, out, err = run(
+    code, out, err = cli(
         capsys,
         "train",
         "--config",
@@ -210,7 +205,7 @@ def test_wrong_sha256_is_refused_and_removed(capsys, tmp_path, hub, toy):
     train, test = toy.bytes
     bad = HubFile(toy.paths[0], "train", len(train), "0" * 64)
     toy(pins=(bad, pin(toy.paths[1], "test", test)))
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and "sha256 mismatch" in err and toy.paths[0] in err
     assert len(err.strip().splitlines()) == 1
     assert nothing_cached(tmp_path) and not list((tmp_path / "downloads").rglob("*.part"))
@@ -220,7 +215,7 @@ def test_truncated_file_names_what_arrived(capsys, tmp_path, hub, toy):
     train, test = toy.bytes
     hub.files[(REPO, REV, toy.paths[0])] = train[: len(train) // 2]  # the server holds a shorter file
     toy(pins=(pin(toy.paths[0], "train", train), pin(toy.paths[1], "test", test)))
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and f"{len(train) // 2} of {len(train)} bytes arrived" in err
     assert "--root" in err and len(err.strip().splitlines()) == 1
     assert nothing_cached(tmp_path)
@@ -230,12 +225,12 @@ def test_server_stopping_mid_file_resumes_with_a_range(capsys, tmp_path, hub, to
     toy()
     train = toy.bytes[0]
     hub.cut[toy.paths[0]] = 1000
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and f"1000 of {len(train)} bytes arrived; run the command again to resume" in err
     assert nothing_cached(tmp_path)
     part = next((tmp_path / "downloads").rglob("*.part"))
     assert part.stat().st_size == 1000 and part.read_bytes() == train[:1000]
-    code, out, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, out, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 0, err
     assert (f"/datasets/{REPO}/resolve/{REV}/{toy.paths[0]}", "bytes=1000-") in hub.log
     assert not part.exists()
@@ -245,7 +240,7 @@ def test_not_image_and_label(capsys, tmp_path, hub, toy):
     odd = parquet_bytes(2, schema="text")
     hub.files[(REPO, REV, toy.paths[0])] = odd
     toy(pins=(pin(toy.paths[0], "train", odd),))
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and "expected an image column 'image'" in err and "text: string" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "datasets-v2" / NAME).exists()
@@ -253,7 +248,7 @@ def test_not_image_and_label(capsys, tmp_path, hub, toy):
 
 def test_missing_revision_is_a_404_naming_the_way_out(capsys, tmp_path, hub, toy):
     toy(revision="f" * 40)
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and "HTTP 404" in err and "f" * 40 in err
     assert "no --root given" in err and "--root" in err and len(err.strip().splitlines()) == 1
     assert nothing_cached(tmp_path)
@@ -262,12 +257,12 @@ def test_missing_revision_is_a_404_naming_the_way_out(capsys, tmp_path, hub, toy
 def test_hub_offline_makes_no_request(capsys, tmp_path, hub, toy, monkeypatch):
     toy()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and "HF_HUB_OFFLINE" in err and hub.log == []
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    assert run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))[0] == 0
+    assert cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))[0] == 0
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # once cached, offline is fine
-    assert run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path), "--force")[0] == 0
+    assert cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path), "--force")[0] == 0
 
 
 def test_token_is_sent_for_gated_repositories(capsys, tmp_path, hub, toy, monkeypatch):
@@ -285,7 +280,7 @@ def test_token_is_sent_for_gated_repositories(capsys, tmp_path, hub, toy, monkey
     home.mkdir()
     (home / "token").write_text("hf_secret\n")
     monkeypatch.setenv("HF_HOME", str(home))
-    assert run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path / "c"))[0] == 0
+    assert cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path / "c"))[0] == 0
     assert seen and set(seen) == {"Bearer hf_secret"}
 
 
@@ -298,7 +293,7 @@ def test_pins_must_be_commits_and_sha256s():
 
 def test_fetch_the_paper_suite_offline_names_every_failure(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("LARGEMETA_OFFLINE", "1")
-    code, _, err = run(capsys, "data", "fetch", "--suite", "paper", "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", "--suite", "paper", "--data-dir", str(tmp_path))
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "12 of 12 dataset(s) not fetched (tiny_imagenet, cifar100, stanford_dogs," in err
     assert "--root" in err
@@ -340,7 +335,7 @@ def test_root_wins_over_the_hub(capsys, tmp_path, hub, toy, make_image):
     for c, cls in enumerate(CLASSES):
         for i in range(5):
             make_image(tmp_path / "copy" / "toy" / cls / f"{i}.png", size=(16, 16), value=30 * c + i)
-    code, out, err = run(
+    code, out, err = cli(
         capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path), "--root", str(tmp_path / "copy")
     )
     assert code == 0, err
@@ -349,7 +344,7 @@ def test_root_wins_over_the_hub(capsys, tmp_path, hub, toy, make_image):
 
 def test_damaged_download_and_entry_are_repaired_from_the_pins(capsys, tmp_path, hub, toy):
     source = toy()
-    assert run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))[0] == 0
+    assert cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))[0] == 0
     kept = source.local(tmp_path / "downloads", source.files[0])
     kept.write_bytes(b"rot" + kept.read_bytes()[3:])  # same size, other bytes
     entry = tmp_path / "datasets-v2" / NAME / "x_train.npy"
@@ -363,7 +358,7 @@ def test_damaged_download_and_entry_are_repaired_from_the_pins(capsys, tmp_path,
 
 
 def test_every_paper_dataset_lists_its_sources_as_strings(capsys, tmp_path):
-    code, out, _ = run(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
+    code, out, _ = cli(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
     rows = {r["name"]: r for r in json.loads(out)["datasets"]}
     paper = ["tiny_imagenet", "cifar100", "stanford_dogs", "aircraft", "cub200", "fashion_mnist", "svhn"]
     paper += ["cars", "quickdraw", "flowers102", "pets", "stl10"]
@@ -388,7 +383,7 @@ def test_a_pinned_file_that_is_not_parquet(capsys, tmp_path, hub, toy):
     junk = b"PAR1 but not really" * 50
     hub.files[(REPO, REV, toy.paths[0])] = junk
     toy(pins=(pin(toy.paths[0], "train", junk),))
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and "is not a readable parquet file" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "datasets-v2" / NAME).exists()
 
@@ -400,7 +395,7 @@ def test_labels_beyond_the_class_count(capsys, tmp_path, hub, toy):
     data = sink.getvalue()
     hub.files[(REPO, REV, toy.paths[0])] = data
     toy(pins=(pin(toy.paths[0], "train", data),))
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and "labels in [7, 7], expected [0, 2] (3 classes)" in err
     assert not (tmp_path / "datasets-v2" / NAME).exists()
 
@@ -414,7 +409,7 @@ def test_pins_without_an_exact_size_use_the_servers_length(capsys, tmp_path, hub
     source = toy(pins=tuple(unsized))
     assert source.download_bytes == len(train) + len(test)
     hub.cut[toy.paths[0]] = 500
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and f"500 of {len(train)} bytes arrived; run the command again to resume" in err
-    assert run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))[0] == 0
+    assert cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))[0] == 0
     assert (f"/datasets/{REPO}/resolve/{REV}/{toy.paths[0]}", "bytes=500-") in hub.log

@@ -4,7 +4,6 @@ of ``test_data_hub`` with parquet files written by the real pyarrow."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 
@@ -18,7 +17,9 @@ from largemeta.data.sources.vision import FolderSource, _spec, _Vision
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from test_data_hub import CLASSES, NAME, REV, hub, png, run  # noqa: E402, F401  (hub: fixture)
+from test_data_hub import CLASSES, NAME, REV, hub, pin, png  # noqa: E402, F401  (hub: fixture)
+
+from cli_runs import cli  # noqa: E402
 
 TRAIN_REPO, TEST_REPO = "someone/Toy_train", "someone/Toy_test"
 TEST_REV = "fedcba9876543210fedcba9876543210fedcba98"
@@ -62,10 +63,6 @@ def cifar_parquet(fine: list[int], coarse: list[int]) -> bytes:
     return sink.getvalue()
 
 
-def pin(path: str, split: str, data: bytes, **where: str) -> HubFile:
-    return HubFile(path, split, len(data), hashlib.sha256(data).hexdigest(), **where)
-
-
 def test_splits_from_two_repositories(capsys, tmp_path, hub, monkeypatch):  # noqa: F811 (hub: the fixture)
     train, test = hub_parquet(4), hub_parquet(2, offset=300)
     path = "data/part-00000.parquet"  # the same path in both repositories: kept apart by repository
@@ -77,7 +74,7 @@ def test_splits_from_two_repositories(capsys, tmp_path, hub, monkeypatch):  # no
         (pin(path, "train", train), pin(path, "test", test, repo=TEST_REPO, revision=TEST_REV)),
     )
     register(monkeypatch, source, 3)
-    code, out, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, out, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 0, err
     assert f"{NAME}: 12 train + 6 test, 3 classes" in out
     assert sorted(p for p, _ in hub.log) == sorted(
@@ -87,7 +84,7 @@ def test_splits_from_two_repositories(capsys, tmp_path, hub, monkeypatch):  # no
     assert np.bincount(ds.y_train).tolist() == [4, 4, 4] and np.bincount(ds.y_test).tolist() == [2, 2, 2]
     for f, data in zip(source.files, (train, test), strict=True):
         assert source.local(tmp_path / "downloads", f).read_bytes() == data
-    code, out, _ = run(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
+    code, out, _ = cli(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
     row = {r["name"]: r for r in json.loads(out)["datasets"]}[NAME]
     assert row["sources"] == [f"hf:{TRAIN_REPO}@{REV} + hf:{TEST_REPO}@{TEST_REV}", "root"]
     assert row["download_mb"] == pytest.approx((len(train) + len(test)) / 1e6)
@@ -100,7 +97,7 @@ def test_a_wrong_sha256_in_the_second_repository_names_it(capsys, tmp_path, hub,
     hub.files[(TEST_REPO, TEST_REV, path)] = test
     bad = HubFile(path, "test", len(test), "0" * 64, repo=TEST_REPO, revision=TEST_REV)
     register(monkeypatch, HubParquet(TRAIN_REPO, REV, (pin(path, "train", train), bad)), 3)
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and "sha256 mismatch" in err and f"{TEST_REPO}@{TEST_REV}:{path}" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "datasets-v2" / NAME).exists()
@@ -125,7 +122,7 @@ def test_columns_named_in_the_pin(capsys, tmp_path, hub, monkeypatch):  # noqa: 
 
     # the default columns (image, label) are refused, naming the columns the file has
     register(monkeypatch, HubParquet(TRAIN_REPO, REV, pins), 4)
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "img: struct<bytes: binary" in err and "fine_label: int64, coarse_label: int64" in err
     assert not (tmp_path / "datasets-v2" / NAME).exists()
@@ -133,7 +130,7 @@ def test_columns_named_in_the_pin(capsys, tmp_path, hub, monkeypatch):  # noqa: 
     # the pin names img + fine_label: 4 fine classes with their names, coarse_label ignored
     source = HubParquet(TRAIN_REPO, REV, pins, image_column="img", label_column="fine_label")
     register(monkeypatch, source, 4)
-    code, out, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, out, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 0, err
     ds = datasets.fetch_dataset(NAME, tmp_path)
     assert ds.y_train.tolist() == fine and ds.y_test.tolist() == [0, 1, 2, 3]

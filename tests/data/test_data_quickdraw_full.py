@@ -14,8 +14,9 @@ import urllib.parse
 
 import numpy as np
 import pytest
-from test_data_hub import REV, hub, run  # noqa: F401  (hub: the loopback server fixture)
+from test_data_hub import REV, hub  # noqa: F401  (hub: the loopback server fixture)
 
+from cli_runs import cli
 from largemeta.data.sources import datasets
 from largemeta.data.sources.fetch import DatasetSpec
 from largemeta.data.sources.quickdraw_full import (
@@ -72,7 +73,7 @@ def toy(hub, monkeypatch):  # noqa: F811 (hub: the fixture)
 
 def test_fetch_decode_cache_and_list(capsys, tmp_path, hub, toy):  # noqa: F811
     toy()
-    code, out, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, out, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 0, err
     assert f"{NAME}: 12 train + 3 test, 3 classes, 28x28x1" in out
     ds = datasets.fetch_dataset(NAME, tmp_path)
@@ -85,7 +86,7 @@ def test_fetch_decode_cache_and_list(capsys, tmp_path, hub, toy):  # noqa: F811
     for x, y in zip(ds.x_train, ds.y_train, strict=True):
         assert any(np.array_equal(x[..., 0], k) for k in kept[int(y)])
     assert len(hub.log) == 3 and all(p.startswith("/datasets/google/quickdraw/") for p, _ in hub.log)
-    code, out, _ = run(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
+    code, out, _ = cli(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
     row = {r["name"]: r for r in json.loads(out)["datasets"]}[NAME]
     assert row["sources"] == [f"url:{toy.base}", "root"] and row["cached"] is True
 
@@ -94,7 +95,7 @@ def test_wrong_sha256_is_refused_and_removed(capsys, tmp_path, hub, toy):  # noq
     pins = [BitmapFile(c, len(b), hashlib.sha256(b).hexdigest()) for c, b in toy.data.items()]
     pins[1] = BitmapFile(pins[1].category, pins[1].size, "0" * 64)
     toy(pins)
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and "sha256 mismatch" in err and "apple.npy" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "datasets-v2" / NAME).exists()
@@ -105,11 +106,11 @@ def test_server_stopping_mid_file_resumes_with_a_range(capsys, tmp_path, hub, to
     toy()
     quoted = urllib.parse.quote("The Eiffel Tower.npy")
     hub.cut[quoted] = 300
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     size = len(toy.data["The Eiffel Tower"])
     assert code == 2 and f"300 of {size} bytes arrived; run the command again to resume" in err
     assert not (tmp_path / "datasets-v2" / NAME).exists()
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 0, err
     assert (f"/datasets/google/quickdraw/resolve/{REV}/{quoted}", "bytes=300-") in hub.log
 
@@ -120,7 +121,7 @@ def test_root_in_googles_layout(capsys, tmp_path, hub, toy):  # noqa: F811
     folder.mkdir(parents=True)
     for c, b in list(toy.data.items())[:2]:
         (folder / f"{c}.npy").write_bytes(b)
-    code, _, err = run(
+    code, _, err = cli(
         capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path), "--root", str(tmp_path / "copy")
     )
     assert (
@@ -129,7 +130,7 @@ def test_root_in_googles_layout(capsys, tmp_path, hub, toy):  # noqa: F811
         and len(err.strip().splitlines()) == 1
     )
     (folder / "banana.npy").write_bytes(toy.data["banana"])
-    code, out, err = run(
+    code, out, err = cli(
         capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path), "--root", str(tmp_path / "copy")
     )
     assert code == 0, err
@@ -139,7 +140,7 @@ def test_root_in_googles_layout(capsys, tmp_path, hub, toy):  # noqa: F811
 def test_offline_makes_no_request(capsys, tmp_path, hub, toy, monkeypatch):  # noqa: F811
     toy()
     monkeypatch.setenv("LARGEMETA_OFFLINE", "1")
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and hub.log == [] and len(err.strip().splitlines()) == 1
     assert "--root" in err
 
@@ -150,7 +151,7 @@ def test_a_file_that_is_not_a_bitmap_array(capsys, tmp_path, hub, toy):  # noqa:
     pins = [BitmapFile(c, len(b), hashlib.sha256(b).hexdigest()) for c, b in toy.data.items()]
     pins[1] = BitmapFile("apple", len(odd), hashlib.sha256(odd).hexdigest())
     toy(pins)
-    code, _, err = run(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
+    code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and "float32 (4, 28, 28); expected uint8 (N, 784)" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "datasets-v2" / NAME).exists()
 
@@ -164,7 +165,7 @@ def test_the_registered_pins(capsys, tmp_path):
     assert all((f.size - 80) % 784 == 0 for f in PINS)
     assert sum((f.size - 80) // 784 for f in PINS) == 50_426_266
     assert [f.name for f in PINS] == sorted(f.name for f in PINS)
-    code, out, _ = run(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
+    code, out, _ = cli(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
     row = {r["name"]: r for r in json.loads(out)["datasets"]}["quickdraw_full"]
     assert row["sources"] == [
         "url:https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap/",

@@ -11,7 +11,7 @@ def table(result):
     return "| a |"
 
 
-def run(cfg, common):
+def empty_run(cfg, common):
     return {}
 
 
@@ -24,19 +24,21 @@ def test_every_shipped_kind_has_its_hooks():
 
 def test_a_misspelled_hook_is_an_error():
     with pytest.raises(TypeError, match="unexpected keyword argument 'plot'"):
-        Experiment(name="x", title="X", help="x", algos="cts", run=run, table=table, plot=lambda r, o: [])
+        Experiment(
+            name="x", title="X", help="x", algos="cts", run=empty_run, table=table, plot=lambda r, o: []
+        )
 
 
 def test_a_missing_hook_is_an_error():
     with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'table'|'table'"):
-        Experiment(name="x", title="X", help="x", algos="cts", run=run)
+        Experiment(name="x", title="X", help="x", algos="cts", run=empty_run)
 
 
 def test_a_hook_that_is_not_a_function_is_an_error():
     with pytest.raises(TypeError, match="hook plots is not callable"):
-        Experiment(name="x", title="X", help="x", algos="cts", run=run, table=table, plots="plots")
+        Experiment(name="x", title="X", help="x", algos="cts", run=empty_run, table=table, plots="plots")
 
 
 def test_a_kind_registered_twice_is_an_error():
     with pytest.raises(ValueError, match="experiment 'convergence' registered twice"):
-        register(Experiment(name="convergence", title="C", help="c", algos="cts", run=run, table=table))
+        register(Experiment(name="convergence", title="C", help="c", algos="cts", run=empty_run, table=table))

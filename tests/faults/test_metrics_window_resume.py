@@ -16,7 +16,7 @@ from largemeta.train.config import from_mapping
 from largemeta.train.trainer import Trainer
 
 
-def _train(cfg, out, resume=False, stop_at=None):
+def _trainer_run(cfg, out, resume=False, stop_at=None):
     trainer = Trainer(from_mapping(cfg), out, resume=resume, progress=False)
     if stop_at is not None:
 
@@ -39,13 +39,13 @@ def test_the_first_line_after_a_mid_window_resume_averages_the_whole_window(
     tiny_suite, tiny_config, tmp_path
 ):
     cfg = tiny_config(tiny_suite, steps=12, log_every=5, checkpoint_every=1000)
-    _train(cfg, tmp_path / "straight")
+    _trainer_run(cfg, tmp_path / "straight")
     run = tmp_path / "run"
     with pytest.raises(Preempted):
-        _train(cfg, run, stop_at=7)  # the window of step 10 holds steps 6 and 7 at the checkpoint
+        _trainer_run(cfg, run, stop_at=7)  # the window of step 10 holds steps 6 and 7 at the checkpoint
     info = json.loads((run / "checkpoint.json").read_text())["info"]
     assert {name: n for name, (_, n) in info["metrics_window"].items()} == {"t0": 2, "t1": 2, "t2": 2}
-    _train(cfg, run, resume=True)
+    _trainer_run(cfg, run, resume=True)
     straight, resumed = _lines(tmp_path / "straight"), _lines(run)
     assert [r["step"] for r in resumed] == [r["step"] for r in straight] == [5, 10, 12]
     for a, b in zip(straight, resumed, strict=True):

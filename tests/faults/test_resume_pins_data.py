@@ -6,7 +6,6 @@ it as ``data_changes``. Paths in the config are absolute, so a resume works from
 Real runs of the command line over real files, edited between them.
 """
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,22 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_runs import sets
+from cli_runs import cli, sets, tree
 from largemeta.cli import main
-
-
-def tree(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.endswith(".lock")
-    }
-
-
-def _train(args, capsys):
-    code = main(args)
-    out = capsys.readouterr()
-    return code, out.err
 
 
 def _identity(run: Path) -> list[dict]:
@@ -44,17 +29,17 @@ def _identity(run: Path) -> list[dict]:
 def run6(tiny_suite, tiny_config, tmp_path, capsys):
     run = tmp_path / "run"
     cfg = tiny_config(tiny_suite, checkpoint_every=6)
-    code, err = _train(["train", "--out", str(run), "--steps", "6", *sets(cfg)], capsys)
+    code, _, err = cli(capsys, "train", "--out", str(run), "--steps", "6", *sets(cfg))
     assert code == 0, err
     return run
 
 
 def _refused(run: Path, capsys, *extra: str) -> str:
-    before = tree(run)
-    code, err = _train(["train", "--resume", str(run), "--steps", "12", *extra], capsys)
+    before = tree(run, locks=False)
+    code, _, err = cli(capsys, "train", "--resume", str(run), "--steps", "12", *extra)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert "--allow-data-change" in err, err
-    assert tree(run) == before  # nothing written
+    assert tree(run, locks=False) == before  # nothing written
     return err
 
 
@@ -75,7 +60,7 @@ def test_an_edited_suite_is_refused_on_resume(run6, tiny_suite, capsys):
 
 def test_a_suite_comment_is_not_a_change_of_data(run6, tiny_suite, capsys):
     tiny_suite.write_text("# a comment\n" + tiny_suite.read_text())
-    code, err = _train(["train", "--resume", str(run6), "--steps", "12"], capsys)
+    code, _, err = cli(capsys, "train", "--resume", str(run6), "--steps", "12")
     assert code == 0, err
     assert "tasks it trains are unchanged" in err
 
@@ -87,20 +72,20 @@ def test_a_changed_npz_is_refused_and_an_allowed_change_recorded(run6, tiny_suit
     np.savez(npz, x=255 - x, y=y)
     err = _refused(run6, capsys)
     assert f"file {str(npz)!r} changed" in err, err
-    code, err = _train(["train", "--resume", str(run6), "--steps", "12", "--allow-data-change"], capsys)
+    code, _, err = cli(capsys, "train", "--resume", str(run6), "--steps", "12", "--allow-data-change")
     assert code == 0, err
     for identity in _identity(run6):
         (change,) = identity["data_changes"]
         assert change["step"] == 6 and "changed" in change["changed"][0]
         assert identity["data"] == change["to"]
-    code, err = _train(["train", "--resume", str(run6), "--steps", "18"], capsys)
+    code, _, err = cli(capsys, "train", "--resume", str(run6), "--steps", "18")
     assert code == 0, err  # the new data is the run's now
 
 
 def test_an_npz_touched_but_unchanged_continues(run6, tiny_suite, capsys):
     npz = tiny_suite.parent / "task2.npz"
     os.utime(npz, ns=(1, 1))
-    code, err = _train(["train", "--resume", str(run6), "--steps", "12"], capsys)
+    code, _, err = cli(capsys, "train", "--resume", str(run6), "--steps", "12")
     assert code == 0, err
 
 
@@ -123,7 +108,7 @@ def test_a_changed_folder_is_refused_on_resume(tmp_path, tiny_config, capsys):
     )
     run = tmp_path / "run"
     cfg = tiny_config(suite, checkpoint_every=6)
-    code, err = _train(["train", "--out", str(run), "--steps", "6", *sets(cfg)], capsys)
+    code, _, err = cli(capsys, "train", "--out", str(run), "--steps", "6", *sets(cfg))
     assert code == 0, err
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(images / "a" / "new.png")
     err = _refused(run, capsys)
@@ -132,13 +117,13 @@ def test_a_changed_folder_is_refused_on_resume(tmp_path, tiny_config, capsys):
 
 def test_dry_run_refuses_changed_data(run6, tiny_suite, capsys):
     tiny_suite.write_text(tiny_suite.read_text().replace("crop_padding = 2", "crop_padding = 1"))
-    code, err = _train(["train", "--resume", str(run6), "--steps", "12", "--dry-run"], capsys)
+    code, _, err = cli(capsys, "train", "--resume", str(run6), "--steps", "12", "--dry-run")
     assert code == 2 and "crop_padding 2 -> 1" in err and err.count("\n") == 1, err
 
 
 def test_allow_data_change_without_resume_is_refused(tiny_suite, tiny_config, tmp_path, capsys):
-    code, err = _train(
-        ["train", "--out", str(tmp_path / "r"), "--allow-data-change", *sets(tiny_config(tiny_suite))], capsys
+    code, _, err = cli(
+        capsys, "train", "--out", str(tmp_path / "r"), "--allow-data-change", *sets(tiny_config(tiny_suite))
     )
     assert code == 2 and "--allow-data-change goes with --resume" in err
 
@@ -149,14 +134,14 @@ def test_relative_paths_are_stored_absolute_and_resume_from_anywhere(
 ):
     monkeypatch.chdir(tmp_path)
     cfg = tiny_config(Path(tiny_suite.name), checkpoint_every=6, data_dir="cache")
-    code, err = _train(["train", "--out", "run", "--steps", "6", *sets(cfg)], capsys)
+    code, _, err = cli(capsys, "train", "--out", "run", "--steps", "6", *sets(cfg))
     assert code == 0, err
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["suite"] == str(tiny_suite) and saved["data_dir"] == str(tmp_path / "cache")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    code, err = _train(["train", "--resume", str(tmp_path / "run"), "--steps", "12"], capsys)
+    code, _, err = cli(capsys, "train", "--resume", str(tmp_path / "run"), "--steps", "12")
     assert code == 0, err
 
 
@@ -169,7 +154,7 @@ def test_config_show_prints_absolute_paths(tmp_path, capsys, monkeypatch):
 
 def test_a_moved_suite_is_one_line_naming_the_recorded_path(run6, tiny_suite, capsys):
     tiny_suite.rename(tiny_suite.with_suffix(".moved"))
-    before = tree(run6)
-    code, err = _train(["train", "--resume", str(run6), "--steps", "12"], capsys)
+    before = tree(run6, locks=False)
+    code, _, err = cli(capsys, "train", "--resume", str(run6), "--steps", "12")
     assert code == 2 and err.count("\n") == 1 and str(tiny_suite) in err and "recorded" in err, err
-    assert tree(run6) == before
+    assert tree(run6, locks=False) == before

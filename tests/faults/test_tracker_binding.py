@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from cli_runs import sets
-from largemeta.cli import main
+from cli_runs import cli, sets
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -29,13 +28,8 @@ def store(tmp_path, monkeypatch):
     return mlflow.tracking.MlflowClient(uri)
 
 
-def _train(capsys, *args):
-    code = main(["train", *args])
-    return code, capsys.readouterr().err
-
-
 def _start(run, steps, cfg, capsys):
-    code, err = _train(capsys, "--out", str(run), "--steps", str(steps), *sets(cfg))
+    code, _, err = cli(capsys, "train", "--out", str(run), "--steps", str(steps), *sets(cfg))
     assert code == 0, err
 
 
@@ -60,7 +54,7 @@ def test_a_lost_trackers_json_continues_the_runs_own_mlflow_run(
         (run / "trackers.json").unlink()
     else:
         (run / "trackers.json").write_text("{{{")
-    code, err = _train(capsys, "--resume", str(run), "--steps", "8")
+    code, _, err = cli(capsys, "train", "--resume", str(run), "--steps", "8")
     assert code == 0, err
     warned = [line for line in err.splitlines() if "trackers.json" in line]
     assert len(warned) == 1 and "continuing this run's own tracker runs (mlflow)" in warned[0], err
@@ -76,7 +70,7 @@ def test_a_trackers_json_copied_from_another_run_is_not_trusted(
     _start(a, 8, cfg, capsys)
     _start(b, 4, cfg, capsys)
     shutil.copy(a / "trackers.json", b / "trackers.json")
-    code, err = _train(capsys, "--resume", str(b), "--steps", "8")
+    code, _, err = cli(capsys, "train", "--resume", str(b), "--steps", "8")
     assert code == 0, err
     assert "is another run's" in err and "continuing this run's own tracker runs" in err, err
     a_id = json.loads((a / "run.json").read_text())["trackers"]["mlflow"]
@@ -94,7 +88,7 @@ def test_an_unwritable_trackers_json_is_one_warning_and_the_run_goes_on(
     _start(run, 4, cfg, capsys)
     (run / "trackers.json").unlink()
     (run / "trackers.json").mkdir()  # neither readable nor replaceable
-    code, err = _train(capsys, "--resume", str(run), "--steps", "8")
+    code, _, err = cli(capsys, "train", "--resume", str(run), "--steps", "8")
     assert code == 0 and "Traceback" not in err, err
     assert len([line for line in err.splitlines() if "cannot write" in line]) == 1, err
     tracker_id = json.loads((run / "run.json").read_text())["trackers"]["mlflow"]
@@ -113,7 +107,7 @@ def test_an_unreachable_mlflow_server_is_refused_at_once_leaving_nothing(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
     run = tmp_path / "R"
     began = time.monotonic()
-    code, err = _train(capsys, "--out", str(run), *sets(tiny_config(tiny_suite, trackers="mlflow")))
+    code, _, err = cli(capsys, "train", "--out", str(run), *sets(tiny_config(tiny_suite, trackers="mlflow")))
     assert time.monotonic() - began < 60
     assert code == 2 and "cannot reach its server" in err and "Traceback" not in err, err
     assert "connecting to http://127.0.0.1" in err  # what it waited for
@@ -127,6 +121,8 @@ def test_a_tracking_uri_mlflow_cannot_use_is_refused_by_dry_run_too(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://x")
     run = tmp_path / "R"
     flags = ["--dry-run"] if dry_run else []
-    code, err = _train(capsys, "--out", str(run), *flags, *sets(tiny_config(tiny_suite, trackers="mlflow")))
+    code, _, err = cli(
+        capsys, "train", "--out", str(run), *flags, *sets(tiny_config(tiny_suite, trackers="mlflow"))
+    )
     assert code == 2 and err.count("\n") == 1 and "tracking URI 'bogus://x' is not usable" in err, err
     assert not run.exists() or not list(run.iterdir())

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from checkpoint_edits import read_all
+from checkpoint_edits import phi, read_all  # noqa: F401  (phi: for the gpu tests)
 from cli_runs import sets
 from largemeta.cli import main
 
@@ -16,10 +16,6 @@ def train(cfg: dict, out: Path, *extra: str, resume: bool = False) -> None:
     where = ["--resume", str(out)] if resume else ["--out", str(out), *sets(cfg)]
     code = main(["train", "-q", *where, "--steps", str(cfg["steps"]), *extra])
     assert code == 0, f"train exited {code}"
-
-
-def phi(run: Path) -> dict:
-    return read_all(Path(run))["shared"]["phi"]
 
 
 def metrics(run: Path) -> list[dict]:

@@ -12,6 +12,7 @@ from gpu_runs import train
 from torch import nn
 from torch.func import functional_call
 
+from dropin_loop import user_loop
 from largemeta import ContinualTrajectoryShifting
 from largemeta.core import SGD, MetaLearner, Reptile, Schedule
 
@@ -49,16 +50,6 @@ def models_and_batches(steps: int):
     return models, batches
 
 
-def user_loop(cts, models, opts, batches, start, stop):
-    for i in range(start, stop):
-        for model, opt, task_batches in zip(models, opts, batches, strict=True):
-            x, y = task_batches[i]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-        cts.step()
-
-
 class FunctionalTask:
     def __init__(self, template, batches):
         self.template, self.batches, self.i = template, batches, 0
@@ -84,7 +75,7 @@ def test_the_drop_in_matches_the_engine_on_the_device(algorithm):
     oracle.run(steps)
     opts = [torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for m in models]
     cts = ContinualTrajectoryShifting(models, k=k, meta_lr=beta, algorithm=algorithm)
-    user_loop(cts, models, opts, batches, 0, steps)
+    user_loop(cts, models, opts, batches, steps)
     assert all(v.device.type == DEVICE for v in cts.phi.values())
     for name in phi:
         torch.testing.assert_close(cts.phi[name], phi[name], rtol=1e-5, atol=1e-5)
@@ -97,12 +88,12 @@ def test_the_drop_in_state_dict_resumes_on_the_device():
     straight = copy.deepcopy(models)
     opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in straight]
     cts = ContinualTrajectoryShifting(straight, k=4, meta_lr=0.3)
-    user_loop(cts, straight, opts, batches, 0, steps)
+    user_loop(cts, straight, opts, batches, steps)
 
     first = copy.deepcopy(models)
     opts1 = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in first]
     cts1 = ContinualTrajectoryShifting(first, k=4, meta_lr=0.3)
-    user_loop(cts1, first, opts1, batches, 0, 6)
+    user_loop(cts1, first, opts1, batches, 6)
     saved = copy.deepcopy({"cts": cts1.state_dict(), "opts": [o.state_dict() for o in opts1]})
     second = copy.deepcopy(models)
     opts2 = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in second]
@@ -110,7 +101,7 @@ def test_the_drop_in_state_dict_resumes_on_the_device():
     cts2.load_state_dict(saved["cts"])
     for o, s in zip(opts2, saved["opts"], strict=True):
         o.load_state_dict(s)
-    user_loop(cts2, second, opts2, batches, 6, steps)
+    user_loop(cts2, second, opts2, batches, steps - 6, start=6)
     assert cts2.steps == cts.steps == steps
     for name in cts.phi:
         torch.testing.assert_close(cts2.phi[name], cts.phi[name], rtol=1e-6, atol=1e-6)

@@ -22,7 +22,7 @@ from largemeta.errors import PREEMPTED_EXIT
 pytestmark = pytest.mark.gpu
 
 
-def evaluate(init, suite, out, capsys) -> dict:
+def evaluate_checked(init, suite, out, capsys) -> dict:
     argv = ["evaluate", "-q", "--init", str(init), "--suite", str(suite), "--steps", "4", "--seeds", "2"]
     capsys.readouterr()
     assert main([*argv, "--batch-size", "8", "--device", DEVICE, "--out", str(out), "--json"]) == 0
@@ -41,8 +41,8 @@ def test_evaluate_a_run_and_its_export_on_the_device(run_config, tiny_suite, tmp
     cfg = run_config(steps=8, checkpoint_every=8, log_every=4)
     train(cfg, tmp_path / "run")
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "phi.safetensors")]) == 0
-    a = evaluate(tmp_path / "run", tiny_suite, tmp_path / "E1", capsys)
-    b = evaluate(tmp_path / "phi.safetensors", tiny_suite, tmp_path / "E2", capsys)
+    a = evaluate_checked(tmp_path / "run", tiny_suite, tmp_path / "E1", capsys)
+    b = evaluate_checked(tmp_path / "phi.safetensors", tiny_suite, tmp_path / "E2", capsys)
     assert set(a["tasks"]) == {"target"}
     for name in a["tasks"]:
         # cuDNN may not repeat itself bit for bit; 2 seeds x 4 steps of 8 images leave accuracy steps of 1/n

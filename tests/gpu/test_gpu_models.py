@@ -32,7 +32,7 @@ def test_resnet18_trains_on_the_device(make_suite, tiny_config, tmp_path):
     assert lines[-1]["meta_updates"] == 8
 
 
-def _idx(path, array: np.ndarray) -> None:
+def _write_idx(path, array: np.ndarray) -> None:
     """An MNIST-format (IDX) file: magic (ubyte, ndim), big-endian sizes, the bytes."""
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     path.write_bytes(header + array.astype(np.uint8).tobytes())
@@ -53,8 +53,8 @@ def test_a_torchvision_loader_feeds_task_images_on_the_device(tmp_path):
         labels = np.arange(n) % 10
         images = rng.integers(0, 40, (n, 28, 28))
         images[np.arange(n), labels * 2, :] = 250  # a class-specific bright row
-        _idx(raw / f"{split}-images-idx3-ubyte", images)
-        _idx(raw / f"{split}-labels-idx1-ubyte", labels)
+        _write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
     source = TorchvisionSource("MNIST", ({"train": True}, {"train": False}), store=28)
     ds = source.load("mnist_copy", tmp_path, download=False)
     assert ds.x_train.shape == (60, 28, 28, 3) and ds.x_test.shape == (20, 28, 28, 3)
