@@ -206,10 +206,14 @@ def meta_test(
     memory_budget_gb: float = 0.0,
     stream_workers: int = 0,
     log: Callable[[str], None] | None = None,
+    together: bool = True,
 ) -> dict[str, Any]:
     """The protocol over every target and seed; the JSON-ready result. ``data_placement``,
     ``memory_budget_gb`` and ``stream_workers`` mean what the training config's keys of those names mean;
-    ``log`` hears which placement ``auto`` chose when it streams."""
+    ``log`` hears which placement ``auto`` chose when it streams. ``together``: the seeds of every target,
+    and the targets of one shape, are fine-tuned in one batched run
+    (:func:`largemeta.metatest_batched.fine_tune_together`, equal to the one-at-a-time loop to float
+    tolerance); False: one (target, seed) at a time, the oracle."""
     if steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
     if seeds < 1:
@@ -222,11 +226,14 @@ def meta_test(
     def on_step(loss: Tensor) -> None:
         progress.update(progress.done + 1, float(loss))
 
+    from largemeta.metatest_batched import can_batch
+
+    together = together and can_batch(init)
     loader = TaskLoader(
         device,
         data_placement,
         specs=specs,
-        at_once=1,
+        at_once=len(specs) if together else 1,
         memory_budget_gb=memory_budget_gb,
         data_dir=data_dir,
         workers=stream_workers,
@@ -234,12 +241,19 @@ def meta_test(
     try:
         if log is not None and loader.data_placement == "stream" and loader.why:
             log(loader.why)
-        results = {
-            spec.name: _one_target(
-                init, loader, spec, i, steps, seeds, batch_size, train_size, device, on_step
+        if together:
+            from largemeta.metatest_batched import meta_test_together
+
+            results = meta_test_together(
+                init, loader, specs, steps, seeds, batch_size, train_size, device, on_step
             )
-            for i, spec in enumerate(specs)
-        }
+        else:
+            results = {
+                spec.name: _one_target(
+                    init, loader, spec, i, steps, seeds, batch_size, train_size, device, on_step
+                )
+                for i, spec in enumerate(specs)
+            }
     finally:
         loader.close()
         progress.close()
@@ -269,16 +283,8 @@ def _one_target(
     """Target ``i`` fine-tuned under every seed: mean, interval, per-seed accuracies, the mean curve."""
     per_seed, curves = [], []
     for s in range(seeds):
-        data = loader.task_images(spec, seed=task_seed(s, i))
-        target = data
+        data, target = target_images(loader, spec, i, s, train_size)
         try:
-            if data.num_eval == 0:
-                raise UserError(
-                    f"target {spec.name!r} has no test images (its {spec.eval_split!r} split is empty): "
-                    "nothing to measure accuracy on"
-                )
-            if train_size is not None:
-                target = data.subsample(total=train_size, seed=s)
             curve = fine_tune(
                 init,
                 target,
@@ -294,6 +300,32 @@ def _one_target(
             data.close()
         curves.append(curve)
         per_seed.append(curve[steps])
+    return summary(per_seed, curves)
+
+
+def target_images(
+    loader: TaskLoader, spec: TaskSpec, i: int, s: int, train_size: int | None
+) -> tuple[TaskImages, TaskImages]:
+    """Target ``i``'s images for fine-tuning seed ``s``: (as loaded, as fine-tuned on: sub-sampled to
+    ``train_size`` when given); the caller closes both. No test image is one line."""
+    data = loader.task_images(spec, seed=task_seed(s, i))
+    if data.num_eval == 0:
+        data.close()
+        raise UserError(
+            f"target {spec.name!r} has no test images (its {spec.eval_split!r} split is empty): "
+            "nothing to measure accuracy on"
+        )
+    if train_size is None:
+        return data, data
+    try:
+        return data, data.subsample(total=train_size, seed=s)
+    except BaseException:
+        data.close()
+        raise
+
+
+def summary(per_seed: list[float], curves: list[dict[int, float]]) -> dict[str, Any]:
+    """A target's entry from its per-seed final accuracies and curves."""
     return {
         "mean_accuracy": sum(per_seed) / len(per_seed),
         "ci95": ci95(per_seed),
