@@ -33,6 +33,7 @@ def convergence(cfg, common: Common, *, fractions: Sequence[float] = (0.25, 0.5,
         train_to,
         without_meta_update,
     )
+    from largemeta.experiments.reach import steps_to_reach
     from largemeta.metatest import load_init, scratch
     from largemeta.train.budget import lower_hint
     from largemeta.train.config import TRAIN_ALGORITHMS
@@ -95,6 +96,7 @@ def convergence(cfg, common: Common, *, fractions: Sequence[float] = (0.25, 0.5,
                             entry["loss"] = loss_curve(run_dir)
                         else:
                             entry.setdefault("losses", {})[str(seed)] = loss_curve(run_dir)
+                        result["steps_to_reach"] = steps_to_reach(result)
                         mean = 100 * scored["mean_accuracy"]
                         log(f"{what} @ {m}: mean accuracy {mean:.2f} % ({updates[str(m)]} meta-updates)")
                         _timed(entry, started)
@@ -114,7 +116,7 @@ def convergence(cfg, common: Common, *, fractions: Sequence[float] = (0.25, 0.5,
         cfg,
         out,
         request,
-        {"algorithms": {}},
+        {"algorithms": {}, "steps_to_reach": []},
         parts,
         log=log,
         command=common.command_of("convergence"),
