@@ -206,14 +206,15 @@ def meta_test(
     memory_budget_gb: float = 0.0,
     stream_workers: int = 0,
     log: Callable[[str], None] | None = None,
-    together: bool = True,
+    together: bool | None = None,
 ) -> dict[str, Any]:
     """The protocol over every target and seed; the JSON-ready result. ``data_placement``,
     ``memory_budget_gb`` and ``stream_workers`` mean what the training config's keys of those names mean;
-    ``log`` hears which placement ``auto`` chose when it streams. ``together``: the seeds of every target,
-    and the targets of one shape, are fine-tuned in one batched run
+    ``log`` hears which placement ``auto`` chose when it streams. ``together``: True: the seeds of every
+    target, and the targets of one shape, are fine-tuned in one batched run
     (:func:`largemeta.metatest_batched.fine_tune_together`, equal to the one-at-a-time loop to float
-    tolerance); False: one (target, seed) at a time, the oracle."""
+    tolerance); False: one (target, seed) at a time, the oracle; None: batched on an accelerator, one at a
+    time on a CPU (where the batched run measured slower)."""
     if steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
     if seeds < 1:
@@ -228,6 +229,8 @@ def meta_test(
 
     from largemeta.metatest_batched import can_batch
 
+    if together is None:
+        together = device.type != "cpu"
     together = together and can_batch(init)
     loader = TaskLoader(
         device,

@@ -19,9 +19,15 @@ test_metatest_batched.py`` checks it against the one-at-a-time loop, which stays
 * the optimizer: Adam and its schedule are element-wise, so one Adam over the stacked tensors is each
   member's Adam.
 
-Not bitwise: a vmapped convolution is a grouped one, whose reductions may round differently. Bodies that draw
-random numbers (Dropout) are fine-tuned one at a time (their masks come from the global generator in the
-loop's order).
+Not bitwise: a vmapped convolution is a grouped one, whose reductions may round differently.
+
+Where it pays: vmap turns the members' convolutions into grouped ones, which CPU kernels run no faster than
+the loop (``benchmarks/metatest_batched.py`` on this project's 2-core CPU: 0.69× the loop's speed for the
+demo's 9 members, before evaluation was moved back to a per-member loop); so
+:func:`largemeta.metatest.meta_test` batches by default only on an accelerator (``together=None``).
+
+Bodies that draw random numbers (Dropout) are fine-tuned one at a time (their masks come from the global
+generator in the loop's order).
 """
 
 from __future__ import annotations
@@ -123,18 +129,9 @@ def fine_tune_together(
 
 @torch.no_grad()
 def _accuracies(template, params, buffers, members, device) -> list[float]:
-    """Each member's accuracy on its test images, in eval mode with its own BatchNorm statistics."""
-    sizes = {data.num_eval for data, _ in members}
-    if len(sizes) == 1:  # every member's test split in one vmapped forward per batch
-        correct = torch.zeros(len(members), dtype=torch.int64, device=device)
-        evaluate = vmap(lambda p, b, x: apply(template, p, b, x, train=False))
-        streams = [data.iter_eval(EVAL_BATCH) for data, _ in members]
-        for batches in zip(*streams, strict=True):
-            x = torch.stack([b[0].to(device) for b in batches])
-            y = torch.stack([b[1].to(device) for b in batches])
-            correct += (evaluate(params, buffers, x).argmax(-1) == y).sum(-1)
-        n = sizes.pop()
-        return [int(c) / n if n else float("nan") for c in correct]
+    """Each member's accuracy on its test images, in eval mode with its own BatchNorm statistics: one member
+    at a time (a vmapped evaluation measured 2× slower than this loop on a CPU: 9 members, 512 images of
+    28 px, ConvNet of width 16)."""
     out = []
     for j, (data, _) in enumerate(members):
         p = {k: v[j] for k, v in params.items()}

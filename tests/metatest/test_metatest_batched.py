@@ -78,7 +78,7 @@ def test_meta_test_together_equals_one_at_a_time(tmp_path):
     specs = _suite(tmp_path)
     for train_size in (None, 30):
         kw = dict(steps=6, seeds=2, batch_size=8, train_size=train_size)
-        batched = meta_test(_trained_like(), specs, **kw)
+        batched = meta_test(_trained_like(), specs, together=True, **kw)
         alone = meta_test(_trained_like(), specs, together=False, **kw)
         assert set(batched["tasks"]) == {"target", "second", "narrow"}
         for name, entry in alone["tasks"].items():

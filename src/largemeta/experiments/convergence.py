@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -12,15 +13,31 @@ from typing import Any
 
 from largemeta.argtypes import comma_floats
 from largemeta.experiments.drive import drive, seed_suffix, store, train_seeds_of
-from largemeta.experiments.scoring import protocol_of
+from largemeta.experiments.scoring import VALIDATION, EvalSettings, protocol_of
 from largemeta.experiments.spec import Common, Experiment, Part, Point, register
 from largemeta.experiments.tables import cell, grid
+from largemeta.experiments.tune import validate_run
 
 
-def convergence(cfg, common: Common, *, fractions: Sequence[float] = (0.25, 0.5, 1.0)) -> dict[str, Any]:
+def convergence(
+    cfg,
+    common: Common,
+    *,
+    fractions: Sequence[float] = (0.25, 0.5, 1.0),
+    tune: dict[str, Sequence[float]] | None = None,
+    tune_fraction: float = 1.0,
+    validation: EvalSettings = VALIDATION,
+) -> dict[str, Any]:
     """Train each of ``common.algos`` at an equal budget of ``cfg.steps`` inner steps per task; evaluate at
-    milestones (``fractions`` of the budget; ``scratch`` is the random init, evaluated once). Training and
-    evaluation run on ``common.device`` (default: the config's). Each algorithm is meta-trained
+    milestones (``fractions`` of the budget; ``scratch`` is the random init, evaluated once).
+
+    ``tune`` (algorithm -> βs): before the algorithm's convergence runs, each of its βs is meta-trained once
+    (the config's seed) for ``tune_fraction`` of the budget and scored with ``validation`` on the
+    meta-training tasks' held-out images (:func:`largemeta.experiments.tune.validate_run`; the meta-test
+    targets never influence the choice); the algorithm then runs at its best β. ``tuning[algo]`` records
+    every β's validation score, meta-updates and the best β; the other algorithms run at the config's β.
+
+    Training and evaluation run on ``common.device`` (default: the config's). Each algorithm is meta-trained
     ``common.train_seeds`` times (seeds ``cfg.seed``, ``cfg.seed + 1``, …; run folders ``ALGO_seedS`` when
     more than once). Each trained algorithm's entry records φ's meta-updates at each milestone; a milestone
     before the first meta-update is warned about up front."""
@@ -57,10 +74,50 @@ def convergence(cfg, common: Common, *, fractions: Sequence[float] = (0.25, 0.5,
             budget = f"milestone{{s}} {{steps}} of --steps {cfg.steps}"
             warnings.append(without_meta_update(trained, milestones, budget=budget, fix=fix))
     seeds = train_seeds_of(cfg, train_seeds)
+    tune = {a: [float(b) for b in bs] for a, bs in (tune or {}).items() if a in algos}
+    if tune:
+        from largemeta.data.tasks import load_suite
+        from largemeta.errors import UserError
+        from largemeta.train.build import select_tasks
+
+        if not 0 < tune_fraction <= 1:
+            raise UserError(f"the tuning budget must be a fraction in (0, 1], got {tune_fraction}")
+        for a, bs in tune.items():
+            if not bs or not all(math.isfinite(b) and b > 0 for b in bs):
+                raise UserError(f"βs to tune {a} over must be finite numbers > 0, got {bs}")
+        val_specs = select_tasks(load_suite(cfg.suite).meta_train, cfg.tasks)
+        tune_steps = max(1, round(tune_fraction * cfg.steps))
+
+    def tuning_parts(result: dict[str, Any], algo: str) -> Iterator[Part]:
+        record = result.setdefault("tuning", {}).setdefault(
+            algo,
+            {
+                "steps": tune_steps,
+                "targets": [t.name for t in val_specs],
+                "validation": {},
+                "meta_updates": {},
+            },
+        )
+        for beta in tune[algo]:
+
+            def validate(beta=beta, record=record) -> None:
+                log(f"tuning {algo}: β = {beta:g} for {tune_steps} steps, scored on the meta-training tasks")
+                run = dataclasses.replace(cfg, algo=algo, meta_lr=beta, steps=tune_steps)
+                folder = out / "tuning" / f"{algo}_beta{beta:g}"
+                score, updates = validate_run(run, folder, val_specs, validation)
+                record["validation"][f"{beta:g}"], record["meta_updates"][f"{beta:g}"] = score, updates
+                record["best"] = max(record["validation"], key=record["validation"].get)
+
+            yield f"tuning {algo}, β = {beta:g}", validate
 
     def parts(result: dict[str, Any]) -> Iterator[Part]:
         for algo in algos:
+            if algo in tune:
+                yield from tuning_parts(result, algo)
+            beta = float(result["tuning"][algo]["best"]) if algo in tune else cfg.meta_lr
             entry = result["algorithms"].setdefault(algo, {"accuracy": {}, "loss": []})
+            if algo != "scratch":
+                entry["beta"] = beta
             if algo == "scratch":
 
                 def evaluate_scratch(entry=entry) -> None:
@@ -88,7 +145,8 @@ def convergence(cfg, common: Common, *, fractions: Sequence[float] = (0.25, 0.5,
                         started = time.perf_counter()
                         what = algo if train_seeds == 1 else f"{algo} (seed {seed})"
                         log(f"{what}: training to {m} inner steps")
-                        updates[str(m)] = train_to(dataclasses.replace(cfg, algo=algo, seed=seed), run_dir, m)
+                        run = dataclasses.replace(cfg, algo=algo, seed=seed, meta_lr=entry["beta"])
+                        updates[str(m)] = train_to(run, run_dir, m)
                         init = load_init(str(run_dir), model=cfg.model)
                         scored = settings.score(init, specs, cfg, device=cfg.device)
                         store(entry["accuracy"], str(m), seed, train_seeds, scored)
@@ -109,6 +167,11 @@ def convergence(cfg, common: Common, *, fractions: Sequence[float] = (0.25, 0.5,
         "milestones": milestones,
         "eval": dataclasses.asdict(settings),
         **({"train_seeds": train_seeds} if train_seeds > 1 else {}),
+        **(
+            {"tune": tune, "tune_steps": tune_steps, "validation": dataclasses.asdict(validation)}
+            if tune
+            else {}
+        ),
     }
     protocol = protocol_of(settings, specs, cfg, seeds, milestones=milestones)
     return drive(
@@ -205,11 +268,35 @@ def _over(protocol: dict[str, Any]) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--tune",
+        default="",
+        help="comma list of algorithms to run at their own best β, chosen among --tune-betas on the "
+        "meta-training tasks' held-out images (default: none; every algorithm at the config's β)",
+    )
+    p.add_argument(
+        "--tune-betas", type=comma_floats, default="0.01,0.1,1", help="the βs --tune chooses among"
+    )
+    p.add_argument(
+        "--tune-fraction",
+        type=float,
+        default=1.0,
+        help="fraction of the budget each β is meta-trained for when tuning (1)",
+    )
+    p.add_argument(
         "--milestones",
         type=comma_floats,
         default="0.025,0.05,0.1,0.25,0.5,1",
         help="fractions of the budget at which φ is evaluated",
     )
+
+
+def own(args: argparse.Namespace) -> dict[str, Any]:
+    tuned = [a.strip() for a in args.tune.split(",") if a.strip()]
+    return {
+        "fractions": args.milestones,
+        **({"tune": {a: tuple(args.tune_betas) for a in tuned}} if tuned else {}),
+        "tune_fraction": args.tune_fraction,
+    }
 
 
 register(
@@ -220,7 +307,7 @@ register(
         algos="cts,reptile,leap,fomaml,imaml",
         run=convergence,
         add_arguments=add_arguments,
-        own=lambda args: {"fractions": args.milestones},
+        own=own,
         table=table,
         plots=plots,
         points=points,
