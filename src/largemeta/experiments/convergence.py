@@ -194,8 +194,24 @@ def _timed(entry: dict[str, Any], started: float) -> None:
 
 
 def table(result: dict[str, Any]) -> str:
+    """Accuracy at each milestone per algorithm (the best of each column in bold), with each one's β."""
+    from largemeta.experiments.glance import mark_best
+    from largemeta.experiments.tables import overall
+
     cols = [str(m) for m in result["milestones"]]
-    rows = {a: [cell(e["accuracy"].get(c)) for c in cols] for a, e in result["algorithms"].items()}
+    algos = result["algorithms"]
+    columns = []
+    for c in cols:
+        found = {a: e["accuracy"].get(c) for a, e in algos.items()}
+        values = {a: overall(r)[0] if r is not None else None for a, r in found.items()}
+        columns.append(mark_best(values, {a: cell(r) for a, r in found.items()}))
+    rows = {a: [col[a] for col in columns] for a in algos}
+    if any("beta" in e for e in algos.values()):
+        tuned = result.get("tuning") or {}
+        for a, e in algos.items():
+            beta = "—" if "beta" not in e else f"{e['beta']:g}" + (" (tuned)" if a in tuned else "")
+            rows[a] = [beta, *rows[a]]
+        return grid("algorithm", ["β", *(f"{c} steps" for c in cols)], rows)
     return grid("algorithm", [f"{c} steps" for c in cols], rows)
 
 
@@ -212,6 +228,7 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
         "cumulative inner steps per task",
         "Meta-test accuracy vs. inner steps (95 % interval over seeds)",
         out / "convergence_accuracy.png",
+        log_x=False,
     )
     curves = {
         a: [(r["step"], r["mean_loss"]) for r in _first_loss(e) if r.get("mean_loss")]
@@ -240,10 +257,11 @@ def caption(result: dict[str, Any], name: str) -> str:
     if name == "convergence_accuracy.png":
         return (
             "Meta-test accuracy of each algorithm's φ (fine-tuned on the held-out targets, averaged over "
-            f"them) against the cumulative inner steps per meta-training task it was trained for; bars: 95 % "
-            f"t-interval over {over}. Scratch is the random initialization (not meta-trained). Two "
-            "algorithms' bars may overlap where their paired difference is significant: the paired "
-            "comparisons above say which differences are."
+            f"them) against the cumulative inner steps per meta-training task it was trained for (linear "
+            f"axes); bands: 95 % t-interval over {over}. Scratch is the random initialization (not "
+            "meta-trained). Two "
+            "algorithms' bands may overlap where their paired difference is significant: the verdict "
+            "matrices above say which differences are."
         )
     if name == "convergence_loss.png":
         return (

@@ -14,9 +14,15 @@ from largemeta.experiments.tables import overall  # noqa: E402
 
 
 def accuracy_plot(
-    series: dict[str, tuple[list[int], list[dict[str, Any] | None]]], xlabel: str, title: str, path: Path
+    series: dict[str, tuple[list[int], list[dict[str, Any] | None]]],
+    xlabel: str,
+    title: str,
+    path: Path,
+    *,
+    log_x: bool = True,
 ) -> Path:
-    """Accuracy (%) with 95 % intervals over seeds against a log-scaled x, one line per series."""
+    """Accuracy (%) with 95 % intervals over seeds against x (log-scaled unless ``log_x`` is False, when the
+    intervals are drawn as bands), one line per series."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name, (all_xs, all_results) in series.items():
         done = [(x, r) for x, r in zip(all_xs, all_results, strict=True) if r is not None]
@@ -24,16 +30,19 @@ def accuracy_plot(
             continue
         xs = [x for x, _ in done]
         stats = [overall(r) for _, r in done]
-        ax.errorbar(
-            xs,
-            [100 * s[0] for s in stats],
-            yerr=[100 * s[1] for s in stats],
-            marker="o",
-            capsize=3,
-            label=name,
-            linestyle="--" if name == "scratch" else "-",
-        )
-    ax.set_xscale("log")
+        means, widths = [100 * s[0] for s in stats], [100 * s[1] for s in stats]
+        style = "--" if name == "scratch" else "-"
+        if log_x:
+            ax.errorbar(xs, means, yerr=widths, marker="o", capsize=3, label=name, linestyle=style)
+            continue
+        (line,) = ax.plot(xs, means, marker="o", label=name, linestyle=style)
+        lows = [m - w for m, w in zip(means, widths, strict=True)]
+        highs = [m + w for m, w in zip(means, widths, strict=True)]
+        ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
+    if log_x:
+        ax.set_xscale("log")
+    else:
+        ax.set_xlim(left=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("meta-test accuracy (%)")
     ax.set_title(title)

@@ -137,10 +137,11 @@ def sentence(record: dict[str, Any], budget: int) -> str:
     level = 100 * record["level"]
     head = f"To reach {r}'s {level:.1f} % at {m} inner steps, {b} "
     low, high = record["ci95"]
-    interval = (
-        f"95 % bootstrap interval [{_num(low)}, {_num(high) if high is not None else 'not reached'}], "
-        f"{record['over']}"
-    )
+    if low is None:
+        interval = f"not reached in any bootstrap resample either, {record['over']}"
+    else:
+        shown = _num(high) if high is not None else "not reached"
+        interval = f"95 % bootstrap interval of the ratio [{_num(low)}, {shown}], {record['over']}"
     if record["steps"] is None:
         return (
             head + f"does not get there within the budget of {budget} steps "

@@ -27,11 +27,15 @@ def overall(r: dict[str, Any]) -> tuple[float, float]:
 
 
 def cell(r: dict[str, Any] | None) -> str:
-    """``mean ± half-width`` in percent (``—``: not measured yet)."""
+    """``mean ± half-width`` in percent (``—``: not measured yet), marked † when the interval is over two
+    values (:mod:`largemeta.experiments.glance`)."""
+    from largemeta.experiments.glance import flag
+
     if r is None:
         return "—"
     mean, width = overall(r)
-    return f"{100 * mean:.1f} ± {100 * width:.1f}"
+    n = len(next(iter(r["tasks"].values()))["per_seed"]) if r["tasks"] else 0
+    return f"{100 * mean:.1f} ± {100 * width:.1f}{flag(n)}"
 
 
 def grid(first: str, columns: list[str], rows: dict[str, list[str]]) -> str:
