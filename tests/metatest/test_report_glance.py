@@ -64,3 +64,15 @@ def test_the_report_leads_with_the_verdict(tmp_path):
         and FOOTNOTE in md
         and "12.7 × the standard error" in page
     )
+
+
+def test_evaluate_flags_an_interval_over_two_seeds(tiny_suite, capsys):
+    from largemeta.cli import main
+
+    base = ["evaluate", "--init", "scratch", "--model", "convnet", "--width", "8", "--channels", "1"]
+    base += ["--suite", str(tiny_suite), "--steps", "2", "--batch-size", "8"]
+    assert main([*base, "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "†" in out.splitlines()[1] and FOOTNOTE in out
+    assert main([*base, "--seeds", "3"]) == 0
+    assert "†" not in capsys.readouterr().out

@@ -180,12 +180,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
         return 0
+    from largemeta.experiments.glance import FOOTNOTE, flag, uninformative
+
     for n, r in runs.items():
         label = f" (train size {n})" if n else ""
         print(f"init {init.name}{label}: {args.steps} fine-tuning steps, {args.seeds} seeds")
         for name, t in r["tasks"].items():
-            print(f"  {name:<20} {100 * t['mean_accuracy']:6.2f} % ± {100 * t['ci95']:.2f}")
+            mark = flag(len(t["per_seed"]))
+            print(f"  {name:<20} {100 * t['mean_accuracy']:6.2f} % ± {100 * t['ci95']:.2f}{mark}")
         print(f"  {'mean':<20} {100 * r['mean_accuracy']:6.2f} %")
+    if uninformative(args.seeds):
+        print(FOOTNOTE)
     return 0
 
 
