@@ -8,8 +8,7 @@ from conftest import write_suite
 from largemeta.data.images import task_seed
 from largemeta.data.loader import TaskLoader
 from largemeta.data.tasks import load_suite
-from largemeta.metatest import Init, fine_tune, meta_test, scratch, target_images
-from largemeta.metatest_batched import fine_tune_together
+from largemeta.metatest import Init, fine_tune, fine_tune_together, meta_test, scratch, target_images
 from largemeta.models import create_model, split_state
 
 
