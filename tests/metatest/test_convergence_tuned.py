@@ -46,3 +46,24 @@ def test_the_tuned_algorithm_runs_at_its_best_validation_beta(tiny_suite, tiny_c
         validation=validation,
     )  # fmt: skip
     assert again["tuning"] == result["tuning"] and again["done"] == result["done"]
+
+
+def test_the_command_line_tunes_and_prints_it(tiny_suite, tiny_config, tmp_path, capsys):
+    from cli_runs import sets
+    from largemeta.cli import main
+
+    (tmp_path / "c.toml").write_text("")
+    argv = ["experiment", "convergence", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "x")]
+    argv += ["--algos", "cts,reptile", "--steps", "4", "--milestones", "0.5,1", "--tune", "reptile"]
+    argv += ["--tune-betas", "0.1,1", "--tune-fraction", "0.5", "--eval-steps", "2", "--seeds", "2"]
+    argv += ["--eval-batch-size", "8", "--json", *sets(tiny_config(tiny_suite))]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["tuning"]) == {"reptile"} and set(result["tuning"]["reptile"]["validation"]) == {
+        "0.1",
+        "1",
+    }
+    assert result["tuning"]["reptile"]["steps"] == 2 and result["request"]["tune_steps"] == 2
+    assert [r["milestone"] for r in result["steps_to_reach"]] == [2, 4]
+    assert main([*argv, "--tune-fraction", "0"]) == 2
+    assert "tuning budget must be a fraction in (0, 1], got 0" in capsys.readouterr().err
