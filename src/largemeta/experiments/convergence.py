@@ -216,7 +216,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def plots(result: dict[str, Any], out: Path) -> list[Path]:
-    from largemeta.experiments.figures import accuracy_plot, loss_plot
+    from largemeta.experiments.figures import accuracy_plot, loss_plot, reach_plot
 
     milestones = result["milestones"]
     series = {
@@ -234,7 +234,11 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
         a: [(r["step"], r["mean_loss"]) for r in _first_loss(e) if r.get("mean_loss")]
         for a, e in result["algorithms"].items()
     }
-    return [acc, loss_plot(curves, "Meta-training loss", out / "convergence_loss.png")]
+    figures = [acc]
+    if result.get("steps_to_reach"):
+        reach = out / "convergence_steps_to_reach.png"
+        figures.append(reach_plot(result["steps_to_reach"], milestones[-1], reach))
+    return [*figures, loss_plot(curves, "Meta-training loss", out / "convergence_loss.png")]
 
 
 def _first_loss(entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -262,6 +266,15 @@ def caption(result: dict[str, Any], name: str) -> str:
             "meta-trained). Two "
             "algorithms' bands may overlap where their paired difference is significant: the verdict "
             "matrices above say which differences are."
+        )
+    if name == "convergence_steps_to_reach.png":
+        return (
+            "For each baseline: the cumulative inner steps it needs to reach CTS's mean accuracy at a "
+            "milestone, over the milestone's steps (1: as many as CTS; dotted line), interpolated linearly "
+            "between milestones; bars: 95 % paired bootstrap interval over the (meta-training seed, target, "
+            "fine-tuning seed) units, running to the top where an end is not reached within the budget. An "
+            "open triangle: not reached within the budget (the ratio is more than the height drawn); a "
+            "downward triangle: reached by the first milestone (at most the height drawn)."
         )
     if name == "convergence_loss.png":
         return (

@@ -54,6 +54,42 @@ def accuracy_plot(
     return path
 
 
+def reach_plot(records: list[dict[str, Any]], budget: int, path: Path) -> Path:
+    """Steps-to-reach ratios (baseline's steps over the reference's) with their 95 % bootstrap intervals,
+    per baseline, against the milestone whose reference accuracy is to be reached (linear axes). A ratio not
+    reached within the budget is drawn as an open marker at budget / milestone with an arrow up (it is more);
+    an interval end not reached runs to the top of the plot."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    baselines = list(dict.fromkeys(r["baseline"] for r in records))
+    reference = records[0]["reference"] if records else "reference"
+    top = max([budget / r["milestone"] for r in records] + [1.0]) * 1.1
+    for k, name in enumerate(baselines):
+        mine = [r for r in records if r["baseline"] == name]
+        color = f"C{k + 1}"
+        for r in mine:
+            x = r["milestone"] * (1 + 0.02 * (k - (len(baselines) - 1) / 2))
+            low, high = r["ci95"]
+            if low is not None:
+                ax.vlines(x, low, high if high is not None else top, color=color, alpha=0.6)
+            if r["ratio"] is None:
+                ax.scatter([x], [budget / r["milestone"]], marker="^", facecolors="none", edgecolors=color)
+            else:
+                ax.scatter([x], [r["ratio"]], color=color, marker="v" if r["at_most"] else "o")
+        ax.plot([], [], color=color, marker="o", label=name)
+    ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, top)
+    ax.set_xlabel(f"milestone whose {reference} accuracy is to be reached (cumulative inner steps)")
+    ax.set_ylabel(f"steps needed / {reference}'s steps")
+    ax.set_title(f"Steps to reach {reference}'s accuracy (95 % paired bootstrap interval)")
+    _legend(ax)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def loss_plot(curves: dict[str, list[tuple[int, float]]], title: str, path: Path) -> Path:
     """Mean meta-training loss against cumulative inner steps (log-scaled), one line per algorithm."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
