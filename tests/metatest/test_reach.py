@@ -52,8 +52,9 @@ def test_steps_to_reach_of_mean_curves_and_their_interval():
     assert r20["steps"] == pytest.approx(32.0) and r20["ratio"] == pytest.approx(1.6)
     assert r40["steps"] is None and r40["ratio"] is None and r40["ci95"] == [None, None]
     assert r40["reached"] == 0.0 and r10["reached"] == 1.0 and r10["n"] == 2
-    assert "does not get there within the budget of 40 steps (ratio > 1.00; not reached in any" in sentence(
-        r40, 40
+    assert (
+        "does not get there within the budget of 40 steps (ratio > 1.00; not reached in 100.0 % of"
+        in sentence(r40, 40)
     )
     assert "needs 17 steps: 1.71× cts's" in sentence(r10, 40)
 

@@ -138,7 +138,8 @@ def sentence(record: dict[str, Any], budget: int) -> str:
     head = f"To reach {r}'s {level:.1f} % at {m} inner steps, {b} "
     low, high = record["ci95"]
     if low is None:
-        interval = f"not reached in any bootstrap resample either, {record['over']}"
+        missed = 100 * (1 - record["reached"])
+        interval = f"not reached in {missed:.1f} % of the bootstrap resamples either, {record['over']}"
     else:
         shown = _num(high) if high is not None else "not reached"
         interval = f"95 % bootstrap interval of the ratio [{_num(low)}, {shown}], {record['over']}"
