@@ -4,7 +4,6 @@ one-at-a-time loop, which stays the oracle: the same losses at every step, the s
 import pytest
 import torch
 
-from conftest import write_suite
 from largemeta.data.images import task_seed
 from largemeta.data.loader import TaskLoader
 from largemeta.data.tasks import load_suite
@@ -12,9 +11,9 @@ from largemeta.metatest import Init, fine_tune, fine_tune_together, meta_test, s
 from largemeta.models import create_model, split_state
 
 
-def _suite(tmp_path):
+def _suite(make_suite, tmp_path):
     """Three targets: two of one shape (4 classes), one of another (3 classes)."""
-    suite = write_suite(tmp_path)
+    suite = make_suite()
     text = suite.read_text()
     for name, task, classes in (("second", 1, "all"), ("narrow", 2, "0-2")):
         text += f'[[meta_test]]\nname = "{name}"\ndataset = "{tmp_path / f"task{task}.npz"}"\n'
@@ -30,10 +29,10 @@ def _trained_like(seed=3) -> Init:
     return Init("phi", "convnet", {"in_channels": 1, "width": 8}, {k: v * 1.1 for k, v in phi.items()})
 
 
-def test_every_step_of_every_member_matches_the_loop(tmp_path):
+def test_every_step_of_every_member_matches_the_loop(make_suite, tmp_path):
     """The training loss heard at every step of every (target, seed) and the accuracy curve: the batched run
     equals the loop to float tolerance, BatchNorm statistics and sub-sampled batches included."""
-    specs = _suite(tmp_path)
+    specs = _suite(make_suite, tmp_path)
     loader = TaskLoader("cpu", "device", specs=specs, at_once=None)
     for init in (scratch("convnet", 1, 8), _trained_like()):
         members, alone_losses, alone_curves, opened = [], [], [], []
@@ -72,9 +71,9 @@ def test_every_step_of_every_member_matches_the_loop(tmp_path):
         assert len({tuple(h) for h in alone_losses}) == len(members)  # the members really differ
 
 
-def test_meta_test_together_equals_one_at_a_time(tmp_path):
+def test_meta_test_together_equals_one_at_a_time(make_suite, tmp_path):
     """The whole protocol, targets of two shapes, sub-sampled and not: the same result record."""
-    specs = _suite(tmp_path)
+    specs = _suite(make_suite, tmp_path)
     for train_size in (None, 30):
         kw = dict(steps=6, seeds=2, batch_size=8, train_size=train_size)
         batched = meta_test(_trained_like(), specs, together=True, **kw)
@@ -86,8 +85,8 @@ def test_meta_test_together_equals_one_at_a_time(tmp_path):
         assert batched["mean_accuracy"] == alone["mean_accuracy"]
 
 
-def test_members_of_different_shapes_are_refused(tmp_path):
-    specs = _suite(tmp_path)
+def test_members_of_different_shapes_are_refused(make_suite, tmp_path):
+    specs = _suite(make_suite, tmp_path)
     loader = TaskLoader("cpu", "device", specs=specs, at_once=None)
     a = loader.task_images(specs[0])
     b = loader.task_images(specs[2])
