@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from largemeta.experiments import overall  # noqa: E402
+from largemeta.experiments.glance import FOOTNOTE, UNINFORMATIVE  # noqa: E402
 from largemeta.experiments.tables import table  # noqa: E402
 from largemeta.experiments.verdicts import comparisons  # noqa: E402
 
@@ -102,7 +103,9 @@ def figure(result: dict, out: Path) -> Path:
 
 def markdown(result: dict) -> str:
     over, machine = what(result)
-    return f"Meta-test accuracy (%) over {over}; measured with {machine}:\n\n{table(result)}\n"
+    text = table(result)
+    note = f"\n{FOOTNOTE}\n" if UNINFORMATIVE in text else ""
+    return f"Meta-test accuracy (%) over {over}; measured with {machine}:\n\n{text}\n{note}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,10 @@ SMALL = {
     "stream_vs_device": ["--steps", "2", "--block", "1", "--workers", "1"],
     "pool_step": ["--k", "2", "--trajectories", "2"],
     "paper_science": ["--out", "science", "--tiny", "--device", "cpu", "--algos", "cts", "--eval-steps", "0"],
+    "metatest_batched": [
+        "--targets", "1", "--classes", "3", "--seeds", "2", "--steps", "2", "--train-size", "12",
+        "--batch", "4", "--width", "8", "--threads", "1",
+    ],
     "stream_memory": ["--sizes-gb", "0.002", "--image-size", "32", "--classes", "4", "--steps", "2"],
     "distributed": [
         "--skip", "checkpoint_memory,allreduce", "--width", "8", "--checkpoint-width", "8", "--batch", "8",

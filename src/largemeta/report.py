@@ -24,6 +24,17 @@ from typing import Any
 
 from largemeta.errors import UserError
 from largemeta.experiments import EXPERIMENTS
+from largemeta.experiments.glance import (
+    FOOTNOTE,
+    HIGHER,
+    LOWER,
+    SAME,
+    UNINFORMATIVE,
+    flag,
+    mark_best,
+    verdict_matrices,
+)
+from largemeta.experiments.reach import sentence, steps_to_reach
 from largemeta.experiments.tables import overall
 from largemeta.experiments.verdicts import verdicts
 from largemeta.files import atomic_write_text
@@ -56,7 +67,7 @@ class Section:
 
 def _pct(r: dict[str, Any]) -> str:
     width = r.get("ci95") if len(r.get("per_seed", (0, 0))) > 1 else None  # one seed: no interval
-    return plus_minus(r["mean_accuracy"], width)
+    return plus_minus(r["mean_accuracy"], width) + (flag(len(r["per_seed"])) if width is not None else "")
 
 
 def per_target(point: dict[str, dict[str, Any] | None]) -> str:
@@ -67,11 +78,53 @@ def per_target(point: dict[str, dict[str, Any] | None]) -> str:
     targets = list(dict.fromkeys(t for n in names for t in point[n]["tasks"]))
     lines = ["| target | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for t in targets:
-        cells = [_pct(point[n]["tasks"][t]) if t in point[n]["tasks"] else "—" for n in names]
-        lines.append(f"| {t} | " + " | ".join(cells) + " |")
-    means = [f"{100 * overall(point[n])[0]:.1f}" for n in names]
-    lines.append("| mean | " + " | ".join(means) + " |")
+        found = {n: point[n]["tasks"].get(t) for n in names}
+        values = {n: r["mean_accuracy"] if r else None for n, r in found.items()}
+        cells = mark_best(values, {n: _pct(r) if r else "—" for n, r in found.items()})
+        lines.append(f"| {t} | " + " | ".join(cells[n] for n in names) + " |")
+    means = {n: overall(point[n])[0] for n in names}
+    shown = mark_best(means, {n: f"{100 * v:.1f}" for n, v in means.items()})
+    lines.append("| mean | " + " | ".join(shown[n] for n in names) + " |")
     return "\n".join(lines)
+
+
+def reach_text(result: dict[str, Any]) -> str:
+    """The steps-to-reach sentences of a convergence result, one per baseline and milestone."""
+    records = result.get("steps_to_reach")
+    if records is None and result.get("experiment") == "convergence":  # an older file: from its results
+        records = steps_to_reach(result)
+    if not records:
+        return ""
+    budget = result["milestones"][-1]
+    lines = [f"- {sentence(r, budget)}" for r in records]
+    return (
+        "How many cumulative inner steps each baseline needs to reach the reference's mean accuracy at a "
+        "milestone, interpolated linearly between milestones (ratio: those steps over the milestone's):"
+        "\n\n" + "\n".join(lines)
+    )
+
+
+def tuning_text(result: dict[str, Any]) -> str:
+    """Each tuned algorithm's validation score at every β (the best in bold) and the β chosen."""
+    tuning = result.get("tuning") or {}
+    if not tuning:
+        return ""
+    betas = list(dict.fromkeys(b for t in tuning.values() for b in t["validation"]))
+    rows = ["| algorithm | " + " | ".join(f"β = {b}" for b in betas) + " | best β |"]
+    rows.append("|---" * (len(betas) + 2) + "|")
+    for algo, t in tuning.items():
+        cells = mark_best(
+            {b: t["validation"].get(b) for b in betas},
+            {b: f"{100 * t['validation'][b]:.1f}" if b in t["validation"] else "—" for b in betas},
+        )
+        rows.append(f"| {algo} | " + " | ".join(cells[b] for b in betas) + f" | {t.get('best', '—')} |")
+    first = next(iter(tuning.values()))
+    where = ", ".join(first.get("targets", [])) or "the meta-training tasks"
+    return (
+        f"Validation accuracy (%) on the meta-training tasks' held-out images ({where}), each β "
+        f"meta-trained for {first.get('steps')} steps (seed of the config); the meta-test targets play no "
+        "part in the choice.\n\n" + "\n".join(rows)
+    )
 
 
 def _meta_updates(node: Any, path: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
@@ -138,7 +191,11 @@ def _experiment_section(result: dict[str, Any], folder: Path, rel: Path) -> Sect
     demo = (result.get("request") or {}).get("command") == "demo"
     title = f"{'Demo: ' if demo else ''}{spec.title}" + (f" ({rel})" if rel != Path(".") else "")
     section = Section(title, config=result.get("config"))
-    section.blocks.append(("md", spec.table(result)))
+    for at, matrix in verdict_matrices(result):
+        section.add(f"Verdict at {at}", matrix)
+    section.add("Meta-convergence: steps to reach", reach_text(result))
+    section.add("Tuned β", tuning_text(result))
+    section.add("Results", spec.table(result))
     section.add("Paired comparisons", "\n".join(verdicts(result)))
     for at, point in spec.points(result):
         section.add(f"Per target, {at}", per_target(point))
@@ -166,7 +223,11 @@ def _evaluate_table(r: dict[str, Any]) -> str:
     rows = ["| target | accuracy (%) | 95 % interval over seeds |", "|---|---|---|"]
     rows += [
         f"| {n} | {100 * t['mean_accuracy']:.2f} | "
-        + (f"± {100 * t['ci95']:.2f}" if t.get("ci95") is not None else "none (one seed)")
+        + (
+            f"± {100 * t['ci95']:.2f}{flag(len(t['per_seed']))}"
+            if t.get("ci95") is not None
+            else "none (one seed)"
+        )
         + " |"
         for n, t in r["tasks"].items()
     ]
@@ -248,7 +309,9 @@ def _write_report(directory: Path, found: list[Path], md_path: Path, html_path: 
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:.2em .6em}"
         "img{max-width:100%}figcaption{font-size:.9em;color:#333}"
-        "pre{background:#f4f4f4;padding:.6em;overflow:auto}</style></head><body>",
+        "pre{background:#f4f4f4;padding:.6em;overflow:auto}"
+        "td.higher{background:#d4f0d4}td.lower{background:#f6d0d0}td.same{background:#eeeeee}"
+        "</style></head><body>",
         "<h1>largemeta report</h1>",
     ]
     for section in sections:
@@ -286,6 +349,9 @@ def _write_report(directory: Path, found: list[Path], md_path: Path, html_path: 
             page.append(
                 f"<details><summary>resolved config</summary><pre>{html.escape(text_cfg)}</pre></details>"
             )
+    if any(UNINFORMATIVE in line for line in md):
+        md += [FOOTNOTE, ""]
+        page.append(f"<p><small>{html.escape(FOOTNOTE)}</small></p>")
     page.append("</body></html>")
     atomic_write_text(md_path, "\n".join(md) + "\n")
     atomic_write_text(html_path, "\n".join(page) + "\n")
@@ -333,5 +399,17 @@ def _table(lines: list[str]) -> str:
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         tag = "th" if i == 0 else "td"
-        rows.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+        rows.append("<tr>" + "".join(_table_cell(tag, c) for c in cells) + "</tr>")
     return "<table>" + "".join(rows) + "</table>"
+
+
+VERDICT_CLASSES = {HIGHER: "higher", LOWER: "lower", SAME: "same"}
+
+
+def _table_cell(tag: str, text: str) -> str:
+    """A table cell: ``**best**`` in bold, a verdict cell coloured by what it supports."""
+    kind = next((c for mark, c in VERDICT_CLASSES.items() if text.startswith(mark)), None)
+    attr = f" class='{kind}'" if kind and tag == "td" else ""
+    if text.startswith("**") and text.endswith("**") and len(text) > 4:
+        return f"<{tag}{attr}><strong>{html.escape(text[2:-2])}</strong></{tag}>"
+    return f"<{tag}{attr}>{html.escape(text)}</{tag}>"

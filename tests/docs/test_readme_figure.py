@@ -57,7 +57,8 @@ def test_figure_and_markdown_come_from_the_results(tmp_path):
         assert image.size[0] > 500
     assert "2 held-out targets × 2 fine-tuning seeds, 20 fine-tuning steps" in done.stdout
     assert "largemeta 9.9, torch 2.x, cpu" in done.stdout
-    assert "| cts | 35.0 ± 63.5 | 45.0 ± 63.5 |" in done.stdout
+    assert "| cts | **35.0 ± 63.5†** | **45.0 ± 63.5†** |" in done.stdout  # the best bold; 2 seeds flagged
+    assert "† an interval over 2 values" in done.stdout
     assert "cts − reptile at 20 steps: +10.0 points" in done.stdout
 
 

@@ -25,7 +25,8 @@ def test_convergence_and_report(tiny_suite, tiny_config, tmp_path, capsys):
     assert (tmp_path / "exp" / "cts" / "checkpoint.json").exists()  # each algorithm's φ, usable as --init
     assert main(["report", str(tmp_path / "exp")]) == 0
     page = (tmp_path / "exp" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and "Convergence" in page
+    # the figures: accuracy, steps to reach, loss
+    assert page.count("data:image/png;base64,") == 3 and "Convergence" in page
     assert (tmp_path / "exp" / "report.md").exists()
     # recorded at run time: the environment, the protocol, a paired comparison of every two at each milestone
     env = result["environment"]

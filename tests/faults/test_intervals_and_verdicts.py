@@ -14,7 +14,7 @@ from largemeta.cli import main
 from largemeta.experiments.verdicts import comparisons
 from largemeta.report import write_report
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "metatest"))
+sys.path.insert(0, str(Path(__file__).parent.parent / "experiments"))
 import fake_results  # noqa: E402
 
 

@@ -180,13 +180,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
         return 0
+    from largemeta.experiments.glance import FOOTNOTE, flag, uninformative
+
     for n, r in runs.items():
         label = f" (train size {n})" if n else ""
         print(f"init {init.name}{label}: {args.steps} fine-tuning steps, {args.seeds} seeds")
         for name, t in r["tasks"].items():
-            shown = f"± {100 * t['ci95']:.2f}" if t["ci95"] is not None else "(one seed: no interval)"
+            shown = (
+                f"± {100 * t['ci95']:.2f}{flag(len(t['per_seed']))}"
+                if t["ci95"] is not None
+                else "(one seed: no interval)"
+            )
             print(f"  {name:<20} {100 * t['mean_accuracy']:6.2f} % {shown}")
         print(f"  {'mean':<20} {100 * r['mean_accuracy']:6.2f} %")
+    if uninformative(args.seeds):
+        print(FOOTNOTE)
     return 0
 
 

@@ -36,7 +36,7 @@ __all__ = [
     "tune",
 ]
 
-SHARED = ("drive", "figures", "parts", "record", "scoring", "spec", "tables", "verdicts")
+SHARED = ("drive", "figures", "glance", "parts", "reach", "record", "scoring", "spec", "tables", "verdicts")
 """The modules every kind shares; every other module of the package registers one kind."""
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in SHARED:

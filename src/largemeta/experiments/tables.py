@@ -27,10 +27,17 @@ def overall(r: dict[str, Any]) -> tuple[float, float | None]:
 
 
 def cell(r: dict[str, Any] | None) -> str:
-    """``mean ± half-width`` in percent (``—``: not measured yet)."""
+    """``mean ± half-width`` in percent (``—``: not measured yet), marked † when the interval is over two
+    values (:mod:`largemeta.experiments.glance`)."""
+    from largemeta.experiments.glance import flag
+
     if r is None:
         return "—"
-    return plus_minus(*overall(r))
+    mean, width = overall(r)
+    if width is None:
+        return plus_minus(mean, None)
+    n = len(next(iter(r["tasks"].values()))["per_seed"]) if r["tasks"] else 0
+    return f"{100 * mean:.1f} ± {100 * width:.1f}{flag(n)}"
 
 
 def grid(first: str, columns: list[str], rows: dict[str, list[str]]) -> str:

@@ -37,7 +37,7 @@ def tune(
     run on ``common.device`` (default: the config's); ``meta_updates[algo][β]`` records φ's meta-updates, and
     a budget without one is warned about up front."""
     from largemeta.data.tasks.suite import load_suite
-    from largemeta.experiments.parts import on_device, targets_of, train_to, without_meta_update
+    from largemeta.experiments.parts import on_device, targets_of, without_meta_update
     from largemeta.metatest import load_init, scratch
     from largemeta.train.budget import lower_hint
     from largemeta.train.build import select_tasks
@@ -86,9 +86,7 @@ def tune(
                         log(label)
                         folder = run_dir(algo, f"{beta:g}", seed)
                         run = dataclasses.replace(cfg, algo=algo, meta_lr=beta, seed=seed)
-                        updates[f"{beta:g}"] = train_to(run, folder, cfg.steps)
-                        init = load_init(str(folder), model=cfg.model)
-                        score = validation.score(init, val_specs, cfg, device=cfg.device)["mean_accuracy"]
+                        score, updates[f"{beta:g}"] = validate_run(run, folder, val_specs, validation)
                         if not several:
                             scores[f"{beta:g}"] = score
                             return
@@ -146,6 +144,17 @@ def tune(
         warnings=warnings,
         protocol=protocol,
     )
+
+
+def validate_run(cfg, folder: Path, val_specs: list, validation: EvalSettings) -> tuple[float, int]:
+    """Train ``folder`` with ``cfg`` to ``cfg.steps`` and score its φ with ``validation`` on ``val_specs``
+    (the meta-training tasks' held-out images): (mean validation accuracy, φ's meta-updates)."""
+    from largemeta.experiments.parts import train_to
+    from largemeta.metatest import load_init
+
+    updates = train_to(cfg, folder, cfg.steps)
+    init = load_init(str(folder), model=cfg.model)
+    return validation.score(init, val_specs, cfg, device=cfg.device)["mean_accuracy"], updates
 
 
 def table(result: dict[str, Any]) -> str:

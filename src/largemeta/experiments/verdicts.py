@@ -81,12 +81,12 @@ def verdict(c: dict[str, Any]) -> str:
     text = f"{c['a']} − {c['b']} at {c['at']}: "
     if c["mean_diff"] is None:
         return text + "no pairs"
-    if not _finite(c["mean_diff"]):  # a results file holding NaN (an accuracy never measured): no verdict
+    if not finite(c["mean_diff"]):  # a results file holding NaN (an accuracy never measured): no verdict
         return text + "the difference is not a number (an accuracy was not finite): no verdict"
     text += f"{100 * c['mean_diff']:+.1f} points"
     if c["ci95"] is None:
         return text + f", {_plural(c['n'], 'pair')}: too few pairs for an interval"
-    if not all(_finite(v) for v in c["ci95"]):
+    if not all(finite(v) for v in c["ci95"]):
         return text + f", {_plural(c['n'], 'pair')}: the interval is not a number: no verdict"
     low, high = (100 * v for v in c["ci95"])
     text += f", 95 % CI [{_bound(low)}, {_bound(high)}], {_plural(c['n'], 'pair')}"
@@ -95,7 +95,8 @@ def verdict(c: dict[str, Any]) -> str:
     return text + f": {c['a'] if low > 0 else c['b']} higher"
 
 
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
+    """Whether ``value`` is a finite number (a results file may hold NaN where an accuracy was not finite)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
