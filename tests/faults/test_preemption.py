@@ -229,7 +229,7 @@ def test_every_experiment_skips_its_finished_parts_when_run_again(
             eval=evaluation,
         )
         monkeypatch.setattr(cli_experiment, "DEMO", demo)
-        argv = ["demo", "--out", str(tmp_path / "X")]
+        argv = ["demo", "--jobs", "1", "--out", str(tmp_path / "X")]
     elif experiment == "pretrained":
         train_here(tiny_config(tiny_suite, steps=2), tmp_path / "source")
         argv = ["experiment", "pretrained", "--init", str(tmp_path / "source"), "--sizes", "8,16", *common]

@@ -69,6 +69,16 @@ def _train_seeds_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _jobs_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        help="run up to this many parts at once (independent meta-training runs, β being tuned), each in a "
+        "worker process on an equal share of the CPU cores; the results are the same as one at a time "
+        f"(default {default})",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from largemeta.experiments import EXPERIMENTS
 
@@ -79,6 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         spec = EXPERIMENTS.get(name)
         p = cmds.add_parser(name, help=spec.help)
         _common(p, spec.algos)
+        if spec.parallel:
+            _jobs_arg(p, "1")
         spec.add_arguments(p)
         p.set_defaults(func=run_experiment, resumable=True)
 
@@ -97,6 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="meta-train every algorithm this many times (default: the demo's, 2): the paired intervals "
         "then include meta-training variance",
     )
+    _jobs_arg(p=demo, default="2 on a CPU with 2 cores or more, else 1")
     demo.set_defaults(func=run_demo, resumable=True)
 
 
@@ -150,7 +163,8 @@ def run_experiment(args: argparse.Namespace) -> int:
     spec = EXPERIMENTS.get(args.experiment)
     cfg = _config(args)  # holds --device: the experiment trains and fine-tunes there
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-    common = Common(algos, Path(args.out), _settings(args), None, _log, args.train_seeds)
+    jobs = getattr(args, "jobs", None) or 1
+    common = Common(algos, Path(args.out), _settings(args), None, _log, args.train_seeds, jobs=jobs)
     result = _run(spec, cfg, common, spec.own(args))
     print_json(result) if args.json else print(table(result))
     return 0
@@ -217,6 +231,15 @@ DEMO = Demo(
 )
 
 
+def _demo_jobs(device: str) -> int:
+    """The demo's parts two at a time on a CPU with two cores or more (its two meta-training seeds, the two
+    βs of a tuning, side by side), one at a time on an accelerator (not measured there)."""
+    from largemeta.devices import resolve_device
+    from largemeta.experiments.pool import cores
+
+    return min(2, cores()) if resolve_device(device).type == "cpu" else 1
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from largemeta.data.sources.datasets import fetch_dataset
     from largemeta.data.tasks.suite import load_suite
@@ -235,7 +258,8 @@ def run_demo(args: argparse.Namespace) -> int:
             _log(f"dataset {name}")
             fetch_dataset(name)
     train_seeds = args.train_seeds or DEMO.train_seeds
-    common = Common(list(DEMO.algos), out, settings, None, _log, train_seeds, command="demo")
+    jobs = args.jobs or _demo_jobs(cfg.device)
+    common = Common(list(DEMO.algos), out, settings, None, _log, train_seeds, command="demo", jobs=jobs)
     own = dict(DEMO.own)
     if isinstance(own.get("validation"), dict):
         own["validation"] = EvalSettings(**own["validation"])

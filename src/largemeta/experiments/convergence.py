@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 from largemeta.argtypes import comma_floats
 from largemeta.experiments.drive import drive, seed_suffix, store, train_seeds_of
 from largemeta.experiments.scoring import VALIDATION, EvalSettings, protocol_of
-from largemeta.experiments.spec import Common, Experiment, Part, Point, register
+from largemeta.experiments.spec import WAIT, Common, Experiment, Part, Point, register
 from largemeta.experiments.tables import cell, grid
 from largemeta.experiments.tune import validate_run
 
@@ -43,15 +43,14 @@ def convergence(
     before the first meta-update is warned about up front."""
     from largemeta.experiments.parts import (
         check_algos,
-        loss_curve,
         milestones_of,
         on_device,
+        score_scratch,
         targets_of,
-        train_to,
+        train_and_score,
         without_meta_update,
     )
     from largemeta.experiments.reach import steps_to_reach
-    from largemeta.metatest import load_init, scratch
     from largemeta.train.budget import lower_hint
     from largemeta.train.config import TRAIN_ALGORITHMS
 
@@ -99,37 +98,33 @@ def convergence(
             },
         )
         for beta in tune[algo]:
+            run = dataclasses.replace(cfg, algo=algo, meta_lr=beta, steps=tune_steps)
+            folder = out / "tuning" / f"{algo}_beta{beta:g}"
 
-            def validate(beta=beta, record=record) -> None:
-                log(f"tuning {algo}: β = {beta:g} for {tune_steps} steps, scored on the meta-training tasks")
-                run = dataclasses.replace(cfg, algo=algo, meta_lr=beta, steps=tune_steps)
-                folder = out / "tuning" / f"{algo}_beta{beta:g}"
-                score, updates = validate_run(run, folder, val_specs, validation)
-                record["validation"][f"{beta:g}"], record["meta_updates"][f"{beta:g}"] = score, updates
+            def keep(value: tuple[float, int], beta=beta, record=record) -> None:
+                record["validation"][f"{beta:g}"], record["meta_updates"][f"{beta:g}"] = value
                 record["best"] = max(record["validation"], key=record["validation"].get)
+                log(f"tuning {algo}: β = {beta:g} scores {100 * value[0]:.2f} % on the meta-training tasks")
 
-            yield f"tuning {algo}, β = {beta:g}", validate
+            work = functools.partial(validate_run, run, folder, val_specs, validation)
+            yield Part(f"tuning {algo}, β = {beta:g}", work, keep)
+        yield WAIT  # the algorithm's runs use the best β
 
-    def parts(result: dict[str, Any]) -> Iterator[Part]:
+    def parts(result: dict[str, Any]) -> Iterator[Part | object]:
         for algo in algos:
             if algo in tune:
                 yield from tuning_parts(result, algo)
             beta = float(result["tuning"][algo]["best"]) if algo in tune else cfg.meta_lr
             entry = result["algorithms"].setdefault(algo, {"accuracy": {}, "loss": []})
-            if algo != "scratch":
-                entry["beta"] = beta
             if algo == "scratch":
 
-                def evaluate_scratch(entry=entry) -> None:
-                    started = time.perf_counter()
-                    r = settings.score(
-                        scratch(cfg.model, specs[0].channels, cfg.width), specs, cfg, device=cfg.device
-                    )
-                    entry["accuracy"] = {str(m): r for m in milestones}
-                    _timed(entry, started)
+                def keep_scratch(value: dict[str, Any], entry=entry) -> None:
+                    entry["accuracy"] = {str(m): value["scored"] for m in milestones}
+                    _timed(entry, value["seconds"])
 
-                yield "scratch", evaluate_scratch
+                yield Part("scratch", functools.partial(score_scratch, cfg, settings, specs), keep_scratch)
                 continue
+            entry["beta"] = beta
             for seed in seeds:
                 run_dir = out / f"{algo}{seed_suffix(seed, train_seeds)}"
                 if train_seeds == 1:
@@ -137,30 +132,25 @@ def convergence(
                 else:
                     entry.setdefault("run_dirs", {})[str(seed)] = str(run_dir)
                 updates = entry.setdefault("meta_updates", {})  # milestone -> φ's meta-updates there
+                what = algo if train_seeds == 1 else f"{algo} (seed {seed})"
+                run = dataclasses.replace(cfg, algo=algo, seed=seed, meta_lr=beta)
                 for m in milestones:
 
-                    def train_and_score(
-                        algo=algo, entry=entry, updates=updates, run_dir=run_dir, m=m, seed=seed
-                    ) -> None:
-                        started = time.perf_counter()
-                        what = algo if train_seeds == 1 else f"{algo} (seed {seed})"
-                        log(f"{what}: training to {m} inner steps")
-                        run = dataclasses.replace(cfg, algo=algo, seed=seed, meta_lr=entry["beta"])
-                        updates[str(m)] = train_to(run, run_dir, m)
-                        init = load_init(str(run_dir), model=cfg.model)
-                        scored = settings.score(init, specs, cfg, device=cfg.device)
-                        store(entry["accuracy"], str(m), seed, train_seeds, scored)
+                    def keep(value: dict[str, Any], entry=entry, updates=updates, m=m, seed=seed, what=what):
+                        updates[str(m)] = value["meta_updates"]
+                        store(entry["accuracy"], str(m), seed, train_seeds, value["scored"])
                         if train_seeds == 1:
-                            entry["loss"] = loss_curve(run_dir)
+                            entry["loss"] = value["loss"]
                         else:
-                            entry.setdefault("losses", {})[str(seed)] = loss_curve(run_dir)
+                            entry.setdefault("losses", {})[str(seed)] = value["loss"]
                         result["steps_to_reach"] = steps_to_reach(result)
-                        mean = 100 * scored["mean_accuracy"]
+                        mean = 100 * value["scored"]["mean_accuracy"]
                         log(f"{what} @ {m}: mean accuracy {mean:.2f} % ({updates[str(m)]} meta-updates)")
-                        _timed(entry, started)
+                        _timed(entry, value["seconds"])
 
                     label = f"{algo} @ {m} steps" + (f" (seed {seed})" if train_seeds > 1 else "")
-                    yield label, train_and_score
+                    work = functools.partial(train_and_score, run, run_dir, m, settings, specs)
+                    yield Part(label, work, keep, chain=str(run_dir))
 
     request = {
         "algos": list(algos),
@@ -186,11 +176,13 @@ def convergence(
         device=cfg.device,
         warnings=warnings,
         protocol=protocol,
+        jobs=common.jobs,
     )
 
 
-def _timed(entry: dict[str, Any], started: float) -> None:
-    entry["seconds"] = round(entry.get("seconds", 0.0) + time.perf_counter() - started, 1)
+def _timed(entry: dict[str, Any], seconds: float) -> None:
+    """Add a part's seconds to the algorithm's (the sum over its parts, wherever they ran)."""
+    entry["seconds"] = round(entry.get("seconds", 0.0) + seconds, 1)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -343,5 +335,6 @@ register(
         plots=plots,
         points=points,
         caption=caption,
+        parallel=True,
     )
 )

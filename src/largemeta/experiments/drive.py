@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from largemeta.errors import UserError
+from largemeta.experiments.pool import run_parts
 from largemeta.experiments.spec import Part
 from largemeta.experiments.verdicts import comparisons
 from largemeta.stats import ci95
@@ -23,13 +24,14 @@ def drive(
     out: Path,
     request: dict[str, Any],
     empty: dict[str, Any],
-    parts: Callable[[dict[str, Any]], Iterator[Part]],
+    parts: Callable[[dict[str, Any]], Iterator[Part | object]],
     *,
     log: Callable[[str], None],
     command: str,
     warnings: Sequence[str | None] = (),
     device: str = "cpu",
     protocol: dict[str, Any] | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run experiment ``name`` into ``out/results.json``.
 
@@ -40,7 +42,8 @@ def drive(
     into the folder's log.txt too. ``protocol`` (how φ is scored,
     :func:`largemeta.experiments.scoring.protocol_of`) and the
     ``environment`` of this process (:func:`largemeta.provenance.environment`) are recorded beside them; after
-    every part the paired comparisons (:func:`comparisons`) are brought up to date."""
+    every part the paired comparisons (:func:`comparisons`) are brought up to date. ``jobs`` > 1 runs up to
+    that many parts at once in worker processes (:func:`largemeta.experiments.pool.run_parts`)."""
     from largemeta.console import log as console
     from largemeta.experiments.parts import request_config
     from largemeta.experiments.record import Record
@@ -56,12 +59,13 @@ def drive(
     with Record(out, skeleton, log, environment=environment(device), protocol=protocol) as record:
         for warning in filter(None, warnings):
             console.warning(warning)
-        for label, work in parts(record.result):
-            if record.done(label):
-                continue
-            work()
+
+        def finish(part: Part, value: Any) -> None:
+            part.keep(value)
             record.result["comparisons"] = comparisons(record.result)
-            record.finish(label)
+            record.finish(part.label)
+
+        run_parts(parts(record.result), jobs, done=record.done, finish=finish, log=log)
     return record.result
 
 

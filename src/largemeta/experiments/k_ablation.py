@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,7 @@ def k_ablation(cfg, common: Common, *, ks: Sequence[int] = (10, 100, 1000)) -> d
     ``train_seeds`` times (seeds ``cfg.seed``, ``cfg.seed + 1``, …); score its φ. Training and evaluation run
     on ``common.device`` (default: the config's); ``meta_updates[algo][K]`` records φ's meta-updates, and a K
     whose first meta-update lies beyond the budget is warned about up front."""
-    from largemeta.experiments.parts import on_device, targets_of, train_to, without_meta_update
-    from largemeta.metatest import load_init
+    from largemeta.experiments.parts import on_device, targets_of, train_and_score, without_meta_update
 
     algos, out, settings, log, train_seeds = (
         common.algos,
@@ -55,19 +55,15 @@ def k_ablation(cfg, common: Common, *, ks: Sequence[int] = (10, 100, 1000)) -> d
             for k in ks:
                 for seed in seeds:
                     label = f"{algo}, K = {k}" + (f", seed {seed}" if train_seeds > 1 else "")
+                    run_dir = out / f"{algo}_k{k}{seed_suffix(seed, train_seeds)}"
+                    trained = dataclasses.replace(run_config(algo, k), seed=seed)
 
-                    def train_and_score(
-                        algo=algo, by_k=by_k, updates=updates, k=k, seed=seed, label=label
-                    ) -> None:
-                        log(label)
-                        run_dir = out / f"{algo}_k{k}{seed_suffix(seed, train_seeds)}"
-                        trained = dataclasses.replace(run_config(algo, k), seed=seed)
-                        updates[str(k)] = train_to(trained, run_dir, cfg.steps)
-                        init = load_init(str(run_dir), model=cfg.model)
-                        scored = settings.score(init, specs, cfg, device=cfg.device)
-                        store(by_k, str(k), seed, train_seeds, scored)
+                    def keep(value: dict[str, Any], by_k=by_k, updates=updates, k=k, seed=seed) -> None:
+                        updates[str(k)] = value["meta_updates"]
+                        store(by_k, str(k), seed, train_seeds, value["scored"])
 
-                    yield label, train_and_score
+                    work = functools.partial(train_and_score, trained, run_dir, cfg.steps, settings, specs)
+                    yield Part(label, work, keep)
 
     request = {
         "algos": list(algos),
@@ -88,6 +84,7 @@ def k_ablation(cfg, common: Common, *, ks: Sequence[int] = (10, 100, 1000)) -> d
         device=cfg.device,
         warnings=warnings,
         protocol=protocol,
+        jobs=common.jobs,
     )
 
 
@@ -143,5 +140,6 @@ register(
         plots=plots,
         points=points,
         caption=caption,
+        parallel=True,
     )
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from largemeta import signals
 from largemeta.data.tasks.suite import TaskSpec, load_suite
 from largemeta.devices import resolve_device
 from largemeta.errors import UserError
+from largemeta.experiments.scoring import EvalSettings
 from largemeta.runs import checkpoint
 from largemeta.runs.names import METRICS
 from largemeta.train.budget import meta_update_every, no_meta_update
@@ -100,3 +102,33 @@ def check_algos(algos: list[str], valid: tuple[str, ...]) -> None:
     for a in algos:
         if a not in valid:
             raise UserError(f"unknown algorithm {a!r} (valid: {', '.join(valid)})")
+
+
+def train_and_score(
+    cfg: TrainConfig, run_dir: Path, steps: int, settings: EvalSettings, specs: list[TaskSpec]
+) -> dict[str, Any]:
+    """A part's work (picklable as a ``functools.partial``): train ``run_dir`` with ``cfg`` to ``steps``
+    (:func:`train_to`) and score its φ with ``settings`` on ``specs``. Returns ``meta_updates``, the meta-test
+    result ``scored``, the run's ``loss`` curve and the ``seconds`` it took."""
+    from largemeta.metatest import load_init
+
+    started = time.perf_counter()
+    updates = train_to(cfg, run_dir, steps)
+    scored = settings.score(load_init(str(run_dir), model=cfg.model), specs, cfg, device=cfg.device)
+    return {
+        "meta_updates": updates,
+        "scored": scored,
+        "loss": loss_curve(run_dir),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def score_scratch(cfg: TrainConfig, settings: EvalSettings, specs: list[TaskSpec]) -> dict[str, Any]:
+    """A part's work: the meta-test of a randomly initialized body of ``cfg``'s model (the scratch baseline),
+    with the ``seconds`` it took."""
+    from largemeta.metatest import scratch
+
+    started = time.perf_counter()
+    init = scratch(cfg.model, specs[0].channels, cfg.width)
+    scored = settings.score(init, specs, cfg, device=cfg.device)
+    return {"scored": scored, "seconds": time.perf_counter() - started}

@@ -49,7 +49,7 @@ def pretrained(
                 count = train_to(dataclasses.replace(cfg, init=init, seed=seed), run_dir, cfg.steps)
                 result.setdefault("meta_updates", {})[cfg.algo] = count
 
-            yield label, meta_train
+            yield Part(label, meta_train)
         sources = {("finetune", None): init, **{(cfg.algo, s): str(d) for s, d in run_dirs.items()}}
         for (name, seed), source in sources.items():
             by_size = result["algorithms"].setdefault(name, {})
@@ -61,7 +61,6 @@ def pretrained(
                 def score(
                     name=name, seed=seed, source=source, by_size=by_size, start=start, n=n, label=label
                 ):
-                    log(label)
                     start[:] = start or [load_init(source, model=cfg.model)]
                     sized = dataclasses.replace(settings, train_size=n)
                     scored = sized.score(start[0], specs, cfg, device=cfg.device)
@@ -70,7 +69,7 @@ def pretrained(
                     else:
                         store(by_size, str(n), seed, train_seeds, scored)
 
-                yield label, score
+                yield Part(label, score)
 
     request = {
         "init": init,

@@ -24,8 +24,38 @@ Point = tuple[str, dict[str, "dict[str, Any] | None"]]
 """A point of comparison: its label (``"3000 steps"``) and each algorithm's meta-test result there."""
 UNTRAINED = ("scratch", "finetune")
 """The baselines that are not meta-trained: measured once, whatever the number of meta-training seeds."""
-Part = tuple[str, Callable[[], None]]
-"""A part of an experiment: its label (what ``results.json`` lists as done) and the work that does it."""
+
+
+def _discard(value: Any) -> None:
+    """What a part keeps of a value when its work put everything in place itself."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """A part of an experiment: its label (what ``results.json`` lists as done), its work, and what the
+    driver keeps of the work's value.
+
+    ``work()`` trains and fine-tunes and returns a value; ``keep(value)`` puts it into the results, always in
+    the driver's process and in the order the parts were given, so a results file is the same whichever part
+    finished first. With ``--jobs`` > 1 (:func:`largemeta.experiments.pool.run_parts`) ``work`` runs in a
+    worker process: it must be picklable (a module-level function or a ``functools.partial`` of one) and
+    write nothing but its own run folder. Parts of one ``chain`` (a run folder trained from milestone to
+    milestone) run one after another; parts of different chains may run at once."""
+
+    label: str
+    work: Callable[[], Any]
+    keep: Callable[[Any], None] = _discard
+    chain: str | None = None
+    """None: a chain of its own."""
+
+
+class _Wait:
+    def __repr__(self) -> str:
+        return "WAIT"
+
+
+WAIT = _Wait()
+"""Yielded between parts: what follows needs every part before it kept (a choice made from their results)."""
 
 
 def _quiet(text: str) -> None:
@@ -47,6 +77,8 @@ class Common:
     """How many times each algorithm is meta-trained (seeds ``seed``, ``seed + 1``, …)."""
     command: str | None = None
     """The command recorded in ``results.json`` (None: ``experiment KIND``)."""
+    jobs: int = 1
+    """How many parts run at once, each in a worker process (kinds with ``parallel``; 1: in this process)."""
 
     def command_of(self, kind: str) -> str:
         return self.command or f"experiment {kind}"
@@ -70,6 +102,10 @@ def _no_points(result: dict[str, Any]) -> list[Point]:
 
 def _no_caption(result: dict[str, Any], name: str) -> str:
     return ""
+
+
+_PLAIN = {"str": str, "bool": bool}
+"""The fields of an :class:`Experiment` that are values, not hooks."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,13 +135,16 @@ class Experiment:
     there (None: not measured yet); the paired comparisons are made at each."""
     caption: Callable[[dict[str, Any], str], str] = _no_caption
     """The report's caption of the figure file ``name``."""
+    parallel: bool = False
+    """Whether its parts' work is picklable: ``--jobs N`` runs up to N of them at once."""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.type == "str" and not isinstance(value, str):
-                raise TypeError(f"experiment {self.name!r}: {field.name} must be a string, got {value!r}")
-            if field.type != "str" and not callable(value):
+            kind = _PLAIN.get(str(field.type))
+            if kind is not None and not isinstance(value, kind):
+                raise TypeError(f"experiment {self.name!r}: {field.name} is not a {kind.__name__}: {value!r}")
+            if kind is None and not callable(value):
                 raise TypeError(f"experiment {self.name!r}: hook {field.name} is not callable: {value!r}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from largemeta.argtypes import comma_floats, positive_int
 from largemeta.errors import UserError
 from largemeta.experiments.drive import drive, seed_suffix, store, train_seeds_of
 from largemeta.experiments.scoring import VALIDATION, EvalSettings, protocol_of
-from largemeta.experiments.spec import Common, Experiment, Part, Point, register
+from largemeta.experiments.spec import WAIT, Common, Experiment, Part, Point, register
 from largemeta.experiments.tables import cell, grid
 
 
@@ -37,8 +38,7 @@ def tune(
     run on ``common.device`` (default: the config's); ``meta_updates[algo][β]`` records φ's meta-updates, and
     a budget without one is warned about up front."""
     from largemeta.data.tasks.suite import load_suite
-    from largemeta.experiments.parts import on_device, targets_of, without_meta_update
-    from largemeta.metatest import load_init, scratch
+    from largemeta.experiments.parts import on_device, score_scratch, targets_of, without_meta_update
     from largemeta.train.budget import lower_hint
     from largemeta.train.build import select_tasks
 
@@ -65,7 +65,7 @@ def tune(
     def run_dir(algo: str, beta: str, seed: int) -> Path:
         return out / f"{algo}_beta{beta}{seed_suffix(seed, train_seeds)}"
 
-    def parts(result: dict[str, Any]) -> Iterator[Part]:
+    def parts(result: dict[str, Any]) -> Iterator[Part | object]:
         for algo in algos:
             scores = result["validation"].setdefault(algo, {})
             updates = result.setdefault("meta_updates", {}).setdefault(algo, {})  # β -> φ's meta-updates
@@ -73,53 +73,47 @@ def tune(
             for beta in betas:
                 for seed in seeds:
                     label = f"{algo}, β = {beta:g}" + (f", seed {seed}" if several else "")
+                    run = dataclasses.replace(cfg, algo=algo, meta_lr=beta, seed=seed)
 
-                    def validate(
-                        algo=algo,
-                        beta=beta,
-                        seed=seed,
-                        scores=scores,
-                        by_seed=by_seed,
-                        updates=updates,
-                        label=label,
-                    ):
-                        log(label)
-                        folder = run_dir(algo, f"{beta:g}", seed)
-                        run = dataclasses.replace(cfg, algo=algo, meta_lr=beta, seed=seed)
-                        score, updates[f"{beta:g}"] = validate_run(run, folder, val_specs, validation)
+                    def keep(
+                        value: tuple[float, int],
+                        beta: str = f"{beta:g}",
+                        seed: int = seed,
+                        scores: dict = scores,
+                        by_seed: dict = by_seed,
+                        updates: dict = updates,
+                    ) -> None:
+                        score, updates[beta] = value
                         if not several:
-                            scores[f"{beta:g}"] = score
+                            scores[beta] = score
                             return
-                        runs = by_seed.setdefault(f"{beta:g}", {})
+                        runs = by_seed.setdefault(beta, {})
                         runs[str(seed)] = score
-                        scores[f"{beta:g}"] = sum(runs.values()) / len(runs)
+                        scores[beta] = sum(runs.values()) / len(runs)
 
-                    yield label, validate
+                    work = functools.partial(
+                        validate_run, run, run_dir(algo, f"{beta:g}", seed), val_specs, validation
+                    )
+                    yield Part(label, work, keep)
+            yield WAIT  # the best β is chosen from every score
             best = max(scores, key=scores.get)
             result["best"][algo] = best
+            log(f"{algo}: best β = {best} (validation {100 * scores[best]:.2f} %)")
             for seed in seeds:
                 label = f"{algo} at its best β, on the meta-test targets" + (
                     f" (seed {seed})" if several else ""
                 )
 
-                def test_best(algo=algo, best=best, scores=scores, seed=seed) -> None:
-                    log(f"{algo}: best β = {best} (validation {100 * scores[best]:.2f} %)")
-                    init = load_init(str(run_dir(algo, best, seed)), model=cfg.model)
-                    store(
-                        result["test"],
-                        algo,
-                        seed,
-                        train_seeds,
-                        test.score(init, test_specs, cfg, device=cfg.device),
-                    )
+                def keep_test(value: dict[str, Any], algo=algo, seed=seed) -> None:
+                    store(result["test"], algo, seed, train_seeds, value)
 
-                yield label, test_best
+                work = functools.partial(_score_run, run_dir(algo, best, seed), cfg, test, test_specs)
+                yield Part(label, work, keep_test)
 
-        def test_scratch() -> None:
-            init = scratch(cfg.model, test_specs[0].channels, cfg.width)
-            result["test"]["scratch"] = test.score(init, test_specs, cfg, device=cfg.device)
+        def keep_scratch(value: dict[str, Any]) -> None:
+            result["test"]["scratch"] = value["scored"]
 
-        yield "scratch", test_scratch
+        yield Part("scratch", functools.partial(score_scratch, cfg, test, test_specs), keep_scratch)
 
     request = {
         "algos": list(algos),
@@ -143,7 +137,15 @@ def tune(
         device=cfg.device,
         warnings=warnings,
         protocol=protocol,
+        jobs=common.jobs,
     )
+
+
+def _score_run(folder: Path, cfg, settings: EvalSettings, specs: list) -> dict[str, Any]:
+    """A part's work: the meta-test of the φ trained in ``folder``."""
+    from largemeta.metatest import load_init
+
+    return settings.score(load_init(str(folder), model=cfg.model), specs, cfg, device=cfg.device)
 
 
 def validate_run(cfg, folder: Path, val_specs: list, validation: EvalSettings) -> tuple[float, int]:
@@ -203,5 +205,6 @@ register(
         own=own,
         table=table,
         points=points,
+        parallel=True,
     )
 )
