@@ -206,10 +206,11 @@ class Demo:
     """How many times each algorithm is meta-trained (``--train-seeds`` overrides it)."""
 
 
-# The offline suite's convergence experiment, sized for 2 CPU cores: CTS at the config's β against Reptile and
-# Leap at their own best β (chosen on the meta-training tasks' held-out images, never on the targets), each
-# meta-trained twice, fine-tuned on every training image of the held-out QuickDraw targets (80 per class, all
-# the data hold). The setting was not chosen by a sweep (docs/results.md says how far that got).
+# The offline suite's convergence experiment, sized for 2 CPU cores (two parts at once, --jobs): CTS at the
+# config's β against Reptile and Leap at their own best β (chosen on the meta-training tasks' held-out images,
+# never on the targets), each meta-trained twice, fine-tuned on every training image of the held-out QuickDraw
+# targets (80 per class, all the data hold). Width, fine-tuning steps and K were chosen by the validation-only
+# sweep of scripts/demo_sweep.py within the 10-minute budget (docs/results.md, "How the demo was sized").
 DEMO = Demo(
     kind="convergence",
     config={"steps": 2000, "width": 16, "batch_size": 16, "k": 100, "log_every": 50, "checkpoint_every": 500},

@@ -151,7 +151,7 @@ def _keep_finished(given, finish) -> None:
         part, future = given.popleft()
         status, value = future.result()  # a worker's error is raised here, as it would be in this process
         if status == "stopped":
-            raise Stopped(signal.Signals[value])
+            raise Stopped(signal.Signals.__members__.get(value, signal.SIGTERM))
         finish(part, value)
 
 
