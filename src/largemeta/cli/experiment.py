@@ -225,8 +225,8 @@ DEMO = Demo(
     own={
         "fractions": (0.25, 0.5, 1.0),
         "tune": {"reptile": (0.1, 1.0), "leap": (0.1, 1.0)},
-        "tune_fraction": 0.5,
-        "validation": {"steps": 100, "seeds": 2, "batch_size": 64, "train_size": 200},
+        "tune_fraction": 0.25,
+        "validation": {"steps": 100, "seeds": 1, "batch_size": 64, "train_size": 200},
     },
     train_seeds=2,
 )
