@@ -303,6 +303,7 @@ def run_demo(args: argparse.Namespace) -> int:
     for record in result.get("steps_to_reach", []):
         if record["milestone"] == last:
             print(sentence(record, last))
-    print(f"report: {page}   final φ of each algorithm: {out}/<algo> (usable as --init)", end="")
+    folders = f"{out}/<algo>" if train_seeds == 1 else f"{out}/<algo>_seed<S>"
+    print(f"report: {page}   final φ of each algorithm: {folders} (usable as --init)", end="")
     print(f"   ({seconds / 60:.1f} min)")
     return 0
