@@ -301,8 +301,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"{algo} at its best β = {tuned['best']} (validation on the meta-training tasks: {scores})")
     last = result["milestones"][-1]
     for record in result.get("steps_to_reach", []):
-        if record["milestone"] == last:
-            print(sentence(record, last))
+        print(sentence(record, last))
     folders = f"{out}/<algo>" if train_seeds == 1 else f"{out}/<algo>_seed<S>"
     print(f"report: {page}   final φ of each algorithm: {folders} (usable as --init)", end="")
     print(f"   ({seconds / 60:.1f} min)")
