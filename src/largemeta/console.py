@@ -178,6 +178,12 @@ def _headers() -> None:
         log.info(_pending.pop(0))
 
 
+def begun() -> None:
+    """The work has begun: print the pending header now (work that shows no progress of its own here, such as
+    an experiment's parts running in worker processes)."""
+    _headers()
+
+
 def duration(seconds: float) -> str:
     """``1h02m``, ``4m05s``, ``12s``."""
     s = int(round(seconds))

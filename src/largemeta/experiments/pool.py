@@ -85,7 +85,7 @@ def run_parts(
         for part in parts:
             if part is WAIT or done(part.label):
                 continue
-            log(f"{part.label}: started")
+            _started(log, f"{part.label}: started")
             finish(part, part.work())
         return
     import multiprocessing
@@ -125,7 +125,7 @@ def _schedule(parts, jobs, pool, given, done, finish, log) -> None:
             if part is not None:
                 queue.remove(part)
                 given.append((part, pool.submit(_run, part.work)))
-                log(f"{part.label}: started ({len(running())} of {jobs} workers busy)")
+                _started(log, f"{part.label}: started ({len(running())} of {jobs} workers busy)")
                 continue
             if not more or held:
                 break
@@ -143,6 +143,14 @@ def _schedule(parts, jobs, pool, given, done, finish, log) -> None:
             held = False
         elif not (more or queue or given):
             return
+
+
+def _started(log: Callable[[str], None], line: str) -> None:
+    """Say that a part started, after the command's header (which waits for the work to begin)."""
+    from largemeta import console
+
+    console.begun()
+    log(line)
 
 
 def _keep_finished(given, finish) -> None:
