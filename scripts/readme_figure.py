@@ -29,7 +29,7 @@ from largemeta.experiments import (
     overall,  # noqa: E402
 )
 from largemeta.experiments.glance import FOOTNOTE, UNINFORMATIVE  # noqa: E402
-from largemeta.experiments.verdicts import comparisons  # noqa: E402
+from largemeta.experiments.verdicts import comparisons, verdict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ def figure(result: dict, out: Path) -> Path:
     last = f"{milestones[-1]} steps"
     found = [c for c in (result.get("comparisons") or comparisons(result)) if c["at"] == last]
     lead = found[0]["a"] if found else ""
-    found = [c for c in found if c["a"] == lead]
+    found = [c for c in found if c["a"] == lead and c["ci95"] is not None]  # an interval to draw
     ys = range(len(found))
     diff.errorbar(
         [100 * c["mean_diff"] for c in found],
@@ -136,12 +136,6 @@ def _reach_rows(result: dict) -> list[str]:
     return rows
 
 
-def _verdict(c: dict) -> str:
-    low, high = (100 * x for x in c["ci95"])
-    word = "higher" if low > 0 else "lower" if high < 0 else "no significant difference"
-    return f"{c['a']} − {c['b']} {100 * c['mean_diff']:+.1f} [{low:.1f}, {high:.1f}] ({word})"
-
-
 def markdown(result: dict) -> str:
     over, machine = what(result)
     text = EXPERIMENTS.get("convergence").table(result)
@@ -150,10 +144,10 @@ def markdown(result: dict) -> str:
     found = [c for c in (result.get("comparisons") or comparisons(result)) if c["at"] == f"{last} steps"]
     lead = found[0]["a"] if found else ""
     pairs = found[0]["n"] if found else 0
-    verdicts = "; ".join(_verdict(c) for c in found if c["a"] == lead)
+    verdicts = "; ".join(verdict(c) for c in found if c["a"] == lead)
     out = [f"Meta-test accuracy (%) over {over}; measured with {machine}:", "", text, note]
     if verdicts:
-        out += [f"At {last} steps, paired over the {pairs} units (accuracy points, 95 % CI): {verdicts}.", ""]
+        out += [f"At {last} steps, paired over the {pairs} units: {verdicts}.", ""]
     rows = _reach_rows(result)
     if rows:
         out += [

@@ -59,7 +59,7 @@ def test_figure_and_markdown_come_from_the_results(tmp_path):
     assert "largemeta 9.9, torch 2.x, cpu" in done.stdout
     assert "| cts | **35.0 ± 63.5†** | **45.0 ± 63.5†** |" in done.stdout  # the best bold; 2 seeds flagged
     assert "† an interval over 2 values" in done.stdout
-    lead = "At 20 steps, paired over the 4 units (accuracy points, 95 % CI): cts − reptile +10.0 ["
+    lead = "At 20 steps, paired over the 4 units: cts − reptile at 20 steps: +10.0 points, 95 % CI ["
     assert lead in done.stdout
     assert "reptile − scratch" not in done.stdout  # the README leads with the first algorithm's verdicts
 

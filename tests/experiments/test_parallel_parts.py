@@ -167,3 +167,31 @@ def test_sigterm_stops_the_workers_resumably_and_the_run_continues(tiny_suite, t
     parts = {f"{a} @ {m} steps" for a in ("cts", "reptile") for m in (steps // 2, steps)}
     assert set(final["done"]) == parts and len(final["done"]) == 4
     assert "continuing the experiment" in again.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["k-ablation", "tune"])
+def test_the_other_parallel_kinds_measure_with_two_jobs_what_they_measure_with_one(
+    tiny_suite, tiny_config, tmp_path, kind
+):
+    """k-ablation (parts without chains) and tune (a WAIT before the best β's meta-tests), each run as a
+    command with --jobs 2 and --jobs 1 at one thread: the same measurements."""
+    (tmp_path / "c.toml").write_text("")
+    common = ["--config", str(tmp_path / "c.toml"), "--steps", "4", "--eval-steps", "2", "--seeds", "2"]
+    common += ["--eval-batch-size", "8", "--algos", "cts,reptile", *sets(tiny_config(tiny_suite))]
+    own = ["--ks", "1,2"] if kind == "k-ablation" else ["--betas", "0.1,1", "--val-steps", "2"]
+    if kind == "tune":
+        own += ["--val-seeds", "1", "--val-train-size", "16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    found = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        argv = [sys.executable, "-m", "largemeta", "experiment", kind, *common, *own, "--jobs", jobs]
+        done = subprocess.run([*argv, "--out", str(out)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        result = json.loads((out / "results.json").read_text())
+        keys = ("algorithms", "validation", "best", "test", "meta_updates")
+        measured = {k: result[k] for k in keys if k in result}
+        measured["done"] = sorted(result["done"])
+        found[jobs] = json.loads(json.dumps(measured, sort_keys=True).replace(str(out), "OUT"))
+    assert found["2"] == found["1"] and found["1"]

@@ -110,17 +110,24 @@ def train_and_score(
     """A part's work (picklable as a ``functools.partial``): train ``run_dir`` with ``cfg`` to ``steps``
     (:func:`train_to`) and score its φ with ``settings`` on ``specs``. Returns ``meta_updates``, the meta-test
     result ``scored``, the run's ``loss`` curve and the ``seconds`` it took."""
-    from largemeta.metatest import load_init
-
     started = time.perf_counter()
     updates = train_to(cfg, run_dir, steps)
-    scored = settings.score(load_init(str(run_dir), model=cfg.model), specs, cfg, device=cfg.device)
+    scored = score_run(run_dir, cfg, settings, specs)
     return {
         "meta_updates": updates,
         "scored": scored,
         "loss": loss_curve(run_dir),
         "seconds": time.perf_counter() - started,
     }
+
+
+def score_run(
+    run_dir: Path, cfg: TrainConfig, settings: EvalSettings, specs: list[TaskSpec]
+) -> dict[str, Any]:
+    """The meta-test (with ``settings``, on ``specs``) of the φ trained in ``run_dir``; also a part's work."""
+    from largemeta.metatest import load_init
+
+    return settings.score(load_init(str(run_dir), model=cfg.model), specs, cfg, device=cfg.device)
 
 
 def score_scratch(cfg: TrainConfig, settings: EvalSettings, specs: list[TaskSpec]) -> dict[str, Any]:

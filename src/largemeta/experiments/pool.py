@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from contextlib import ExitStack
 from typing import Any
 
-from largemeta.errors import Preempted, Stopped, UserError
+from largemeta.errors import Preempted, Stopped
 from largemeta.experiments.spec import WAIT, Part
 
 _worker: ExitStack | None = None
@@ -40,12 +40,6 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def check_jobs(jobs: int) -> int:
-    if jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {jobs}")
-    return jobs
 
 
 def _start(threads: int) -> None:

@@ -38,7 +38,13 @@ def tune(
     run on ``common.device`` (default: the config's); ``meta_updates[algo][β]`` records φ's meta-updates, and
     a budget without one is warned about up front."""
     from largemeta.data.tasks.suite import load_suite
-    from largemeta.experiments.parts import on_device, score_scratch, targets_of, without_meta_update
+    from largemeta.experiments.parts import (
+        on_device,
+        score_run,
+        score_scratch,
+        targets_of,
+        without_meta_update,
+    )
     from largemeta.train.budget import lower_hint
     from largemeta.train.build import select_tasks
 
@@ -107,7 +113,7 @@ def tune(
                 def keep_test(value: dict[str, Any], algo=algo, seed=seed) -> None:
                     store(result["test"], algo, seed, train_seeds, value)
 
-                work = functools.partial(_score_run, run_dir(algo, best, seed), cfg, test, test_specs)
+                work = functools.partial(score_run, run_dir(algo, best, seed), cfg, test, test_specs)
                 yield Part(label, work, keep_test)
 
         def keep_scratch(value: dict[str, Any]) -> None:
@@ -141,22 +147,13 @@ def tune(
     )
 
 
-def _score_run(folder: Path, cfg, settings: EvalSettings, specs: list) -> dict[str, Any]:
-    """A part's work: the meta-test of the φ trained in ``folder``."""
-    from largemeta.metatest import load_init
-
-    return settings.score(load_init(str(folder), model=cfg.model), specs, cfg, device=cfg.device)
-
-
 def validate_run(cfg, folder: Path, val_specs: list, validation: EvalSettings) -> tuple[float, int]:
     """Train ``folder`` with ``cfg`` to ``cfg.steps`` and score its φ with ``validation`` on ``val_specs``
     (the meta-training tasks' held-out images): (mean validation accuracy, φ's meta-updates)."""
-    from largemeta.experiments.parts import train_to
-    from largemeta.metatest import load_init
+    from largemeta.experiments.parts import score_run, train_to
 
     updates = train_to(cfg, folder, cfg.steps)
-    init = load_init(str(folder), model=cfg.model)
-    return validation.score(init, val_specs, cfg, device=cfg.device)["mean_accuracy"], updates
+    return score_run(folder, cfg, validation, val_specs)["mean_accuracy"], updates
 
 
 def table(result: dict[str, Any]) -> str:
