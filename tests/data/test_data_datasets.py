@@ -161,4 +161,4 @@ def test_every_builtin_is_registered_in_the_shared_registry():
     assert DATASETS.names() == sorted(s.name for s in BUILTIN_DATASETS)
     assert all(DATASETS.get(s.name) is s for s in BUILTIN_DATASETS)
     assert [s.name for s in PACKAGED_DATASETS] == ["mnist", "fashion_mnist", "quickdraw", "digits"]
-    assert all(s.suites == ("paper",) and s.shape[2] == 3 for s in PAPER_DATASETS)
+    assert all(s.shape[2] == 3 for s in PAPER_DATASETS)

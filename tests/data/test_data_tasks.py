@@ -69,7 +69,7 @@ def test_builtin_suites():
 
     paper = load_suite("paper")
     assert [t.image_size for t in paper.meta_train] == [64, 64, 32, 84, 84, 84, 28, 32]
-    assert [t.dataset for t in paper.meta_test] == ["cars", "quickdraw", "flowers102", "pets", "stl10"]
+    assert [t.dataset for t in paper.meta_test] == ["cars", "quickdraw_full", "flowers102", "pets", "stl10"]
     assert all(t.channels == 3 for t in paper.tasks)
     assert [t.crop_padding for t in paper.meta_train] == [8, 8, 4, 8, 8, 8, 8, 4]
 

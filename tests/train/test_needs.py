@@ -19,7 +19,9 @@ def test_paper_plan_without_its_data(capsys, tmp_path, monkeypatch):
     argv = ["train", "--config", "paper", "--dry-run", "--out", str(run), "--set", f"data_dir={cache}"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert f"# datasets: 12, 0 cached, 12 to fetch (download 2.40 GB + sizes unknown) into {cache}" in out
+    # 2.40 GB of pinned hub and registry files, Tiny ImageNet's 248.1 MB zip, QuickDraw's 39.5 GB of bitmaps
+    assert f"# datasets: 12, 0 cached, 12 to fetch (download 42.17 GB + sizes unknown) into {cache}" in out
+    assert "#   quickdraw_full (meta-test): not cached, 39534.2 MB; sources url:https://storage.goog" in out
     cars = "#   cars (meta-test): not cached, size unknown; sources torchvision:StanfordCars (--root only)"
     assert cars in out
     assert f"# to fetch first: largemeta data fetch --suite paper --data-dir {cache}" in out
@@ -30,7 +32,7 @@ def test_paper_plan_without_its_data(capsys, tmp_path, monkeypatch):
     plan = json.loads(capsys.readouterr().out)["plan"]
     assert plan["data_ready"] is False and len(plan["datasets"]) == 12
     assert {r["name"] for r in plan["datasets"] if "meta-test" in r["roles"]} == {
-        "cars", "quickdraw", "flowers102", "pets", "stl10"
+        "cars", "quickdraw_full", "flowers102", "pets", "stl10"
     }  # fmt: skip
     peaks = plan["memory"]["peak_bytes_per_device"]
     assert list(peaks) == ["1", "2", "4", "8"] and peaks["1"] > peaks["2"] > peaks["4"] > peaks["8"] > 0

@@ -78,9 +78,14 @@ def register(subparsers: Any) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     from largemeta.data.sources.datasets import DATASETS, is_cached
     from largemeta.data.store.cache import data_dir
-    from largemeta.data.tasks.suite import list_suites
+    from largemeta.data.tasks.suite import list_suites, load_suite
 
     cache = data_dir(args.data_dir)
+    # which built-in suites use each dataset, read off the suites themselves
+    used_by: dict[str, list[str]] = {}
+    for suite in list_suites():
+        for dataset in dict.fromkeys(load_suite(suite).datasets()):
+            used_by.setdefault(dataset, []).append(suite)
     rows = []
     for name in DATASETS.names():
         spec = DATASETS.get(name)
@@ -93,7 +98,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "shape": list(spec.shape),
                 "download_mb": spec.download_mb,
                 "sources": spec.source_names(),
-                "suites": list(spec.suites),
+                "suites": used_by.get(name, []),
                 "cached": is_cached(name, cache),
             }
         )

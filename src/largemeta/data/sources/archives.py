@@ -1,7 +1,8 @@
-"""A dataset's archive on its authors' host, pinned by size and sha256, read as a folder of class subfolders.
+"""A dataset's archive on its authors' host, pinned by size and digest, read as a folder of class subfolders.
 
-For the paper's datasets that torchvision lacks and the hub has no pinned copy of (Stanford Dogs, CUB-200):
-the authors' own archive (``images.tar``, ``CUB_200_2011.tgz``), whose exact size and sha256 other projects
+For the paper's datasets that torchvision lacks and the hub has no pinned copy of (Stanford Dogs, CUB-200,
+Tiny ImageNet): the authors' own archive (``images.tar``, ``CUB_200_2011.tgz``, ``tiny-imagenet-200.zip``),
+whose exact size and sha256 (for Tiny ImageNet's zip: md5, the only checksum published for it) other projects
 record, is downloaded through the verified, resumable path of :mod:`largemeta.data.sources.verified` into
 ``<cache>/downloads/url/<host>/<path>`` (kept: a second conversion, ``--force``, reads it again).
 Its class folders (``layout`` inside the archive) are extracted into a temporary folder under ``downloads/``,
@@ -16,6 +17,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.parse
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +30,9 @@ from largemeta.errors import UserError
 
 @dataclass(frozen=True)
 class UrlArchive(Source):
-    """A tar archive (plain or compressed) at ``url`` with ``size`` bytes and ``sha256``; ``layout`` is the
-    folder inside it that holds one subfolder per class."""
+    """A tar (plain or compressed) or zip archive at ``url`` with ``size`` bytes and ``digest`` (a sha256, or
+    the ``algorithm`` named: ``md5`` where that is all anyone publishes); ``layout`` is the folder inside it
+    that holds one subfolder per class."""
 
     from_registry = False
     """An authors' host, not a registry: it may be gone, and the archive may never have been downloaded (the
@@ -38,14 +41,16 @@ class UrlArchive(Source):
 
     url: str
     size: int
-    sha256: str
+    digest: str
     layout: str
+    algorithm: str = "sha256"
 
     def key(self) -> str:
         return f"url:{self.url}"
 
     def describe(self) -> str:
-        return f"pinned archive {self.url}"
+        weaker = "" if self.algorithm == "sha256" else f" ({self.algorithm} pin)"
+        return f"pinned archive {self.url}{weaker}"
 
     @property
     def download_bytes(self) -> int:
@@ -67,7 +72,8 @@ class UrlArchive(Source):
             self.url,
             self.local(downloads),
             size=self.size,
-            sha256=self.sha256,
+            digest=self.digest,
+            algorithm=self.algorithm,
             label=self.url,
             desc=Path(urllib.parse.urlsplit(self.url).path).name,
             offline="LARGEMETA_OFFLINE" if offline() else None,
@@ -94,9 +100,40 @@ class UrlArchive(Source):
 
 def extract_folder(archive: Path, layout: str, dest: Path, what: str) -> int:
     """Extract the regular files under ``layout/`` of a tar archive into ``dest`` (tar's ``data`` filter:
-    no links out, no absolute paths, no device files); the number of files. One ``UserError`` when the
-    archive cannot be read or has no such folder."""
+    no links out, no absolute paths, no device files) or of a zip archive (a member whose path is absolute
+    or climbs out with ``..`` is refused); the number of files. One ``UserError`` when the archive cannot be
+    read or has no such folder."""
     prefix = layout.strip("/") + "/"
+    if zipfile.is_zipfile(archive):
+        count = _extract_zip(archive, prefix, dest, what)
+    else:
+        count = _extract_tar(archive, prefix, dest, what)
+    if not count:
+        raise UserError(f"{what} has no files under {prefix} (the folder of class subfolders expected)")
+    return count
+
+
+def _extract_zip(archive: Path, prefix: str, dest: Path, what: str) -> int:
+    count = 0
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                name = info.filename.removeprefix("./")
+                parts = Path(name).parts
+                if name.startswith("/") or ".." in parts:
+                    raise UserError(f"{what} has a member outside its folder ({name[:120]}); refusing it")
+                if not info.is_dir() and name.startswith(prefix):
+                    target = dest.joinpath(*parts)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(target, "wb") as out:
+                        shutil.copyfileobj(src, out)
+                    count += 1
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise UserError(f"{what} is not a readable zip archive ({str(err).splitlines()[0][:120]})") from None
+    return count
+
+
+def _extract_tar(archive: Path, prefix: str, dest: Path, what: str) -> int:
     count = 0
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -107,6 +144,4 @@ def extract_folder(archive: Path, layout: str, dest: Path, what: str) -> int:
                     count += 1
     except (tarfile.TarError, OSError, EOFError) as err:
         raise UserError(f"{what} is not a readable tar archive ({str(err).splitlines()[0][:120]})") from None
-    if not count:
-        raise UserError(f"{what} has no files under {prefix} (the folder of class subfolders expected)")
     return count

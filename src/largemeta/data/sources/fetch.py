@@ -331,7 +331,6 @@ class DatasetSpec:
     build: Callable[[Path, Path | None], ArrayDataset]
     download_mb: float | None = None
     hint: str = ""
-    suites: tuple[str, ...] = ()
 
     def source_names(self) -> list[str]:
         """Where it comes from, in the order tried: ``hf:OWNER/REPO@REVISION``, ``npm:NAME@VERSION``,

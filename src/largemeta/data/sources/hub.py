@@ -171,7 +171,7 @@ class HubParquet(Source):
             self.url(f),
             self.local(downloads, f),
             size=f.size,
-            sha256=f.sha256,
+            digest=f.sha256,
             label=f"{repo}@{rev}:{f.path}",
             desc=f.path,
             headers={"Authorization": f"Bearer {tok}"} if tok else None,

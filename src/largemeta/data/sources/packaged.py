@@ -125,7 +125,6 @@ MNIST = DatasetSpec(
         [str(i) for i in range(10)],
     ),
     download_mb=11.5,
-    suites=("offline",),
 )
 
 _FASHION_SOURCES: tuple[Source, ...] = (
@@ -157,7 +156,6 @@ FASHION_MNIST = DatasetSpec(
         FASHION_CLASSES,
     ),
     download_mb=30.9,
-    suites=("offline", "paper"),
 )
 
 _QUICKDRAW_SOURCES: tuple[Source, ...] = (
@@ -204,7 +202,6 @@ QUICKDRAW = DatasetSpec(
     _QUICKDRAW_SOURCES,
     _build_quickdraw,
     download_mb=13.7,
-    suites=("offline", "paper"),
 )
 
 _DIGITS_SOURCES: tuple[Source, ...] = (
@@ -237,7 +234,6 @@ DIGITS = DatasetSpec(
     _DIGITS_SOURCES,
     _build_digits,
     download_mb=9.3,
-    suites=("offline",),
 )
 
 

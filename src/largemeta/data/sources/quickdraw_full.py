@@ -91,7 +91,7 @@ class NumpyBitmaps(Source):
                 self.url(f),
                 self.local(downloads, f),
                 size=f.size,
-                sha256=f.sha256,
+                digest=f.sha256,
                 label=self.url(f),
                 desc=f.name,
                 offline="LARGEMETA_OFFLINE" if offline() else None,

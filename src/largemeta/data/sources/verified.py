@@ -1,10 +1,12 @@
-"""One pinned file over HTTP(S): resumable, checked against its size and sha256, renamed into place whole.
+"""One pinned file over HTTP(S): resumable, checked against its size and digest, renamed into place whole.
 
 Bytes are appended to ``<final>.part``; a broken transfer is resumed with an HTTP ``Range`` request the next
-time; the finished file is checked against its pinned size and sha256 and only then renamed into place. A
-sha256 mismatch removes the partial file and is refused in one line (the host served something other than
-what was pinned: never "try the next source"). Used by the Hugging Face Hub source
-(:mod:`largemeta.data.sources.hub`) and by upstream hosts with many pinned files
+time; the finished file is checked against its pinned size and digest and only then renamed into place. A
+digest mismatch removes the partial file and is refused in one line (the host served something other than
+what was pinned: never "try the next source"). The digest is a sha256, except where the only checksum
+anyone publishes for a file is an md5 (Tiny ImageNet's zip): then the pin is its exact size and md5, and the
+source says so. Used by the Hugging Face Hub source (:mod:`largemeta.data.sources.hub`), the authors' archives
+(:mod:`largemeta.data.sources.archives`) and upstream hosts with many pinned files
 (:mod:`largemeta.data.sources.quickdraw_full`).
 """
 
@@ -20,9 +22,8 @@ from typing import Any
 from largemeta import console
 from largemeta.console import notice
 from largemeta.data.sources.fetch import SourceUnavailable, _move_durably
-from largemeta.data.store.cache import check_sha256
 from largemeta.errors import UserError
-from largemeta.files import sha256_file
+from largemeta.files import file_digest
 
 TIMEOUT_S = 60
 _CHUNK = 1 << 20
@@ -33,23 +34,24 @@ def download_verified(
     final: Path,
     *,
     size: int | None,
-    sha256: str,
+    digest: str,
     label: str,
     desc: str,
     headers: Mapping[str, str] | None = None,
     offline: str | None = None,
     why: Callable[[int], str] = lambda code: "",
+    algorithm: str = "sha256",
 ) -> Path:
-    """``final`` holding the file at ``url`` whose sha256 (and size, when pinned) is the pin's.
+    """``final`` holding the file at ``url`` whose ``algorithm`` digest (and size, when pinned) is the pin's.
 
     ``size`` None: the server's ``Content-Length``/``Content-Range`` tells a short transfer from a whole one
     and the sha256 decides. ``offline``: when set (the name of the switch that is on), a file not yet in place
-    is a :class:`SourceUnavailable` and no request is made. ``label`` names the file in a sha256 mismatch,
+    is a :class:`SourceUnavailable` and no request is made. ``label`` names the file in a digest mismatch,
     ``desc`` in the progress bar; ``why(status)`` adds a hint to an HTTP error."""
     if final.is_file():
-        if final.stat().st_size == (size or final.stat().st_size) and sha256_file(final) == sha256:
+        if final.stat().st_size == (size or final.stat().st_size) and file_digest(final, algorithm) == digest:
             return final
-        notice(f"{final} does not match its pinned sha256; downloading it again")
+        notice(f"{final} does not match its pinned {algorithm}; downloading it again")
         final.unlink()
     if offline:
         raise SourceUnavailable(f"{desc} is not in the cache and {offline} is set")
@@ -62,11 +64,12 @@ def download_verified(
         if got > expected:
             part.unlink()
         raise SourceUnavailable(f"{url}: {got} of {expected} bytes arrived; run the command again to resume")
-    try:
-        check_sha256(label, sha256_file(part), sha256)
-    except UserError:
+    got_digest = file_digest(part, algorithm)
+    if got_digest != digest:
         part.unlink()
-        raise
+        raise UserError(
+            f"{algorithm} mismatch for {label}: got {got_digest}, expected {digest}; refusing to use it"
+        )
     _move_durably(part, final)
     return final
 
