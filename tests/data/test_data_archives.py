@@ -58,10 +58,10 @@ def dogs(hub, monkeypatch, image_folder):  # noqa: F811 (hub: the fixture)
     """``dogtoy``: the authors' archive (pinned, served on loopback) first, then ``--root``."""
 
     def register(
-        data: bytes, sha256: str | None = None, layout: str = "Images", algorithm: str = "sha256"
+        data: bytes, digest: str | None = None, layout: str = "Images", algorithm: str = "sha256"
     ) -> UrlArchive:
         hub.files[("authors/dogs", REV, "images.tar")] = data
-        digest = sha256 or hashlib.new(algorithm, data).hexdigest()
+        digest = digest or hashlib.new(algorithm, data).hexdigest()
         archive = UrlArchive(hub.url + PATH, len(data), digest, layout, algorithm)
         spec = _spec(_Vision(NAME, "toy dogs", 3, 16, 15, (archive, FolderSource("Images", 16))))
         monkeypatch.setitem(datasets.DATASETS._entries, NAME, spec)
@@ -129,7 +129,7 @@ def test_a_zip_pinned_by_md5_reads_as_root_does(capsys, tmp_path, hub, dogs, ima
 
 
 def test_a_wrong_md5_is_refused(capsys, tmp_path, hub, dogs, image_folder):  # noqa: F811
-    dogs(zip_of(image_folder, "Images"), sha256="0" * 32, algorithm="md5")
+    dogs(zip_of(image_folder, "Images"), digest="0" * 32, algorithm="md5")
     code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and "md5 mismatch" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "datasets-v2" / NAME).exists()
@@ -145,7 +145,7 @@ def test_a_zip_member_escaping_the_folder_is_refused(capsys, tmp_path, hub, dogs
 
 
 def test_wrong_sha256_is_refused(capsys, tmp_path, hub, dogs, image_folder):  # noqa: F811
-    dogs(tar_of(image_folder, "Images"), sha256="0" * 64)
+    dogs(tar_of(image_folder, "Images"), digest="0" * 64)
     code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert (
         code == 2 and "sha256 mismatch" in err and "images.tar" in err and len(err.strip().splitlines()) == 1
@@ -173,6 +173,13 @@ def test_offline_makes_no_request(capsys, tmp_path, hub, dogs, image_folder, mon
     monkeypatch.setenv("LARGEMETA_OFFLINE", "1")
     code, _, err = cli(capsys, "data", "fetch", NAME, "--data-dir", str(tmp_path))
     assert code == 2 and hub.log == [] and "no --root given" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_archive_pin_must_be_a_whole_digest():
+    with pytest.raises(ValueError, match="bad pin"):
+        UrlArchive("http://host/a.tar", 10, "0" * 32, "Images")  # an md5's length named as a sha256
+    with pytest.raises(ValueError, match="bad pin"):
+        UrlArchive("http://host/a.zip", 10, "0" * 32, "Images", algorithm="crc32")
 
 
 def test_the_registered_archives(capsys, tmp_path):

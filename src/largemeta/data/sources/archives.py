@@ -45,6 +45,11 @@ class UrlArchive(Source):
     layout: str
     algorithm: str = "sha256"
 
+    def __post_init__(self) -> None:
+        hexes = {"sha256": 64, "md5": 32}.get(self.algorithm)
+        if hexes is None or len(self.digest) != hexes or set(self.digest) - set("0123456789abcdef"):
+            raise ValueError(f"bad pin for {self.url}: {self.algorithm} {self.digest!r}")
+
     def key(self) -> str:
         return f"url:{self.url}"
 

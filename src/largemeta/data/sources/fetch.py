@@ -30,7 +30,7 @@ from pathlib import Path
 from largemeta import console
 from largemeta.data.sources.formats import maybe_gunzip, read_deb_data, read_tar_members, read_zip_members
 from largemeta.data.store.arrays import ArrayDataset
-from largemeta.data.store.cache import check_sha256
+from largemeta.data.store.cache import check_digest
 from largemeta.errors import UserError
 from largemeta.files import sha256_bytes, sha256_file
 
@@ -97,7 +97,7 @@ def _move_durably(src: Path, dst: Path) -> None:
 
 def _verify_members(what: str, files: dict[str, bytes], sha256s: Mapping[str, str]) -> None:
     for name, expected in sha256s.items():
-        check_sha256(f"{what}:{name}", sha256_bytes(files[name]), expected)
+        check_digest(f"{what}:{name}", sha256_bytes(files[name]), expected)
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class _Archive(Source):
         final = downloads / self.archive_name
         if final.is_file():
             try:
-                check_sha256(str(final), sha256_file(final), self.sha256)
+                check_digest(str(final), sha256_file(final), self.sha256)
             except UserError:
                 final.unlink()  # a corrupt archive must not be found again next time
                 raise
@@ -145,7 +145,7 @@ class _Archive(Source):
             got = [p for p in tmp.iterdir() if p.is_file()]
             if len(got) != 1:
                 raise SourceUnavailable(f"{self.describe()}: client left {len(got)} files, expected 1")
-            check_sha256(f"{self.describe()} ({got[0].name})", sha256_file(got[0]), self.sha256)
+            check_digest(f"{self.describe()} ({got[0].name})", sha256_file(got[0]), self.sha256)
             _move_durably(got[0], final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -289,7 +289,7 @@ class UrlFiles(Source):
             except (urllib.error.URLError, OSError) as err:
                 raise SourceUnavailable(f"{url}: {getattr(err, 'reason', err)}") from None
             data = maybe_gunzip(b"".join(chunks))
-            check_sha256(url, sha256_bytes(data), expected)
+            check_digest(url, sha256_bytes(data), expected)
             out[logical] = data
         return out
 

@@ -22,6 +22,7 @@ from typing import Any
 from largemeta import console
 from largemeta.console import notice
 from largemeta.data.sources.fetch import SourceUnavailable, _move_durably
+from largemeta.data.store.cache import check_digest
 from largemeta.errors import UserError
 from largemeta.files import file_digest
 
@@ -45,7 +46,7 @@ def download_verified(
     """``final`` holding the file at ``url`` whose ``algorithm`` digest (and size, when pinned) is the pin's.
 
     ``size`` None: the server's ``Content-Length``/``Content-Range`` tells a short transfer from a whole one
-    and the sha256 decides. ``offline``: when set (the name of the switch that is on), a file not yet in place
+    and the digest decides. ``offline``: when set (the name of the switch that is on), a file not yet in place
     is a :class:`SourceUnavailable` and no request is made. ``label`` names the file in a digest mismatch,
     ``desc`` in the progress bar; ``why(status)`` adds a hint to an HTTP error."""
     if final.is_file():
@@ -64,12 +65,11 @@ def download_verified(
         if got > expected:
             part.unlink()
         raise SourceUnavailable(f"{url}: {got} of {expected} bytes arrived; run the command again to resume")
-    got_digest = file_digest(part, algorithm)
-    if got_digest != digest:
+    try:
+        check_digest(label, file_digest(part, algorithm), digest, algorithm)
+    except UserError:
         part.unlink()
-        raise UserError(
-            f"{algorithm} mismatch for {label}: got {got_digest}, expected {digest}; refusing to use it"
-        )
+        raise
     _move_durably(part, final)
     return final
 

@@ -52,10 +52,12 @@ def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
     return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False)).expanduser()
 
 
-def check_sha256(what: str, actual: str, expected: str | None) -> None:
-    """``UserError`` when ``expected`` is given and differs from ``actual``."""
+def check_digest(what: str, actual: str, expected: str | None, algorithm: str = "sha256") -> None:
+    """``UserError`` when ``expected`` is given and differs from ``actual`` (digests by ``algorithm``)."""
     if expected is not None and actual != expected:
-        raise UserError(f"sha256 mismatch for {what}: got {actual}, expected {expected}; refusing to use it")
+        raise UserError(
+            f"{algorithm} mismatch for {what}: got {actual}, expected {expected}; refusing to use it"
+        )
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
